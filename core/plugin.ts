@@ -1,0 +1,194 @@
+/**
+ * Plugin definitions: what a plugin file exports and how a manifest refers to one.
+ *
+ * A plugin file exports one `definePlugin({kind, name, summary, configSchema, create})`.
+ * `configSchema` is a JSON Schema whose every property has a `description` and a
+ * `default`: it is the single source of the plugin's options and their docs.
+ *
+ * @example A minimal reward plugin
+ * ```ts
+ * import { definePlugin } from "./plugin.ts";
+ *
+ * const exact = definePlugin({
+ *   kind: "reward",
+ *   name: "exact_match",
+ *   summary: "1 when the hypothesis equals the reference, else 0.",
+ *   configSchema: {
+ *     type: "object",
+ *     additionalProperties: false,
+ *     properties: {
+ *       caseSensitive: { type: "boolean", default: true, description: "Compare case-sensitively." },
+ *     },
+ *   },
+ *   create(config: { caseSensitive: boolean }) {
+ *     const norm = (s: string) => config.caseSensitive ? s : s.toLowerCase();
+ *     return {
+ *       needsReference: true,
+ *       score(rows: readonly { hypothesis: string; reference?: string }[]) {
+ *         return Promise.resolve(rows.map((r) => norm(r.hypothesis) === norm(r.reference ?? "") ? 1 : 0));
+ *       },
+ *     };
+ *   },
+ * });
+ * console.assert(exact.name === "exact_match");
+ * ```
+ *
+ * @module
+ */
+
+import type {
+  Backend,
+  DataSource,
+  RewardModel,
+  RunContext,
+  RunSection,
+  RunSummary,
+  SectionUse,
+  ThresholdSchedule,
+  Tokenizer,
+} from "./types.ts";
+
+/** The plugin kinds, one registry each. */
+export const PLUGIN_KINDS = [
+  "backend",
+  "data",
+  "tokenizer",
+  "model",
+  "reward",
+  "loss",
+  "threshold",
+  "algorithm",
+] as const;
+
+/** One of {@link PLUGIN_KINDS}. */
+export type PluginKind = typeof PLUGIN_KINDS[number];
+
+/** An algorithm plugin's instance: runs one manifest run. */
+export interface Algorithm {
+  /** Runs to completion (or resumes) and returns the final metrics. */
+  run(ctx: RunContext): Promise<RunSummary>;
+}
+
+/** What `create` returns, per kind. */
+export interface PluginInstances {
+  /** Compute backend. */
+  backend: Backend;
+  /** Corpus loader. */
+  data: DataSource;
+  /** Subword tokenizer. */
+  tokenizer: Tokenizer;
+  /** Policy model factory (contract defined with the model plugins). */
+  model: object;
+  /** Reward model. */
+  reward: RewardModel;
+  /** Offline loss (contract defined with the loss plugins). */
+  loss: object;
+  /** Threshold schedule. */
+  threshold: ThresholdSchedule;
+  /** Algorithm. */
+  algorithm: Algorithm;
+}
+
+/** A JSON Schema object (draft-07 subset used by ajv). */
+// deno-lint-ignore no-explicit-any
+export type JsonSchema = Record<string, any>;
+
+/** What the framework passes to `create` besides the plugin's own config. */
+export interface PluginDeps {
+  /** The run's seed (plugins derive their own streams from it). */
+  seed: number;
+  /** Folder that relative paths in the config are resolved against (the manifest's folder). */
+  baseDir: string;
+  /** True under `--smoke`. */
+  smoke: boolean;
+  /** Creates a nested plugin from a resolved reference (e.g. the parts of a weighted reward). */
+  create<K extends PluginKind>(kind: K, ref: ResolvedPluginRef): Promise<PluginInstances[K]>;
+  /** Prints a line of progress or information to the user. */
+  log(message: string): void;
+}
+
+/** A plugin definition: the single export of a plugin file. */
+// deno-lint-ignore no-explicit-any
+export interface PluginDefinition<K extends PluginKind = PluginKind, C = any> {
+  /** Which registry the plugin belongs to. */
+  kind: K;
+  /** Unique name within its kind, snake_case, equal to the file stem for built-ins. */
+  name: string;
+  /** One line saying what the plugin does. */
+  summary: string;
+  /** JSON Schema of the config; every property has `description` and `default`. */
+  configSchema: JsonSchema;
+  /** Algorithms only: which run sections they require or accept. Others are rejected. */
+  uses?: Partial<Record<RunSection, SectionUse>>;
+  /** Optional: scales budgets in a (defaults-filled) config down for `--smoke`. */
+  smoke?: (config: C) => C;
+  /** Builds the instance. */
+  create(config: C, deps: PluginDeps): PluginInstances[K] | Promise<PluginInstances[K]>;
+}
+
+/** How a manifest names a plugin: a name, or a `{name | module, config}` object. */
+export type PluginRef =
+  | string
+  | { name: string; config?: Record<string, unknown> }
+  | { module: string; config?: Record<string, unknown> };
+
+/** A plugin reference after validation: the plugin's name and its full config with defaults. */
+export interface ResolvedPluginRef {
+  /** The plugin kind. */
+  kind: PluginKind;
+  /** The plugin's name. */
+  name: string;
+  /** Absolute path of the user module, for plugins loaded through `module`. */
+  module?: string;
+  /** The validated config with defaults filled in. */
+  config: Record<string, unknown>;
+}
+
+const NAME_PATTERN = /^[a-z][a-z0-9_]*$/;
+
+/** Checks that every property of an object schema has `description` and `default`, recursively. */
+function schemaProblems(schema: JsonSchema, path: string): string[] {
+  const problems: string[] = [];
+  if (schema.type !== "object" || typeof schema.properties !== "object") return problems;
+  for (const [key, prop] of Object.entries(schema.properties as Record<string, JsonSchema>)) {
+    const where = `${path}/${key}`;
+    if (typeof prop.description !== "string" || prop.description.length === 0) {
+      problems.push(`${where} has no description`);
+    }
+    if (!("default" in prop)) problems.push(`${where} has no default`);
+    problems.push(...schemaProblems(prop, where));
+  }
+  return problems;
+}
+
+/**
+ * Declares a plugin. Checks the definition's shape and returns it unchanged.
+ *
+ * @throws {TypeError} when the kind is unknown, the name is not snake_case, the summary is
+ *   empty, the schema is not an object schema, or a config property lacks `description`/`default`.
+ */
+export function definePlugin<K extends PluginKind, C>(
+  definition: PluginDefinition<K, C>,
+): PluginDefinition<K, C> {
+  const { kind, name, summary, configSchema, create } = definition;
+  const label = `plugin ${JSON.stringify(name)} (${kind})`;
+  if (!(PLUGIN_KINDS as readonly string[]).includes(kind)) {
+    throw new TypeError(`${label}: kind must be one of ${PLUGIN_KINDS.join(", ")}`);
+  }
+  if (typeof name !== "string" || !NAME_PATTERN.test(name)) {
+    throw new TypeError(`${label}: name must be snake_case (${NAME_PATTERN})`);
+  }
+  if (typeof summary !== "string" || summary.trim() === "") {
+    throw new TypeError(`${label}: summary must be a non-empty string`);
+  }
+  if (typeof configSchema !== "object" || configSchema === null || configSchema.type !== "object") {
+    throw new TypeError(`${label}: configSchema must be a JSON Schema with type "object"`);
+  }
+  const problems = schemaProblems(configSchema, "configSchema");
+  if (problems.length > 0) throw new TypeError(`${label}: ${problems.join("; ")}`);
+  if (typeof create !== "function") throw new TypeError(`${label}: create must be a function`);
+  if (definition.uses !== undefined && kind !== "algorithm") {
+    throw new TypeError(`${label}: only algorithm plugins declare "uses"`);
+  }
+  return definition;
+}

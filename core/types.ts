@@ -1,0 +1,178 @@
+/**
+ * The data types and the narrow interfaces that plugins implement.
+ *
+ * One interface per plugin kind; the core only talks to plugins through these.
+ *
+ * @module
+ */
+
+/** A translation pair: the source sentence and its reference translation. */
+export interface Example {
+  /** Source-language text. */
+  source: string;
+  /** Reference translation in the target language. */
+  reference: string;
+}
+
+/** The three splits a data plugin returns. Deterministic for a given config. */
+export interface Splits {
+  /** Training pairs (BC data and the Grow step's sources). */
+  train: Example[];
+  /** Validation pairs (early stopping, "while reward improves on D_eval"). */
+  valid: Example[];
+  /** Held-out test pairs (final report only). */
+  test: Example[];
+}
+
+/** A data plugin: loads a corpus and splits it. */
+export interface DataSource {
+  /** Loads, cleans, deduplicates, filters and splits the corpus. */
+  load(): Promise<Splits>;
+}
+
+/** Which side of the translation a text belongs to (matters for separate vocabularies). */
+export type Side = "source" | "target";
+
+/** Ids of the special tokens every tokenizer reserves. */
+export interface SpecialIds {
+  /** Padding, always id 0. */
+  pad: number;
+  /** Beginning of sequence (decoder start). */
+  bos: number;
+  /** End of sequence. */
+  eos: number;
+  /** Unknown symbol. */
+  unk: number;
+}
+
+/** A subword tokenizer, trained on the training split. */
+export interface Tokenizer {
+  /** Ids of the special tokens. */
+  readonly specials: SpecialIds;
+  /** Learns the vocabulary from training texts of both sides. */
+  train(corpus: { sources: readonly string[]; targets: readonly string[] }): void;
+  /** Whether `train` or `load` has run. */
+  readonly trained: boolean;
+  /** Vocabulary size of one side (equal for both sides with a joint vocabulary). */
+  vocabSize(side: Side): number;
+  /** Text to ids, without BOS/EOS. */
+  encode(text: string, side: Side): number[];
+  /** Ids to text; special tokens are dropped and decoding stops at EOS. */
+  decode(ids: readonly number[], side: Side): string;
+  /** A JSON-serialisable state that {@link Tokenizer.load} restores exactly. */
+  save(): unknown;
+  /** Restores a state written by {@link Tokenizer.save}. */
+  load(state: unknown): void;
+}
+
+/** One row to score: a hypothesis for a source, with the reference when there is one. */
+export interface RewardInput {
+  /** Source sentence. */
+  source: string;
+  /** The output being scored. */
+  hypothesis: string;
+  /** Reference translation; reference-based rewards require it. */
+  reference?: string;
+}
+
+/** A reward model: scores rows with numbers in [0, 1]. */
+export interface RewardModel {
+  /** True when `score` needs `reference` on every row. */
+  readonly needsReference: boolean;
+  /** One score in [0, 1] per row, in order. */
+  score(rows: readonly RewardInput[]): Promise<number[]>;
+}
+
+/** What a backend plugin reports after selecting and setting up the tfjs backend. */
+export interface BackendInfo {
+  /** The plugin's name (`cpu`, `blas`, ...). */
+  name: string;
+  /** The tfjs backend name that is now active. */
+  tfBackend: string;
+  /** Threads the backend uses for heavy kernels. */
+  threads: number;
+  /** Free-form detail (library path, versions). */
+  detail?: string;
+}
+
+/** A backend plugin: selects and sets up the compute backend. */
+export interface Backend {
+  /** Makes this backend the active tfjs backend. */
+  init(): Promise<BackendInfo>;
+}
+
+/** A threshold schedule: the reward threshold tau for Improve step `improve` of Grow step `grow`. */
+export interface ThresholdSchedule {
+  /**
+   * Returns tau (global) or a map from source to tau (per source).
+   * `rewards` are the Grow set's rewards, `bySource` the same grouped by source.
+   */
+  threshold(args: {
+    grow: number;
+    improve: number;
+    improveSteps: number;
+    rewards: readonly number[];
+    bySource: ReadonlyMap<string, readonly number[]>;
+  }): number | Map<string, number>;
+}
+
+/** A metrics record: namespaced keys (`grow/mean_reward`, `eval/chrf`, ...) to numbers. */
+export type Metrics = Record<string, number>;
+
+/** Sections of a run that an algorithm may use (validated against the manifest). */
+export type RunSection = "loss" | "threshold" | "reward" | "bc";
+
+/** Whether an algorithm needs a section, may take it, or (absent) does not use it. */
+export type SectionUse = "required" | "optional";
+
+/** The result an algorithm returns for one run. */
+export interface RunSummary {
+  /** Final metrics of the run (eval/..., counts). */
+  metrics: Metrics;
+}
+
+/** Appends metrics records to a run's `metrics.jsonl`. */
+export interface MetricsLog {
+  /** Appends one record; `step` is the algorithm's own step counter. */
+  log(record: Metrics, step?: number): Promise<void>;
+}
+
+/** A progress display for one long piece of work. */
+export interface Progress {
+  /** Records `n` (default 1) more units done. */
+  tick(n?: number): void;
+  /** Finishes the display (prints the final line). */
+  done(): void;
+}
+
+/** Everything an algorithm needs to execute one run of a manifest. */
+export interface RunContext {
+  /** Experiment name (the manifest's `experiment`). */
+  experiment: string;
+  /** Run name (unique within the experiment). */
+  run: string;
+  /** The run folder, `<out>/<experiment>/<run>/`. */
+  dir: string;
+  /** The run's seed. */
+  seed: number;
+  /** True under `--smoke`. */
+  smoke: boolean;
+  /** True under `--resume`: continue from the run folder's checkpoints. */
+  resume: boolean;
+  /** The loaded data splits. */
+  splits: Splits;
+  /** The trained tokenizer. */
+  tokenizer: Tokenizer;
+  /** The run's reward model. */
+  reward: RewardModel;
+  /** The run's loss, when the algorithm uses one. */
+  loss?: object;
+  /** The run's threshold schedule, when the algorithm uses one. */
+  threshold?: ThresholdSchedule;
+  /** The run's metrics log. */
+  metrics: MetricsLog;
+  /** Starts a progress display (`unit` e.g. "pairs", "steps"). */
+  progress(label: string, total: number, unit?: string): Progress;
+  /** Prints a line to the user. */
+  log(message: string): void;
+}
