@@ -1,0 +1,255 @@
+/**
+ * Runs a resolved manifest: sets up the backend, loads the data, trains (or reloads)
+ * the shared tokenizer, then executes each run in its own folder.
+ *
+ * @module
+ */
+
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { UserError } from "./errors.ts";
+import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
+import type {
+  PluginDefinition,
+  PluginDeps,
+  PluginInstances,
+  PluginKind,
+  ResolvedPluginRef,
+} from "./plugin.ts";
+import { startProgress } from "./progress.ts";
+import type { Registries, Registry } from "./registry.ts";
+import { exists, openRunFolder, readRunSummary, writeFileAtomic, writeRunSummary } from "./run.ts";
+import type { BackendInfo, RunContext, RunSummary, Splits, Tokenizer } from "./types.ts";
+
+/** Options for {@link runExperiment}. */
+export interface ExperimentOptions {
+  /** Output root; the experiment writes to `<out>/<experiment>/`. */
+  out: string;
+  /** Continue runs found in the output folder. */
+  resume: boolean;
+  /** Scale budgets down (already applied to configs by the manifest resolver). */
+  smoke: boolean;
+  /** Prints a line to the user (default: standard error). */
+  log?: (message: string) => void;
+}
+
+/** What {@link runExperiment} returns. */
+export interface ExperimentResult {
+  /** The experiment folder. */
+  dir: string;
+  /** The backend in use. */
+  backend: BackendInfo;
+  /** Summaries by run name. */
+  runs: Record<string, RunSummary>;
+}
+
+function defaultLog(message: string): void {
+  console.error(message);
+}
+
+/** Finds the definition of a resolved reference (user modules are imported on demand). */
+export async function pluginFor(
+  registries: Registries,
+  ref: ResolvedPluginRef,
+): Promise<PluginDefinition> {
+  const registry = registries[ref.kind] as Registry;
+  const found = registry.find(ref.name);
+  if (found !== undefined) return found;
+  if (ref.module !== undefined) {
+    const exports = await import(pathToFileURL(ref.module).href);
+    registry.register(exports.default, ref.module);
+    return exports.default;
+  }
+  throw new RangeError(registry.unknownMessage(ref.name));
+}
+
+/** Creates a plugin instance from a resolved reference. */
+export async function createPlugin<K extends PluginKind>(
+  registries: Registries,
+  kind: K,
+  ref: ResolvedPluginRef,
+  deps: Omit<PluginDeps, "create">,
+): Promise<PluginInstances[K]> {
+  if (ref.kind !== kind) {
+    throw new TypeError(`expected a ${kind} plugin reference, got a ${ref.kind} one ("${ref.name}")`);
+  }
+  const plugin = await pluginFor(registries, ref) as PluginDefinition<K>;
+  const fullDeps: PluginDeps = {
+    ...deps,
+    create: (nestedKind, nestedRef) => createPlugin(registries, nestedKind, nestedRef, deps),
+  };
+  return await plugin.create(structuredClone(ref.config), fullDeps);
+}
+
+/** Describes the resolved plan in a few human-readable lines. */
+export function describePlan(manifest: ResolvedManifest, out: string): string {
+  const ref = (r: ResolvedPluginRef | undefined) =>
+    r === undefined ? "(none)" : `${r.module ?? r.name} ${JSON.stringify(r.config)}`;
+  const lines = [
+    `experiment ${manifest.experiment}${
+      manifest.description ? ` - ${manifest.description}` : ""
+    }`,
+    `  manifest  ${manifest.file}`,
+    `  output    ${join(out, manifest.experiment)}`,
+    `  seed      ${manifest.seed}`,
+    `  backend   ${ref(manifest.backend)}`,
+    `  data      ${ref(manifest.data)}`,
+    `  tokenizer ${ref(manifest.tokenizer)}`,
+    `  model     ${ref(manifest.model)}`,
+    `  reward    ${ref(manifest.reward)}`,
+    `  runs (${manifest.runs.length}):`,
+  ];
+  for (const run of manifest.runs) {
+    lines.push(`    ${run.name} (seed ${run.seed})`);
+    lines.push(`      algorithm ${ref(run.algorithm)}`);
+    if (run.reward !== manifest.reward) lines.push(`      reward    ${ref(run.reward)}`);
+    if (run.loss) lines.push(`      loss      ${ref(run.loss)}`);
+    if (run.threshold) lines.push(`      threshold ${ref(run.threshold)}`);
+  }
+  return lines.join("\n");
+}
+
+/** Trains the shared tokenizer, or reloads it from the experiment folder. */
+async function prepareTokenizer(
+  tokenizer: Tokenizer,
+  splits: Splits,
+  file: string,
+  log: (message: string) => void,
+): Promise<void> {
+  if (await exists(file)) {
+    tokenizer.load(JSON.parse(await Deno.readTextFile(file)));
+    log(`tokenizer: reloaded ${file}`);
+    return;
+  }
+  const started = performance.now();
+  tokenizer.train({
+    sources: splits.train.map((e) => e.source),
+    targets: splits.train.map((e) => e.reference),
+  });
+  await writeFileAtomic(file, JSON.stringify(tokenizer.save()));
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  log(
+    `tokenizer: trained in ${seconds}s, vocabulary ${tokenizer.vocabSize("source")} (source) / ${
+      tokenizer.vocabSize("target")
+    } (target)`,
+  );
+}
+
+/** Executes every run of a resolved manifest. */
+export async function runExperiment(
+  manifest: ResolvedManifest,
+  registries: Registries,
+  options: ExperimentOptions,
+): Promise<ExperimentResult> {
+  const log = options.log ?? defaultLog;
+  const experimentDir = resolve(options.out, manifest.experiment);
+  await Deno.mkdir(experimentDir, { recursive: true });
+  const deps = baseDepsFor(manifest, manifest.seed, options.smoke, log);
+
+  const backend = await createPlugin(registries, "backend", manifest.backend, deps);
+  const backendInfo = await backend.init();
+  log(`backend: ${backendInfo.name} (tfjs ${backendInfo.tfBackend}, ${backendInfo.threads} threads)`);
+
+  const data = await createPlugin(registries, "data", manifest.data, deps);
+  const splits = await data.load();
+  log(
+    `data: ${splits.train.length} train / ${splits.valid.length} valid / ${splits.test.length} test pairs`,
+  );
+  if (splits.train.length === 0) {
+    throw new UserError(`data: the training split is empty (${manifest.file}, /data)`);
+  }
+
+  const tokenizer = await createPlugin(
+    registries,
+    "tokenizer",
+    manifest.tokenizer,
+    deps,
+  );
+  await prepareTokenizer(tokenizer, splits, join(experimentDir, "tokenizer.json"), log);
+
+  const summaries: Record<string, RunSummary> = {};
+  for (const run of manifest.runs) {
+    summaries[run.name] = await executeRun(manifest, run, registries, {
+      experimentDir,
+      splits,
+      tokenizer,
+      options,
+      log,
+      backend: backendInfo,
+    });
+  }
+  return { dir: experimentDir, backend: backendInfo, runs: summaries };
+}
+
+async function executeRun(
+  manifest: ResolvedManifest,
+  run: ResolvedRun,
+  registries: Registries,
+  shared: {
+    experimentDir: string;
+    splits: Splits;
+    tokenizer: Tokenizer;
+    options: ExperimentOptions;
+    log: (message: string) => void;
+    backend: BackendInfo;
+  },
+): Promise<RunSummary> {
+  const { options, log } = shared;
+  const dir = join(shared.experimentDir, run.name);
+  const resolvedForRun = {
+    experiment: manifest.experiment,
+    run: run.name,
+    seed: run.seed,
+    smoke: options.smoke,
+    backend: manifest.backend,
+    data: manifest.data,
+    tokenizer: manifest.tokenizer,
+    ...(manifest.model ? { model: manifest.model } : {}),
+    algorithm: run.algorithm,
+    reward: run.reward,
+    ...(run.loss ? { loss: run.loss } : {}),
+    ...(run.threshold ? { threshold: run.threshold } : {}),
+  };
+  const folder = await openRunFolder(dir, resolvedForRun, { resume: options.resume });
+  if (folder.state === "complete") {
+    log(`run ${run.name}: already complete, skipped (${dir})`);
+    return await readRunSummary(dir) as RunSummary;
+  }
+  log(`run ${run.name}: ${folder.state === "resumed" ? "resuming" : "starting"} in ${dir}`);
+  const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
+  const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
+  const reward = await createPlugin(registries, "reward", run.reward, deps);
+  const ctx: RunContext = {
+    experiment: manifest.experiment,
+    run: run.name,
+    dir,
+    seed: run.seed,
+    smoke: options.smoke,
+    resume: folder.state === "resumed",
+    splits: shared.splits,
+    tokenizer: shared.tokenizer,
+    reward,
+    metrics: folder.metrics,
+    progress: (label, total, unit) => startProgress(`${run.name}: ${label}`, total, unit),
+    log: (message) => log(`${run.name}: ${message}`),
+  };
+  if (run.loss) ctx.loss = await createPlugin(registries, "loss", run.loss, deps);
+  if (run.threshold) {
+    ctx.threshold = await createPlugin(registries, "threshold", run.threshold, deps);
+  }
+  const started = performance.now();
+  const summary = await algorithm.run(ctx);
+  const seconds = (performance.now() - started) / 1000;
+  await writeRunSummary(dir, { ...summary, backend: shared.backend.name, seconds });
+  log(`run ${run.name}: done in ${seconds.toFixed(1)}s`);
+  return summary;
+}
+
+function baseDepsFor(
+  manifest: ResolvedManifest,
+  seed: number,
+  smoke: boolean,
+  log: (message: string) => void,
+): Omit<PluginDeps, "create"> {
+  return { seed, baseDir: manifest.baseDir, smoke, log };
+}

@@ -1,0 +1,710 @@
+/**
+ * Experiment manifests: load, validate and resolve, reporting every problem at once.
+ *
+ * Validation has three steps:
+ * 1. the envelope schema (unknown keys rejected, types checked);
+ * 2. every plugin reference `{name | module, config}` against that plugin's own
+ *    config schema, with defaults filled in (nested references, such as the parts
+ *    of a weighted reward, are resolved the same way);
+ * 3. each run's sections against what its algorithm uses.
+ *
+ * Every problem carries a JSON pointer into the manifest, e.g.
+ * `/runs/2/loss/config/clip: must be > 0`.
+ *
+ * @module
+ */
+
+import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { ManifestError, type ManifestProblem } from "./errors.ts";
+import {
+  definePlugin,
+  type JsonSchema,
+  type PluginDefinition,
+  type PluginKind,
+  type ResolvedPluginRef,
+} from "./plugin.ts";
+import { nearest, type Registries, type Registry } from "./registry.ts";
+import type { RunSection } from "./types.ts";
+
+/** Schema keyword marking a config property as a nested plugin reference of the given kind. */
+export const PLUGIN_REF_KEYWORD = "x-plugin-kind";
+
+/** Top-level sections holding one plugin reference each, with their kind and default. */
+export const TOP_LEVEL_PLUGINS = {
+  backend: { kind: "backend", default: "auto" },
+  data: { kind: "data", default: undefined },
+  tokenizer: { kind: "tokenizer", default: "bpe" },
+  model: { kind: "model", default: undefined },
+  reward: { kind: "reward", default: "chrf" },
+} as const satisfies Record<string, { kind: PluginKind; default: string | undefined }>;
+
+/** Run-level sections holding one plugin reference each. */
+export const RUN_PLUGINS = {
+  loss: "loss",
+  threshold: "threshold",
+  reward: "reward",
+} as const satisfies Partial<Record<RunSection, PluginKind>>;
+
+const NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]*$";
+
+/** JSON Schema of a plugin reference in the envelope (shape only; configs are checked per plugin). */
+export function pluginRefSchema(kind: PluginKind, description: string): JsonSchema {
+  return {
+    description: `${description} A ${kind} plugin: its name, or {"name": ..., "config": {...}}, ` +
+      `or {"module": "./file.ts", "config": {...}} for a local plugin file.`,
+    type: ["string", "object"],
+  };
+}
+
+/** The envelope schema: the manifest's structure, without the plugins' own configs. */
+export function envelopeSchema(): JsonSchema {
+  const top: Record<string, JsonSchema> = {};
+  for (const [key, spec] of Object.entries(TOP_LEVEL_PLUGINS)) {
+    top[key] = pluginRefSchema(spec.kind, `Top-level ${key} section.`);
+  }
+  return {
+    $id: "rest-manifest",
+    description: "A ReST experiment manifest: shared data, tokenizer, model and reward, and runs.",
+    type: "object",
+    additionalProperties: false,
+    required: ["experiment", "data", "runs"],
+    properties: {
+      $schema: { type: "string", description: "Path of the JSON Schema, for editors." },
+      experiment: {
+        type: "string",
+        pattern: NAME_PATTERN,
+        description: "Experiment name; outputs go to <out>/<experiment>/.",
+      },
+      description: { type: "string", description: "Free text describing the experiment." },
+      seed: {
+        type: "integer",
+        minimum: 0,
+        maximum: 2147483647,
+        default: 1,
+        description: "Base seed of every run (a run may set its own).",
+      },
+      ...top,
+      runs: {
+        type: "array",
+        minItems: 1,
+        description: "The runs of the experiment; they share data, tokenizer, model and reward.",
+        items: {
+          type: "object",
+          additionalProperties: false,
+          required: ["name", "algorithm"],
+          properties: {
+            name: { type: "string", pattern: NAME_PATTERN, description: "Run name (unique)." },
+            description: { type: "string", description: "Free text describing the run." },
+            seed: {
+              type: "integer",
+              minimum: 0,
+              maximum: 2147483647,
+              description: "Seed of this run; defaults to the manifest's seed.",
+            },
+            algorithm: pluginRefSchema("algorithm", "The algorithm this run executes."),
+            loss: pluginRefSchema("loss", "Loss used by the algorithm."),
+            threshold: pluginRefSchema("threshold", "Reward-threshold schedule."),
+            reward: pluginRefSchema("reward", "Reward of this run (overrides the top level)."),
+          },
+        },
+      },
+    },
+  };
+}
+
+/**
+ * The envelope schema enriched with every registered plugin's config schema, for
+ * editor completion (`deno task schema` writes it to experiments/manifest.schema.json).
+ * Validation itself uses {@link envelopeSchema} plus each plugin's own schema.
+ */
+export function editorSchema(registries: Registries): JsonSchema {
+  const schema = envelopeSchema();
+  delete schema.$id;
+  schema.$schema = "http://json-schema.org/draft-07/schema#";
+  schema.title = "ReST experiment manifest";
+  const refFor = (kind: PluginKind, description: string): JsonSchema => {
+    const plugins = (registries[kind] as Registry).list();
+    return {
+      description,
+      anyOf: [
+        {
+          type: "string",
+          enum: plugins.map((p) => p.name),
+          description: `A ${kind} plugin with its default config.`,
+        },
+        ...plugins.map((p) => ({
+          type: "object",
+          description: p.summary,
+          additionalProperties: false,
+          required: ["name"],
+          properties: {
+            name: { const: p.name, description: p.summary },
+            config: p.configSchema,
+          },
+        })),
+        {
+          type: "object",
+          description: "A local plugin file that default-exports definePlugin({...}).",
+          additionalProperties: false,
+          required: ["module"],
+          properties: {
+            module: { type: "string", description: "Path of the plugin file." },
+            config: { type: "object", description: "The plugin's config." },
+          },
+        },
+      ],
+    };
+  };
+  for (const [key, spec] of Object.entries(TOP_LEVEL_PLUGINS)) {
+    schema.properties[key] = refFor(spec.kind, schema.properties[key].description);
+  }
+  const runProps = schema.properties.runs.items.properties;
+  runProps.algorithm = refFor("algorithm", runProps.algorithm.description);
+  for (const [key, kind] of Object.entries(RUN_PLUGINS)) {
+    runProps[key] = refFor(kind, runProps[key].description);
+  }
+  return schema;
+}
+
+/** One run after resolution. */
+export interface ResolvedRun {
+  /** Run name, unique within the experiment. */
+  name: string;
+  /** Seed of the run. */
+  seed: number;
+  /** The algorithm. */
+  algorithm: ResolvedPluginRef;
+  /** The reward (the run's own or the top-level one). */
+  reward: ResolvedPluginRef;
+  /** The loss, when given. */
+  loss?: ResolvedPluginRef;
+  /** The threshold schedule, when given. */
+  threshold?: ResolvedPluginRef;
+}
+
+/** A validated manifest with every plugin's config resolved and defaults filled in. */
+export interface ResolvedManifest {
+  /** The manifest file (absolute) or a label. */
+  file: string;
+  /** Folder relative paths are resolved against. */
+  baseDir: string;
+  /** Experiment name. */
+  experiment: string;
+  /** Description, or "". */
+  description: string;
+  /** Base seed. */
+  seed: number;
+  /** Backend plugin. */
+  backend: ResolvedPluginRef;
+  /** Data plugin. */
+  data: ResolvedPluginRef;
+  /** Tokenizer plugin. */
+  tokenizer: ResolvedPluginRef;
+  /** Model plugin, when given. */
+  model?: ResolvedPluginRef;
+  /** Default reward plugin. */
+  reward: ResolvedPluginRef;
+  /** The runs in manifest order. */
+  runs: ResolvedRun[];
+}
+
+/** Options for {@link resolveManifest}. */
+export interface ResolveOptions {
+  /** Label used in messages (the file path). */
+  file?: string;
+  /** Folder for relative paths and `module` references (default: the file's folder). */
+  baseDir?: string;
+  /** Replaces the manifest's `seed`. */
+  seed?: number;
+  /** Replaces the manifest's `backend` (by name). */
+  backend?: string;
+  /** Applies each plugin's `smoke` scaling. */
+  smoke?: boolean;
+}
+
+/** Creates the ajv instance used for envelopes and plugin configs (strict, all errors, defaults). */
+export function createAjv(): Ajv {
+  const ajv = new Ajv({
+    allErrors: true,
+    strict: true,
+    useDefaults: true,
+    allowUnionTypes: true,
+    verbose: true,
+  });
+  ajv.addKeyword({ keyword: PLUGIN_REF_KEYWORD, schemaType: "string" });
+  return ajv;
+}
+
+/** Turns an ajv error into a readable problem under `prefix`. */
+export function formatAjvError(error: ErrorObject, prefix: string, data: unknown): ManifestProblem {
+  const path = prefix + error.instancePath;
+  const params = error.params as Record<string, unknown>;
+  switch (error.keyword) {
+    case "additionalProperties": {
+      const key = String(params.additionalProperty);
+      const allowed = Object.keys(
+        (error.parentSchema?.properties ?? {}) as Record<string, unknown>,
+      );
+      const suggestion = nearest(key, allowed);
+      const hint = suggestion === undefined ? "" : `; did you mean "${suggestion}"?`;
+      return {
+        path: `${path}/${escapePointer(key)}`,
+        message: `unknown key${hint} (allowed: ${allowed.join(", ")})`,
+      };
+    }
+    case "required":
+      return {
+        path: `${path}/${escapePointer(String(params.missingProperty))}`,
+        message: "is required",
+      };
+    case "enum":
+      return {
+        path,
+        message: `must be one of ${
+          (params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(", ")
+        } (got ${show(pointerGet(data, error.instancePath))})`,
+      };
+    default:
+      return {
+        path,
+        message: `${error.message ?? "is invalid"} (got ${show(pointerGet(data, error.instancePath))})`,
+      };
+  }
+}
+
+function show(value: unknown): string {
+  const text = JSON.stringify(value);
+  if (text === undefined) return String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+function escapePointer(key: string): string {
+  return key.replaceAll("~", "~0").replaceAll("/", "~1");
+}
+
+function pointerGet(data: unknown, pointer: string): unknown {
+  if (pointer === "") return data;
+  let current: unknown = data;
+  for (const raw of pointer.slice(1).split("/")) {
+    const key = raw.replaceAll("~1", "/").replaceAll("~0", "~");
+    if (current === null || typeof current !== "object") return undefined;
+    current = (current as Record<string, unknown>)[key];
+  }
+  return current;
+}
+
+/** Parses JSON text, turning syntax errors into a ManifestError with line and column. */
+export function parseManifestText(text: string, file: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    const position = /position (\d+)/.exec(message);
+    let where = "";
+    if (position !== null && !/line \d+/.test(message)) {
+      const offset = Number(position[1]);
+      const before = text.slice(0, offset);
+      const line = before.split("\n").length;
+      const column = offset - before.lastIndexOf("\n");
+      where = ` (line ${line}, column ${column})`;
+    }
+    throw new ManifestError(file, [{ path: "", message: `invalid JSON: ${message}${where}` }]);
+  }
+}
+
+/** Reads and parses a manifest file; a missing file is a ManifestError. */
+export async function readManifestFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (error) {
+    const reason = error instanceof Deno.errors.NotFound
+      ? "file not found"
+      : error instanceof Error
+      ? error.message
+      : String(error);
+    throw new ManifestError(file, [{ path: "", message: `cannot read manifest: ${reason}` }]);
+  }
+  return parseManifestText(text, file);
+}
+
+/** Resolves plugin references against registries, collecting problems. */
+class Resolver {
+  readonly problems: ManifestProblem[] = [];
+  readonly #ajv: Ajv;
+  readonly #validators = new Map<PluginDefinition, ValidateFunction>();
+  readonly #modules = new Map<string, PluginDefinition | null>();
+
+  constructor(
+    readonly registries: Registries,
+    readonly baseDir: string,
+    readonly smoke: boolean,
+  ) {
+    this.#ajv = createAjv();
+  }
+
+  problem(path: string, message: string): void {
+    this.problems.push({ path, message });
+  }
+
+  /** Loads a user plugin module (once per absolute path) and registers it. */
+  async loadModule(
+    specifier: string,
+    kind: PluginKind,
+    path: string,
+  ): Promise<PluginDefinition | undefined> {
+    const file = isAbsolute(specifier) ? specifier : resolve(this.baseDir, specifier);
+    if (!this.#modules.has(file)) {
+      this.#modules.set(file, await this.#importPlugin(file, path));
+    }
+    const plugin = this.#modules.get(file);
+    if (plugin === null || plugin === undefined) return undefined;
+    if (plugin.kind !== kind) {
+      this.problem(
+        `${path}/module`,
+        `${file} defines a ${plugin.kind} plugin ("${plugin.name}"), but a ${kind} plugin is expected here`,
+      );
+      return undefined;
+    }
+    return plugin;
+  }
+
+  async #importPlugin(file: string, path: string): Promise<PluginDefinition | null> {
+    try {
+      await Deno.stat(file);
+    } catch {
+      this.problem(`${path}/module`, `plugin module not found: ${file}`);
+      return null;
+    }
+    let exports: Record<string, unknown>;
+    try {
+      exports = await import(pathToFileURL(file).href);
+    } catch (error) {
+      const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
+      this.problem(`${path}/module`, `cannot load plugin module ${file}: ${message}`);
+      return null;
+    }
+    const candidate = exports.default;
+    if (candidate === undefined || candidate === null || typeof candidate !== "object") {
+      this.problem(
+        `${path}/module`,
+        `${file} must default-export a plugin definition (export default definePlugin({...}))`,
+      );
+      return null;
+    }
+    let plugin: PluginDefinition;
+    try {
+      plugin = definePlugin(candidate as PluginDefinition);
+    } catch (error) {
+      this.problem(`${path}/module`, `${file}: ${(error as Error).message}`);
+      return null;
+    }
+    const registry = this.registries[plugin.kind] as Registry | undefined;
+    if (registry === undefined) return plugin; // definePlugin already rejected unknown kinds
+    try {
+      registry.register(plugin, file);
+    } catch (error) {
+      this.problem(`${path}/module`, (error as Error).message);
+      return null;
+    }
+    return plugin;
+  }
+
+  validator(plugin: PluginDefinition, path: string): ValidateFunction | undefined {
+    let validate = this.#validators.get(plugin);
+    if (validate === undefined) {
+      try {
+        validate = this.#ajv.compile(plugin.configSchema);
+      } catch (error) {
+        this.problem(
+          path,
+          `the config schema of ${plugin.kind} plugin "${plugin.name}" is invalid: ${
+            (error as Error).message
+          }`,
+        );
+        return undefined;
+      }
+      this.#validators.set(plugin, validate);
+    }
+    return validate;
+  }
+
+  /** Resolves one reference found at `path`; undefined when it has problems. */
+  async resolve(
+    kind: PluginKind,
+    ref: unknown,
+    path: string,
+  ): Promise<{ ref: ResolvedPluginRef; plugin: PluginDefinition } | undefined> {
+    let name: string | undefined;
+    let module: string | undefined;
+    let config: unknown = {};
+    if (typeof ref === "string") {
+      name = ref;
+    } else if (ref !== null && typeof ref === "object" && !Array.isArray(ref)) {
+      const object = ref as Record<string, unknown>;
+      let ok = true;
+      for (const key of Object.keys(object)) {
+        if (!["name", "module", "config"].includes(key)) {
+          const suggestion = nearest(key, ["name", "module", "config"]);
+          const hint = suggestion === undefined ? "" : `; did you mean "${suggestion}"?`;
+          this.problem(
+            `${path}/${escapePointer(key)}`,
+            `unknown key${hint} (allowed: name, module, config)`,
+          );
+          ok = false;
+        }
+      }
+      if ("name" in object && "module" in object) {
+        this.problem(path, `give either "name" or "module", not both`);
+        ok = false;
+      } else if ("name" in object) {
+        if (typeof object.name !== "string") {
+          this.problem(`${path}/name`, `must be a string (got ${show(object.name)})`);
+          ok = false;
+        } else name = object.name;
+      } else if ("module" in object) {
+        if (typeof object.module !== "string" || object.module === "") {
+          this.problem(`${path}/module`, `must be a file path (got ${show(object.module)})`);
+          ok = false;
+        } else module = object.module;
+      } else {
+        this.problem(path, `must have "name" (a ${kind} plugin) or "module" (a plugin file)`);
+        ok = false;
+      }
+      if ("config" in object) {
+        config = object.config;
+        if (config === null || typeof config !== "object" || Array.isArray(config)) {
+          this.problem(`${path}/config`, `must be an object (got ${show(config)})`);
+          ok = false;
+        }
+      }
+      if (!ok) return undefined;
+    } else {
+      this.problem(
+        path,
+        `must be a ${kind} plugin name or an object {"name", "config"} (got ${show(ref)})`,
+      );
+      return undefined;
+    }
+
+    let plugin: PluginDefinition | undefined;
+    if (module !== undefined) {
+      plugin = await this.loadModule(module, kind, path);
+    } else {
+      const registry = this.registries[kind] as Registry;
+      plugin = registry.find(name!);
+      if (plugin === undefined) {
+        this.problem(
+          typeof ref === "string" ? path : `${path}/name`,
+          registry.unknownMessage(name!),
+        );
+      }
+    }
+    if (plugin === undefined) return undefined;
+
+    const copy = structuredClone(config) as Record<string, unknown>;
+    const validate = this.validator(plugin, path);
+    if (validate === undefined) return undefined;
+    if (!validate(copy)) {
+      for (const error of validate.errors ?? []) {
+        this.problems.push(formatAjvError(error, `${path}/config`, copy));
+      }
+      return undefined;
+    }
+    const nestedOk = await this.#resolveNested(plugin.configSchema, copy, `${path}/config`);
+    if (!nestedOk) return undefined;
+    let finalConfig = copy;
+    if (this.smoke && plugin.smoke !== undefined) finalConfig = plugin.smoke(copy);
+    const resolved: ResolvedPluginRef = { kind, name: plugin.name, config: finalConfig };
+    if (module !== undefined) {
+      resolved.module = isAbsolute(module) ? module : resolve(this.baseDir, module);
+    }
+    return { ref: resolved, plugin };
+  }
+
+  /** Replaces nested plugin references (schema nodes marked with x-plugin-kind) in place. */
+  async #resolveNested(schema: JsonSchema, value: unknown, path: string): Promise<boolean> {
+    let ok = true;
+    if (value === null || typeof value !== "object") return ok;
+    if (Array.isArray(value)) {
+      const items = schema.items as JsonSchema | undefined;
+      if (items === undefined) return ok;
+      for (let i = 0; i < value.length; i++) {
+        const nestedKind = items[PLUGIN_REF_KEYWORD] as PluginKind | undefined;
+        if (nestedKind !== undefined) {
+          const result = await this.resolve(nestedKind, value[i], `${path}/${i}`);
+          if (result === undefined) ok = false;
+          else value[i] = result.ref;
+        } else if (!(await this.#resolveNested(items, value[i], `${path}/${i}`))) ok = false;
+      }
+      return ok;
+    }
+    const properties = (schema.properties ?? {}) as Record<string, JsonSchema>;
+    const object = value as Record<string, unknown>;
+    for (const [key, propSchema] of Object.entries(properties)) {
+      if (!(key in object)) continue;
+      const nestedKind = propSchema[PLUGIN_REF_KEYWORD] as PluginKind | undefined;
+      const where = `${path}/${escapePointer(key)}`;
+      if (nestedKind !== undefined) {
+        const result = await this.resolve(nestedKind, object[key], where);
+        if (result === undefined) ok = false;
+        else object[key] = result.ref;
+      } else if (!(await this.#resolveNested(propSchema, object[key], where))) ok = false;
+    }
+    return ok;
+  }
+}
+
+let envelopeValidator: ValidateFunction | undefined;
+
+/**
+ * Validates a parsed manifest and resolves every plugin reference.
+ *
+ * @throws {ManifestError} listing every problem found, each with its JSON pointer.
+ */
+export async function resolveManifest(
+  raw: unknown,
+  registries: Registries,
+  options: ResolveOptions = {},
+): Promise<ResolvedManifest> {
+  const file = options.file ?? "<manifest>";
+  const baseDir = options.baseDir ??
+    (options.file === undefined ? Deno.cwd() : dirname(resolve(options.file)));
+  const data = structuredClone(raw) as Record<string, unknown>;
+  if (data !== null && typeof data === "object" && !Array.isArray(data)) {
+    if (options.seed !== undefined) data.seed = options.seed;
+    if (options.backend !== undefined) data.backend = options.backend;
+  }
+
+  // Step 1: the envelope.
+  envelopeValidator ??= createAjv().compile(envelopeSchema());
+  const problems: ManifestProblem[] = [];
+  if (!envelopeValidator(data)) {
+    for (const error of envelopeValidator.errors ?? []) {
+      problems.push(formatAjvError(error, "", data));
+    }
+  }
+  if (data === null || typeof data !== "object" || Array.isArray(data)) {
+    throw new ManifestError(file, problems);
+  }
+
+  // Step 2: plugin references (only those whose envelope part is well-formed).
+  const resolver = new Resolver(registries, baseDir, options.smoke ?? false);
+  const badPaths = new Set(problems.map((p) => p.path));
+  const isBad = (path: string) => [...badPaths].some((p) => p === path || p.startsWith(`${path}/`));
+
+  const top: Partial<Record<keyof typeof TOP_LEVEL_PLUGINS, ResolvedPluginRef>> = {};
+  for (const [key, spec] of Object.entries(TOP_LEVEL_PLUGINS)) {
+    const section = key as keyof typeof TOP_LEVEL_PLUGINS;
+    const value = data[key] ?? spec.default;
+    if (value === undefined || isBad(`/${key}`)) continue;
+    const result = await resolver.resolve(spec.kind, value, `/${key}`);
+    if (result !== undefined) top[section] = result.ref;
+  }
+
+  const runs: ResolvedRun[] = [];
+  const rawRuns = Array.isArray(data.runs) ? data.runs as Record<string, unknown>[] : [];
+  const seenNames = new Map<string, number>();
+  const seed = typeof data.seed === "number" ? data.seed : 1;
+  for (let i = 0; i < rawRuns.length; i++) {
+    const run = rawRuns[i];
+    const path = `/runs/${i}`;
+    if (run === null || typeof run !== "object" || Array.isArray(run)) continue;
+    if (typeof run.name === "string") {
+      const first = seenNames.get(run.name);
+      if (first !== undefined) {
+        resolver.problem(`${path}/name`, `duplicate run name "${run.name}" (also /runs/${first})`);
+      } else seenNames.set(run.name, i);
+    }
+    if (run.algorithm === undefined || isBad(`${path}/algorithm`)) continue;
+    const algorithm = await resolver.resolve("algorithm", run.algorithm, `${path}/algorithm`);
+    const sections: Partial<Record<keyof typeof RUN_PLUGINS, ResolvedPluginRef>> = {};
+    for (const [key, kind] of Object.entries(RUN_PLUGINS)) {
+      const section = key as keyof typeof RUN_PLUGINS;
+      if (run[key] === undefined || isBad(`${path}/${key}`)) continue;
+      const result = await resolver.resolve(kind, run[key], `${path}/${key}`);
+      if (result !== undefined) sections[section] = result.ref;
+    }
+    if (algorithm === undefined) continue;
+
+    // Step 3: sections against what the algorithm uses.
+    const uses = algorithm.plugin.uses ?? {};
+    for (const key of Object.keys(RUN_PLUGINS) as (keyof typeof RUN_PLUGINS)[]) {
+      const use = uses[key];
+      const given = run[key] !== undefined;
+      if (given && use === undefined && key !== "reward") {
+        resolver.problem(
+          `${path}/${key}`,
+          `algorithm "${algorithm.ref.name}" does not use a ${key}; remove this section`,
+        );
+      }
+      if (!given && use === "required" && !(key === "reward" && top.reward !== undefined)) {
+        resolver.problem(
+          `${path}/${key}`,
+          `is required by algorithm "${algorithm.ref.name}"`,
+        );
+      }
+    }
+    if (typeof run.name !== "string" || top.reward === undefined && sections.reward === undefined) {
+      continue;
+    }
+    runs.push({
+      name: run.name,
+      seed: typeof run.seed === "number" ? run.seed : seed,
+      algorithm: algorithm.ref,
+      reward: sections.reward ?? top.reward!,
+      ...(sections.loss ? { loss: sections.loss } : {}),
+      ...(sections.threshold ? { threshold: sections.threshold } : {}),
+    });
+  }
+
+  problems.push(...resolver.problems);
+  if (problems.length > 0) {
+    problems.sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+    throw new ManifestError(file, problems);
+  }
+  return {
+    file,
+    baseDir,
+    experiment: data.experiment as string,
+    description: typeof data.description === "string" ? data.description : "",
+    seed,
+    backend: top.backend!,
+    data: top.data!,
+    tokenizer: top.tokenizer!,
+    ...(top.model ? { model: top.model } : {}),
+    reward: top.reward!,
+    runs,
+  };
+}
+
+/**
+ * Validates and resolves a single plugin reference outside a manifest (used by the
+ * `score` command). `label` names the source of the reference in messages.
+ *
+ * @throws {ManifestError} listing the problems.
+ */
+export async function resolvePluginRef(
+  registries: Registries,
+  kind: PluginKind,
+  ref: unknown,
+  label: string,
+  baseDir = Deno.cwd(),
+): Promise<ResolvedPluginRef> {
+  const resolver = new Resolver(registries, baseDir, false);
+  const result = await resolver.resolve(kind, ref, "");
+  if (result === undefined) throw new ManifestError(label, resolver.problems);
+  return result.ref;
+}
+
+/** Reads, validates and resolves a manifest file. */
+export async function loadManifest(
+  file: string,
+  registries: Registries,
+  options: Omit<ResolveOptions, "file"> = {},
+): Promise<ResolvedManifest> {
+  const raw = await readManifestFile(file);
+  return await resolveManifest(raw, registries, { ...options, file });
+}

@@ -1,0 +1,19 @@
+/**
+ * The built-in plugins, as a literal list: importing this module registers nothing
+ * by side effect; `createRegistries(builtinPlugins)` builds the registries.
+ *
+ * @module
+ */
+
+import type { PluginDefinition } from "../core/plugin.ts";
+
+import baselines from "./algorithms/baselines.ts";
+import weighted from "./rewards/weighted.ts";
+
+/** Every built-in plugin definition. */
+export const builtinPlugins: readonly PluginDefinition[] = [
+  // algorithms
+  baselines,
+  // rewards
+  weighted,
+] as PluginDefinition[];
