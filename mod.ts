@@ -9,6 +9,7 @@ export * from "./core/plugin.ts";
 export * from "./core/registry.ts";
 export * from "./core/manifest.ts";
 export * from "./core/types.ts";
+export * from "./core/policy.ts";
 export * from "./core/run.ts";
 export * from "./core/progress.ts";
 export * from "./core/random.ts";

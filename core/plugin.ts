@@ -36,6 +36,7 @@
  * @module
  */
 
+import type { ModelFactory } from "./policy.ts";
 import type {
   Backend,
   DataSource,
@@ -77,8 +78,8 @@ export interface PluginInstances {
   data: DataSource;
   /** Subword tokenizer. */
   tokenizer: Tokenizer;
-  /** Policy model factory (contract defined with the model plugins). */
-  model: object;
+  /** Policy model factory. */
+  model: ModelFactory;
   /** Reward model. */
   reward: RewardModel;
   /** Offline loss (contract defined with the loss plugins). */

@@ -1,0 +1,122 @@
+/**
+ * The policy contract: what a model plugin builds and what losses, Grow, Improve and
+ * PPO use. Tensor shapes are written `[B, T]` (batch, target length), `[B, S]`
+ * (source length) and `[B, T, V]` (vocabulary).
+ *
+ * @module
+ */
+
+import type * as tf from "@tensorflow/tfjs-core";
+import type { SpecialIds } from "./types.ts";
+
+/** A padded batch of token ids. Padding id is 0 and always masked. */
+export interface TokenBatch {
+  /** `[B, S]` int32 source ids, each row ending with EOS, right-padded. */
+  source: tf.Tensor2D;
+  /** `[B, T]` int32 decoder inputs: BOS y_1 ... y_{T-1}. */
+  targetIn: tf.Tensor2D;
+  /** `[B, T]` int32 decoder targets: y_1 ... y_T (EOS where the output ended). */
+  targetOut: tf.Tensor2D;
+  /** `[B, T]` float32, 1 at real target positions, 0 at padding. */
+  targetMask: tf.Tensor2D;
+}
+
+/** The outputs of a teacher-forced forward pass. */
+export interface ForwardOutput {
+  /** `[B, T, V]` unnormalised logits. */
+  logits: tf.Tensor3D;
+  /** `[B, T]` value estimates, when the model has a value head. */
+  values?: tf.Tensor2D;
+}
+
+/** One decoded output. */
+export interface Generation {
+  /** Output ids without BOS; ends with EOS unless `maxLen` was reached. */
+  tokens: number[];
+  /** log pi(token_t | ...) of each token under the model itself (temperature 1, no truncation). */
+  logProbs: number[];
+  /** Score used to rank beams (length-penalised log-probability); greedy/sample: sum of logProbs. */
+  score: number;
+}
+
+/** Options shared by every decoding method. */
+export interface DecodeOptions {
+  /** Maximum number of output tokens (EOS included). */
+  maxLen: number;
+  /** Sources per decoding batch (memory/speed trade-off). */
+  batchSize?: number;
+}
+
+/** Options of ancestral sampling. */
+export interface SampleOptions extends DecodeOptions {
+  /** Samples per source. */
+  n: number;
+  /** Softmax temperature (> 0). */
+  temperature: number;
+  /** Keep only the k most likely tokens (0: all). */
+  topK: number;
+  /** Nucleus sampling: keep the smallest set with probability >= p (1: all). */
+  topP: number;
+  /** Seed of this call's random stream. */
+  seed: number;
+}
+
+/** Options of beam search. */
+export interface BeamOptions extends DecodeOptions {
+  /** Beam width. */
+  beamSize: number;
+  /** Length penalty alpha: score = logp / ((5 + len) / 6)^alpha (GNMT). */
+  lengthPenalty: number;
+}
+
+/** A trainable sequence-to-sequence policy. */
+export interface Policy {
+  /** Special token ids (shared with the tokenizer). */
+  readonly specials: SpecialIds;
+  /** Trainable variables (value head included when present). */
+  readonly variables: tf.Variable[];
+  /** Whether the model has a value head. */
+  readonly hasValueHead: boolean;
+  /** Teacher-forced forward pass (call inside `tf.tidy` or an optimizer step). */
+  forward(batch: TokenBatch, options: { training: boolean }): ForwardOutput;
+  /** `[B, T]` log pi(targetOut_t | ...), 0 at padding (call inside `tf.tidy`). */
+  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D;
+  /** n samples for each source: result[i][j] is sample j of source i. */
+  sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]>;
+  /** Greedy decoding, one output per source. */
+  greedy(sources: readonly number[][], options: DecodeOptions): Promise<Generation[]>;
+  /** Beam search, the best beam per source. */
+  beam(sources: readonly number[][], options: BeamOptions): Promise<Generation[]>;
+  /** A new policy with the same architecture and a copy of the weights (e.g. the frozen BC reference). */
+  clone(): Policy;
+  /** Copies every weight from a policy of the same architecture. */
+  copyWeightsFrom(other: Policy): void;
+  /** Serialises the architecture and weights. */
+  save(): PolicyState;
+  /** Restores weights saved by `save` (the architecture must match). */
+  load(state: PolicyState): void;
+  /** Frees every tensor the policy holds. */
+  dispose(): void;
+}
+
+/** A saved policy: its config as JSON and its weights as one float32 buffer. */
+export interface PolicyState {
+  /** The model plugin's config and vocabulary sizes. */
+  config: Record<string, unknown>;
+  /** Weight names, shapes and offsets into `data` (in floats). */
+  weights: { name: string; shape: number[]; offset: number }[];
+  /** All weights, concatenated. */
+  data: Float32Array;
+}
+
+/** What a model plugin's `create` returns: builds a policy once vocabularies are known. */
+export interface ModelFactory {
+  /** Builds a freshly initialised policy (initialisation seeded by `seed`). */
+  build(options: {
+    sourceVocab: number;
+    targetVocab: number;
+    specials: SpecialIds;
+    valueHead: boolean;
+    seed: number;
+  }): Policy;
+}
