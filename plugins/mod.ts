@@ -8,6 +8,8 @@
 import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
+import bleu from "./rewards/bleu.ts";
+import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
 
 /** Every built-in plugin definition. */
@@ -15,5 +17,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // algorithms
   baselines,
   // rewards
+  bleu,
+  chrf,
   weighted,
 ] as PluginDefinition[];

@@ -19,16 +19,19 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { corpusBleu, sentenceBleu, tokenize13a } from "./bleu.ts";
  *
- * console.assert(tokenize13a("Hello, world!") === "Hello , world !");
+ * assert.equal(tokenize13a("Hello, world!"), "Hello , world !");
  * const bleu = sentenceBleu("Das ist ein Test.", "Dies ist ein Test.");
- * console.assert(Math.abs(bleu - 66.87403) < 1e-4);
- * console.assert(corpusBleu(["a b c d"], ["a b c d"]) > 99.999);
+ * assert.ok(Math.abs(bleu - 66.87403) < 1e-4);
+ * assert.ok(corpusBleu(["a b c d"], ["a b c d"]) > 99.999);
  * ```
  *
  * @module
  */
+
+import { NgramIndex, splitWords, TRAILING_WHITESPACE, usableReferences } from "./_text.ts";
 
 /** The tokenizers available: sacreBLEU's default `13a`, or `none` (split on whitespace only). */
 export type BleuTokenizer = "13a" | "none";
@@ -98,12 +101,6 @@ const SMOOTH_DEFAULTS: Record<BleuSmoothMethod, number> = {
 /** What sacreBLEU uses as log(0). */
 const LOG_ZERO = -9999999999;
 
-/** The characters Python's `str.split()` / `str.isspace()` treat as whitespace. */
-const PY_WHITESPACE = "\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029" +
-  "\\u202f\\u205f\\u3000";
-const WHITESPACE_RUN = new RegExp(`[${PY_WHITESPACE}]+`, "gu");
-const TRAILING_WHITESPACE = new RegExp(`[${PY_WHITESPACE}]+$`, "u");
-
 // The 13a rules, applied in this order. The first class is: space ! " # $ % & ( ) * + / : ; < = >
 // ? @ [ \ ] ^ _ ` { | } ~ (every ASCII symbol but the apostrophe, hyphen, period and comma).
 const RULES_13A: readonly [RegExp, string][] = [
@@ -116,11 +113,14 @@ const RULES_13A: readonly [RegExp, string][] = [
   [/([0-9])(-)/gu, "$1 $2 "],
 ];
 
+/** Fills in the defaults (with the caller's default for effectiveOrder) and checks the options. */
 function resolve(options: BleuOptions, effectiveOrderDefault: boolean): Resolved {
   const smoothMethod = options.smoothMethod ?? "exp";
   if (!(smoothMethod in SMOOTH_DEFAULTS)) {
     throw new RangeError(
-      `BLEU: smoothMethod must be one of exp, floor, add-k, none; got ${JSON.stringify(smoothMethod)}`,
+      `BLEU: smoothMethod must be one of exp, floor, add-k, none; got ${
+        JSON.stringify(smoothMethod)
+      }`,
     );
   }
   const tokenize = options.tokenize ?? "13a";
@@ -145,23 +145,20 @@ function resolve(options: BleuOptions, effectiveOrderDefault: boolean): Resolved
   };
 }
 
-/** Splits like Python's `str.split()` with no argument. */
-function splitWords(text: string): string[] {
-  return text.split(WHITESPACE_RUN).filter((word) => word !== "");
-}
-
 /**
  * sacreBLEU's `13a` tokenizer (mteval-v13a.pl): drops `<skipped>`, joins `-\n` line breaks,
- * turns newlines into spaces, unescapes `&quot;`, `&amp;`, `&lt;`, `&gt;` (in that order, once),
+ * turns newlines into spaces, unescapes `&quot;`, `&amp;`, `&lt;`, `&gt;` (one after the other,
+ * each over the previous result: `&amp;lt;` becomes `<`, but `&amp;quot;` becomes `&quot;`),
  * separates ASCII symbols, periods and commas not next to a digit, and dashes after a digit,
  * then collapses whitespace. Returns the tokens joined by single spaces.
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenize13a } from "./bleu.ts";
  *
- * console.assert(tokenize13a("3.50 EUR (inkl. MwSt.)") === "3.50 EUR ( inkl . MwSt . )");
- * console.assert(tokenize13a("&quot;A&quot; &amp;lt;") === '" A " & lt ;');
+ * assert.equal(tokenize13a("3.50 EUR (inkl. MwSt.)"), "3.50 EUR ( inkl . MwSt . )");
+ * assert.equal(tokenize13a("&quot;A&quot; &amp;lt;"), '" A " <');
  * ```
  */
 export function tokenize13a(text: string): string {
@@ -183,35 +180,15 @@ function preprocess(text: string, o: Resolved): string[] {
   return splitWords(line);
 }
 
-/** n-gram counts per order 1..maxOrder. */
-function ngramCounts(tokens: readonly string[], maxOrder: number): Map<string, number>[] {
-  const result: Map<string, number>[] = [];
-  for (let n = 1; n <= maxOrder; n++) {
-    const map = new Map<string, number>();
-    for (let i = 0; i + n <= tokens.length; i++) {
-      const gram = n === 1 ? tokens[i] : tokens.slice(i, i + n).join(" ");
-      map.set(gram, (map.get(gram) ?? 0) + 1);
-    }
-    result.push(map);
-  }
-  return result;
-}
-
-/** The references to use: non-empty ones, or the single empty one when there are none. */
-function usableReferences(ref: string | readonly string[]): readonly string[] {
-  const refs = typeof ref === "string" ? [ref] : ref;
-  const nonEmpty = refs.filter((r) => r !== "");
-  return nonEmpty.length > 0 ? nonEmpty : [""];
-}
-
-/** BLEU statistics of one segment with resolved options. */
 function statsResolved(hyp: string, ref: string | readonly string[], o: Resolved): BleuStats {
   const order = o.maxNgramOrder;
-  const refMax: Map<string, number>[] = Array.from({ length: order }, () => new Map());
+  const index = new NgramIndex();
   const hypTokens = preprocess(hyp, o);
   const hypLen = hypTokens.length;
+  const hypGrams = index.ngrams(hypTokens.map((t) => index.wordSymbol(t)), order);
   let refLen = -1;
   let closestDiff = -1;
+  const refGrams: Int32Array[][] = [];
   for (const r of usableReferences(ref)) {
     const tokens = preprocess(r, o);
     const diff = Math.abs(hypLen - tokens.length);
@@ -221,22 +198,35 @@ function statsResolved(hyp: string, ref: string | readonly string[], o: Resolved
     } else if (diff === closestDiff && tokens.length < refLen) {
       refLen = tokens.length;
     }
-    const counts = ngramCounts(tokens, order);
-    for (let k = 0; k < order; k++) {
-      const target = refMax[k];
-      for (const [gram, count] of counts[k]) {
-        if (count > (target.get(gram) ?? 0)) target.set(gram, count);
+    refGrams.push(index.ngrams(tokens.map((t) => index.wordSymbol(t)), order));
+  }
+  // The most times each n-gram occurs in one reference.
+  const refMax = new Int32Array(index.size);
+  if (refGrams.length === 1) {
+    for (const ids of refGrams[0]) for (let i = 0; i < ids.length; i++) refMax[ids[i]]++;
+  } else {
+    const scratch = new Int32Array(index.size);
+    for (const grams of refGrams) {
+      for (const ids of grams) {
+        for (let i = 0; i < ids.length; i++) scratch[ids[i]]++;
+        for (let i = 0; i < ids.length; i++) {
+          if (scratch[ids[i]] > refMax[ids[i]]) refMax[ids[i]] = scratch[ids[i]];
+        }
+        for (let i = 0; i < ids.length; i++) scratch[ids[i]] = 0;
       }
     }
   }
+  // Each hypothesis n-gram uses up one reference occurrence: min(hyp count, ref count) matches.
   const correct = new Array<number>(order).fill(0);
   const total = new Array<number>(order).fill(0);
-  const hypCounts = ngramCounts(hypTokens, order);
   for (let k = 0; k < order; k++) {
-    for (const [gram, count] of hypCounts[k]) {
-      total[k] += count;
-      const refCount = refMax[k].get(gram);
-      if (refCount !== undefined) correct[k] += Math.min(count, refCount);
+    const ids = hypGrams[k];
+    total[k] = ids.length;
+    for (let i = 0; i < ids.length; i++) {
+      if (refMax[ids[i]] > 0) {
+        refMax[ids[i]]--;
+        correct[k]++;
+      }
     }
   }
   return { hypLen, refLen, correct, total };

@@ -20,17 +20,20 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { corpusChrf, sentenceChrf } from "./chrf.ts";
  *
  * const chrf = sentenceChrf("Das ist ein Test.", "Dies ist ein Test.");
- * console.assert(Math.abs(chrf - 77.909613) < 1e-4);
+ * assert.ok(Math.abs(chrf - 77.909613) < 1e-4);
  * const chrfPlusPlus = sentenceChrf("Das ist ein Test.", "Dies ist ein Test.", { wordOrder: 2 });
- * console.assert(Math.abs(chrfPlusPlus - 77.823177) < 1e-4);
- * console.assert(corpusChrf(["a b"], ["a b"]) === 100);
+ * assert.ok(Math.abs(chrfPlusPlus - 77.823177) < 1e-4);
+ * assert.equal(corpusChrf(["a b"], ["a b"]), 100);
  * ```
  *
  * @module
  */
+
+import { NgramIndex, splitWords, usableReferences, WHITESPACE_RUN } from "./_text.ts";
 
 /** Options of chrF / chrF++. Every field defaults to sacreBLEU's `CHRF()` default. */
 export interface ChrfOptions {
@@ -61,20 +64,10 @@ interface Resolved {
 /** Smoothing constant of sacreBLEU's chrF (used for undefined precision/recall). */
 const EPS = 1e-16;
 
-/** The characters Python's `str.split()` / `str.isspace()` treat as whitespace. */
-const PY_WHITESPACE = "\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029" +
-  "\\u202f\\u205f\\u3000";
-const WHITESPACE_RUN = new RegExp(`[${PY_WHITESPACE}]+`, "gu");
-
 /** Python's `string.punctuation`: the marks chrF++ splits off words. */
 const PUNCTUATION = new Set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~");
 
-/** n-gram counts of one order, with their total. */
-interface Counts {
-  map: Map<string, number>;
-  total: number;
-}
-
+/** Fills in the defaults and checks the options. */
 function resolve(options: ChrfOptions): Resolved {
   const resolved: Resolved = {
     charOrder: options.charOrder ?? 6,
@@ -100,38 +93,22 @@ function resolve(options: ChrfOptions): Resolved {
   return resolved;
 }
 
-/** Splits like Python's `str.split()` with no argument. */
-function splitWords(text: string): string[] {
-  return text.split(WHITESPACE_RUN).filter((word) => word !== "");
-}
-
-/** Counts the character n-grams of orders 1..maxOrder, by code point. */
-function charNgrams(text: string, maxOrder: number, whitespace: boolean): Counts[] {
-  const line = whitespace ? text : text.replace(WHITESPACE_RUN, "");
-  // UTF-16 offsets of the code point boundaries, so n-grams never split a surrogate pair.
-  const bounds: number[] = [0];
+/** The code points of a line (lone surrogates count as one each, as in Python). */
+function codePoints(line: string): number[] {
+  const points: number[] = [];
   for (let i = 0; i < line.length;) {
-    i += (line.codePointAt(i) as number) > 0xffff ? 2 : 1;
-    bounds.push(i);
+    const point = line.codePointAt(i) as number;
+    points.push(point);
+    i += point > 0xffff ? 2 : 1;
   }
-  const length = bounds.length - 1;
-  const result: Counts[] = [];
-  for (let n = 1; n <= maxOrder; n++) {
-    const map = new Map<string, number>();
-    for (let i = 0; i + n <= length; i++) {
-      const gram = line.substring(bounds[i], bounds[i + n]);
-      map.set(gram, (map.get(gram) ?? 0) + 1);
-    }
-    result.push({ map, total: Math.max(0, length - n + 1) });
-  }
-  return result;
+  return points;
 }
 
 /** chrF++'s word splitting: one punctuation mark is split off the end, else off the start. */
 function chrfWords(text: string): string[] {
   const words: string[] = [];
   for (const word of splitWords(text)) {
-    if (Array.from(word).length === 1) {
+    if (codePoints(word).length === 1) {
       words.push(word);
     } else if (PUNCTUATION.has(word[word.length - 1])) {
       words.push(word.slice(0, -1), word[word.length - 1]);
@@ -144,40 +121,42 @@ function chrfWords(text: string): string[] {
   return words;
 }
 
-/** Counts the word n-grams of orders 1..maxOrder. */
-function wordNgrams(words: readonly string[], maxOrder: number): Counts[] {
-  const result: Counts[] = [];
-  for (let n = 1; n <= maxOrder; n++) {
-    const map = new Map<string, number>();
-    for (let i = 0; i + n <= words.length; i++) {
-      const gram = n === 1 ? words[i] : words.slice(i, i + n).join(" ");
-      map.set(gram, (map.get(gram) ?? 0) + 1);
-    }
-    result.push({ map, total: Math.max(0, words.length - n + 1) });
-  }
-  return result;
-}
-
-/** All n-gram counts of a (lowercased if asked) segment: char orders, then word orders. */
-function segmentNgrams(text: string, o: Resolved): Counts[] {
+/** The n-gram ids of a (lowercased if asked) segment: char orders, then word orders. */
+function segmentNgrams(text: string, o: Resolved, index: NgramIndex): Int32Array[] {
   const line = o.lowercase ? text.toLowerCase() : text;
-  const grams = charNgrams(line, o.charOrder, o.whitespace);
-  if (o.wordOrder > 0) grams.push(...wordNgrams(chrfWords(line), o.wordOrder));
+  const chars = codePoints(o.whitespace ? line : line.replace(WHITESPACE_RUN, ""));
+  const grams = index.ngrams(chars, o.charOrder);
+  if (o.wordOrder > 0) {
+    const words = chrfWords(line).map((word) => index.wordSymbol(word));
+    grams.push(...index.ngrams(words, o.wordOrder));
+  }
   return grams;
 }
 
-/** `[hyp, ref, match]` per order, flattened. */
-function matchStats(hyp: readonly Counts[], ref: readonly Counts[]): number[] {
+/**
+ * `[hyp, ref, match]` per order, flattened; matches are clipped to the reference counts.
+ * `scratch` is all zeros on entry and on exit.
+ */
+function matchStats(
+  hyp: readonly Int32Array[],
+  ref: readonly Int32Array[],
+  scratch: Int32Array,
+): number[] {
   const stats: number[] = [];
   for (let k = 0; k < hyp.length; k++) {
     const h = hyp[k];
     const r = ref[k];
+    for (let i = 0; i < r.length; i++) scratch[r[i]]++;
     let match = 0;
-    for (const [gram, count] of h.map) {
-      const refCount = r.map.get(gram);
-      if (refCount !== undefined) match += Math.min(count, refCount);
+    for (let i = 0; i < h.length; i++) {
+      if (scratch[h[i]] > 0) {
+        scratch[h[i]]--;
+        match++;
+      }
     }
-    stats.push(r.map.size > 0 ? h.total : 0, r.total, match);
+    for (let i = 0; i < r.length; i++) scratch[r[i]] = 0;
+    // No hypothesis n-grams are counted for an order the reference has none of.
+    stats.push(r.length > 0 ? h.length : 0, r.length, match);
   }
   return stats;
 }
@@ -187,7 +166,9 @@ function fScore(stats: readonly number[], o: Resolved): number {
   const order = o.charOrder + o.wordOrder;
   if (stats.length !== 3 * order) {
     throw new RangeError(
-      `chrF: expected ${3 * order} statistics for ${o.charOrder}+${o.wordOrder} orders, got ${stats.length}`,
+      `chrF: expected ${
+        3 * order
+      } statistics for ${o.charOrder}+${o.wordOrder} orders, got ${stats.length}`,
     );
   }
   const factor = o.beta ** 2;
@@ -217,13 +198,6 @@ function fScore(stats: readonly number[], o: Resolved): number {
   return 100 * (1 + factor) * avgPrecision * avgRecall / (factor * avgPrecision + avgRecall);
 }
 
-/** The references to use: non-empty ones, or the single empty one when there are none. */
-function usableReferences(ref: string | readonly string[]): readonly string[] {
-  const refs = typeof ref === "string" ? [ref] : ref;
-  const nonEmpty = refs.filter((r) => r !== "");
-  return nonEmpty.length > 0 ? nonEmpty : [""];
-}
-
 /**
  * Sufficient statistics of one sentence: `[hyp, ref, match]` n-gram counts for each character
  * order 1..`charOrder`, then each word order 1..`wordOrder`, flattened (length
@@ -241,12 +215,16 @@ export function chrfStats(
   return statsResolved(hyp, ref, resolve(options));
 }
 
+/** Statistics against the best of the references, with resolved options. */
 function statsResolved(hyp: string, ref: string | readonly string[], o: Resolved): number[] {
-  const hypGrams = segmentNgrams(hyp, o);
+  const index = new NgramIndex();
+  const hypGrams = segmentNgrams(hyp, o, index);
+  const refGrams = usableReferences(ref).map((r) => segmentNgrams(r, o, index));
+  const scratch = new Int32Array(index.size);
   let best: number[] = [];
   let bestScore = -1;
-  for (const r of usableReferences(ref)) {
-    const stats = matchStats(hypGrams, segmentNgrams(r, o));
+  for (const grams of refGrams) {
+    const stats = matchStats(hypGrams, grams, scratch);
     const score = fScore(stats, o);
     if (score > bestScore) {
       best = stats;
