@@ -507,14 +507,16 @@ class Resolver {
     const copy = structuredClone(config) as Record<string, unknown>;
     const validate = this.validator(plugin, path);
     if (validate === undefined) return undefined;
-    if (!validate(copy)) {
+    const valid = validate(copy);
+    if (!valid) {
       for (const error of validate.errors ?? []) {
         this.problems.push(formatAjvError(error, `${path}/config`, copy));
       }
-      return undefined;
     }
+    // Nested references are checked even when the config has other problems, so that
+    // every problem is reported at once.
     const nestedOk = await this.#resolveNested(plugin.configSchema, copy, `${path}/config`);
-    if (!nestedOk) return undefined;
+    if (!valid || !nestedOk) return undefined;
     let finalConfig = copy;
     if (this.smoke && plugin.smoke !== undefined) finalConfig = plugin.smoke(copy);
     const resolved: ResolvedPluginRef = { kind, name: plugin.name, config: finalConfig };
