@@ -11,6 +11,7 @@ import baselines from "./algorithms/baselines.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
+import bpe from "./tokenizers/bpe.ts";
 
 /** Every built-in plugin definition. */
 export const builtinPlugins: readonly PluginDefinition[] = [
@@ -20,4 +21,6 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   bleu,
   chrf,
   weighted,
+  // tokenizers
+  bpe,
 ] as PluginDefinition[];
