@@ -8,6 +8,11 @@
 import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
+import auto from "./backends/auto.ts";
+import blas from "./backends/blas.ts";
+import cpu from "./backends/cpu.ts";
+import tensorflow from "./backends/tensorflow.ts";
+import wasm from "./backends/wasm.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
@@ -17,6 +22,12 @@ import bpe from "./tokenizers/bpe.ts";
 export const builtinPlugins: readonly PluginDefinition[] = [
   // algorithms
   baselines,
+  // backends
+  auto,
+  blas,
+  cpu,
+  tensorflow,
+  wasm,
   // rewards
   bleu,
   chrf,

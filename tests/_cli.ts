@@ -1,0 +1,61 @@
+/**
+ * Runs a deno task's command in a subprocess, with exactly the permissions the
+ * task declares in deno.json, so tests exercise what users run.
+ *
+ * @module
+ */
+
+const ROOT = new URL("../", import.meta.url);
+
+/** The project root folder. */
+export const ROOT_DIR = decodeURIComponent(ROOT.pathname).replace(/\/$/, "");
+
+/** What a finished command printed and returned. */
+export interface CliResult {
+  /** Exit code. */
+  code: number;
+  /** Standard output. */
+  stdout: string;
+  /** Standard error. */
+  stderr: string;
+}
+
+/** The argument list of a deno.json task (without the leading `deno`). */
+export async function taskArgs(task: string): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
+  const command: string | undefined = config.tasks?.[task];
+  if (command === undefined) throw new Error(`no task "${task}" in deno.json`);
+  const parts = command.split(/\s+/);
+  if (parts[0] !== "deno") throw new Error(`task "${task}" does not start with deno`);
+  return parts.slice(1);
+}
+
+/** Runs `deno task <task> ...args` as a subprocess (from `cwd`, default the project root). */
+export async function runTask(
+  task: string,
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<CliResult> {
+  const base = await taskArgs(task);
+  // Script paths in tasks are relative to the project root.
+  const resolved = base.map((a) => /^(cli|bench)\/.*\.ts$/.test(a) ? `${ROOT_DIR}/${a}` : a);
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [...resolved, ...args],
+    cwd: options.cwd ?? ROOT_DIR,
+    env: { NO_COLOR: "1", ...(options.env ?? {}) },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+/** True when the text looks like a JavaScript stack trace. */
+export function hasStackTrace(text: string): boolean {
+  return /^\s+at .+[:(].*\d+:\d+\)?$/m.test(text);
+}

@@ -1,0 +1,425 @@
+/**
+ * Tests of the backend plugins: blas and wasm agree with the plain cpu backend on
+ * matrix products (every transpose, broadcast batches), fused matMul with its
+ * gradients, a small network's loss and gradients, and a tiny attention +
+ * embedding training step; the error paths (missing OpenBLAS, absent tfjs-node).
+ */
+
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { Rng } from "../../core/random.ts";
+import { UserError } from "../../core/errors.ts";
+import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
+import type { BackendInfo } from "../../core/types.ts";
+import auto from "../../plugins/backends/auto.ts";
+import blas from "../../plugins/backends/blas.ts";
+import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
+import tensorflow, { probeTensorflow } from "../../plugins/backends/tensorflow.ts";
+import wasm from "../../plugins/backends/wasm.ts";
+import { loadBlas, sgemm } from "../../plugins/backends/_blas_ffi.ts";
+
+const deps = {} as PluginDeps;
+
+function defaults(plugin: PluginDefinition): Record<string, unknown> {
+  const props = (plugin.configSchema.properties ?? {}) as Record<string, { default: unknown }>;
+  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, v.default]));
+}
+
+async function init(
+  plugin: PluginDefinition<"backend">,
+  config: Record<string, unknown> = {},
+): Promise<BackendInfo> {
+  const backend = await plugin.create({ ...defaults(plugin), ...config }, deps);
+  return backend.init();
+}
+
+/** Random values in [-1, 1), reproducible. */
+function values(size: number, seed: number): Float32Array {
+  const rng = new Rng(seed);
+  return Float32Array.from({ length: size }, () => rng.next() * 2 - 1);
+}
+
+function randn(shape: number[], seed: number): tf.Tensor {
+  return tf.tensor(values(tf.util.sizeFromShape(shape), seed), shape);
+}
+
+/** Runs `fn` on backend `name` and returns every output's values and shape. */
+async function on(
+  name: string,
+  fn: () => tf.Tensor | tf.Tensor[],
+): Promise<{ shape: number[]; data: Float32Array }[]> {
+  await tf.setBackend(name);
+  const before = tf.memory().numTensors;
+  const outs = tf.tidy(fn);
+  const list = Array.isArray(outs) ? outs : [outs];
+  const result = list.map((t) => ({ shape: t.shape, data: Float32Array.from(t.dataSync()) }));
+  tf.dispose(list);
+  assert.equal(tf.memory().numTensors, before, `${name}: tensors leaked`);
+  return result;
+}
+
+function assertClose(
+  actual: { shape: number[]; data: Float32Array }[],
+  expected: { shape: number[]; data: Float32Array }[],
+  label: string,
+  tol = 1e-4,
+): void {
+  assert.equal(actual.length, expected.length, `${label}: output count`);
+  for (let i = 0; i < actual.length; i++) {
+    assert.deepEqual(actual[i].shape, expected[i].shape, `${label}[${i}]: shape`);
+    const a = actual[i].data;
+    const e = expected[i].data;
+    for (let j = 0; j < e.length; j++) {
+      const err = Math.abs(a[j] - e[j]);
+      if (!(err <= tol * (1 + Math.abs(e[j])))) {
+        assert.fail(`${label}[${i}] element ${j}: got ${a[j]}, expected ${e[j]}`);
+      }
+    }
+  }
+}
+
+/** Compares backend `name` with cpu on `fn`. */
+async function compare(
+  name: string,
+  label: string,
+  fn: () => tf.Tensor | tf.Tensor[],
+  tol?: number,
+) {
+  const expected = await on("cpu", fn);
+  const actual = await on(name, fn);
+  assertClose(actual, expected, `${name} ${label}`, tol);
+}
+
+/** Initialises blas, or explains (once) why its tests are skipped on this machine. */
+async function tryBlas(): Promise<BackendInfo | undefined> {
+  try {
+    return await init(blas);
+  } catch (err) {
+    if (!(err instanceof UserError)) throw err;
+    console.warn(`blas tests skipped: ${err.message}`);
+    return undefined;
+  }
+}
+
+const blasInfo = await tryBlas();
+const wasmInfo = await init(wasm);
+await init(cpu);
+const noBlas = blasInfo === undefined;
+
+/** Registers a test that is skipped when `name` is blas and OpenBLAS is missing. */
+function backendTest(name: string, label: string, fn: () => Promise<void> | void): void {
+  Deno.test({ name: `${name}: ${label}`, ignore: name === "blas" && noBlas, fn });
+}
+
+for (const name of ["blas", "wasm"]) {
+  backendTest(name, "matMul matches cpu for every transpose combination", async () => {
+    const [m, k, n] = [5, 7, 3];
+    for (const transposeA of [false, true]) {
+      for (const transposeB of [false, true]) {
+        await compare(name, `matMul tA=${transposeA} tB=${transposeB}`, () => {
+          const a = randn(transposeA ? [k, m] : [m, k], 1);
+          const b = randn(transposeB ? [n, k] : [k, n], 2);
+          return tf.matMul(a, b, transposeA, transposeB);
+        });
+      }
+    }
+    await compare(name, "matMul 64x96x80", () => tf.matMul(randn([64, 96], 3), randn([96, 80], 4)));
+  });
+
+  backendTest(name, "batched matMul with broadcast batch dimensions", async () => {
+    const cases: [number[], number[], boolean, boolean][] = [
+      [[2, 3, 4, 5], [2, 3, 5, 6], false, false],
+      [[4, 3, 5], [5, 6], false, false], // B shared: one folded gemm on blas
+      [[4, 5, 3], [6, 5], true, true],
+      [[3, 5], [4, 5, 6], false, false], // A shared
+      [[1, 3, 5], [4, 6, 5], false, true],
+    ];
+    for (const [aShape, bShape, tA, tB] of cases) {
+      await compare(name, `matMul [${aShape}]x[${bShape}] tA=${tA} tB=${tB}`, () => {
+        return tf.matMul(randn(aShape, 5), randn(bShape, 6), tA, tB);
+      });
+    }
+  });
+
+  backendTest(name, "fused matMul with bias and activations, and its gradients", async () => {
+    const activations: tf.fused.Activation[] = ["linear", "relu", "relu6", "elu", "sigmoid"];
+    for (const activation of activations) {
+      await compare(name, `fused ${activation}`, () =>
+        tf.fused.matMul({
+          a: randn([6, 4], 7),
+          b: randn([5, 4], 8),
+          transposeB: true,
+          bias: randn([5], 9),
+          activation,
+        }));
+    }
+    await compare(name, "fused leakyrelu, [M,N] bias", () =>
+      tf.fused.matMul({
+        a: randn([6, 4], 7),
+        b: randn([4, 5], 8),
+        bias: randn([6, 5], 10),
+        activation: "leakyrelu",
+        leakyreluAlpha: 0.3,
+      }));
+    await compare(name, "fused prelu, scalar bias", () =>
+      tf.fused.matMul({
+        a: randn([6, 4], 7),
+        b: randn([4, 5], 8),
+        bias: tf.scalar(0.25),
+        activation: "prelu",
+        preluActivationWeights: randn([5], 11),
+      }));
+    await compare(name, "fused relu gradients", () => {
+      const f = (a: tf.Tensor, b: tf.Tensor, bias: tf.Tensor) =>
+        tf.sum(tf.square(
+          tf.fused.matMul({ a, b, bias, activation: "relu", transposeA: true }),
+        ));
+      return tf.grads(f)([randn([4, 6], 12), randn([4, 5], 13), randn([5], 14)]);
+    });
+  });
+
+  backendTest(name, "two-layer network loss and variable gradients match cpu", async () => {
+    await compare(name, "two-layer net", () => {
+      const w1 = tf.variable(randn([8, 16], 20), true, `w1_${name}_${Math.random()}`);
+      const b1 = tf.variable(randn([16], 21), true, `b1_${name}_${Math.random()}`);
+      const w2 = tf.variable(randn([16, 3], 22), true, `w2_${name}_${Math.random()}`);
+      const x = randn([10, 8], 23);
+      const labels = tf.oneHot(tf.tensor1d([0, 1, 2, 0, 1, 2, 0, 1, 2, 0], "int32"), 3);
+      const { value, grads } = tf.variableGrads(() => {
+        const h = tf.fused.matMul({ a: x, b: w1, bias: b1, activation: "relu" });
+        const logits = tf.matMul(h, w2);
+        return tf.losses.softmaxCrossEntropy(labels, logits) as tf.Scalar;
+      }, [w1, b1, w2]);
+      const out = [value, grads[w1.name], grads[b1.name], grads[w2.name]];
+      tf.dispose([w1, b1, w2]);
+      return out;
+    });
+  });
+
+  backendTest(name, "attention + embedding training step matches cpu", async () => {
+    const [vocab, d, t, batch] = [30, 8, 5, 2];
+    const ids = [1, 2, 3, 4, 5, 7, 7, 8, 29, 0];
+    const targets = [2, 3, 4, 5, 6, 8, 8, 9, 0, 0];
+    await compare(name, "attention step", () => {
+      const emb = tf.variable(randn([vocab, d], 30), true, `emb_${name}_${Math.random()}`);
+      const wqkv = tf.variable(randn([d, 3 * d], 31), true, `qkv_${name}_${Math.random()}`);
+      const wo = tf.variable(randn([d, vocab], 32), true, `wo_${name}_${Math.random()}`);
+      const mask = tf.linalg.bandPart(tf.ones([t, t]), -1, 0);
+      const { value, grads } = tf.variableGrads(() => {
+        const x = tf.gather(emb, tf.tensor2d(ids, [batch, t], "int32")); // [b, t, d]
+        const qkv = tf.matMul(x, wqkv); // broadcast batch: exercises the patched gradient
+        const [q, k, v] = tf.split(qkv, 3, -1);
+        const scores = tf.add(
+          tf.div(tf.matMul(q, k, false, true), Math.sqrt(d)),
+          tf.mul(tf.sub(1, mask), -1e9),
+        );
+        const h = tf.add(x, tf.matMul(tf.softmax(scores), v));
+        const logits = tf.matMul(tf.reshape(h, [batch * t, d]), wo);
+        const labels = tf.oneHot(tf.tensor1d(targets, "int32"), vocab);
+        return tf.losses.softmaxCrossEntropy(labels, logits) as tf.Scalar;
+      }, [emb, wqkv, wo]);
+      const out = [value, grads[emb.name], grads[wqkv.name], grads[wo.name]];
+      tf.dispose([emb, wqkv, wo]);
+      return out;
+    }, 1e-3);
+  });
+}
+
+Deno.test({
+  name: "blas: general broadcasting ([2,1] x [1,3] batches) matches an explicit tiling",
+  ignore: noBlas,
+}, async () => {
+  const a = () => randn([2, 1, 3, 4], 40);
+  const b = () => randn([1, 3, 4, 2], 41);
+  // tfjs-cpu gets this case wrong (it indexes batches modulo); tile to full batches instead.
+  const expected = await on(
+    "cpu",
+    () => tf.matMul(tf.tile(a(), [1, 3, 1, 1]), tf.tile(b(), [2, 1, 1, 1])),
+  );
+  const actual = await on("blas", () => tf.matMul(a(), b()));
+  assertClose(actual, expected, "blas broadcast");
+});
+
+Deno.test({
+  name: "blas: its elementwise, Slice and SplitV kernels give cpu's exact results",
+  ignore: noBlas,
+}, async () => {
+  const shapes: [number[], number[]][] = [
+    [[3, 4], [3, 4]],
+    [[3, 4], []],
+    [[], [3, 4]],
+    [[5, 6], [5, 1]],
+    [[5, 6], [1, 6]],
+    [[2, 1, 4], [3, 1]],
+    [[2, 3, 1, 4], [1, 3, 5, 1]],
+    [[0, 3], [1, 3]],
+    [[], []],
+  ];
+  for (const [aShape, bShape] of shapes) {
+    const fn = () => {
+      const a = randn(aShape, 70);
+      const b = tf.add(randn(bShape, 71), 2); // away from 0 for the division
+      return [tf.add(a, b), tf.sub(a, b), tf.mul(a, b), tf.div(a, b), tf.neg(a)];
+    };
+    assert.deepEqual(await on("blas", fn), await on("cpu", fn), `[${aShape}] op [${bShape}]`);
+  }
+  const ints = () => tf.add(tf.tensor2d([[1, 2], [3, 4]], [2, 2], "int32"), tf.scalar(3, "int32"));
+  assert.deepEqual(await on("blas", ints), await on("cpu", ints));
+  const slices = () => {
+    const x = randn([4, 5, 6], 72);
+    return [
+      tf.slice(x, [1, 0, 0], [2, 5, 6]), // contiguous
+      tf.slice(x, [1, 2, 3], [3, 2, 2]),
+      ...tf.split(x, [1, 2, 3], -1),
+      ...tf.split(x, 5, 1),
+      tf.slice(tf.tensor2d([[1, 2, 3], [4, 5, 6]], [2, 3], "int32"), [0, 1], [2, 2]),
+    ];
+  };
+  assert.deepEqual(await on("blas", slices), await on("cpu", slices));
+});
+
+Deno.test({ name: "blas: BackendInfo names OpenBLAS and its threads", ignore: noBlas }, () => {
+  assert.equal(blasInfo!.tfBackend, "blas");
+  assert.ok(blasInfo!.threads >= 1);
+  assert.match(blasInfo!.detail ?? "", /BatchMatMul/);
+});
+
+Deno.test("blas: a missing library is a UserError that says how to install OpenBLAS", async () => {
+  const error = await init(blas, { libraryPath: "/nonexistent/libopenblas.so.0" }).then(
+    () => assert.fail("init should have thrown"),
+    (err) => err,
+  );
+  assert.ok(error instanceof UserError, String(error));
+  assert.match(error.message, /\/nonexistent\/libopenblas\.so\.0/);
+  assert.match(error.message, /apt-get install libopenblas0-pthread/);
+});
+
+Deno.test(
+  { name: "sgemm: strides, subarrays, transposes and bounds checks", ignore: noBlas },
+  () => {
+    const lib = loadBlas();
+    // A = [[1,2],[3,4]] stored with a padding column (lda = 3) after one leading pad element.
+    const aStore = new Float32Array([9, 1, 2, 9, 3, 4, 9]);
+    const c = new Float32Array(4).fill(1);
+    sgemm({
+      m: 2,
+      n: 2,
+      k: 2,
+      a: aStore.subarray(1),
+      lda: 3,
+      b: new Float32Array([1, 0, 0, 1]),
+      c,
+      transA: true,
+      alpha: 2,
+      beta: 1,
+    }, lib);
+    assert.deepEqual([...c], [3, 7, 5, 9]); // 2 * A^T + 1
+    assert.throws(
+      () => sgemm({ m: 3, n: 2, k: 2, a: new Float32Array(4), b: new Float32Array(4), c }, lib),
+      RangeError,
+    );
+    const empty = new Float32Array(4).fill(5);
+    sgemm({ m: 2, n: 2, k: 0, a: new Float32Array(0), b: new Float32Array(0), c: empty }, lib);
+    assert.deepEqual([...empty], [0, 0, 0, 0]);
+  },
+);
+
+Deno.test("wasm: reports the JS kernels it added, UnsortedSegmentSum among them", () => {
+  assert.equal(wasmInfo.tfBackend, "wasm");
+  assert.equal(wasmInfo.threads, 1);
+  assert.match(wasmInfo.detail ?? "", /UnsortedSegmentSum/);
+});
+
+Deno.test("wasm: gather gradient and bridged Einsum match cpu", async () => {
+  await compare("wasm", "gather grad", () => {
+    const e = randn([6, 3], 50);
+    const idx = tf.tensor1d([1, 1, 4, 5, 0, 1], "int32");
+    return tf.grad((x: tf.Tensor) => tf.sum(tf.mul(tf.gather(x, idx), randn([6, 3], 51))))(e);
+  });
+  await compare(
+    "wasm",
+    "einsum",
+    () => tf.einsum("ij,jk->ik", randn([3, 4], 52), randn([4, 2], 53)),
+  );
+});
+
+Deno.test("wasm: threads > 1 is a clear UserError", async () => {
+  await assert.rejects(init(wasm, { threads: 2 }), (err: Error) => {
+    assert.ok(err instanceof UserError);
+    assert.match(err.message, /not supported under Deno/);
+    return true;
+  });
+});
+
+Deno.test("cpu: the O(n) UnsortedSegmentSum gives the stock kernel's exact results", async () => {
+  const fn = () =>
+    tf.unsortedSegmentSum(
+      randn([40, 7], 60),
+      tf.tensor1d(
+        Array.from({ length: 40 }, (_, i) => (i * 7) % 13 - 1), // includes -1: dropped
+        "int32",
+      ),
+      12,
+    );
+  useFastSegmentSumOnCpu(false);
+  const stock = await on("cpu", fn);
+  useFastSegmentSumOnCpu(true);
+  const fast = await on("cpu", fn);
+  assert.deepEqual(fast, stock);
+});
+
+Deno.test("tensorflow: without tfjs-node, init fails fast with an install hint", async () => {
+  if (probeTensorflow("tfjs-node-gpu").dir || probeTensorflow("tfjs-node").dir) return; // installed
+  const start = performance.now();
+  const error = await init(tensorflow).then(() => assert.fail("init should have thrown"), (e) => e);
+  assert.ok(error instanceof UserError, String(error));
+  assert.match(error.message, /@tensorflow\/tfjs-node-gpu: not installed/);
+  assert.match(error.message, /@tensorflow\/tfjs-node: not installed/);
+  assert.match(error.message, /libtensorflow/);
+  assert.match(error.message, /blas, wasm or cpu/);
+  assert.ok(performance.now() - start < 2000, "should not try the network");
+});
+
+Deno.test("tensorflow: a copy without its native addon is reported as such", () => {
+  const dir = Deno.makeTempDirSync();
+  const pkg = `${dir}/node_modules/@tensorflow/tfjs-node`;
+  Deno.mkdirSync(pkg, { recursive: true });
+  Deno.writeTextFileSync(`${pkg}/package.json`, JSON.stringify({ version: "4.22.0" }));
+  const cwd = Deno.cwd();
+  Deno.chdir(dir);
+  try {
+    const probe = probeTensorflow("tfjs-node");
+    assert.equal(probe.dir, undefined);
+    assert.match(probe.reason ?? "", /no native addon/);
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("auto: picks the first backend that works and explains the others", async () => {
+  const info = await init(auto);
+  assert.ok(["tensorflow", "blas", "wasm", "cpu"].includes(info.name));
+  assert.match(info.detail ?? "", /^auto: tensorflow: /);
+  if (info.name !== "tensorflow") assert.match(info.detail ?? "", /tfjs-node not installed|addon/);
+  assert.match(info.detail ?? "", new RegExp(`${info.name}: chosen`));
+  const plain = await init(auto, { tryTensorflow: false, tryBlas: false, tryWasm: false });
+  assert.equal(plain.name, "cpu");
+  assert.match(plain.detail ?? "", /tensorflow: disabled by config/);
+  await tf.setBackend("cpu");
+});
+
+Deno.test("backend plugins: names match file stems and configs have defaults", () => {
+  const plugins: [string, PluginDefinition][] = [
+    ["auto", auto],
+    ["blas", blas],
+    ["cpu", cpu],
+    ["tensorflow", tensorflow],
+    ["wasm", wasm],
+  ];
+  for (const [stem, plugin] of plugins) {
+    assert.equal(plugin.kind, "backend");
+    assert.equal(plugin.name, stem);
+    assert.equal(plugin.configSchema.additionalProperties, false);
+  }
+});

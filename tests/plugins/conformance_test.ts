@@ -1,0 +1,86 @@
+/**
+ * Every built-in plugin: its schema compiles in strict mode, its defaults validate,
+ * `create` works with the defaults, its name is its file stem, and every plugin
+ * file is listed in plugins/mod.ts.
+ */
+import assert from "node:assert/strict";
+import { basename, join } from "node:path";
+import { createAjv } from "../../core/manifest.ts";
+import type { PluginDefinition, PluginKind } from "../../core/plugin.ts";
+import { createRegistries } from "../../core/registry.ts";
+import { builtinPlugins } from "../../plugins/mod.ts";
+import { ROOT_DIR } from "../_cli.ts";
+
+const FOLDERS: Record<string, PluginKind> = {
+  algorithms: "algorithm",
+  backends: "backend",
+  data: "data",
+  losses: "loss",
+  models: "model",
+  rewards: "reward",
+  thresholds: "threshold",
+  tokenizers: "tokenizer",
+};
+
+Deno.test("builtin plugin names are unique per kind", () => {
+  createRegistries(builtinPlugins);
+});
+
+Deno.test("every plugin file is registered, under its file stem and its folder's kind", async () => {
+  const registered = new Set<PluginDefinition>(builtinPlugins);
+  for (const [folder, kind] of Object.entries(FOLDERS)) {
+    const dir = join(ROOT_DIR, "plugins", folder);
+    for await (const entry of Deno.readDir(dir)) {
+      if (!entry.isFile || !entry.name.endsWith(".ts") || entry.name.startsWith("_")) continue;
+      const module = await import(`file://${join(dir, entry.name)}`);
+      const plugin = module.default as PluginDefinition;
+      assert.ok(plugin, `${folder}/${entry.name} has no default export`);
+      assert.equal(plugin.name, basename(entry.name, ".ts"), `${folder}/${entry.name}`);
+      assert.equal(plugin.kind, kind, `${folder}/${entry.name}`);
+      assert.ok(registered.has(plugin), `${folder}/${entry.name} is not listed in plugins/mod.ts`);
+    }
+  }
+});
+
+for (const plugin of builtinPlugins) {
+  Deno.test(`conformance: ${plugin.kind}/${plugin.name}`, async () => {
+    const ajv = createAjv();
+    const validate = ajv.compile(plugin.configSchema);
+    const config: Record<string, unknown> = {};
+    assert.ok(validate(config), `defaults of ${plugin.name}: ${ajv.errorsText(validate.errors)}`);
+    const props = Object.keys(plugin.configSchema.properties ?? {});
+    assert.deepEqual(Object.keys(config).sort(), props.sort(), "every option gets its default");
+    assert.ok(validate(structuredClone(config)), "a filled-in config validates again");
+    assert.equal(plugin.configSchema.additionalProperties, false, "unknown options are rejected");
+    if (plugin.smoke) assert.ok(validate(plugin.smoke(structuredClone(config))), "smoke config validates");
+    // Nested plugin references in defaults are resolved by the manifest; resolve them here.
+    const { resolvePluginRef } = await import("../../core/manifest.ts");
+    const registries = createRegistries(builtinPlugins);
+    const ref = await resolvePluginRef(registries, plugin.kind, { name: plugin.name }, plugin.name);
+    const { createPlugin } = await import("../../core/experiment.ts");
+    const instance = await createPlugin(registries, plugin.kind, ref, {
+      seed: 1,
+      baseDir: ROOT_DIR,
+      smoke: false,
+      log: () => {},
+    });
+    assert.equal(typeof instance, "object");
+    const methods: Record<PluginKind, string[]> = {
+      backend: ["init"],
+      data: ["load"],
+      tokenizer: ["train", "encode", "decode", "save", "load", "vocabSize"],
+      model: [],
+      reward: ["score"],
+      loss: [],
+      threshold: ["threshold"],
+      algorithm: ["run"],
+    };
+    for (const method of methods[plugin.kind]) {
+      assert.equal(
+        typeof (instance as Record<string, unknown>)[method],
+        "function",
+        `${plugin.name}.${method}`,
+      );
+    }
+  });
+}
