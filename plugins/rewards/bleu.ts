@@ -6,8 +6,9 @@
  * @module
  */
 
+import { referenceReward } from "./_reference.ts";
 import { definePlugin } from "../../core/plugin.ts";
-import type { RewardInput, RewardModel } from "../../core/types.ts";
+import type { RewardModel } from "../../core/types.ts";
 import {
   type BleuOptions,
   type BleuSmoothMethod,
@@ -69,25 +70,6 @@ export default definePlugin({
   },
   create(config: Partial<BleuConfig>): RewardModel {
     const options: BleuOptions = { ...DEFAULTS, ...config };
-    // Fails now, not at the first score, on options the schema let through.
-    sentenceBleu("", "", options);
-    return {
-      needsReference: true,
-      score(rows: readonly RewardInput[]): Promise<number[]> {
-        const scores = new Array<number>(rows.length);
-        for (let i = 0; i < rows.length; i++) {
-          const { hypothesis, reference } = rows[i];
-          if (typeof reference !== "string") {
-            return Promise.reject(
-              new TypeError(`bleu reward: row ${i} has no reference (BLEU needs one)`),
-            );
-          }
-          const bleu = sentenceBleu(hypothesis, reference, options);
-          // Identical sentences give 100.00000000000004 and the like: clamp.
-          scores[i] = Math.min(1, Math.max(0, bleu / 100));
-        }
-        return Promise.resolve(scores);
-      },
-    };
+    return referenceReward("bleu", (hyp, ref) => sentenceBleu(hyp, ref, options));
   },
 });

@@ -5,8 +5,9 @@
  * @module
  */
 
+import { referenceReward } from "./_reference.ts";
 import { definePlugin } from "../../core/plugin.ts";
-import type { RewardInput, RewardModel } from "../../core/types.ts";
+import type { RewardModel } from "../../core/types.ts";
 import { type ChrfOptions, sentenceChrf } from "../../core/metrics/chrf.ts";
 
 /** Config of the `chrf` reward (sacreBLEU's `CHRF()` options). */
@@ -74,24 +75,6 @@ export default definePlugin({
   },
   create(config: Partial<ChrfConfig>): RewardModel {
     const options: ChrfOptions = { ...DEFAULTS, ...config };
-    // Fails now, not at the first score, on options the schema let through.
-    sentenceChrf("", "", options);
-    return {
-      needsReference: true,
-      score(rows: readonly RewardInput[]): Promise<number[]> {
-        const scores = new Array<number>(rows.length);
-        for (let i = 0; i < rows.length; i++) {
-          const { hypothesis, reference } = rows[i];
-          if (typeof reference !== "string") {
-            return Promise.reject(
-              new TypeError(`chrf reward: row ${i} has no reference (chrF needs one)`),
-            );
-          }
-          const chrf = sentenceChrf(hypothesis, reference, options);
-          scores[i] = Math.min(1, Math.max(0, chrf / 100));
-        }
-        return Promise.resolve(scores);
-      },
-    };
+    return referenceReward("chrf", (hyp, ref) => sentenceChrf(hyp, ref, options));
   },
 });

@@ -1,21 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
-
-const VECTORS = join(ROOT_DIR, "../shared/testdata/sacrebleu_sentence_vectors.jsonl");
-
-interface Vector {
-  hypothesis: string;
-  reference: string;
-  chrf: number;
-  chrf_pp: number;
-  bleu: number;
-}
-
-async function vectors(): Promise<Vector[]> {
-  const text = await Deno.readTextFile(VECTORS);
-  return text.trim().split("\n").map((l) => JSON.parse(l));
-}
+import { hasStackTrace, runTask } from "../_cli.ts";
+import { loadVectors as vectors, type Vector } from "../_vectors.ts";
 
 async function writeFiles(dir: string, vs: Vector[]): Promise<{ hyp: string; ref: string }> {
   const hyp = join(dir, "hyp.txt");
@@ -37,7 +23,16 @@ Deno.test("score --json matches sacreBLEU on the shared vectors (chrF, chrF++, B
       ["bleu", [], "bleu"],
     ];
     for (const [reward, extra, key] of cases) {
-      const r = await runTask("score", ["--reward", reward, ...extra, "--hyp", hyp, "--ref", ref, "--json"]);
+      const r = await runTask("score", [
+        "--reward",
+        reward,
+        ...extra,
+        "--hyp",
+        hyp,
+        "--ref",
+        ref,
+        "--json",
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const out = JSON.parse(r.stdout);
       assert.equal(out.scores.length, vs.length);
@@ -65,13 +60,31 @@ Deno.test("score: user errors exit 2 with a message naming the problem", async (
     const latin1 = join(dir, "latin1.txt");
     await Deno.writeFile(latin1, new Uint8Array([0x47, 0x72, 0xfc, 0xdf, 0x0a]));
     const cases: [string[], RegExp][] = [
-      [["--reward", "chfr", "--hyp", hyp, "--ref", ref], /unknown reward plugin "chfr"; did you mean "chrf"\?/],
-      [["--reward", "chrf", "--hyp", hyp, "--ref", short], /has 3 lines but --ref .*short\.txt has 1/],
-      [["--reward", "chrf", "--hyp", join(dir, "missing.txt"), "--ref", ref], /--hyp .*missing\.txt: file not found/],
+      [
+        ["--reward", "chfr", "--hyp", hyp, "--ref", ref],
+        /unknown reward plugin "chfr"; did you mean "chrf"\?/,
+      ],
+      [
+        ["--reward", "chrf", "--hyp", hyp, "--ref", short],
+        /has 3 lines but --ref .*short\.txt has 1/,
+      ],
+      [
+        ["--reward", "chrf", "--hyp", join(dir, "missing.txt"), "--ref", ref],
+        /--hyp .*missing\.txt: file not found/,
+      ],
       [["--reward", "chrf", "--hyp", hyp], /compares with references: give --ref FILE/],
-      [["--reward", "chrf", "--hyp", latin1, "--ref", latin1], /not valid UTF-8 \(near byte offset 2\)/],
-      [["--reward", "chrf", "--config", "{bad", "--hyp", hyp, "--ref", ref], /--config is not valid JSON/],
-      [["--reward", "chrf", "--config", '{"beta": -1}', "--hyp", hyp, "--ref", ref], /\/config\/beta: must be >= /],
+      [
+        ["--reward", "chrf", "--hyp", latin1, "--ref", latin1],
+        /not valid UTF-8 \(near byte offset 2\)/,
+      ],
+      [
+        ["--reward", "chrf", "--config", "{bad", "--hyp", hyp, "--ref", ref],
+        /--config is not valid JSON/,
+      ],
+      [
+        ["--reward", "chrf", "--config", '{"beta": -1}', "--hyp", hyp, "--ref", ref],
+        /\/config\/beta: must be >= /,
+      ],
       [["--hyp", hyp], /--reward NAME is required/],
       [["--reward", "chrf", "--hyp", hyp, "--ref", ref, "extra"], /extra/],
     ];

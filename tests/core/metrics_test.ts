@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { loadVectors } from "../_vectors.ts";
 import { chrfFromStats, chrfStats, corpusChrf, sentenceChrf } from "../../core/metrics/chrf.ts";
 import {
   addBleuStats,
@@ -8,25 +9,6 @@ import {
   sentenceBleu,
   tokenize13a,
 } from "../../core/metrics/bleu.ts";
-
-/** One line of the shared sacreBLEU reference vectors. */
-interface Vector {
-  hypothesis: string;
-  reference: string;
-  chrf: number;
-  chrf_pp: number;
-  bleu: number;
-}
-
-const VECTORS_URL = new URL(
-  "../../../shared/testdata/sacrebleu_sentence_vectors.jsonl",
-  import.meta.url,
-);
-
-async function loadVectors(): Promise<Vector[]> {
-  const text = await Deno.readTextFile(VECTORS_URL);
-  return text.split("\n").filter((line) => line.trim() !== "").map((line) => JSON.parse(line));
-}
 
 function close(actual: number, expected: number, tolerance: number, what: string): void {
   assert.ok(

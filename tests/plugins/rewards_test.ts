@@ -2,28 +2,12 @@ import assert from "node:assert/strict";
 import Ajv from "ajv";
 import type { PluginDeps } from "../../core/plugin.ts";
 import type { RewardInput } from "../../core/types.ts";
+import { loadVectors, type Vector } from "../_vectors.ts";
 import chrfPlugin from "../../plugins/rewards/chrf.ts";
 import bleuPlugin from "../../plugins/rewards/bleu.ts";
 
-/** One line of the shared sacreBLEU reference vectors. */
-interface Vector {
-  hypothesis: string;
-  reference: string;
-  chrf: number;
-  chrf_pp: number;
-  bleu: number;
-}
-
-const VECTORS_URL = new URL(
-  "../../../shared/testdata/sacrebleu_sentence_vectors.jsonl",
-  import.meta.url,
-);
-
 async function loadRows(): Promise<{ rows: RewardInput[]; vectors: Vector[] }> {
-  const text = await Deno.readTextFile(VECTORS_URL);
-  const vectors: Vector[] = text.split("\n").filter((line) => line.trim() !== "").map((line) =>
-    JSON.parse(line)
-  );
+  const vectors = await loadVectors();
   const rows = vectors.map((v) => ({
     source: "",
     hypothesis: v.hypothesis,

@@ -1,0 +1,31 @@
+/**
+ * The shared sacreBLEU reference vectors (`../shared/testdata/`, beside the repository).
+ *
+ * @module
+ */
+
+/** One line of the shared sacreBLEU reference vectors (scores 0-100). */
+export interface Vector {
+  /** Hypothesis. */
+  hypothesis: string;
+  /** Reference. */
+  reference: string;
+  /** sacreBLEU `CHRF()` sentence score. */
+  chrf: number;
+  /** sacreBLEU `CHRF(word_order=2)` sentence score. */
+  chrf_pp: number;
+  /** sacreBLEU `BLEU(effective_order=True)` sentence score. */
+  bleu: number;
+}
+
+/** Where the vectors live. */
+export const VECTORS_URL = new URL(
+  "../../shared/testdata/sacrebleu_sentence_vectors.jsonl",
+  import.meta.url,
+);
+
+/** Reads every vector. */
+export async function loadVectors(): Promise<Vector[]> {
+  const text = await Deno.readTextFile(VECTORS_URL);
+  return text.split("\n").filter((line) => line.trim() !== "").map((line) => JSON.parse(line));
+}
