@@ -269,7 +269,9 @@ export function formatAjvError(error: ErrorObject, prefix: string, data: unknown
     default:
       return {
         path,
-        message: `${error.message ?? "is invalid"} (got ${show(pointerGet(data, error.instancePath))})`,
+        message: `${error.message ?? "is invalid"} (got ${
+          show(pointerGet(data, error.instancePath))
+        })`,
       };
   }
 }
@@ -507,10 +509,15 @@ class Resolver {
     const copy = structuredClone(config) as Record<string, unknown>;
     const validate = this.validator(plugin, path);
     if (validate === undefined) return undefined;
-    const valid = validate(copy);
+    let valid = validate(copy);
     if (!valid) {
       for (const error of validate.errors ?? []) {
         this.problems.push(formatAjvError(error, `${path}/config`, copy));
+      }
+    } else if (plugin.check !== undefined) {
+      for (const problem of plugin.check(copy)) {
+        this.problem(`${path}/config${problem.path}`, problem.message);
+        valid = false;
       }
     }
     // Nested references are checked even when the config has other problems, so that

@@ -121,6 +121,12 @@ export interface PluginDefinition<K extends PluginKind = PluginKind, C = any> {
   configSchema: JsonSchema;
   /** Algorithms only: which run sections they require or accept. Others are rejected. */
   uses?: Partial<Record<RunSection, SectionUse>>;
+  /**
+   * Optional: checks that need more than the schema (relations between options). Returns
+   * problems whose `path` is a JSON pointer inside the config (e.g. `/vocabSize`); the
+   * manifest reports them like schema errors.
+   */
+  check?: (config: C) => { path: string; message: string }[];
   /** Optional: scales budgets in a (defaults-filled) config down for `--smoke`. */
   smoke?: (config: C) => C;
   /** Builds the instance. */

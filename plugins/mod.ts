@@ -13,6 +13,11 @@ import blas from "./backends/blas.ts";
 import cpu from "./backends/cpu.ts";
 import tensorflow from "./backends/tensorflow.ts";
 import wasm from "./backends/wasm.ts";
+import gettext from "./data/gettext.ts";
+import jsonl from "./data/jsonl.ts";
+import moses from "./data/moses.ts";
+import synthetic from "./data/synthetic.ts";
+import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
@@ -28,6 +33,12 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   cpu,
   tensorflow,
   wasm,
+  // data
+  gettext,
+  jsonl,
+  moses,
+  synthetic,
+  tsv,
   // rewards
   bleu,
   chrf,

@@ -1007,6 +1007,16 @@ export default definePlugin({
       },
     },
   },
+  check(config: BpeConfig) {
+    const minimum = minimumVocabSize(config);
+    return config.vocabSize >= minimum ? [] : [{
+      path: "/vocabSize",
+      message:
+        `must be at least ${minimum} (4 specials, ${config.userSpecials.length} user specials${
+          config.byteFallback ? ", 256 byte-fallback tokens" : ""
+        } and the word marker) (got ${config.vocabSize})`,
+    }];
+  },
   smoke: (config: BpeConfig): BpeConfig => ({
     ...config,
     vocabSize: Math.min(config.vocabSize, Math.max(500, minimumVocabSize(config) + 100)),

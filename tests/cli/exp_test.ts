@@ -5,7 +5,10 @@ import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
 async function tempManifest(manifest: unknown): Promise<{ dir: string; file: string }> {
   const dir = await Deno.makeTempDir();
   const file = join(dir, "m.json");
-  await Deno.writeTextFile(file, typeof manifest === "string" ? manifest : JSON.stringify(manifest));
+  await Deno.writeTextFile(
+    file,
+    typeof manifest === "string" ? manifest : JSON.stringify(manifest),
+  );
   return { dir, file };
 }
 
@@ -15,7 +18,7 @@ function smallManifest(): Record<string, unknown> {
     seed: 1,
     backend: "cpu",
     data: { name: "synthetic", config: { pairs: 200 } },
-    tokenizer: { name: "bpe", config: { vocabSize: 100 } },
+    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
     reward: "chrf",
     runs: [{ name: "baselines", algorithm: "baselines" }],
   };

@@ -76,29 +76,35 @@ Deno.test("plugin config errors carry the JSON pointer into the config", async (
 });
 
 Deno.test("envelope errors: unknown keys, missing sections, empty runs", async () => {
-  assert.deepEqual(await problemsOf({
-    experiment: "x",
-    backend: "none",
-    tokenizer: "chars",
-    reward: "constant",
-    data: "fake_data",
-    runs: [],
-    dta: 1,
-  }), [
-    '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, backend, data, tokenizer, model, reward, runs)',
-    "/runs: must NOT have fewer than 1 items (got [])",
-  ]);
-  assert.deepEqual(await problemsOf({
-    experiment: "bad name!",
-    backend: "none",
-    tokenizer: "chars",
-    reward: "constant",
-    runs: [{ name: "a" }],
-  }), [
-    "/data: is required",
-    '/experiment: must match pattern "^[A-Za-z0-9][A-Za-z0-9_.-]*$" (got "bad name!")',
-    "/runs/0/algorithm: is required",
-  ]);
+  assert.deepEqual(
+    await problemsOf({
+      experiment: "x",
+      backend: "none",
+      tokenizer: "chars",
+      reward: "constant",
+      data: "fake_data",
+      runs: [],
+      dta: 1,
+    }),
+    [
+      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, backend, data, tokenizer, model, reward, runs)',
+      "/runs: must NOT have fewer than 1 items (got [])",
+    ],
+  );
+  assert.deepEqual(
+    await problemsOf({
+      experiment: "bad name!",
+      backend: "none",
+      tokenizer: "chars",
+      reward: "constant",
+      runs: [{ name: "a" }],
+    }),
+    [
+      "/data: is required",
+      '/experiment: must match pattern "^[A-Za-z0-9][A-Za-z0-9_.-]*$" (got "bad name!")',
+      "/runs/0/algorithm: is required",
+    ],
+  );
   assert.deepEqual(await problemsOf([1, 2]), [": must be object (got [1,2])"]);
 });
 
@@ -155,8 +161,14 @@ Deno.test("nested plugin references are validated and resolved", async () => {
   raw.reward = { name: "combo", config: { parts: ["constant", { name: "constnt" }] } };
   const problems = await problemsOf(raw);
   assert.equal(problems.length, 1);
-  assert.match(problems[0], /^\/reward\/config\/parts\/1\/name: unknown reward plugin "constnt"; did you mean "constant"/);
-  raw.reward = { name: "combo", config: { parts: ["constant", { name: "constant", config: { value: 1 } }] } };
+  assert.match(
+    problems[0],
+    /^\/reward\/config\/parts\/1\/name: unknown reward plugin "constnt"; did you mean "constant"/,
+  );
+  raw.reward = {
+    name: "combo",
+    config: { parts: ["constant", { name: "constant", config: { value: 1 } }] },
+  };
   const m = await resolveManifest(raw, registries());
   assert.deepEqual(m.reward.config.parts, [
     { kind: "reward", name: "constant", config: { value: 0.5 } },
@@ -212,11 +224,16 @@ export default definePlugin({ kind: "loss", name: "fake_loss", summary: "Clashes
     assert.deepEqual(ok.runs[0].loss?.config, { alpha: 1 });
 
     const opts = { baseDir: dir };
-    assert.deepEqual(await problemsOf(run({ module: "./my_loss.ts", config: { alpha: -1 } }), opts), [
-      "/runs/0/loss/config/alpha: must be >= 0 (got -1)",
-    ]);
+    assert.deepEqual(
+      await problemsOf(run({ module: "./my_loss.ts", config: { alpha: -1 } }), opts),
+      [
+        "/runs/0/loss/config/alpha: must be >= 0 (got -1)",
+      ],
+    );
     const missing = await problemsOf(run({ module: "./nope.ts" }), opts);
-    assert.deepEqual(missing, [`/runs/0/loss/module: plugin module not found: ${join(dir, "nope.ts")}`]);
+    assert.deepEqual(missing, [
+      `/runs/0/loss/module: plugin module not found: ${join(dir, "nope.ts")}`,
+    ]);
     const noDefault = await problemsOf(run({ module: "./no_default.ts" }), opts);
     assert.match(noDefault[0], /must default-export a plugin definition/);
     const badDef = await problemsOf(run({ module: "./bad_def.ts" }), opts);
@@ -228,7 +245,10 @@ export default definePlugin({ kind: "loss", name: "fake_loss", summary: "Clashes
     const raw = validManifest();
     raw.reward = { module: "./my_loss.ts" };
     const wrongKind = await problemsOf(raw, opts);
-    assert.match(wrongKind[0], /^\/reward\/module: .* defines a loss plugin \("my_loss"\), but a reward plugin is expected/);
+    assert.match(
+      wrongKind[0],
+      /^\/reward\/module: .* defines a loss plugin \("my_loss"\), but a reward plugin is expected/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -264,4 +284,20 @@ Deno.test("the editor schema lists every plugin and its options", () => {
   assert.deepEqual(lossRef.anyOf[0].enum, ["fake_loss"]);
   assert.equal(lossRef.anyOf[1].properties.config.properties.clip.default, 0.2);
   assert.equal(lossRef.anyOf.at(-1).required[0], "module");
+});
+
+Deno.test("a plugin's own check reports relations between options with their paths", async () => {
+  const { builtinPlugins } = await import("../../plugins/mod.ts");
+  const builtins = createRegistries(builtinPlugins);
+  const raw = {
+    experiment: "x",
+    backend: "cpu",
+    data: "synthetic",
+    tokenizer: { name: "bpe", config: { vocabSize: 100 } },
+    runs: [{ name: "a", algorithm: "baselines" }],
+  };
+  await assert.rejects(
+    () => resolveManifest(raw, builtins),
+    /\/tokenizer\/config\/vocabSize: must be at least 261 \(4 specials, 0 user specials, 256 byte-fallback tokens and the word marker\) \(got 100\)/,
+  );
 });
