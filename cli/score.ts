@@ -34,7 +34,9 @@ export async function readLines(file: string, flag: string): Promise<string[]> {
   try {
     bytes = await Deno.readFile(file);
   } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound ? "file not found" : (error as Error).message;
+    const reason = error instanceof Deno.errors.NotFound
+      ? "file not found"
+      : (error as Error).message;
     throw new DataError(`--${flag} ${file}: ${reason}`);
   }
   let text: string;
@@ -127,7 +129,9 @@ async function main(): Promise<number> {
   } else {
     for (const s of scores) console.log(s.toFixed(6));
     console.error(
-      `${values.reward}: mean ${average.toFixed(6)} (x100 = ${(100 * average).toFixed(2)}) over ${scores.length} lines`,
+      `${values.reward}: mean ${average.toFixed(6)} (x100 = ${
+        (100 * average).toFixed(2)
+      }) over ${scores.length} lines`,
     );
   }
   return 0;

@@ -48,7 +48,9 @@ export async function scoreOutputs(
 export function checkScores(scores: readonly number[], count: number): void {
   if (!Array.isArray(scores) || scores.length !== count) {
     throw new RangeError(
-      `reward returned ${Array.isArray(scores) ? scores.length : typeof scores} scores for ${count} rows`,
+      `reward returned ${
+        Array.isArray(scores) ? scores.length : typeof scores
+      } scores for ${count} rows`,
     );
   }
   for (let i = 0; i < scores.length; i++) {

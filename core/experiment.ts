@@ -71,7 +71,9 @@ export async function createPlugin<K extends PluginKind>(
   deps: Omit<PluginDeps, "create">,
 ): Promise<PluginInstances[K]> {
   if (ref.kind !== kind) {
-    throw new TypeError(`expected a ${kind} plugin reference, got a ${ref.kind} one ("${ref.name}")`);
+    throw new TypeError(
+      `expected a ${kind} plugin reference, got a ${ref.kind} one ("${ref.name}")`,
+    );
   }
   const plugin = await pluginFor(registries, ref) as PluginDefinition<K>;
   const fullDeps: PluginDeps = {
@@ -86,9 +88,7 @@ export function describePlan(manifest: ResolvedManifest, out: string): string {
   const ref = (r: ResolvedPluginRef | undefined) =>
     r === undefined ? "(none)" : `${r.module ?? r.name} ${JSON.stringify(r.config)}`;
   const lines = [
-    `experiment ${manifest.experiment}${
-      manifest.description ? ` - ${manifest.description}` : ""
-    }`,
+    `experiment ${manifest.experiment}${manifest.description ? ` - ${manifest.description}` : ""}`,
     `  manifest  ${manifest.file}`,
     `  output    ${join(out, manifest.experiment)}`,
     `  seed      ${manifest.seed}`,
@@ -148,7 +148,9 @@ export async function runExperiment(
 
   const backend = await createPlugin(registries, "backend", manifest.backend, deps);
   const backendInfo = await backend.init();
-  log(`backend: ${backendInfo.name} (tfjs ${backendInfo.tfBackend}, ${backendInfo.threads} threads)`);
+  log(
+    `backend: ${backendInfo.name} (tfjs ${backendInfo.tfBackend}, ${backendInfo.threads} threads)`,
+  );
 
   const data = await createPlugin(registries, "data", manifest.data, deps);
   const splits = await data.load();

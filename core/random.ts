@@ -31,7 +31,9 @@ export class Rng {
 
   /** A uniform integer in [0, n). */
   int(n: number): number {
-    if (!Number.isInteger(n) || n <= 0) throw new RangeError(`n must be a positive integer, got ${n}`);
+    if (!Number.isInteger(n) || n <= 0) {
+      throw new RangeError(`n must be a positive integer, got ${n}`);
+    }
     return Math.floor(this.next() * n);
   }
 

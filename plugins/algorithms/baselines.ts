@@ -63,7 +63,8 @@ function tokenizerStats(tokenizer: Tokenizer, examples: readonly Example[]): Met
 export default definePlugin({
   kind: "algorithm",
   name: "baselines",
-  summary: "Scores copy-the-source, shuffled-reference and reference outputs: a reward's floor and ceiling.",
+  summary:
+    "Scores copy-the-source, shuffled-reference and reference outputs: a reward's floor and ceiling.",
   uses: { reward: "optional" },
   configSchema: {
     type: "object",
@@ -83,7 +84,8 @@ export default definePlugin({
         uniqueItems: true,
         minItems: 1,
         default: ["copy", "shuffled", "reference"],
-        description: "Baselines to score: copy the source, a random other reference, the reference.",
+        description:
+          "Baselines to score: copy the source, a random other reference, the reference.",
       },
     },
   },
@@ -105,7 +107,9 @@ export default definePlugin({
           const examples = ctx.splits[split];
           for (const baseline of config.baselines) {
             const outputs = outputsFor(baseline, examples, rng);
-            const scores = examples.length === 0 ? [] : await scoreOutputs(ctx.reward, examples, outputs);
+            const scores = examples.length === 0
+              ? []
+              : await scoreOutputs(ctx.reward, examples, outputs);
             metrics[`eval/${split}_reward_${baseline}`] = mean(scores);
             progress.tick();
           }

@@ -29,7 +29,9 @@ Deno.test("an experiment writes one folder per run with its resolved manifest an
     });
     assert.equal(result.dir, join(out, "unit"));
     assert.deepEqual(Object.keys(result.runs), ["train", "eval"]);
-    const resolved = JSON.parse(await Deno.readTextFile(join(out, "unit/eval/manifest.resolved.json")));
+    const resolved = JSON.parse(
+      await Deno.readTextFile(join(out, "unit/eval/manifest.resolved.json")),
+    );
     assert.equal(resolved.seed, 9);
     assert.equal(resolved.algorithm.name, "evaluate_only");
     assert.ok(await Deno.stat(join(out, "unit/tokenizer.json")));
@@ -37,12 +39,19 @@ Deno.test("an experiment writes one folder per run with its resolved manifest an
 
     // Running again without --resume refuses to touch the existing folder.
     await assert.rejects(
-      () => runExperiment(manifest, registries, { out, resume: false, smoke: false, log: () => {} }),
-      (error: unknown) => error instanceof UserError && /already exists; pass --resume/.test(error.message),
+      () =>
+        runExperiment(manifest, registries, { out, resume: false, smoke: false, log: () => {} }),
+      (error: unknown) =>
+        error instanceof UserError && /already exists; pass --resume/.test(error.message),
     );
     // With --resume, completed runs are skipped and the tokenizer is reloaded.
     const again: string[] = [];
-    await runExperiment(manifest, registries, { out, resume: true, smoke: false, log: (m) => again.push(m) });
+    await runExperiment(manifest, registries, {
+      out,
+      resume: true,
+      smoke: false,
+      log: (m) => again.push(m),
+    });
     assert.ok(again.some((l) => /run train: already complete, skipped/.test(l)));
     assert.ok(again.some((l) => /tokenizer: reloaded/.test(l)));
 
@@ -69,7 +78,10 @@ Deno.test("metrics are namespaced JSON lines; non-finite values become null", as
     assert.equal(records[1]["eval/reward"], 0.75);
     await assert.rejects(() => writer.log({ reward: 1 }), /must be namespaced/);
     await Deno.writeTextFile(join(dir, "bad.jsonl"), '{"a":1}\n{oops\n');
-    await assert.rejects(() => readMetrics(join(dir, "bad.jsonl")), /bad\.jsonl:2: not a JSON line/);
+    await assert.rejects(
+      () => readMetrics(join(dir, "bad.jsonl")),
+      /bad\.jsonl:2: not a JSON line/,
+    );
   });
 });
 

@@ -37,7 +37,11 @@ Deno.test("plain progress prints periodic lines with rate and ETA", () => {
 Deno.test("terminal progress redraws one line and ends with a newline", () => {
   let clock = 0;
   const out: string[] = [];
-  const p = startProgress("bc", 4, "steps", { tty: true, now: () => clock, write: (t) => out.push(t) });
+  const p = startProgress("bc", 4, "steps", {
+    tty: true,
+    now: () => clock,
+    write: (t) => out.push(t),
+  });
   for (let i = 0; i < 4; i++) {
     clock += 1000;
     p.tick();

@@ -63,7 +63,10 @@ Deno.test("definePlugin checks the definition's shape", () => {
   };
   assert.equal(definePlugin(base).name, "ok_name");
   assert.throws(() => definePlugin({ ...base, name: "BadName" }), /name must be snake_case/);
-  assert.throws(() => definePlugin({ ...base, summary: " " }), /summary must be a non-empty string/);
+  assert.throws(
+    () => definePlugin({ ...base, summary: " " }),
+    /summary must be a non-empty string/,
+  );
   assert.throws(
     () => definePlugin({ ...base, kind: "widget" as "loss" }),
     /kind must be one of backend, data/,
@@ -98,7 +101,10 @@ Deno.test("definePlugin checks the definition's shape", () => {
       }),
     /configSchema\/a\/b has no description/,
   );
-  assert.throws(() => definePlugin({ ...base, uses: { loss: "required" } }), /only algorithm plugins/);
+  assert.throws(
+    () => definePlugin({ ...base, uses: { loss: "required" } }),
+    /only algorithm plugins/,
+  );
   assert.throws(
     () => definePlugin({ ...base, create: undefined as unknown as () => object }),
     /create must be a function/,

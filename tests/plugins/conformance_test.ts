@@ -52,7 +52,9 @@ for (const plugin of builtinPlugins) {
     assert.deepEqual(Object.keys(config).sort(), props.sort(), "every option gets its default");
     assert.ok(validate(structuredClone(config)), "a filled-in config validates again");
     assert.equal(plugin.configSchema.additionalProperties, false, "unknown options are rejected");
-    if (plugin.smoke) assert.ok(validate(plugin.smoke(structuredClone(config))), "smoke config validates");
+    if (plugin.smoke) {
+      assert.ok(validate(plugin.smoke(structuredClone(config))), "smoke config validates");
+    }
     // Nested plugin references in defaults are resolved by the manifest; resolve them here.
     const { resolvePluginRef } = await import("../../core/manifest.ts");
     const registries = createRegistries(builtinPlugins);

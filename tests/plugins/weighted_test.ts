@@ -22,13 +22,18 @@ Deno.test("weighted reward is the weighted mean of its components", async () => 
   const reward = await createPlugin(registries, "reward", ref, deps);
   assert.equal(reward.needsReference, true);
   const rows = [
-    { source: "a", hypothesis: "Die Datei wurde gespeichert.", reference: "Die Datei ist gespeichert." },
+    {
+      source: "a",
+      hypothesis: "Die Datei wurde gespeichert.",
+      reference: "Die Datei ist gespeichert.",
+    },
     { source: "b", hypothesis: "", reference: "Zeile" },
   ];
   const scores = await reward.score(rows);
   for (let i = 0; i < rows.length; i++) {
     const chrf = sentenceChrf(rows[i].hypothesis, rows[i].reference) / 100;
-    const bleu = sentenceBleu(rows[i].hypothesis, rows[i].reference, { smoothMethod: "floor" }) / 100;
+    const bleu = sentenceBleu(rows[i].hypothesis, rows[i].reference, { smoothMethod: "floor" }) /
+      100;
     assert.ok(Math.abs(scores[i] - (chrf + 3 * bleu) / 4) < 1e-12, `row ${i}`);
   }
 });
@@ -42,7 +47,10 @@ Deno.test("weighted reward validates its components like a manifest", async () =
         config: { components: [{ reward: "chfr" }, { reward: "bleu", weight: 0 }] },
       }, "test"),
     (error: Error) => {
-      assert.match(error.message, /\/config\/components\/0\/reward: unknown reward plugin "chfr"; did you mean "chrf"/);
+      assert.match(
+        error.message,
+        /\/config\/components\/0\/reward: unknown reward plugin "chfr"; did you mean "chrf"/,
+      );
       assert.match(error.message, /\/config\/components\/1\/weight: must be > 0/);
       return true;
     },
