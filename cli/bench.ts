@@ -1,0 +1,103 @@
+/**
+ * `deno task bench [--json] [--backend NAME]`: times the framework's hot paths on this
+ * machine and prints the figures (one JSON line with `--json`).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { corpusChrf, sentenceChrf } from "../core/metrics/chrf.ts";
+import { sentenceBleu } from "../core/metrics/bleu.ts";
+import { createRegistries } from "../core/registry.ts";
+import { resolvePluginRef } from "../core/manifest.ts";
+import { createPlugin } from "../core/experiment.ts";
+import { builtinPlugins } from "../plugins/mod.ts";
+import { benchBackend } from "../bench/matmul.ts";
+import { runMain } from "./_main.ts";
+
+const HELP = `Usage: deno task bench [--json] [--backend NAME]
+
+Times, on this machine: a 512x512x512 matrix multiply on the chosen backend
+(default auto), sentence chrF/BLEU scoring and BPE tokenizer training on the
+synthetic corpus. Prints a table, or one JSON line with --json.`;
+
+/** Runs `fn` repeatedly for about `seconds` and returns calls per second. */
+function rate(fn: () => void, seconds: number): number {
+  fn();
+  let calls = 0;
+  const start = performance.now();
+  while (performance.now() - start < seconds * 1000) {
+    fn();
+    calls++;
+  }
+  return calls / ((performance.now() - start) / 1000);
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      json: { type: "boolean", default: false },
+      backend: { type: "string", default: "auto" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const registries = createRegistries(builtinPlugins);
+  const deps = { seed: 1, baseDir: Deno.cwd(), smoke: false, log: () => {} };
+  const backendRef = await resolvePluginRef(registries, "backend", values.backend, "--backend");
+  const backendPlugin = registries.backend.get(backendRef.name);
+  const matmul = await benchBackend(backendPlugin, 512, 1);
+
+  const dataRef = await resolvePluginRef(
+    registries,
+    "data",
+    { name: "synthetic", config: { pairs: 3000 } },
+    "bench",
+  );
+  const data = await createPlugin(registries, "data", dataRef, deps);
+  const splits = await data.load();
+  const hyps = splits.train.map((_, i) => splits.train[(i + 1) % splits.train.length].reference);
+  const refs = splits.train.map((e) => e.reference);
+  const chrfPerSecond = rate(() => {
+    for (let i = 0; i < 200; i++) sentenceChrf(hyps[i], refs[i]);
+  }, 0.5) * 200;
+  const bleuPerSecond = rate(() => {
+    for (let i = 0; i < 200; i++) sentenceBleu(hyps[i], refs[i]);
+  }, 0.5) * 200;
+  const corpusStart = performance.now();
+  corpusChrf(hyps, refs);
+  const corpusSeconds = (performance.now() - corpusStart) / 1000;
+
+  const tokenizerRef = await resolvePluginRef(registries, "tokenizer", {
+    name: "bpe",
+    config: { vocabSize: 2000 },
+  }, "bench");
+  const tokenizer = await createPlugin(registries, "tokenizer", tokenizerRef, deps);
+  const trainStart = performance.now();
+  tokenizer.train({ sources: splits.train.map((e) => e.source), targets: refs });
+  const tokenizerSeconds = (performance.now() - trainStart) / 1000;
+
+  const result = {
+    backend: backendRef.name,
+    threads: matmul.threads ?? null,
+    matmul_gflops: matmul.gflops,
+    ...(matmul.error ? { matmul_error: matmul.error } : {}),
+    chrf_sentences_per_s: Math.round(chrfPerSecond),
+    bleu_sentences_per_s: Math.round(bleuPerSecond),
+    corpus_chrf_seconds: Number(corpusSeconds.toFixed(4)),
+    corpus_sentences: hyps.length,
+    bpe_train_seconds: Number(tokenizerSeconds.toFixed(4)),
+  };
+  if (values.json) {
+    console.log(JSON.stringify(result));
+  } else {
+    for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(24)} ${value}`);
+  }
+  return 0;
+}
+
+if (import.meta.main) await runMain("bench", main);
