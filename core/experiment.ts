@@ -20,6 +20,7 @@ import { startProgress } from "./progress.ts";
 import type { Registries, Registry } from "./registry.ts";
 import { exists, openRunFolder, readRunSummary, writeFileAtomic, writeRunSummary } from "./run.ts";
 import type { BackendInfo, RunContext, RunSummary, Splits, Tokenizer } from "./types.ts";
+import type { Policy, PolicyState } from "./policy.ts";
 
 /** Options for {@link runExperiment}. */
 export interface ExperimentOptions {
@@ -97,6 +98,8 @@ export function describePlan(manifest: ResolvedManifest, out: string): string {
     `  tokenizer ${ref(manifest.tokenizer)}`,
     `  model     ${ref(manifest.model)}`,
     `  reward    ${ref(manifest.reward)}`,
+    `  bc        ${JSON.stringify(manifest.bc)}`,
+    `  eval      ${JSON.stringify(manifest.evaluation)}`,
     `  runs (${manifest.runs.length}):`,
   ];
   for (const run of manifest.runs) {
@@ -169,6 +172,37 @@ export async function runExperiment(
   );
   await prepareTokenizer(tokenizer, splits, join(experimentDir, "tokenizer.json"), log);
 
+  // The BC policy is trained once, on first use, and shared by every run.
+  let bcState: PolicyState | undefined;
+  const bcPolicy = async (): Promise<Policy> => {
+    if (manifest.model === undefined) {
+      throw new UserError(`${manifest.file}: /model is required to train a policy`);
+    }
+    const factory = await createPlugin(registries, "model", manifest.model, deps);
+    if (bcState === undefined) {
+      const { trainOrLoadBc } = await import("./bc.ts");
+      const reward = await createPlugin(registries, "reward", manifest.reward, deps);
+      const policy = await trainOrLoadBc({
+        experimentDir,
+        factory,
+        tokenizer,
+        splits,
+        reward,
+        settings: manifest.bc,
+        evaluation: manifest.evaluation,
+        seed: manifest.seed,
+        log,
+        progress: (label, total, unit) => startProgress(label, total, unit),
+      });
+      bcState = policy.save();
+      return policy;
+    }
+    const { buildPolicy } = await import("./bc.ts");
+    const policy = buildPolicy(factory, tokenizer, manifest.seed);
+    policy.load(bcState);
+    return policy;
+  };
+
   const summaries: Record<string, RunSummary> = {};
   for (const run of manifest.runs) {
     summaries[run.name] = await executeRun(manifest, run, registries, {
@@ -178,6 +212,7 @@ export async function runExperiment(
       options,
       log,
       backend: backendInfo,
+      bcPolicy,
     });
   }
   return { dir: experimentDir, backend: backendInfo, runs: summaries };
@@ -194,6 +229,7 @@ async function executeRun(
     options: ExperimentOptions;
     log: (message: string) => void;
     backend: BackendInfo;
+    bcPolicy: () => Promise<Policy>;
   },
 ): Promise<RunSummary> {
   const { options, log } = shared;
@@ -211,6 +247,8 @@ async function executeRun(
     reward: run.reward,
     ...(run.loss ? { loss: run.loss } : {}),
     ...(run.threshold ? { threshold: run.threshold } : {}),
+    bc: manifest.bc,
+    evaluation: manifest.evaluation,
   };
   const folder = await openRunFolder(dir, resolvedForRun, { resume: options.resume });
   if (folder.state === "complete") {
@@ -232,6 +270,8 @@ async function executeRun(
     tokenizer: shared.tokenizer,
     reward,
     metrics: folder.metrics,
+    bcPolicy: shared.bcPolicy,
+    evaluation: manifest.evaluation,
     progress: (label, total, unit) => startProgress(`${run.name}: ${label}`, total, unit),
     log: (message) => log(`${run.name}: ${message}`),
   };

@@ -27,6 +27,14 @@ import {
 } from "./plugin.ts";
 import { nearest, type Registries, type Registry } from "./registry.ts";
 import type { RunSection } from "./types.ts";
+import {
+  BC_SCHEMA,
+  type BcSettings,
+  EVAL_SCHEMA,
+  type EvalSettings,
+  smokeBc,
+  smokeEval,
+} from "./sections.ts";
 
 /** Schema keyword marking a config property as a nested plugin reference of the given kind. */
 export const PLUGIN_REF_KEYWORD = "x-plugin-kind";
@@ -86,6 +94,8 @@ export function envelopeSchema(): JsonSchema {
         description: "Base seed of every run (a run may set its own).",
       },
       ...top,
+      bc: BC_SCHEMA,
+      evaluation: EVAL_SCHEMA,
       runs: {
         type: "array",
         minItems: 1,
@@ -206,6 +216,10 @@ export interface ResolvedManifest {
   model?: ResolvedPluginRef;
   /** Default reward plugin. */
   reward: ResolvedPluginRef;
+  /** Behaviour-cloning settings. */
+  bc: BcSettings;
+  /** Evaluation settings. */
+  evaluation: EvalSettings;
   /** The runs in manifest order. */
   runs: ResolvedRun[];
 }
@@ -616,6 +630,7 @@ export async function resolveManifest(
   const runs: ResolvedRun[] = [];
   const rawRuns = Array.isArray(data.runs) ? data.runs as Record<string, unknown>[] : [];
   const seenNames = new Map<string, number>();
+  let modelReported = false;
   const seed = typeof data.seed === "number" ? data.seed : 1;
   for (let i = 0; i < rawRuns.length; i++) {
     const run = rawRuns[i];
@@ -656,6 +671,13 @@ export async function resolveManifest(
         );
       }
     }
+    if (uses.bc === "required" && data.model === undefined && !modelReported) {
+      modelReported = true;
+      resolver.problem(
+        "/model",
+        `is required: ${path} uses algorithm "${algorithm.ref.name}", which needs a policy model`,
+      );
+    }
     if (typeof run.name !== "string" || top.reward === undefined && sections.reward === undefined) {
       continue;
     }
@@ -685,6 +707,10 @@ export async function resolveManifest(
     tokenizer: top.tokenizer!,
     ...(top.model ? { model: top.model } : {}),
     reward: top.reward!,
+    bc: options.smoke ? smokeBc(data.bc as BcSettings) : data.bc as BcSettings,
+    evaluation: options.smoke
+      ? smokeEval(data.evaluation as EvalSettings)
+      : data.evaluation as EvalSettings,
     runs,
   };
 }
@@ -700,7 +726,7 @@ export async function resolvePluginRef(
   kind: PluginKind,
   ref: unknown,
   label: string,
-  baseDir = Deno.cwd(),
+  baseDir: string = Deno.cwd(),
 ): Promise<ResolvedPluginRef> {
   const resolver = new Resolver(registries, baseDir, false);
   const result = await resolver.resolve(kind, ref, "");

@@ -6,6 +6,9 @@
  * @module
  */
 
+import type { Policy } from "./policy.ts";
+import type { EvalSettings } from "./sections.ts";
+
 /** A translation pair: the source sentence and its reference translation. */
 export interface Example {
   /** Source-language text. */
@@ -171,6 +174,13 @@ export interface RunContext {
   threshold?: ThresholdSchedule;
   /** The run's metrics log. */
   metrics: MetricsLog;
+  /**
+   * A new policy holding the experiment's BC weights (trained on first use, then shared
+   * by every run). The caller owns it and disposes it.
+   */
+  bcPolicy(): Promise<Policy>;
+  /** How policies are decoded for evaluation. */
+  evaluation: EvalSettings;
   /** Starts a progress display (`unit` e.g. "pairs", "steps"). */
   progress(label: string, total: number, unit?: string): Progress;
   /** Prints a line to the user. */

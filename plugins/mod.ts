@@ -8,6 +8,7 @@
 import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
+import bc from "./algorithms/bc.ts";
 import auto from "./backends/auto.ts";
 import blas from "./backends/blas.ts";
 import cpu from "./backends/cpu.ts";
@@ -21,12 +22,17 @@ import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
+import fixed from "./thresholds/fixed.ts";
+import interpolate from "./thresholds/interpolate.ts";
+import linear from "./thresholds/linear.ts";
+import percentile from "./thresholds/percentile.ts";
 import bpe from "./tokenizers/bpe.ts";
 
 /** Every built-in plugin definition. */
 export const builtinPlugins: readonly PluginDefinition[] = [
   // algorithms
   baselines,
+  bc,
   // backends
   auto,
   blas,
@@ -43,6 +49,11 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   bleu,
   chrf,
   weighted,
+  // thresholds
+  fixed,
+  interpolate,
+  linear,
+  percentile,
   // tokenizers
   bpe,
 ] as PluginDefinition[];

@@ -87,7 +87,7 @@ Deno.test("envelope errors: unknown keys, missing sections, empty runs", async (
       dta: 1,
     }),
     [
-      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, backend, data, tokenizer, model, reward, runs)',
+      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, backend, data, tokenizer, model, reward, bc, evaluation, runs)',
       "/runs: must NOT have fewer than 1 items (got [])",
     ],
   );
@@ -259,7 +259,7 @@ Deno.test("JSON syntax errors name line and column; missing files are reported",
     () => parseManifestText('{\n  "experiment": "x",\n  oops\n}', "bad.json"),
     (error: unknown) => {
       assert.ok(error instanceof ManifestError);
-      assert.match(error.message, /^bad\.json: 1 problem\n  \/: invalid JSON: .*line 3/);
+      assert.match(error.message, /^bad\.json: 1 problem\n {2}\/: invalid JSON: .*line 3/);
       return true;
     },
   );
@@ -300,4 +300,42 @@ Deno.test("a plugin's own check reports relations between options with their pat
     () => resolveManifest(raw, builtins),
     /\/tokenizer\/config\/vocabSize: must be at least 261 \(4 specials, 0 user specials, 256 byte-fallback tokens and the word marker\) \(got 100\)/,
   );
+});
+
+Deno.test("bc and evaluation sections get defaults, smoke budgets, and require a model", async () => {
+  const { builtinPlugins } = await import("../../plugins/mod.ts");
+  const builtins = createRegistries(builtinPlugins);
+  const raw = {
+    experiment: "x",
+    backend: "cpu",
+    data: "synthetic",
+    bc: { steps: 500 },
+    runs: [{ name: "a", algorithm: "bc" }, { name: "b", algorithm: "bc" }],
+  };
+  await assert.rejects(
+    () => resolveManifest(raw, builtins),
+    (error: unknown) => {
+      assert.ok(error instanceof ManifestError);
+      assert.deepEqual(error.problems.map((p) => p.path), ["/model"]);
+      assert.match(
+        error.problems[0].message,
+        /\/runs\/0 uses algorithm "bc", which needs a policy model/,
+      );
+      return true;
+    },
+  );
+  const m = await resolveManifest({ ...raw, model: "none_yet" }, builtins).catch((e) => e);
+  assert.match(String(m.message), /\/model: unknown model plugin "none_yet"/);
+  const fakes = createRegistries(fakePlugins);
+  const ok = await resolveManifest({ ...validManifest(), bc: { steps: 500 } }, fakes, {
+    smoke: true,
+  });
+  assert.equal(ok.bc.steps, 30);
+  assert.equal(ok.bc.batchSize, 32);
+  assert.equal(ok.evaluation.maxLen, 24);
+  const bad = await problemsOf({ ...validManifest(), bc: { steps: -1, lr: 1 } });
+  assert.deepEqual(bad, [
+    "/bc/lr: unknown key (allowed: steps, batchSize, learningRate, warmupSteps, schedule, clipNorm, evalEvery, patience, labelSmoothing, maxTokens, evalSize)",
+    "/bc/steps: must be >= 0 (got -1)",
+  ]);
 });

@@ -1,0 +1,79 @@
+/**
+ * Token batches for teacher-forced training, and the (label-smoothed) NLL loss.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import type { Policy, TokenBatch } from "./policy.ts";
+import type { SpecialIds } from "./types.ts";
+
+/**
+ * Pads pairs of id sequences into a {@link TokenBatch}. EOS is appended to every source and
+ * target; `targetIn` is BOS followed by the target, `targetOut` the target followed by EOS.
+ */
+export function makeBatch(
+  pairs: readonly { source: readonly number[]; target: readonly number[] }[],
+  specials: SpecialIds,
+): TokenBatch {
+  if (pairs.length === 0) throw new RangeError("makeBatch: no pairs");
+  const b = pairs.length;
+  const s = Math.max(...pairs.map((p) => p.source.length)) + 1;
+  const t = Math.max(...pairs.map((p) => p.target.length)) + 1;
+  const source = new Int32Array(b * s).fill(specials.pad);
+  const targetIn = new Int32Array(b * t).fill(specials.pad);
+  const targetOut = new Int32Array(b * t).fill(specials.pad);
+  const mask = new Float32Array(b * t);
+  for (let i = 0; i < b; i++) {
+    const { source: src, target: tgt } = pairs[i];
+    source.set(src, i * s);
+    source[i * s + src.length] = specials.eos;
+    targetIn[i * t] = specials.bos;
+    targetIn.set(tgt, i * t + 1);
+    targetOut.set(tgt, i * t);
+    targetOut[i * t + tgt.length] = specials.eos;
+    mask.fill(1, i * t, i * t + tgt.length + 1);
+  }
+  return {
+    source: tf.tensor2d(source, [b, s], "int32"),
+    targetIn: tf.tensor2d(targetIn, [b, t], "int32"),
+    targetOut: tf.tensor2d(targetOut, [b, t], "int32"),
+    targetMask: tf.tensor2d(mask, [b, t], "float32"),
+  };
+}
+
+/** Options of {@link nllLoss}. */
+export interface NllOptions {
+  /** Label smoothing epsilon: the target gets 1 - eps, the rest eps spread uniformly. */
+  labelSmoothing: number;
+  /** Dropout on. */
+  training: boolean;
+  /** `token`: mean over all target tokens; `sequence`: mean over sequences of per-sequence sums. */
+  average: "token" | "sequence";
+}
+
+/**
+ * Negative log-likelihood of `targetOut` under the policy, with optional label smoothing
+ * (Szegedy et al. 2016): loss_t = -(1 - eps) log p(y_t) - eps * mean_v log p(v).
+ */
+export function nllLoss(policy: Policy, batch: TokenBatch, options: NllOptions): tf.Scalar {
+  return tf.tidy(() => {
+    const eps = options.labelSmoothing;
+    let perToken: tf.Tensor2D;
+    if (eps > 0) {
+      const { logits } = policy.forward(batch, { training: options.training });
+      const logProbs = tf.logSoftmax(logits);
+      const vocab = logits.shape[2];
+      const target = tf.sum(tf.mul(logProbs, tf.oneHot(batch.targetOut, vocab)), -1);
+      const uniform = tf.mean(logProbs, -1);
+      perToken = tf.neg(tf.add(tf.mul(target, 1 - eps), tf.mul(uniform, eps))) as tf.Tensor2D;
+    } else {
+      perToken = tf.neg(policy.tokenLogProbs(batch, { training: options.training }));
+    }
+    const masked = tf.mul(perToken, batch.targetMask);
+    if (options.average === "token") {
+      return tf.div(tf.sum(masked), tf.maximum(tf.sum(batch.targetMask), 1)) as tf.Scalar;
+    }
+    return tf.mean(tf.sum(masked, 1)) as tf.Scalar;
+  });
+}

@@ -1,0 +1,153 @@
+/**
+ * Behaviour cloning (the paper's "BC"): supervised NLL training of the policy on the
+ * training pairs, shared by every run of an experiment. The result is the checkpoint
+ * `<out>/<experiment>/bc/policy.{json,bin}`; later runs (and `--resume`) load it.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { evaluatePolicy } from "./evaluate.ts";
+import type { ModelFactory, Policy } from "./policy.ts";
+import { MetricsWriter } from "./run.ts";
+import { type TokenPair, trainLoop } from "./train.ts";
+import type { BcSettings, EvalSettings } from "./sections.ts";
+import { nllLoss } from "./batch.ts";
+import type { Example, Progress, RewardModel, Splits, Tokenizer } from "./types.ts";
+
+/** Encodes pairs, leaving out those longer than `maxTokens` on either side. */
+export function encodePairs(
+  tokenizer: Tokenizer,
+  examples: readonly Example[],
+  maxTokens: number,
+): TokenPair[] {
+  const pairs: TokenPair[] = [];
+  for (const e of examples) {
+    const source = tokenizer.encode(e.source, "source");
+    const target = tokenizer.encode(e.reference, "target");
+    if (source.length < maxTokens && target.length < maxTokens) pairs.push({ source, target });
+  }
+  return pairs;
+}
+
+/** The first `size` examples (all when size is 0). */
+export function limit<T>(items: readonly T[], size: number): T[] {
+  return size > 0 ? items.slice(0, size) : [...items];
+}
+
+/** Everything the BC phase needs. */
+export interface BcContext {
+  /** The experiment folder; BC writes `<dir>/bc/`. */
+  experimentDir: string;
+  /** Builds policies. */
+  factory: ModelFactory;
+  /** The trained tokenizer. */
+  tokenizer: Tokenizer;
+  /** The data. */
+  splits: Splits;
+  /** Reward used to pick the best checkpoint on validation. */
+  reward: RewardModel;
+  /** BC settings. */
+  settings: BcSettings;
+  /** Evaluation settings. */
+  evaluation: EvalSettings;
+  /** Seed of the BC phase. */
+  seed: number;
+  /** Log lines. */
+  log(message: string): void;
+  /** Progress display. */
+  progress(label: string, total: number, unit?: string): Progress;
+}
+
+/** Builds a fresh policy for the tokenizer's vocabularies. */
+export function buildPolicy(
+  factory: ModelFactory,
+  tokenizer: Tokenizer,
+  seed: number,
+  valueHead = false,
+): Policy {
+  return factory.build({
+    sourceVocab: tokenizer.vocabSize("source"),
+    targetVocab: tokenizer.vocabSize("target"),
+    specials: tokenizer.specials,
+    valueHead,
+    seed,
+  });
+}
+
+/**
+ * Trains the BC policy, or loads it when `<experiment>/bc/policy` exists. Returns a new
+ * policy with the best BC weights (the caller owns and disposes it).
+ */
+export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
+  const dir = join(ctx.experimentDir, "bc");
+  const policy = buildPolicy(ctx.factory, ctx.tokenizer, ctx.seed);
+  if (await hasCheckpoint(dir, "policy")) {
+    const { state } = await loadCheckpoint(dir, "policy");
+    policy.load(state);
+    ctx.log(`bc: loaded ${join(dir, "policy.json")}`);
+    return policy;
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  const metrics = new MetricsWriter(join(dir, "metrics.jsonl"));
+  // A BC run that was interrupted restarts from scratch: clear its partial log.
+  await Deno.remove(metrics.path).catch(() => {});
+  const pairs = encodePairs(ctx.tokenizer, ctx.splits.train, ctx.settings.maxTokens);
+  ctx.log(
+    `bc: ${pairs.length} training pairs (${
+      ctx.splits.train.length - pairs.length
+    } longer than ${ctx.settings.maxTokens} tokens left out), ${ctx.settings.steps} steps`,
+  );
+  const valid = limit(ctx.splits.valid, ctx.settings.evalSize);
+  const progress = ctx.progress("bc", ctx.settings.steps, "steps");
+  let saved = false;
+  const result = await trainLoop(policy, pairs, ctx.settings, {
+    prefix: "bc",
+    metrics,
+    progress,
+    log: ctx.log,
+    loss: (batch) =>
+      nllLoss(policy, batch, {
+        labelSmoothing: ctx.settings.labelSmoothing,
+        training: true,
+        average: "token",
+      }),
+    evaluate: async () => {
+      const evaluation = await evaluatePolicy(policy, ctx.tokenizer, valid, ctx.reward, {
+        decode: { mode: "greedy" },
+        maxLen: ctx.evaluation.maxLen,
+        batchSize: ctx.evaluation.batchSize,
+      });
+      return {
+        score: evaluation.reward,
+        metrics: {
+          "eval/reward": evaluation.reward,
+          "eval/chrf": evaluation.chrf,
+          "eval/bleu": evaluation.bleu,
+        },
+      };
+    },
+    onBest: async (step, score) => {
+      await saveCheckpoint(dir, "best", policy.save(), { step, score });
+      saved = true;
+    },
+  }, ctx.seed);
+  progress.done();
+  if (saved) {
+    const { state } = await loadCheckpoint(dir, "best");
+    policy.load(state);
+  }
+  await saveCheckpoint(dir, "policy", policy.save(), {
+    steps: result.steps,
+    bestStep: result.bestStep,
+    bestScore: result.bestScore,
+    tokensPerSecond: result.tokensPerSecond,
+  });
+  ctx.log(
+    `bc: ${result.steps} steps (${result.stopped}), best validation reward ${
+      (100 * result.bestScore).toFixed(2)
+    } at step ${result.bestStep}, ${result.tokensPerSecond.toFixed(0)} target tokens/s`,
+  );
+  return policy;
+}

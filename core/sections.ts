@@ -1,0 +1,118 @@
+/**
+ * The manifest's non-plugin sections: `bc` (behaviour-cloning budget) and `evaluation`
+ * (decoding for evaluation). Their schemas carry every default.
+ *
+ * @module
+ */
+
+import type { JsonSchema } from "./plugin.ts";
+import type { TrainSettings } from "./train.ts";
+
+/** Settings of the BC phase (the manifest's `bc` section). */
+export interface BcSettings extends TrainSettings {
+  /** Label smoothing of the NLL (0: plain NLL). */
+  labelSmoothing: number;
+  /** Pairs whose source or target exceeds this many tokens are left out of training. */
+  maxTokens: number;
+  /** Validation pairs used for the periodic evaluation (0: all). */
+  evalSize: number;
+}
+
+/** Settings of decoding for evaluation (the manifest's `evaluation` section). */
+export interface EvalSettings {
+  /** Maximum output tokens. */
+  maxLen: number;
+  /** Sources per decoding batch. */
+  batchSize: number;
+  /** Validation pairs used in final evaluations (0: all). */
+  validSize: number;
+  /** Test pairs used in final evaluations (0: all). */
+  testSize: number;
+}
+
+function integer(min: number, max: number, value: number, description: string): JsonSchema {
+  return { type: "integer", minimum: min, maximum: max, default: value, description };
+}
+
+/** JSON Schema of the `bc` section; every field has a default. */
+export const BC_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  default: {},
+  description: "Behaviour cloning (supervised NLL training) shared by every run.",
+  properties: {
+    steps: integer(0, 10_000_000, 3000, "Maximum optimizer steps."),
+    batchSize: integer(1, 65536, 32, "Sentence pairs per batch."),
+    learningRate: {
+      type: "number",
+      exclusiveMinimum: 0,
+      maximum: 1,
+      default: 0.0007,
+      description: "Peak learning rate (Adam).",
+    },
+    warmupSteps: integer(0, 10_000_000, 300, "Linear warm-up steps."),
+    schedule: {
+      enum: ["constant", "linear", "cosine", "inverse_sqrt"],
+      default: "inverse_sqrt",
+      description: "Learning-rate decay after warm-up.",
+    },
+    clipNorm: {
+      type: "number",
+      minimum: 0,
+      maximum: 1e6,
+      default: 1,
+      description: "Global gradient-norm clip (0: off).",
+    },
+    evalEvery: integer(0, 10_000_000, 250, "Evaluate on validation every this many steps."),
+    patience: integer(
+      0,
+      1000,
+      4,
+      "Stop after this many evaluations without improvement (0: never).",
+    ),
+    labelSmoothing: {
+      type: "number",
+      minimum: 0,
+      maximum: 0.99,
+      default: 0.1,
+      description: "Label smoothing of the NLL.",
+    },
+    maxTokens: integer(1, 4096, 64, "Leave out training pairs longer than this (tokens)."),
+    evalSize: integer(0, 10_000_000, 300, "Validation pairs for periodic evaluation (0: all)."),
+  },
+};
+
+/** JSON Schema of the `evaluation` section. */
+export const EVAL_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  default: {},
+  description: "How policies are decoded and evaluated.",
+  properties: {
+    maxLen: integer(1, 4096, 64, "Maximum output tokens when decoding."),
+    batchSize: integer(1, 65536, 64, "Sources per decoding batch."),
+    validSize: integer(0, 10_000_000, 0, "Validation pairs in final evaluations (0: all)."),
+    testSize: integer(0, 10_000_000, 0, "Test pairs in final evaluations (0: all)."),
+  },
+};
+
+/** Scales the BC budget down for `--smoke`. */
+export function smokeBc(settings: BcSettings): BcSettings {
+  return {
+    ...settings,
+    steps: Math.min(settings.steps, 30),
+    warmupSteps: Math.min(settings.warmupSteps, 5),
+    evalEvery: Math.min(settings.evalEvery, 15),
+    evalSize: Math.min(settings.evalSize || 20, 20),
+  };
+}
+
+/** Scales evaluation down for `--smoke`. */
+export function smokeEval(settings: EvalSettings): EvalSettings {
+  return {
+    ...settings,
+    maxLen: Math.min(settings.maxLen, 24),
+    validSize: Math.min(settings.validSize || 20, 20),
+    testSize: Math.min(settings.testSize || 20, 20),
+  };
+}

@@ -1,0 +1,231 @@
+/**
+ * The supervised training loop shared by BC and Improve: length-bucketed batches, Adam with
+ * warm-up and decay, gradient clipping, periodic evaluation with early stopping, and a
+ * callback when the evaluation score improves (to checkpoint the best weights).
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { UserError } from "./errors.ts";
+import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "./optim.ts";
+import type { Policy, TokenBatch } from "./policy.ts";
+import { Rng } from "./random.ts";
+import type { Metrics, MetricsLog, Progress } from "./types.ts";
+import { makeBatch } from "./batch.ts";
+
+/** One training pair as token ids (no BOS/EOS: the batcher adds them). */
+export interface TokenPair {
+  /** Source ids. */
+  source: number[];
+  /** Target ids. */
+  target: number[];
+}
+
+/** Optimisation settings of a training loop. */
+export interface TrainSettings {
+  /** Maximum optimizer steps. */
+  steps: number;
+  /** Sentence pairs per batch. */
+  batchSize: number;
+  /** Peak learning rate. */
+  learningRate: number;
+  /** Linear warm-up steps. */
+  warmupSteps: number;
+  /** Decay after warm-up. */
+  schedule: Schedule;
+  /** Global gradient-norm clip (0: off). */
+  clipNorm: number;
+  /** Evaluate every this many steps (0: only at the end). */
+  evalEvery: number;
+  /** Stop after this many evaluations without improvement (0: never). */
+  patience: number;
+}
+
+/** What the loop calls back into. */
+export interface TrainHooks {
+  /** The scalar loss of a batch (called inside gradient computation). `items` are the batch's pairs. */
+  loss(batch: TokenBatch, items: readonly TokenPair[]): tf.Scalar;
+  /** Scores the current weights; higher is better. */
+  evaluate?(step: number): Promise<{ score: number; metrics: Metrics }>;
+  /** Called when the evaluation score improves (save a checkpoint here). */
+  onBest?(step: number, score: number): Promise<void>;
+  /** Metrics log; keys are prefixed with `prefix`. */
+  metrics: MetricsLog;
+  /** Namespace of the loop's metrics, e.g. `bc` or `improve`. */
+  prefix: string;
+  /** Step offset for metrics (so several loops share one step axis). */
+  stepOffset?: number;
+  /** Progress display. */
+  progress?: Progress;
+  /** Log lines. */
+  log?(message: string): void;
+}
+
+/** What a finished loop reports. */
+export interface TrainResult {
+  /** Optimizer steps taken. */
+  steps: number;
+  /** Best evaluation score (NaN when never evaluated). */
+  bestScore: number;
+  /** Step of the best score. */
+  bestStep: number;
+  /** Why the loop stopped. */
+  stopped: "steps" | "patience";
+  /** Target tokens per second over the loop. */
+  tokensPerSecond: number;
+}
+
+/**
+ * Groups pairs into batches of similar length (sorted by target then source length),
+ * and shuffles the order of the batches with `rng`.
+ */
+export function lengthBuckets(
+  pairs: readonly TokenPair[],
+  batchSize: number,
+  rng: Rng,
+): TokenPair[][] {
+  if (!(batchSize >= 1)) throw new RangeError(`batchSize must be >= 1, got ${batchSize}`);
+  // Shuffle first so equal lengths are mixed differently each epoch, then sort (stable).
+  const order = rng.shuffle(pairs.map((_, i) => i));
+  order.sort((a, b) =>
+    pairs[a].target.length - pairs[b].target.length ||
+    pairs[a].source.length - pairs[b].source.length
+  );
+  const batches: TokenPair[][] = [];
+  for (let i = 0; i < order.length; i += batchSize) {
+    batches.push(order.slice(i, i + batchSize).map((j) => pairs[j]));
+  }
+  return rng.shuffle(batches);
+}
+
+/** Disposes every tensor of a batch. */
+export function disposeBatch(batch: TokenBatch): void {
+  batch.source.dispose();
+  batch.targetIn.dispose();
+  batch.targetOut.dispose();
+  batch.targetMask.dispose();
+}
+
+/**
+ * Trains `policy` on `pairs` with `hooks.loss`. The weights are updated in place; the
+ * caller restores the best checkpoint afterwards if it wants the best rather than the last.
+ *
+ * @throws {UserError} when the loss or the gradient norm is not finite (names the step).
+ */
+export async function trainLoop(
+  policy: Policy,
+  pairs: readonly TokenPair[],
+  settings: TrainSettings,
+  hooks: TrainHooks,
+  seed: number,
+): Promise<TrainResult> {
+  if (pairs.length === 0) throw new UserError(`${hooks.prefix}: no training pairs`);
+  const rng = new Rng(seed).fork(`${hooks.prefix}/batches`);
+  const optimizer = new Adam(policy.variables);
+  const offset = hooks.stepOffset ?? 0;
+  let batches: TokenPair[][] = [];
+  let bestScore = NaN;
+  let bestStep = 0;
+  let sinceBest = 0;
+  let tokens = 0;
+  let windowTokens = 0;
+  let windowLoss = 0;
+  let windowSteps = 0;
+  let windowStart = performance.now();
+  const started = performance.now();
+  let step = 0;
+  let stopped: TrainResult["stopped"] = "steps";
+
+  const evaluate = async () => {
+    if (hooks.evaluate === undefined) return false;
+    const { score, metrics } = await hooks.evaluate(step);
+    await hooks.metrics.log(metrics, offset + step);
+    if (Number.isNaN(bestScore) || score > bestScore) {
+      bestScore = score;
+      bestStep = step;
+      sinceBest = 0;
+      await hooks.onBest?.(step, score);
+    } else {
+      sinceBest++;
+    }
+    return settings.patience > 0 && sinceBest >= settings.patience;
+  };
+
+  while (step < settings.steps) {
+    if (batches.length === 0) batches = lengthBuckets(pairs, settings.batchSize, rng);
+    const items = batches.pop()!;
+    const batch = makeBatch(items, policy.specials);
+    step++;
+    const lr = learningRate(step, {
+      peak: settings.learningRate,
+      warmup: settings.warmupSteps,
+      total: settings.steps,
+      schedule: settings.schedule,
+    });
+    const { value, grads } = tf.variableGrads(() => hooks.loss(batch, items), policy.variables);
+    const lossValue = (await value.data())[0];
+    const ordered = policy.variables.map((v) => grads[v.name]);
+    const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
+    const clipped = clipByGlobalNorm(present, settings.clipNorm);
+    if (!Number.isFinite(lossValue) || !Number.isFinite(clipped.norm)) {
+      value.dispose();
+      tf.dispose(Object.values(grads));
+      tf.dispose(clipped.grads);
+      disposeBatch(batch);
+      optimizer.dispose();
+      throw new UserError(
+        `${hooks.prefix}: the loss became ${
+          Number.isFinite(lossValue) ? "finite but the gradient norm " + clipped.norm : lossValue
+        } at step ${step}; training stopped (lower the learning rate or check the data)`,
+      );
+    }
+    let k = 0;
+    optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
+    // Each target gets an EOS from the batcher.
+    const targetTokens = items.reduce((sum, item) => sum + item.target.length + 1, 0);
+    value.dispose();
+    tf.dispose(Object.values(grads));
+    tf.dispose(clipped.grads);
+    disposeBatch(batch);
+
+    tokens += targetTokens;
+    windowTokens += targetTokens;
+    windowLoss += lossValue;
+    windowSteps++;
+    hooks.progress?.tick();
+    const logEvery = Math.max(1, Math.min(50, Math.floor(settings.steps / 20)));
+    if (step % logEvery === 0 || step === settings.steps) {
+      const seconds = (performance.now() - windowStart) / 1000;
+      await hooks.metrics.log({
+        [`${hooks.prefix}/loss`]: windowLoss / windowSteps,
+        [`${hooks.prefix}/lr`]: lr,
+        [`${hooks.prefix}/grad_norm`]: clipped.norm,
+        [`${hooks.prefix}/tokens_per_s`]: seconds > 0 ? windowTokens / seconds : NaN,
+      }, offset + step);
+      windowTokens = 0;
+      windowLoss = 0;
+      windowSteps = 0;
+      windowStart = performance.now();
+    }
+    if (settings.evalEvery > 0 && step % settings.evalEvery === 0 && step < settings.steps) {
+      if (await evaluate()) {
+        stopped = "patience";
+        hooks.log?.(
+          `${hooks.prefix}: no improvement in ${settings.patience} evaluations; stopping at step ${step}`,
+        );
+        break;
+      }
+    }
+  }
+  if (stopped === "steps") await evaluate();
+  optimizer.dispose();
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    steps: step,
+    bestScore,
+    bestStep,
+    stopped,
+    tokensPerSecond: seconds > 0 ? tokens / seconds : NaN,
+  };
+}

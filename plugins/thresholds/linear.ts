@@ -1,0 +1,59 @@
+/**
+ * `linear`: tau rises linearly from `start` (Improve step 1) to `end` (the last Improve step).
+ *
+ * @module
+ */
+
+import { definePlugin } from "../../core/plugin.ts";
+import type { ThresholdSchedule } from "../../core/types.ts";
+import { ABOVE_MEAN_PROPERTY, linearValue, meanOf } from "./_common.ts";
+
+/** Config of the `linear` schedule. */
+export interface LinearConfig {
+  /** Threshold of the first Improve step. */
+  start: number;
+  /** Threshold of the last Improve step. */
+  end: number;
+  /** Raise every threshold to at least the Grow set's mean reward. */
+  aboveMean: boolean;
+}
+
+export default definePlugin({
+  kind: "threshold",
+  name: "linear",
+  summary: "Threshold rising linearly from start to end over the Improve steps.",
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      start: {
+        type: "number",
+        minimum: 0,
+        maximum: 1,
+        default: 0.5,
+        description: "Threshold of Improve step 1.",
+      },
+      end: {
+        type: "number",
+        minimum: 0,
+        maximum: 1,
+        default: 0.9,
+        description: "Threshold of the last Improve step (>= start).",
+      },
+      aboveMean: ABOVE_MEAN_PROPERTY,
+    },
+  },
+  check: (config: LinearConfig) =>
+    config.end >= config.start ? [] : [{
+      path: "/end",
+      message: `must be >= start (${config.start}): schedules must increase (got ${config.end})`,
+    }],
+  create(config: LinearConfig): ThresholdSchedule {
+    return {
+      threshold({ improve, improveSteps, rewards }) {
+        const tau = linearValue(config.start, config.end, improve, improveSteps);
+        return config.aboveMean && rewards.length > 0 ? Math.max(tau, meanOf(rewards)) : tau;
+      },
+    };
+  },
+});

@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import cpu from "../../plugins/backends/cpu.ts";
+import { Adam, clipByGlobalNorm, learningRate } from "../../core/optim.ts";
+import { makeBatch } from "../../core/batch.ts";
+import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from "../../core/checkpoint.ts";
+import { join } from "node:path";
+
+await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
+
+Deno.test("Adam matches the update rule computed by hand", () => {
+  const w = tf.variable(tf.tensor1d([1, -2]));
+  const adam = new Adam([w], { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+  const g = tf.tensor1d([0.5, -1]);
+  adam.apply([g], 0.1);
+  // Step 1: m = 0.1 g, v = 0.001 g^2; m_hat = g, v_hat = g^2; update = lr * g / (|g| + eps).
+  const after = w.dataSync();
+  assert.ok(Math.abs(after[0] - (1 - 0.1)) < 1e-6);
+  assert.ok(Math.abs(after[1] - (-2 + 0.1)) < 1e-6);
+  adam.apply([g], 0.1);
+  const state = adam.state();
+  assert.equal(state.step, 2);
+  assert.ok(Math.abs(state.m[0][0] - (0.9 * 0.05 + 0.1 * 0.5)) < 1e-7);
+  const before = tf.memory().numTensors;
+  adam.apply([g], 0.1);
+  assert.equal(tf.memory().numTensors, before, "no tensors leak per step");
+  tf.dispose([w, g]);
+  adam.dispose();
+});
+
+Deno.test("gradients are clipped to the global norm", () => {
+  const a = tf.tensor1d([3, 0]);
+  const b = tf.tensor1d([0, 4]);
+  const { grads, norm } = clipByGlobalNorm([a, b], 1);
+  assert.equal(norm, 5);
+  assert.deepEqual(Array.from(grads[0].dataSync()).map((x) => Number(x.toFixed(6))), [0.6, 0]);
+  const unclipped = clipByGlobalNorm([a, b], 10);
+  assert.deepEqual(Array.from(unclipped.grads[1].dataSync()), [0, 4]);
+  tf.dispose([a, b, ...grads, ...unclipped.grads]);
+});
+
+Deno.test("learning-rate schedules warm up linearly then decay", () => {
+  const base = { peak: 1, warmup: 10, total: 110 };
+  assert.equal(learningRate(5, { ...base, schedule: "constant" }), 0.5);
+  assert.equal(learningRate(10, { ...base, schedule: "linear" }), 1);
+  assert.equal(learningRate(60, { ...base, schedule: "linear" }), 0.5);
+  assert.equal(learningRate(110, { ...base, schedule: "linear" }), 0);
+  assert.ok(Math.abs(learningRate(60, { ...base, schedule: "cosine" }) - 0.5) < 1e-12);
+  assert.equal(learningRate(40, { ...base, schedule: "inverse_sqrt" }), 0.5);
+});
+
+Deno.test("makeBatch appends EOS, shifts targets behind BOS and masks padding", () => {
+  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
+  const batch = makeBatch(
+    [{ source: [5, 6], target: [7] }, { source: [8], target: [9, 10] }],
+    specials,
+  );
+  assert.deepEqual(batch.source.arraySync(), [[5, 6, 2], [8, 2, 0]]);
+  assert.deepEqual(batch.targetIn.arraySync(), [[1, 7, 0], [1, 9, 10]]);
+  assert.deepEqual(batch.targetOut.arraySync(), [[7, 2, 0], [9, 10, 2]]);
+  assert.deepEqual(batch.targetMask.arraySync(), [[1, 1, 0], [1, 1, 1]]);
+  tf.dispose(Object.values(batch));
+});
+
+Deno.test("checkpoints round-trip and corrupt or truncated files are named", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const state = {
+      config: { dModel: 4 },
+      weights: [{ name: "w", shape: [2, 2], offset: 0 }],
+      data: new Float32Array([1, 2, 3, 4]),
+    };
+    assert.equal(await hasCheckpoint(dir, "best"), false);
+    await saveCheckpoint(dir, "best", state, { step: 7 });
+    assert.equal(await hasCheckpoint(dir, "best"), true);
+    const loaded = await loadCheckpoint(dir, "best");
+    assert.deepEqual(Array.from(loaded.state.data), [1, 2, 3, 4]);
+    assert.deepEqual(loaded.meta, { step: 7 });
+    const bin = join(dir, "best.bin");
+    const bytes = await Deno.readFile(bin);
+    await Deno.writeFile(bin, bytes.slice(0, 8));
+    await assert.rejects(
+      () => loadCheckpoint(dir, "best"),
+      /best\.bin: 8 bytes, expected 16 \(truncated\?\)/,
+    );
+    bytes[3] ^= 0xff;
+    await Deno.writeFile(bin, bytes);
+    await assert.rejects(() => loadCheckpoint(dir, "best"), /best\.bin: checksum mismatch/);
+    await Deno.writeTextFile(join(dir, "best.json"), "{");
+    await assert.rejects(() => loadCheckpoint(dir, "best"), /best\.json: not valid JSON/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
