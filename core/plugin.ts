@@ -36,7 +36,7 @@
  * @module
  */
 
-import type { ModelFactory } from "./policy.ts";
+import type { Loss, ModelFactory } from "./policy.ts";
 import type {
   Backend,
   DataSource,
@@ -82,8 +82,8 @@ export interface PluginInstances {
   model: ModelFactory;
   /** Reward model. */
   reward: RewardModel;
-  /** Offline loss (contract defined with the loss plugins). */
-  loss: object;
+  /** Offline loss. */
+  loss: Loss;
   /** Threshold schedule. */
   threshold: ThresholdSchedule;
   /** Algorithm. */

@@ -120,3 +120,67 @@ export interface ModelFactory {
     seed: number;
   }): Policy;
 }
+
+/** One stored Grow row (a line of `grow_<g>.jsonl`). Written once, never mutated. */
+export interface GrowRow {
+  /** Source sentence. */
+  source: string;
+  /** The output: a policy sample or the reference. */
+  hypothesis: string;
+  /** Reference translation of the source. */
+  reference: string;
+  /** Reward of the hypothesis, in [0, 1]. */
+  reward: number;
+  /** Output token ids (without BOS, ending with EOS when the output ended). */
+  tokens: number[];
+  /** Behaviour log-probabilities of `tokens` under the policy that produced the Grow set. */
+  logProbs: number[];
+  /** `sample` (policy output) or `reference` (the original pair). */
+  origin: "sample" | "reference";
+}
+
+/** What a loss sees for one batch of Grow rows (tensors are owned by the caller). */
+export interface LossInput {
+  /** The padded batch (targets are the rows' tokens). */
+  batch: TokenBatch;
+  /** `[B]` rewards of the rows. */
+  rewards: tf.Tensor1D;
+  /** `[B, T]` behaviour log-probabilities (0 at padding). */
+  behaviourLogProbs: tf.Tensor2D;
+  /** `[B]` mean reward of each row's source over the Grow set (a per-source baseline). */
+  sourceMeanRewards: tf.Tensor1D;
+  /** The rows themselves. */
+  rows: readonly GrowRow[];
+}
+
+/** Context a loss gets before an Improve step starts. */
+export interface LossContext {
+  /** The policy being trained. */
+  policy: Policy;
+  /** The frozen BC policy (for KL terms or GOLD's p_BC); do not train or dispose it. */
+  bcPolicy: Policy;
+  /** Improve step (1-based) and the number of Improve steps. */
+  improve: number;
+  /** Number of Improve steps of this Grow step. */
+  improveSteps: number;
+}
+
+/**
+ * An offline loss: what a loss plugin's `create` returns. `compute` runs inside the
+ * gradient tape; gradients flow to `policy.variables` and the loss's own `variables`.
+ */
+export interface Loss {
+  /** Extra trainable variables (e.g. a temperature or a value network); [] if none. */
+  readonly variables: tf.Variable[];
+  /** Called before each Improve step's optimisation starts. */
+  prepare(ctx: LossContext): void;
+  /**
+   * The scalar loss of a batch. `record(name, value)` logs a diagnostic (e.g. "kl"),
+   * averaged over steps under `improve/<name>`.
+   */
+  compute(input: LossInput, record: (name: string, value: number) => void): tf.Scalar;
+  /** Called after every optimizer step (e.g. to sync a lagged copy every K steps). */
+  afterStep(step: number): void;
+  /** Frees whatever the loss holds. */
+  dispose(): void;
+}

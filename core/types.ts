@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Policy } from "./policy.ts";
+import type { Loss, Policy } from "./policy.ts";
 import type { EvalSettings } from "./sections.ts";
 
 /** A translation pair: the source sentence and its reference translation. */
@@ -169,7 +169,7 @@ export interface RunContext {
   /** The run's reward model. */
   reward: RewardModel;
   /** The run's loss, when the algorithm uses one. */
-  loss?: object;
+  loss?: Loss;
   /** The run's threshold schedule, when the algorithm uses one. */
   threshold?: ThresholdSchedule;
   /** The run's metrics log. */

@@ -41,7 +41,15 @@ export const fakeLoss = definePlugin({
       clip: { type: "number", exclusiveMinimum: 0, default: 0.2, description: "Clip range." },
     },
   },
-  create: () => ({}),
+  create: () => ({
+    variables: [],
+    prepare() {},
+    compute(): never {
+      throw new Error("fake_loss computes nothing");
+    },
+    afterStep() {},
+    dispose() {},
+  }),
 });
 
 /** A reward plugin combining others (nested references). */

@@ -55,11 +55,11 @@ Deno.test("unknown names list the valid names and suggest the nearest", () => {
 
 Deno.test("definePlugin checks the definition's shape", () => {
   const base = {
-    kind: "loss" as const,
+    kind: "threshold" as const,
     name: "ok_name",
     summary: "s",
     configSchema: { type: "object", properties: {} },
-    create: () => ({}),
+    create: () => ({ threshold: () => 0 }),
   };
   assert.equal(definePlugin(base).name, "ok_name");
   assert.throws(() => definePlugin({ ...base, name: "BadName" }), /name must be snake_case/);
@@ -68,7 +68,7 @@ Deno.test("definePlugin checks the definition's shape", () => {
     /summary must be a non-empty string/,
   );
   assert.throws(
-    () => definePlugin({ ...base, kind: "widget" as "loss" }),
+    () => definePlugin({ ...base, kind: "widget" as "threshold" }),
     /kind must be one of backend, data/,
   );
   assert.throws(
@@ -106,7 +106,7 @@ Deno.test("definePlugin checks the definition's shape", () => {
     /only algorithm plugins/,
   );
   assert.throws(
-    () => definePlugin({ ...base, create: undefined as unknown as () => object }),
+    () => definePlugin({ ...base, create: undefined as unknown as () => { threshold: () => number } }),
     /create must be a function/,
   );
 });

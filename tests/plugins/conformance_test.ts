@@ -75,15 +75,15 @@ for (const plugin of builtinPlugins) {
       backend: ["init"],
       data: ["load"],
       tokenizer: ["train", "encode", "decode", "save", "load", "vocabSize"],
-      model: [],
+      model: ["build"],
       reward: ["score"],
-      loss: [],
+      loss: ["prepare", "compute", "afterStep", "dispose"],
       threshold: ["threshold"],
       algorithm: ["run"],
     };
     for (const method of methods[plugin.kind]) {
       assert.equal(
-        typeof (instance as Record<string, unknown>)[method],
+        typeof (instance as unknown as Record<string, unknown>)[method],
         "function",
         `${plugin.name}.${method}`,
       );
