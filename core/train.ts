@@ -43,9 +43,13 @@ export interface TrainSettings {
 }
 
 /** What the loop calls back into. */
-export interface TrainHooks {
+export interface TrainHooks<P extends TokenPair = TokenPair> {
   /** The scalar loss of a batch (called inside gradient computation). `items` are the batch's pairs. */
-  loss(batch: TokenBatch, items: readonly TokenPair[]): tf.Scalar;
+  loss(batch: TokenBatch, items: readonly P[]): tf.Scalar;
+  /** Trainable variables besides the policy's (e.g. a loss's temperature). */
+  variables?: readonly tf.Variable[];
+  /** Called after every optimizer step. */
+  afterStep?(step: number): void;
   /** Scores the current weights; higher is better. */
   evaluate?(step: number): Promise<{ score: number; metrics: Metrics }>;
   /** Called when the evaluation score improves (save a checkpoint here). */
@@ -80,11 +84,11 @@ export interface TrainResult {
  * Groups pairs into batches of similar length (sorted by target then source length),
  * and shuffles the order of the batches with `rng`.
  */
-export function lengthBuckets(
-  pairs: readonly TokenPair[],
+export function lengthBuckets<P extends TokenPair>(
+  pairs: readonly P[],
   batchSize: number,
   rng: Rng,
-): TokenPair[][] {
+): P[][] {
   if (!(batchSize >= 1)) throw new RangeError(`batchSize must be >= 1, got ${batchSize}`);
   // Shuffle first so equal lengths are mixed differently each epoch, then sort (stable).
   const order = rng.shuffle(pairs.map((_, i) => i));
@@ -92,7 +96,7 @@ export function lengthBuckets(
     pairs[a].target.length - pairs[b].target.length ||
     pairs[a].source.length - pairs[b].source.length
   );
-  const batches: TokenPair[][] = [];
+  const batches: P[][] = [];
   for (let i = 0; i < order.length; i += batchSize) {
     batches.push(order.slice(i, i + batchSize).map((j) => pairs[j]));
   }
@@ -113,18 +117,19 @@ export function disposeBatch(batch: TokenBatch): void {
  *
  * @throws {UserError} when the loss or the gradient norm is not finite (names the step).
  */
-export async function trainLoop(
+export async function trainLoop<P extends TokenPair>(
   policy: Policy,
-  pairs: readonly TokenPair[],
+  pairs: readonly P[],
   settings: TrainSettings,
-  hooks: TrainHooks,
+  hooks: TrainHooks<P>,
   seed: number,
 ): Promise<TrainResult> {
   if (pairs.length === 0) throw new UserError(`${hooks.prefix}: no training pairs`);
   const rng = new Rng(seed).fork(`${hooks.prefix}/batches`);
-  const optimizer = new Adam(policy.variables);
+  const variables = [...policy.variables, ...(hooks.variables ?? [])];
+  const optimizer = new Adam(variables);
   const offset = hooks.stepOffset ?? 0;
-  let batches: TokenPair[][] = [];
+  let batches: P[][] = [];
   let bestScore = NaN;
   let bestStep = 0;
   let sinceBest = 0;
@@ -163,9 +168,9 @@ export async function trainLoop(
       total: settings.steps,
       schedule: settings.schedule,
     });
-    const { value, grads } = tf.variableGrads(() => hooks.loss(batch, items), policy.variables);
+    const { value, grads } = tf.variableGrads(() => hooks.loss(batch, items), variables);
     const lossValue = (await value.data())[0];
-    const ordered = policy.variables.map((v) => grads[v.name]);
+    const ordered = variables.map((v) => grads[v.name]);
     const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
     const clipped = clipByGlobalNorm(present, settings.clipNorm);
     if (!Number.isFinite(lossValue) || !Number.isFinite(clipped.norm)) {
@@ -182,6 +187,7 @@ export async function trainLoop(
     }
     let k = 0;
     optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
+    hooks.afterStep?.(step);
     // Each target gets an EOS from the batcher.
     const targetTokens = items.reduce((sum, item) => sum + item.target.length + 1, 0);
     value.dispose();

@@ -9,6 +9,7 @@ import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
 import bc from "./algorithms/bc.ts";
+import rest from "./algorithms/rest.ts";
 import auto from "./backends/auto.ts";
 import blas from "./backends/blas.ts";
 import cpu from "./backends/cpu.ts";
@@ -22,6 +23,7 @@ import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
+import transformer from "./models/transformer.ts";
 import fixed from "./thresholds/fixed.ts";
 import interpolate from "./thresholds/interpolate.ts";
 import linear from "./thresholds/linear.ts";
@@ -33,6 +35,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // algorithms
   baselines,
   bc,
+  rest,
   // backends
   auto,
   blas,
@@ -49,6 +52,8 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   bleu,
   chrf,
   weighted,
+  // models
+  transformer,
   // thresholds
   fixed,
   interpolate,

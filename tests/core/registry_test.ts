@@ -106,7 +106,8 @@ Deno.test("definePlugin checks the definition's shape", () => {
     /only algorithm plugins/,
   );
   assert.throws(
-    () => definePlugin({ ...base, create: undefined as unknown as () => { threshold: () => number } }),
+    () =>
+      definePlugin({ ...base, create: undefined as unknown as () => { threshold: () => number } }),
     /create must be a function/,
   );
 });

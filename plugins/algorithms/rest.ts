@@ -1,0 +1,236 @@
+/**
+ * `rest`: Reinforced Self-Training (Gulcehre et al. 2023, Algorithm 1). Starts from the
+ * shared BC policy; for g = 1..G runs Grow (core/rest.ts `grow`), then for i = 1..I runs
+ * Improve (`improve`) with the run's loss and threshold schedule; reports the final
+ * evaluation of the best weights.
+ *
+ * @module
+ */
+
+import { definePlugin } from "../../core/plugin.ts";
+import { finalEvaluation, mean } from "../../core/evaluate.ts";
+import {
+  distinctCount,
+  grow,
+  type GrowSettings,
+  improve,
+  type ImproveSettings,
+  type RestContext,
+} from "../../core/rest.ts";
+import type { GrowRow } from "../../core/policy.ts";
+import type { RunContext } from "../../core/types.ts";
+import { UserError } from "../../core/errors.ts";
+
+/** Config of the `rest` algorithm. */
+export interface RestConfig {
+  /** Grow steps G. */
+  growSteps: number;
+  /** Improve steps I per Grow step. */
+  improveSteps: number;
+  /** Grow settings. */
+  grow: Omit<GrowSettings, "maxLen" | "batchSize">;
+  /** Improve settings. */
+  improve: ImproveSettings;
+  /** Train each Improve step on every Grow set so far, not only the latest. */
+  accumulate: boolean;
+}
+
+function int(min: number, max: number, value: number, description: string) {
+  return { type: "integer", minimum: min, maximum: max, default: value, description };
+}
+
+function num(min: number, max: number, value: number, description: string) {
+  return { type: "number", minimum: min, maximum: max, default: value, description };
+}
+
+export default definePlugin({
+  kind: "algorithm",
+  name: "rest",
+  summary: "ReST: G Grow steps (sample, score, store), each followed by I filtered Improve steps.",
+  uses: { bc: "required", loss: "required", threshold: "required", reward: "optional" },
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      growSteps: int(0, 1000, 1, "Number of Grow steps G."),
+      improveSteps: int(0, 1000, 4, "Improve steps I after each Grow step."),
+      accumulate: {
+        type: "boolean",
+        default: false,
+        description: "Improve on the union of all Grow sets so far instead of the latest one.",
+      },
+      grow: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "Grow: sampling from the current policy.",
+        properties: {
+          samplesPerSource: int(1, 10000, 4, "Samples N per training source."),
+          temperature: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 100,
+            default: 0.8,
+            description: "Sampling temperature (the paper uses 0.8).",
+          },
+          topK: int(0, 1000000, 0, "Top-k truncation of sampling (0: off)."),
+          topP: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1,
+            default: 1,
+            description: "Nucleus (top-p) truncation of sampling (1: off).",
+          },
+          includeOriginal: {
+            type: "boolean",
+            default: true,
+            description: "Add the original (source, reference) pairs, scored, to the Grow set.",
+          },
+          sources: int(0, 100000000, 0, "Training sources used for Grow (0: all)."),
+        },
+      },
+      improve: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "Improve: filtered fine-tuning of the current weights.",
+        properties: {
+          steps: int(0, 100000000, 300, "Optimizer steps per Improve step."),
+          batchSize: int(1, 65536, 32, "Rows per batch."),
+          learningRate: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1,
+            default: 0.0002,
+            description: "Learning rate of the first Improve step.",
+          },
+          learningRateDecay: num(
+            0,
+            1,
+            0.7,
+            "Learning-rate multiplier from one Improve step to the next.",
+          ),
+          warmupSteps: int(0, 100000000, 20, "Warm-up steps of each Improve step."),
+          schedule: {
+            enum: ["constant", "linear", "cosine", "inverse_sqrt"],
+            default: "constant",
+            description: "Learning-rate decay within an Improve step.",
+          },
+          clipNorm: num(0, 1e6, 1, "Global gradient-norm clip (0: off)."),
+          evalEvery: int(0, 100000000, 100, "Evaluate on validation every this many steps."),
+          evalSize: int(0, 100000000, 200, "Validation pairs for evaluation (0: all)."),
+        },
+      },
+    },
+  },
+  smoke: (config: RestConfig): RestConfig => ({
+    ...config,
+    grow: {
+      ...config.grow,
+      samplesPerSource: Math.min(config.grow.samplesPerSource, 2),
+      sources: Math.min(config.grow.sources || 24, 24),
+    },
+    improve: {
+      ...config.improve,
+      steps: Math.min(config.improve.steps, 6),
+      warmupSteps: Math.min(config.improve.warmupSteps, 2),
+      evalEvery: 0,
+      evalSize: Math.min(config.improve.evalSize || 8, 8),
+    },
+  }),
+  create(config: RestConfig) {
+    return {
+      async run(ctx: RunContext) {
+        if (ctx.loss === undefined || ctx.threshold === undefined) {
+          throw new UserError(`run ${ctx.run}: rest needs a loss and a threshold section`);
+        }
+        const policy = await ctx.bcPolicy();
+        const bcPolicy = await ctx.bcPolicy();
+        const restCtx: RestContext = {
+          dir: ctx.dir,
+          tokenizer: ctx.tokenizer,
+          reward: ctx.reward,
+          metrics: ctx.metrics,
+          progress: ctx.progress,
+          log: ctx.log,
+        };
+        const growSettings: GrowSettings = {
+          ...config.grow,
+          maxLen: ctx.evaluation.maxLen,
+          batchSize: ctx.evaluation.batchSize,
+        };
+        const valid = config.improve.evalSize > 0
+          ? ctx.splits.valid.slice(0, config.improve.evalSize)
+          : ctx.splits.valid;
+        const pool: GrowRow[] = [];
+        let stepOffset = 0;
+        let index = 0;
+        let sampled = 0;
+        let previousTau = -Infinity;
+        try {
+          for (let g = 1; g <= config.growSteps; g++) {
+            const rows = await grow(
+              policy,
+              ctx.splits.train,
+              growSettings,
+              restCtx,
+              g,
+              ctx.seed * 1000 + g,
+            );
+            sampled += distinctCount(rows.filter((r) => r.origin === "sample"));
+            if (!config.accumulate) pool.length = 0;
+            pool.push(...rows);
+            previousTau = -Infinity;
+            for (let i = 1; i <= config.improveSteps; i++) {
+              index++;
+              const result = await improve(
+                policy,
+                bcPolicy,
+                pool,
+                ctx.loss,
+                ctx.threshold,
+                valid,
+                {
+                  ...config.improve,
+                  maxLen: ctx.evaluation.maxLen,
+                  decodeBatchSize: ctx.evaluation.batchSize,
+                },
+                restCtx,
+                { grow: g, improve: i, improveSteps: config.improveSteps, index, stepOffset },
+                ctx.seed * 1000 + index,
+              );
+              if (result.tau < previousTau) {
+                throw new UserError(
+                  `run ${ctx.run}: the threshold decreased from ${previousTau} to ${result.tau} at Improve step ${i}; schedules must increase`,
+                );
+              }
+              previousTau = result.tau;
+              stepOffset += result.steps;
+            }
+          }
+          const metrics = {
+            ...(await finalEvaluation(
+              policy,
+              ctx.tokenizer,
+              ctx.reward,
+              ctx.splits,
+              ctx.evaluation,
+              ctx.seed,
+            )),
+            "train/distinct_samples": sampled,
+            "train/gradient_steps": stepOffset,
+            "train/grow_mean_reward": pool.length ? mean(pool.map((r) => r.reward)) : NaN,
+          };
+          await ctx.metrics.log(metrics, stepOffset);
+          for (const [key, value] of Object.entries(metrics)) {
+            ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
+          }
+          return { metrics };
+        } finally {
+          policy.dispose();
+          bcPolicy.dispose();
+        }
+      },
+    };
+  },
+});
