@@ -9,7 +9,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { PluginDefinition, PluginDeps } from "../core/plugin.ts";
+import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../core/plugin.ts";
 import blas from "../plugins/backends/blas.ts";
 import cpu from "../plugins/backends/cpu.ts";
 import wasm from "../plugins/backends/wasm.ts";
@@ -30,11 +30,6 @@ export interface MatmulResult {
   threads?: number;
   /** Why it was not measured. */
   error?: string;
-}
-
-function defaults(plugin: PluginDefinition): Record<string, unknown> {
-  const props = (plugin.configSchema.properties ?? {}) as Record<string, { default: unknown }>;
-  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, v.default]));
 }
 
 /**
@@ -62,7 +57,7 @@ export async function benchBackend(
 ): Promise<MatmulResult> {
   let threads: number;
   try {
-    const backend = await plugin.create(defaults(plugin), {} as PluginDeps);
+    const backend = await plugin.create(pluginDefaults(plugin), {} as PluginDeps);
     threads = (await backend.init()).threads;
   } catch (err) {
     return { gflops: null, error: errorMessage(err).split("\n")[0] };

@@ -199,3 +199,14 @@ export function definePlugin<K extends PluginKind, C>(
   }
   return definition;
 }
+
+/**
+ * A plugin's default config: every top-level property's `default` (nested defaults are
+ * filled in by the manifest's validation, not here).
+ */
+export function pluginDefaults(plugin: PluginDefinition): Record<string, unknown> {
+  const props = (plugin.configSchema.properties ?? {}) as Record<string, { default?: unknown }>;
+  return Object.fromEntries(
+    Object.entries(props).map(([key, prop]) => [key, structuredClone(prop.default)]),
+  );
+}
