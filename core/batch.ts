@@ -11,9 +11,11 @@ import type { SpecialIds } from "./types.ts";
 /**
  * Pads pairs of id sequences into a {@link TokenBatch}. EOS is appended to every source and
  * target; `targetIn` is BOS followed by the target, `targetOut` the target followed by EOS.
+ * A pair marked `truncated` (an output cut off at the length limit) gets no target EOS, so
+ * no loss trains an end the output never had.
  */
 export function makeBatch(
-  pairs: readonly { source: readonly number[]; target: readonly number[] }[],
+  pairs: readonly { source: readonly number[]; target: readonly number[]; truncated?: boolean }[],
   specials: SpecialIds,
 ): TokenBatch {
   if (pairs.length === 0) throw new RangeError("makeBatch: no pairs");
@@ -31,8 +33,9 @@ export function makeBatch(
     targetIn[i * t] = specials.bos;
     targetIn.set(tgt, i * t + 1);
     targetOut.set(tgt, i * t);
-    targetOut[i * t + tgt.length] = specials.eos;
-    mask.fill(1, i * t, i * t + tgt.length + 1);
+    const ends = pairs[i].truncated !== true;
+    if (ends) targetOut[i * t + tgt.length] = specials.eos;
+    mask.fill(1, i * t, i * t + tgt.length + (ends ? 1 : 0));
   }
   return {
     source: tf.tensor2d(source, [b, s], "int32"),

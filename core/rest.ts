@@ -157,6 +157,16 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   while (written < bytes.length) written += await file.write(bytes.subarray(written));
 }
 
+/**
+ * The batcher's view of stored output tokens: it appends EOS itself, so a final EOS is
+ * dropped; outputs without one were cut off at the length limit and are marked `truncated`.
+ */
+export function rowTarget(source: number[], tokens: readonly number[], eos: number): TokenPair {
+  return tokens.at(-1) === eos
+    ? { source, target: tokens.slice(0, -1) }
+    : { source, target: [...tokens], truncated: true };
+}
+
 /** Per-token log-probabilities of given outputs under `policy` (no gradient), batched. */
 export function scoreTokens(
   policy: Policy,
@@ -166,11 +176,7 @@ export function scoreTokens(
   const out: number[][] = [];
   for (let i = 0; i < pairs.length; i += batchSize) {
     const chunk = pairs.slice(i, i + batchSize);
-    // Targets here already end with EOS; makeBatch appends another, which we drop.
-    const trimmed = chunk.map((p) => ({
-      source: p.source,
-      target: p.target.at(-1) === policy.specials.eos ? p.target.slice(0, -1) : p.target,
-    }));
+    const trimmed = chunk.map((p) => rowTarget(p.source, p.target, policy.specials.eos));
     const values = tf.tidy(() => {
       const batch = makeBatch(trimmed, policy.specials);
       return policy.tokenLogProbs(batch, { training: false }).arraySync() as number[][];
@@ -377,9 +383,7 @@ export async function improve(
   }
   const sourceMeans = new Map([...bySource].map(([s, v]) => [s, mean(v)]));
   const pairs: RowPair[] = kept.map((row) => ({
-    source: ctx.tokenizer.encode(row.source, "source"),
-    // The batcher appends EOS; stored tokens already end with it when the output ended.
-    target: row.tokens.at(-1) === policy.specials.eos ? row.tokens.slice(0, -1) : row.tokens,
+    ...rowTarget(ctx.tokenizer.encode(row.source, "source"), row.tokens, policy.specials.eos),
     row,
   }));
   loss.prepare({

@@ -20,6 +20,8 @@ export interface TokenPair {
   source: number[];
   /** Target ids. */
   target: number[];
+  /** The target was cut off at the length limit: no EOS is appended. */
+  truncated?: boolean;
 }
 
 /** Optimisation settings of a training loop. */
@@ -189,7 +191,10 @@ export async function trainLoop<P extends TokenPair>(
     optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
     hooks.afterStep?.(step);
     // Each target gets an EOS from the batcher.
-    const targetTokens = items.reduce((sum, item) => sum + item.target.length + 1, 0);
+    const targetTokens = items.reduce(
+      (sum, item) => sum + item.target.length + (item.truncated ? 0 : 1),
+      0,
+    );
     value.dispose();
     tf.dispose(Object.values(grads));
     tf.dispose(clipped.grads);

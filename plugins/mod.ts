@@ -23,6 +23,10 @@ import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import weighted from "./rewards/weighted.ts";
+import bcLoss from "./losses/bc.ts";
+import bvmpo from "./losses/bvmpo.ts";
+import gold from "./losses/gold.ts";
+import offlinePpo from "./losses/offline_ppo.ts";
 import transformer from "./models/transformer.ts";
 import fixed from "./thresholds/fixed.ts";
 import interpolate from "./thresholds/interpolate.ts";
@@ -52,6 +56,11 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   bleu,
   chrf,
   weighted,
+  // losses
+  bcLoss,
+  bvmpo,
+  gold,
+  offlinePpo,
   // models
   transformer,
   // thresholds

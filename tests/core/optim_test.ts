@@ -60,6 +60,10 @@ Deno.test("makeBatch appends EOS, shifts targets behind BOS and masks padding", 
   assert.deepEqual(batch.targetOut.arraySync(), [[7, 2, 0], [9, 10, 2]]);
   assert.deepEqual(batch.targetMask.arraySync(), [[1, 1, 0], [1, 1, 1]]);
   tf.dispose(Object.values(batch));
+  const cut = makeBatch([{ source: [5], target: [7, 8], truncated: true }], specials);
+  assert.deepEqual(cut.targetOut.arraySync(), [[7, 8, 0]]);
+  assert.deepEqual(cut.targetMask.arraySync(), [[1, 1, 0]]);
+  tf.dispose(Object.values(cut));
 });
 
 Deno.test("checkpoints round-trip and corrupt or truncated files are named", async () => {

@@ -1,0 +1,77 @@
+/**
+ * `bc`: behaviour cloning on the kept Grow rows, the loss of the ReST paper's main
+ * results (Gulcehre et al. 2023): the negative log-likelihood
+ *
+ *     L = -(1/N) sum_{b,t} log pi(y_{b,t} | x_b, y_{b,<t})
+ *
+ * with N the number of target tokens (`average: "token"`) or, per sequence, the mean over
+ * rows of each row's summed NLL (`average: "sequence"`). Optional label smoothing.
+ *
+ * This file is the template for new losses: a config interface, a schema whose
+ * descriptions are the documentation, and `create` returning a {@link Loss}.
+ *
+ * @module
+ */
+
+import type * as tf from "@tensorflow/tfjs-core";
+import { nllLoss } from "../../core/batch.ts";
+import { definePlugin } from "../../core/plugin.ts";
+import type { Loss, LossInput, Policy } from "../../core/policy.ts";
+import { prepared } from "./_common.ts";
+
+/** Config of the `bc` loss. */
+export interface BcLossConfig {
+  /** Label smoothing epsilon (0: plain NLL). */
+  labelSmoothing: number;
+  /** `token`: mean over target tokens; `sequence`: mean over rows of per-row sums. */
+  average: "token" | "sequence";
+}
+
+/** The `bc` loss plugin. */
+export default definePlugin({
+  kind: "loss",
+  name: "bc",
+  summary: "Negative log-likelihood of the kept rows' tokens (ReST's BC loss).",
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      labelSmoothing: {
+        type: "number",
+        minimum: 0,
+        maximum: 0.99,
+        default: 0,
+        description: "Label smoothing eps (Szegedy et al. 2016): the per-token loss is " +
+          "-(1 - eps) log pi(y_t) - eps * mean_v log pi(v); 0 gives the plain NLL of " +
+          "Gulcehre et al. 2023 (ReST).",
+      },
+      average: {
+        enum: ["token", "sequence"],
+        default: "token",
+        description: "`token`: L = -sum_{b,t} log pi(y_bt) / (number of target tokens); " +
+          "`sequence`: L = mean_b of -sum_t log pi(y_bt) (longer outputs weigh more).",
+      },
+    },
+  },
+  create(config: BcLossConfig): Loss {
+    // The policy being trained, set by `prepare` before every Improve step.
+    let policy: Policy | undefined;
+    return {
+      variables: [],
+      prepare(ctx) {
+        policy = ctx.policy;
+      },
+      compute(input: LossInput): tf.Scalar {
+        return nllLoss(prepared(policy, "bc"), input.batch, {
+          labelSmoothing: config.labelSmoothing,
+          average: config.average,
+          training: true,
+        });
+      },
+      afterStep() {},
+      dispose() {
+        policy = undefined;
+      },
+    };
+  },
+});

@@ -1,0 +1,186 @@
+/**
+ * `gold`: GOLD, off-policy learning from demonstrations (Pang & He 2021, "Text Generation
+ * by Learning from Demonstrations", ICLR, arXiv 2009.07839), used as a ReST loss in
+ * Gulcehre et al. 2023. The NLL of each kept token is weighted by an importance weight
+ * and a truncated return, both without gradient:
+ *
+ *     w_t = clamp(p~(a_t | s_t), u, 1)                 p~: lagged copy of pi
+ *     r_t = max(p_BC(a_t | s_t), c)                    GOLD-s
+ *     r_t = max(log p_BC(a_t | s_t) - B / T_b, c)      GOLD-p
+ *     b_t = sum_{k=0..H} gamma^k r_{t+k}               positions past EOS count p_BC = 1
+ *     L   = -sum_{b,t} w_t b_t log pi(a_t | s_t) / (number of target tokens)
+ *
+ * GOLD-p's baseline B is a sequence-level log-likelihood spread evenly over the row's T_b
+ * tokens (default B = -60, so r_t = log p_BC + 60 / T_b): a row whose BC log-likelihood is
+ * above -60 gets a positive return on average. Both variants are floored at c, as in the
+ * authors' code, so the weights stay positive. The lagged copy p~ is cloned from pi when an
+ * Improve step starts and re-synced every K optimizer steps.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { definePlugin } from "../../core/plugin.ts";
+import type { Loss, LossInput, Policy } from "../../core/policy.ts";
+import { prepared } from "./_common.ts";
+
+/** Config of the `gold` loss. */
+export interface GoldConfig {
+  /** `s`: r = max(p_BC, c); `p`: r = max(log p_BC - B / T, c). */
+  variant: "s" | "p";
+  /** u: lower clamp of the importance weight p~(a|s). */
+  minWeight: number;
+  /** c: lower bound of the per-token reward. */
+  minReward: number;
+  /** B: GOLD-p's sequence-level log-likelihood baseline (per token: B / T). */
+  logBaseline: number;
+  /** gamma: discount of the truncated return. */
+  gamma: number;
+  /** H: the return sums r_t ... r_{t+H}. */
+  horizon: number;
+  /** K: re-sync the lagged copy every K optimizer steps. */
+  syncEvery: number;
+}
+
+/**
+ * Truncated returns of one row: b_t = sum_{k=0..horizon} gamma^k r_{t+k}, where positions
+ * at or past `rewards.length` (after EOS) contribute `pastEnd`.
+ */
+export function truncatedReturns(
+  rewards: readonly number[],
+  pastEnd: number,
+  gamma: number,
+  horizon: number,
+): number[] {
+  return rewards.map((_, t) => {
+    let sum = 0;
+    for (let k = 0; k <= horizon; k++) sum += gamma ** k * (rewards[t + k] ?? pastEnd);
+    return sum;
+  });
+}
+
+/** The `gold` loss plugin. */
+export default definePlugin({
+  kind: "loss",
+  name: "gold",
+  summary:
+    "GOLD (Pang & He 2021): NLL weighted by a clamped lagged-policy probability times a truncated return from p_BC.",
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      variant: {
+        enum: ["s", "p"],
+        default: "s",
+        description: "GOLD-s: per-token reward r_t = max(p_BC(a_t|s_t), c); GOLD-p: " +
+          "r_t = max(log p_BC(a_t|s_t) - B / T, c) (Pang & He 2021).",
+      },
+      minWeight: {
+        type: "number",
+        minimum: 0,
+        maximum: 1,
+        default: 0.2,
+        description: "u: importance weight w_t = clamp(p~(a_t|s_t), u, 1), p~ the lagged copy " +
+          "of the policy (Pang & He 2021 lower-bound p~ for stability).",
+      },
+      minReward: {
+        type: "number",
+        minimum: 0,
+        default: 0.1,
+        description: "c: lower bound of the per-token reward r_t, for both variants (as in " +
+          "the authors' code).",
+      },
+      logBaseline: {
+        type: "number",
+        default: -60,
+        description: "B: GOLD-p's baseline, a sequence log-likelihood spread over the row's " +
+          "T tokens: r_t = log p_BC(a_t|s_t) - B / T. Unused by GOLD-s.",
+      },
+      gamma: {
+        type: "number",
+        minimum: 0,
+        maximum: 1,
+        default: 1,
+        description: "gamma: discount of the truncated return b_t = sum_{k=0..H} gamma^k r_{t+k}.",
+      },
+      horizon: {
+        type: "integer",
+        minimum: 0,
+        maximum: 1000,
+        default: 5,
+        description: "H: the return b_t sums the rewards of tokens t..t+H; positions past EOS " +
+          "count p_BC = 1 (r = 1 for GOLD-s, max(-B / T, c) for GOLD-p).",
+      },
+      syncEvery: {
+        type: "integer",
+        minimum: 1,
+        default: 3000,
+        description: "K: the lagged copy p~ is cloned from the policy when an Improve step " +
+          "starts and re-synced every K optimizer steps.",
+      },
+    },
+  },
+  create(config: GoldConfig): Loss {
+    let state: { policy: Policy; lagged: Policy; bc: Policy } | undefined;
+    let steps = 0;
+    return {
+      variables: [],
+      prepare(ctx) {
+        if (state === undefined || state.policy !== ctx.policy) {
+          state?.lagged.dispose();
+          state = { policy: ctx.policy, lagged: ctx.policy.clone(), bc: ctx.bcPolicy };
+        } else {
+          state.lagged.copyWeightsFrom(ctx.policy);
+          state.bc = ctx.bcPolicy;
+        }
+        steps = 0;
+      },
+      compute(input: LossInput, record): tf.Scalar {
+        const { policy, lagged, bc } = prepared(state, "gold");
+        const { batch } = input;
+        const [rows, width] = batch.targetOut.shape;
+        // The weights carry no gradient: compute them as plain numbers.
+        const mask = batch.targetMask.dataSync();
+        const laggedLogP = lagged.tokenLogProbs(batch, { training: false }).dataSync();
+        const bcLogP = bc.tokenLogProbs(batch, { training: false }).dataSync();
+        const weights = new Float32Array(rows * width);
+        let sumW = 0;
+        let sumB = 0;
+        let tokens = 0;
+        for (let i = 0; i < rows; i++) {
+          const start = i * width;
+          let length = 0;
+          while (length < width && mask[start + length] > 0) length++;
+          const perToken = config.logBaseline / Math.max(length, 1);
+          const reward = (logP: number) =>
+            Math.max(config.variant === "s" ? Math.exp(logP) : logP - perToken, config.minReward);
+          const rewards = Array.from({ length }, (_, t) => reward(bcLogP[start + t]));
+          const returns = truncatedReturns(rewards, reward(0), config.gamma, config.horizon);
+          for (let t = 0; t < length; t++) {
+            const w = Math.min(Math.max(Math.exp(laggedLogP[start + t]), config.minWeight), 1);
+            weights[start + t] = w * returns[t];
+            sumW += w;
+            sumB += returns[t];
+            tokens++;
+          }
+        }
+        record("importance_weight", sumW / Math.max(tokens, 1));
+        record("return", sumB / Math.max(tokens, 1));
+        // L = -sum w_t b_t log pi(a_t|s_t) / N (tokenLogProbs is 0 at padding).
+        const logP = policy.tokenLogProbs(batch, { training: true });
+        const weighted = tf.sum(tf.mul(logP, tf.tensor2d(weights, [rows, width])));
+        return tf.div(tf.neg(weighted), Math.max(tokens, 1)) as tf.Scalar;
+      },
+      afterStep() {
+        steps++;
+        if (state !== undefined && steps % config.syncEvery === 0) {
+          state.lagged.copyWeightsFrom(state.policy);
+        }
+      },
+      dispose() {
+        state?.lagged.dispose();
+        state = undefined;
+      },
+    };
+  },
+});
