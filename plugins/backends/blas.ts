@@ -6,9 +6,14 @@
  * It registers a tfjs backend named `blas`: a `MathBackendCPU` carrying a copy
  * of every cpu kernel, with the matmul kernels overriding the copies, as do
  * faster JavaScript kernels from `_kernels.ts` for what dominated a transformer
- * training step once matmuls were fast: UnsortedSegmentSum (gather's gradient)
- * the float32 broadcasting Neg/Add/Sub/Multiply/RealDiv, and strided Slice/SplitV. Gradients need nothing extra: the
- * tfjs gradient definitions of matMul/fusedMatMul call these kernels again.
+ * training step once matmuls were fast: UnsortedSegmentSum (gather's gradient),
+ * the float32 broadcasting Neg/Add/Sub/Multiply/RealDiv/Maximum/Minimum/
+ * SquaredDifference, strided Slice/SplitV, Transpose without index arrays,
+ * Sum/Mean/Max/Min/Prod over any axes without a transpose, last-axis Softmax,
+ * float32 Exp/Log/Sqrt/Rsqrt/Square/Abs/Relu/Sigmoid/Tanh/Step, broadcasting
+ * comparisons, GatherV2, Tile and Concat. All give tfjs-cpu's exact results.
+ * Gradients need nothing extra: the tfjs gradient definitions of
+ * matMul/fusedMatMul call these kernels again.
  *
  * Needs `--allow-ffi` and OpenBLAS (`apt-get install libopenblas0-pthread`).
  *
@@ -23,7 +28,15 @@ import { type BlasLibrary, loadBlas, sgemm } from "./_blas_ffi.ts";
 import {
   cpuSegmentSumKernel,
   fastBinaryKernels,
+  fastCompareKernels,
+  fastConcatKernel,
+  fastGatherKernel,
+  fastReduceKernels,
   fastSliceKernels,
+  fastSoftmaxKernel,
+  fastTileKernel,
+  fastTransposeKernel,
+  fastUnaryKernels,
   replaceKernel,
 } from "./_kernels.ts";
 import { activateBackend, quietCpuHint } from "./_tfjs.ts";
@@ -294,7 +307,8 @@ let registeredWith: BlasLibrary | undefined;
 /**
  * Registers the tfjs backend `blas` (idempotent): a `MathBackendCPU` with every cpu kernel,
  * where the matrix products call `lib`, UnsortedSegmentSum is the O(n) scatter-add and
- * float32 Neg/Add/Sub/Multiply/RealDiv and Slice/SplitV use tight loops.
+ * the element-wise, Slice/SplitV, Transpose, reduction, Softmax, GatherV2, Tile and Concat
+ * kernels of `_kernels.ts` replace tfjs-cpu's index-array loops.
  */
 export function registerBlasBackend(lib: BlasLibrary): void {
   if (registeredWith === lib) return;
@@ -312,6 +326,14 @@ export function registerBlasBackend(lib: BlasLibrary): void {
   replaceKernel(cpuSegmentSumKernel(BLAS_BACKEND));
   for (const config of fastBinaryKernels(BLAS_BACKEND)) replaceKernel(config);
   for (const config of fastSliceKernels(BLAS_BACKEND)) replaceKernel(config);
+  replaceKernel(fastTransposeKernel(BLAS_BACKEND));
+  replaceKernel(fastSoftmaxKernel(BLAS_BACKEND));
+  replaceKernel(fastGatherKernel(BLAS_BACKEND));
+  replaceKernel(fastTileKernel(BLAS_BACKEND));
+  replaceKernel(fastConcatKernel(BLAS_BACKEND));
+  for (const config of fastReduceKernels(BLAS_BACKEND)) replaceKernel(config);
+  for (const config of fastUnaryKernels(BLAS_BACKEND)) replaceKernel(config);
+  for (const config of fastCompareKernels(BLAS_BACKEND)) replaceKernel(config);
   registeredWith = lib;
 }
 

@@ -259,7 +259,16 @@ Deno.test({
     const fn = () => {
       const a = randn(aShape, 70);
       const b = tf.add(randn(bShape, 71), 2); // away from 0 for the division
-      return [tf.add(a, b), tf.sub(a, b), tf.mul(a, b), tf.div(a, b), tf.neg(a)];
+      return [
+        tf.add(a, b),
+        tf.sub(a, b),
+        tf.mul(a, b),
+        tf.div(a, b),
+        tf.neg(a),
+        tf.maximum(a, b),
+        tf.minimum(a, b),
+        tf.squaredDifference(a, b),
+      ];
     };
     assert.deepEqual(await on("blas", fn), await on("cpu", fn), `[${aShape}] op [${bShape}]`);
   }
@@ -276,6 +285,209 @@ Deno.test({
     ];
   };
   assert.deepEqual(await on("blas", slices), await on("cpu", slices));
+});
+
+/** A [-1, 1) tensor with a NaN, a -0 and repeated values in it (for exactness of edge cases). */
+function special(shape: number[], seed: number): tf.Tensor {
+  const v = values(tf.util.sizeFromShape(shape), seed).map((x) => Math.round(x * 8) / 8);
+  if (v.length > 3) {
+    v[1] = NaN;
+    v[2] = -0;
+  }
+  return tf.tensor(v, shape);
+}
+
+Deno.test({
+  name: "blas: Transpose gives cpu's exact results (head split, matrices, size-1 axes, dtypes)",
+  ignore: noBlas,
+}, async () => {
+  const cases: [number[], number[]][] = [
+    [[3, 4], [1, 0]],
+    [[40, 70], [1, 0]], // several cache blocks, ragged edges
+    [[2, 3, 4, 5], [0, 2, 1, 3]],
+    [[2, 3, 4, 40], [0, 2, 1, 3]], // runs long enough for TypedArray.set
+    [[2, 3, 4, 5], [3, 1, 0, 2]],
+    [[2, 3, 4, 5], [0, 1, 3, 2]],
+    [[4, 3, 2], [0, 2, 1]],
+    [[2, 1, 4], [2, 1, 0]],
+    [[1, 5, 1], [2, 0, 1]],
+    [[2, 3, 4], [0, 1, 2]],
+    [[2, 3, 4], [2, 0, 1]],
+    [[0, 3], [1, 0]],
+    [[1], [0]],
+  ];
+  for (const [shape, perm] of cases) {
+    const fn = () => [
+      tf.transpose(randn(shape, 80), perm),
+      tf.transpose(tf.cast(tf.mul(randn(shape, 81), 100), "int32"), perm),
+      tf.cast(tf.transpose(tf.greater(randn(shape, 82), 0), perm), "float32"),
+    ];
+    assert.deepEqual(await on("blas", fn), await on("cpu", fn), `[${shape}] perm [${perm}]`);
+  }
+});
+
+Deno.test({
+  name: "blas: Sum, Mean, Max, Min and Prod over any axes give cpu's exact results",
+  ignore: noBlas,
+}, async () => {
+  const cases: [number[], (number | number[] | null)[]][] = [
+    [[5, 6], [null, 0, 1, -1, [0, 1]]],
+    [[2, 3, 4], [null, 0, 1, 2, -2, [0, 1], [0, 2], [1, 2], [2, 0]]],
+    [[3, 1, 4], [0, 1, [0, 1], [1, 2]]],
+    [[1, 7], [0, 1]],
+    [[7], [0]],
+    [[], [null]],
+  ];
+  for (const [shape, axesList] of cases) {
+    for (const axes of axesList) {
+      for (const keepDims of [false, true]) {
+        const fn = () => {
+          const x = randn(shape, 90);
+          const s = special(shape, 91);
+          const ints = tf.cast(tf.mul(s, 8), "int32");
+          const ax = axes ?? undefined;
+          return [
+            tf.sum(x, ax, keepDims),
+            tf.mean(x, ax, keepDims),
+            tf.max(x, ax, keepDims),
+            tf.min(x, ax, keepDims),
+            tf.prod(tf.add(x, 1.5), ax, keepDims),
+            tf.max(s, ax, keepDims),
+            tf.min(s, ax, keepDims),
+            tf.sum(s, ax, keepDims),
+            tf.sum(ints, ax, keepDims),
+            tf.mean(ints, ax, keepDims),
+            tf.max(ints, ax, keepDims),
+            tf.prod(ints, ax, keepDims),
+            tf.sum(tf.greater(x, 0), ax, keepDims),
+          ];
+        };
+        const label = `[${shape}] axes ${JSON.stringify(axes)} keepDims=${keepDims}`;
+        assert.deepEqual(await on("blas", fn), await on("cpu", fn), label);
+      }
+    }
+  }
+  // Large enough that summation order matters in float32; 768x256 column sums as bias gradients.
+  const big = () => {
+    const x = randn([768, 256], 92);
+    return [tf.sum(x, 0), tf.sum(x, -1), tf.mean(x, 0), tf.mean(x, -1, true), tf.sum(x)];
+  };
+  assert.deepEqual(await on("blas", big), await on("cpu", big));
+  await compare("blas", "reduction gradients", () => {
+    const f = (x: tf.Tensor) =>
+      tf.add(tf.sum(tf.mul(tf.mean(x, 0), tf.max(x, 0))), tf.sum(tf.min(x, -1, true)));
+    return tf.grad(f)(randn([6, 5], 93));
+  });
+});
+
+Deno.test({
+  name: "blas: Softmax, unary maps and comparisons give cpu's exact results",
+  ignore: noBlas,
+}, async () => {
+  for (const shape of [[4, 7], [2, 3, 5], [1, 1], [3, 1], [6]]) {
+    const fn = () => {
+      const x = tf.mul(randn(shape, 100), 5);
+      const masked = tf.where(tf.greater(randn(shape, 101), 0.5), tf.fill(shape, -1e9), x);
+      return [tf.softmax(x), tf.softmax(masked), tf.logSoftmax(x)];
+    };
+    assert.deepEqual(await on("blas", fn), await on("cpu", fn), `softmax [${shape}]`);
+  }
+  await compare("blas", "softmax gradient", () => {
+    const w = randn([3, 4, 6], 102);
+    return tf.grad((x: tf.Tensor) => tf.sum(tf.mul(tf.softmax(x), w)))(randn([3, 4, 6], 103));
+  });
+  const unary = () => {
+    const x = special([5, 9], 104);
+    const pos = tf.add(tf.abs(randn([5, 9], 105)), 0.1);
+    return [
+      tf.exp(x),
+      tf.log(pos),
+      tf.log(x),
+      tf.sqrt(pos),
+      tf.rsqrt(pos),
+      tf.square(x),
+      tf.abs(x),
+      tf.relu(x),
+      tf.sigmoid(x),
+      tf.tanh(x),
+      tf.step(x),
+      tf.step(x, 0.3),
+      tf.relu(tf.tensor1d([3, -2, 0], "int32")),
+    ];
+  };
+  assert.deepEqual(await on("blas", unary), await on("cpu", unary));
+  const shapes: [number[], number[]][] = [
+    [[3, 4], [3, 4]],
+    [[3, 4], []],
+    [[5, 6], [5, 1]],
+    [[5, 6], [6]],
+    [[2, 3, 1, 4], [1, 3, 5, 1]],
+    [[0, 3], [1, 3]],
+  ];
+  for (const [aShape, bShape] of shapes) {
+    const fn = () => {
+      const a = special(aShape, 106);
+      const b = special(bShape, 107);
+      const ai = tf.cast(tf.mul(a, 4), "int32");
+      const bi = tf.cast(tf.mul(b, 4), "int32");
+      return [a, ai].flatMap((x, i) => {
+        const y = i === 0 ? b : bi;
+        return [
+          tf.equal(x, y),
+          tf.notEqual(x, y),
+          tf.greater(x, y),
+          tf.greaterEqual(x, y),
+          tf.less(x, y),
+          tf.lessEqual(x, y),
+        ];
+      });
+    };
+    assert.deepEqual(await on("blas", fn), await on("cpu", fn), `[${aShape}] cmp [${bShape}]`);
+  }
+});
+
+Deno.test({
+  name: "blas: GatherV2, Tile and Concat give cpu's exact results; bad indices throw",
+  ignore: noBlas,
+}, async () => {
+  const fn = () => {
+    const x = randn([6, 5, 40], 110);
+    const xi = tf.cast(tf.mul(randn([6, 5], 111), 50), "int32");
+    const idx = tf.tensor1d([4, 0, 0, 5, 2], "int32");
+    const idx2 = tf.tensor2d([[1, 3], [0, 0], [4, 4]], [3, 2], "int32");
+    return [
+      tf.gather(x, idx),
+      tf.gather(x, idx2),
+      tf.gather(x, tf.tensor1d([4, 1], "int32"), 1),
+      tf.gather(x, tf.tensor1d([39, 0, 7], "int32"), -1),
+      tf.gather(xi, idx2, 0),
+      tf.gather(
+        xi,
+        tf.tensor2d([[1, 1], [0, 4], [2, 3], [4, 0], [0, 0], [3, 3]], [6, 2], "int32"),
+        1,
+        1,
+      ),
+      tf.gather(x, tf.tensor1d([], "int32")),
+      tf.tile(randn([3, 4], 112), [2, 3]),
+      tf.tile(randn([24, 256], 113), [32, 1]),
+      tf.tile(randn([2, 1, 3], 114), [1, 4, 2]),
+      tf.tile(xi, [1, 1]),
+      tf.tile(randn([5], 115), [3]),
+      tf.tile(randn([2, 3], 116), [0, 2]),
+      tf.concat([randn([2, 3, 40], 118), randn([2, 1, 40], 119)], 1),
+      tf.concat([randn([4, 3], 120), randn([4, 5], 121), randn([4, 0], 122)], -1),
+      tf.concat([randn([2, 3], 123), randn([1, 3], 124)], 0),
+      tf.concat([xi, xi], 1),
+      tf.concat([randn([3], 125)], 0),
+      tf.concat([randn([0, 2], 126), randn([0, 3], 127)], 1),
+    ];
+  };
+  assert.deepEqual(await on("blas", fn), await on("cpu", fn));
+  await tf.setBackend("blas");
+  assert.throws(
+    () => tf.tidy(() => tf.gather(randn([3, 2], 117), tf.tensor1d([3], "int32"))),
+    /GatherV2: the index value 3 is not in \[0, 2\]/,
+  );
 });
 
 Deno.test({ name: "blas: BackendInfo names OpenBLAS and its threads", ignore: noBlas }, () => {
