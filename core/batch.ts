@@ -45,6 +45,23 @@ export function makeBatch(
   };
 }
 
+/**
+ * A policy that computes label-smoothed per-token log-likelihoods itself (without
+ * materialising `[B, T, V]` log-probabilities), as the `transformer` model does.
+ */
+export interface SmoothedLogProbs {
+  /** `[B, T]` `(1 - eps) log p(y_t) + eps mean_v log p(v)`, 0 at padding. */
+  smoothedTokenLogProbs(
+    batch: TokenBatch,
+    options: { training: boolean; labelSmoothing: number },
+  ): tf.Tensor2D;
+}
+
+/** Whether `policy` implements {@link SmoothedLogProbs}. */
+export function hasSmoothedLogProbs(policy: Policy): policy is Policy & SmoothedLogProbs {
+  return typeof (policy as Partial<SmoothedLogProbs>).smoothedTokenLogProbs === "function";
+}
+
 /** Options of {@link nllLoss}. */
 export interface NllOptions {
   /** Label smoothing epsilon: the target gets 1 - eps, the rest eps spread uniformly. */
@@ -57,13 +74,19 @@ export interface NllOptions {
 
 /**
  * Negative log-likelihood of `targetOut` under the policy, with optional label smoothing
- * (Szegedy et al. 2016): loss_t = -(1 - eps) log p(y_t) - eps * mean_v log p(v).
+ * (Szegedy et al. 2016): loss_t = -(1 - eps) log p(y_t) - eps * mean_v log p(v). Policies
+ * implementing {@link SmoothedLogProbs} compute the smoothed term themselves; others go
+ * through `forward`'s logits.
  */
 export function nllLoss(policy: Policy, batch: TokenBatch, options: NllOptions): tf.Scalar {
   return tf.tidy(() => {
     const eps = options.labelSmoothing;
     let perToken: tf.Tensor2D;
-    if (eps > 0) {
+    if (eps > 0 && hasSmoothedLogProbs(policy)) {
+      perToken = tf.neg(
+        policy.smoothedTokenLogProbs(batch, { training: options.training, labelSmoothing: eps }),
+      );
+    } else if (eps > 0) {
       const { logits } = policy.forward(batch, { training: options.training });
       const logProbs = tf.logSoftmax(logits);
       const vocab = logits.shape[2];

@@ -1,21 +1,37 @@
 /**
- * `transformer`: a pre-LN encoder-decoder transformer policy (Vaswani et al. 2017 with
- * layer norm before each sub-layer, Xiong et al. 2020), in TensorFlow.js ops.
+ * `transformer`: a pre-LN encoder-decoder transformer (Vaswani et al. 2017 with layer
+ * norm before each sublayer, as in Xiong et al. 2020, and a final layer norm on each
+ * stack), written on tfjs-core without tfjs-layers.
  *
- * - Sinusoidal positions, embeddings scaled by sqrt(d_model), shared source/target/output
- *   embeddings when the vocabularies are joint (`shareEmbeddings`).
- * - Multi-head attention with one fused QKV projection, padding masks on every attention
- *   over the source, a causal mask in decoder self-attention; ReLU feed-forward; dropout
- *   only while training.
- * - Decoding (greedy, sampling, beam search) is incremental with a per-layer key/value
- *   cache; cross-attention keys/values are computed once per batch. Sources are decoded in
- *   length buckets. EOS is appended to every source by the policy.
- * - Optional value head on the final decoder states (for PPO / BVMPO).
+ * - Fixed sinusoidal positions (not learned), added to embeddings scaled by sqrt(d).
+ * - Multi-head attention with a fused QKV projection; source padding is never attended
+ *   (encoder self-attention and cross-attention), decoder self-attention is causal.
+ * - ReLU (default) or GELU feed-forward; dropout on embeddings, sublayer outputs and
+ *   (optionally) attention probabilities, only when training.
+ * - Embeddings shared between source, target and output projection (`shareEmbeddings`).
+ * - Optional value head: a linear map of the final decoder states to `[B, T]` values.
+ * - Deterministic initialisation from the build seed (Xavier/Glorot uniform for
+ *   projections, N(0, 1/d) for embeddings), drawn from {@link Rng}, never tfjs's RNG.
+ *
+ * Speed: every encoder/decoder layer is a single differentiable op with a hand-written
+ * backward pass (see `_layers.ts`), the loss never materialises the logits as a tensor,
+ * and decoding is incremental with key/value caches (see `_decode.ts`). On the `blas`
+ * backend nearly all time is spent in OpenBLAS matrix products.
+ *
+ * Decoding conventions: sources are id arrays as the tokenizer returns them; the policy
+ * appends EOS to a source that does not already end with it. Outputs never contain PAD
+ * or BOS. `batchSize` counts decoded rows: greedy decodes `batchSize` sources at once,
+ * sampling `ceil(batchSize / n)` sources times `n` samples, beam search
+ * `ceil(batchSize / beamSize)` sources times the beam. Sources are sorted by length into
+ * buckets and results come back in input order.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-cpu";
+// Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
+import "@tensorflow/tfjs";
 import { definePlugin } from "../../core/plugin.ts";
 import type {
   BeamOptions,
@@ -30,763 +46,682 @@ import type {
 } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import type { SpecialIds } from "../../core/types.ts";
+import { sinusoidTable } from "./_kernels.ts";
+import {
+  type Activation,
+  DECODER_PARAMS,
+  decoderLayerOp,
+  type Dims,
+  embedOp,
+  ENCODER_PARAMS,
+  encoderLayerOp,
+  layerNormOp,
+  layerParamShapes,
+  type Lookup,
+  outputLogProbsOp,
+  ParamView,
+  type RunOptions,
+  values,
+} from "./_layers.ts";
+import {
+  beamSearch,
+  encode,
+  greedyChooser,
+  type Hypothesis,
+  type InferenceModel,
+  RowSampler,
+  runSearch,
+  samplingChooser,
+  StepDecoder,
+} from "./_decode.ts";
 
-/** Config of the `transformer` model. */
+/** Config of the `transformer` model plugin. */
 export interface TransformerConfig {
-  /** Model width. */
+  /** Model width d. */
   dModel: number;
   /** Attention heads (must divide dModel). */
   heads: number;
-  /** Feed-forward width. */
+  /** Feed-forward inner width. */
   ffn: number;
   /** Encoder layers. */
   encoderLayers: number;
   /** Decoder layers. */
   decoderLayers: number;
-  /** Dropout rate while training. */
+  /** Dropout on embeddings and sublayer outputs (training only). */
   dropout: number;
-  /** Share embeddings: "all" (source, target, output), "decoder" (target and output), "none". */
+  /** Dropout on attention probabilities (training only). */
+  attentionDropout: number;
+  /** Feed-forward activation. */
+  activation: Activation;
+  /** Default label smoothing of {@link nllLoss}-style losses that ask the policy. */
+  labelSmoothing: number;
+  /** Which embeddings are tied: all three (joint vocabulary), target+output, or none. */
   shareEmbeddings: "all" | "decoder" | "none";
-  /** Longest sequence the position table covers. */
+  /** Rows of the precomputed sinusoidal position table (extended on demand). */
   maxPositions: number;
+  /** Multiplier on every initial weight's scale. */
+  initScale: number;
+  /** Layer-norm epsilon. */
+  layerNormEps: number;
 }
 
-type Params = Map<string, tf.Variable>;
+/** The defaults of every {@link TransformerConfig} field (the "bench-small" shape, no dropout aside). */
+export const TRANSFORMER_DEFAULTS: Readonly<TransformerConfig> = Object.freeze({
+  dModel: 256,
+  heads: 4,
+  ffn: 1024,
+  encoderLayers: 3,
+  decoderLayers: 3,
+  dropout: 0.1,
+  attentionDropout: 0,
+  activation: "relu",
+  labelSmoothing: 0,
+  shareEmbeddings: "all",
+  maxPositions: 256,
+  initScale: 1,
+  layerNormEps: 1e-5,
+});
 
-interface Built {
-  config: TransformerConfig;
+/** What {@link ModelFactory.build} receives. */
+export interface BuildOptions {
+  /** Source vocabulary size. */
   sourceVocab: number;
+  /** Target vocabulary size. */
   targetVocab: number;
+  /** Special ids. */
+  specials: SpecialIds;
+  /** Whether to add a value head. */
+  valueHead: boolean;
+  /** Initialisation seed. */
+  seed: number;
 }
 
-function glorot(rng: Rng, fanIn: number, fanOut: number, size: number): Float32Array {
-  const limit = Math.sqrt(6 / (fanIn + fanOut));
-  const out = new Float32Array(size);
-  for (let i = 0; i < size; i++) out[i] = (rng.next() * 2 - 1) * limit;
-  return out;
+let policyCounter = 0;
+
+/** Box-Muller standard normal from an {@link Rng}. */
+function normal(rng: Rng): number {
+  const u = 1 - rng.next();
+  const v = rng.next();
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
 }
 
-function sinusoids(length: number, d: number): tf.Tensor2D {
-  const table = new Float32Array(length * d);
-  for (let pos = 0; pos < length; pos++) {
-    for (let i = 0; i < d; i += 2) {
-      const angle = pos / Math.pow(10000, i / d);
-      table[pos * d + i] = Math.sin(angle);
-      if (i + 1 < d) table[pos * d + i + 1] = Math.cos(angle);
-    }
-  }
-  return tf.tensor2d(table, [length, d]);
-}
-
-/** Creates the parameter set (deterministic from `seed`). Names are stable for save/load. */
-function createParams(built: Built, valueHead: boolean, seed: number): Params {
-  const { config, sourceVocab, targetVocab } = built;
-  const d = config.dModel;
-  const rng = new Rng(seed).fork("transformer/init");
-  const params: Params = new Map();
-  const add = (name: string, shape: number[], init: "glorot" | "zeros" | "ones" | "embed") => {
-    const size = shape.reduce((a, b) => a * b, 1);
-    let values: Float32Array;
-    if (init === "zeros") values = new Float32Array(size);
-    else if (init === "ones") values = new Float32Array(size).fill(1);
-    else if (init === "embed") {
-      values = new Float32Array(size);
-      const std = 1 / Math.sqrt(d);
-      for (let i = 0; i < size; i++) values[i] = (rng.next() * 2 - 1) * std * Math.sqrt(3);
-    } else values = glorot(rng, shape[0], shape[shape.length - 1], size);
-    params.set(name, tf.variable(tf.tensor(values, shape), true, name + "_" + crypto.randomUUID()));
-  };
-  const share = config.shareEmbeddings;
-  add("embed/target", [targetVocab, d], "embed");
-  if (share !== "all") add("embed/source", [sourceVocab, d], "embed");
-  if (share === "none") {
-    add("out/w", [d, targetVocab], "glorot");
-  }
-  add("out/b", [targetVocab], "zeros");
-  const ln = (prefix: string) => {
-    add(`${prefix}/g`, [d], "ones");
-    add(`${prefix}/b`, [d], "zeros");
-  };
-  const ffn = (prefix: string) => {
-    add(`${prefix}/w1`, [d, config.ffn], "glorot");
-    add(`${prefix}/b1`, [config.ffn], "zeros");
-    add(`${prefix}/w2`, [config.ffn, d], "glorot");
-    add(`${prefix}/b2`, [d], "zeros");
-  };
-  for (let l = 0; l < config.encoderLayers; l++) {
-    const p = `enc${l}`;
-    ln(`${p}/ln1`);
-    add(`${p}/att/wqkv`, [d, 3 * d], "glorot");
-    add(`${p}/att/bqkv`, [3 * d], "zeros");
-    add(`${p}/att/wo`, [d, d], "glorot");
-    add(`${p}/att/bo`, [d], "zeros");
-    ln(`${p}/ln2`);
-    ffn(`${p}/ffn`);
-  }
-  ln("enc/ln");
-  for (let l = 0; l < config.decoderLayers; l++) {
-    const p = `dec${l}`;
-    ln(`${p}/ln1`);
-    add(`${p}/self/wqkv`, [d, 3 * d], "glorot");
-    add(`${p}/self/bqkv`, [3 * d], "zeros");
-    add(`${p}/self/wo`, [d, d], "glorot");
-    add(`${p}/self/bo`, [d], "zeros");
-    ln(`${p}/ln2`);
-    add(`${p}/cross/wq`, [d, d], "glorot");
-    add(`${p}/cross/bq`, [d], "zeros");
-    add(`${p}/cross/wkv`, [d, 2 * d], "glorot");
-    add(`${p}/cross/bkv`, [2 * d], "zeros");
-    add(`${p}/cross/wo`, [d, d], "glorot");
-    add(`${p}/cross/bo`, [d], "zeros");
-    ln(`${p}/ln3`);
-    ffn(`${p}/ffn`);
-  }
-  ln("dec/ln");
-  if (valueHead) {
-    add("value/w", [d, 1], "glorot");
-    add("value/b", [1], "zeros");
-  }
-  return params;
-}
-
-/** Per-layer key/value cache of incremental decoding. */
-interface LayerCache {
-  /** Self-attention keys/values so far, `[R, H, t, dh]`. */
-  selfK?: tf.Tensor4D;
-  selfV?: tf.Tensor4D;
-  /** Cross-attention keys/values, `[R, H, S, dh]`. */
-  crossK: tf.Tensor4D;
-  crossV: tf.Tensor4D;
-}
-
-/** The transformer policy. */
-class TransformerPolicy implements Policy {
+/**
+ * The transformer policy (see the module doc). Build it through the plugin's factory or
+ * {@link restoreTransformer}; it implements the framework's {@link Policy} contract plus
+ * {@link TransformerPolicy.smoothedTokenLogProbs} for label-smoothed losses.
+ */
+export class TransformerPolicy implements Policy {
+  /** Special ids shared with the tokenizer. */
   readonly specials: SpecialIds;
+  /** Whether the model has a value head. */
   readonly hasValueHead: boolean;
-  readonly #built: Built;
-  readonly #params: Params;
-  readonly #positions: tf.Tensor2D;
-  readonly #seed: number;
-  #dropoutCalls = 0;
+  /** The plugin config this policy was built with. */
+  readonly config: Readonly<TransformerConfig>;
+  /** Build options (vocabulary sizes, value head, seed). */
+  readonly options: Readonly<BuildOptions>;
+  /** Default label smoothing for losses (from the config). */
+  readonly labelSmoothing: number;
 
-  constructor(built: Built, specials: SpecialIds, valueHead: boolean, seed: number) {
-    this.#built = built;
-    this.specials = specials;
-    this.hasValueHead = valueHead;
-    this.#seed = seed;
-    this.#params = createParams(built, valueHead, seed);
-    this.#positions = sinusoids(built.config.maxPositions, built.config.dModel);
+  readonly #dims: Dims;
+  readonly #vars = new Map<string, tf.Variable>();
+  readonly #srcTable: string;
+  readonly #tgtTable: string;
+  readonly #outTable: string;
+  readonly #dropoutRng: Rng;
+  #positions: Float32Array;
+  #positionRows: number;
+  #disposed = false;
+
+  /**
+   * Creates a policy; weights are initialised from `options.seed`, or copied from
+   * `state` when given (whose architecture must match).
+   */
+  constructor(config: Partial<TransformerConfig>, options: BuildOptions, state?: PolicyState) {
+    const c = { ...TRANSFORMER_DEFAULTS, ...config };
+    checkConfig(c, options);
+    this.config = Object.freeze(c);
+    this.options = Object.freeze({ ...options, specials: { ...options.specials } });
+    this.specials = Object.freeze({ ...options.specials });
+    this.hasValueHead = options.valueHead;
+    this.labelSmoothing = c.labelSmoothing;
+    this.#dims = {
+      d: c.dModel,
+      heads: c.heads,
+      ffn: c.ffn,
+      activation: c.activation,
+      eps: c.layerNormEps,
+    };
+    const joint = options.sourceVocab === options.targetVocab;
+    const share = c.shareEmbeddings === "all" && !joint ? "decoder" : c.shareEmbeddings;
+    this.#srcTable = share === "all" ? "embed" : "embed.source";
+    this.#tgtTable = share === "all" ? "embed" : "embed.target";
+    this.#outTable = share === "none" ? "output" : this.#tgtTable;
+    this.#dropoutRng = new Rng(options.seed).fork("dropout");
+    this.#positionRows = c.maxPositions;
+    this.#positions = sinusoidTable(c.maxPositions, c.dModel);
+    const prefix = `transformer_${++policyCounter}`;
+    const shapes = this.#shapes();
+    const init = new Rng(options.seed);
+    const stateIndex = new Map(state?.weights.map((w) => [w.name, w]));
+    if (state !== undefined) checkState(state, shapes);
+    for (const [name, shape] of shapes) {
+      let data: Float32Array;
+      if (state !== undefined) {
+        const w = stateIndex.get(name)!;
+        const size = shape.reduce((a, b) => a * b, 1);
+        data = state.data.slice(w.offset, w.offset + size);
+      } else {
+        data = this.#initialValues(name, shape, init.fork(name));
+      }
+      const t = tf.tensor(data, shape, "float32");
+      this.#vars.set(name, tf.variable(t, true, `${prefix}/${name}`));
+      t.dispose();
+    }
   }
 
+  /** Trainable variables, in a fixed order (value head included when present). */
   get variables(): tf.Variable[] {
-    return [...this.#params.values()];
+    this.#alive();
+    return [...this.#vars.values()];
   }
 
-  #p(name: string): tf.Variable {
-    const p = this.#params.get(name);
-    if (p === undefined) throw new Error(`transformer: no parameter ${name}`);
-    return p;
-  }
-
-  get #d(): number {
-    return this.#built.config.dModel;
-  }
-
-  get #heads(): number {
-    return this.#built.config.heads;
-  }
-
-  #sourceEmbedding(): tf.Variable {
-    return this.#params.get("embed/source") ?? this.#p("embed/target");
-  }
-
-  /** `[R*L, d]` -> `[R*L, V]` output logits. */
-  #logits(h: tf.Tensor2D): tf.Tensor2D {
-    const w = this.#params.get("out/w");
-    const logits = w === undefined
-      ? tf.matMul(h, this.#p("embed/target"), false, true)
-      : tf.matMul(h, w);
-    return tf.add(logits, this.#p("out/b"));
-  }
-
-  #layerNorm(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const { mean, variance } = tf.moments(x, -1, true);
-    const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
-    return tf.add(tf.mul(normed, this.#p(`${prefix}/g`)), this.#p(`${prefix}/b`));
-  }
-
-  #dense(x: tf.Tensor2D, w: string, b: string): tf.Tensor2D {
-    return tf.add(tf.matMul(x, this.#p(w)), this.#p(b));
-  }
-
-  #dropout(x: tf.Tensor2D, training: boolean): tf.Tensor2D {
-    const rate = this.#built.config.dropout;
-    if (!training || rate <= 0) return x;
-    this.#dropoutCalls++;
-    return tf.dropout(x, rate, undefined, this.#seed * 7919 + this.#dropoutCalls) as tf.Tensor2D;
-  }
-
-  /** `[R*L, d]` -> `[R, H, L, dh]`. */
-  #splitHeads(x: tf.Tensor2D, rows: number, length: number): tf.Tensor4D {
-    const h = this.#heads;
-    return tf.transpose(tf.reshape(x, [rows, length, h, this.#d / h]), [0, 2, 1, 3]);
-  }
-
-  /** `[R, H, L, dh]` -> `[R*L, d]`. */
-  #mergeHeads(x: tf.Tensor4D, rows: number, length: number): tf.Tensor2D {
-    return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [rows * length, this.#d]);
-  }
-
-  /** Scaled dot-product attention; `bias` is added to the scores (masks). */
-  #attend(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias?: tf.Tensor): tf.Tensor4D {
-    let scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(this.#d / this.#heads));
-    if (bias !== undefined) scores = tf.add(scores, bias);
-    return tf.matMul(tf.softmax(scores), v);
-  }
-
-  #embed(ids: tf.Tensor2D, table: tf.Tensor, offset: number): tf.Tensor2D {
-    const [rows, length] = ids.shape;
-    if (offset + length > this.#built.config.maxPositions) {
-      throw new RangeError(
-        `sequence of ${
-          offset + length
-        } tokens exceeds maxPositions ${this.#built.config.maxPositions}`,
-      );
-    }
-    const flat = tf.gather(table, tf.reshape(ids, [-1]));
-    const scaled = tf.mul(flat, Math.sqrt(this.#d));
-    const pos = tf.tile(tf.slice(this.#positions, [offset, 0], [length, this.#d]), [rows, 1]);
-    return tf.add(scaled, pos);
-  }
-
-  /** Encoder: `[R, S]` ids -> memory `[R*S, d]` and the `[R, 1, 1, S]` padding bias. */
-  #encode(source: tf.Tensor2D, training: boolean): { memory: tf.Tensor2D; bias: tf.Tensor4D } {
-    const [rows, length] = source.shape;
-    const bias = tf.reshape(
-      tf.mul(tf.cast(tf.equal(source, this.specials.pad), "float32"), -1e9),
-      [rows, 1, 1, length],
-    ) as tf.Tensor4D;
-    let x = this.#dropout(this.#embed(source, this.#sourceEmbedding(), 0), training);
-    for (let l = 0; l < this.#built.config.encoderLayers; l++) {
-      const p = `enc${l}`;
-      const h = this.#layerNorm(x, `${p}/ln1`);
-      const qkv = this.#dense(h, `${p}/att/wqkv`, `${p}/att/bqkv`);
-      const [q, k, v] = tf.split(qkv, 3, 1).map((t) =>
-        this.#splitHeads(t as tf.Tensor2D, rows, length)
-      );
-      const att = this.#mergeHeads(this.#attend(q, k, v, bias), rows, length);
-      x = tf.add(x, this.#dropout(this.#dense(att, `${p}/att/wo`, `${p}/att/bo`), training));
-      x = tf.add(
-        x,
-        this.#dropout(this.#ffn(this.#layerNorm(x, `${p}/ln2`), `${p}/ffn`, training), training),
-      );
-    }
-    return { memory: this.#layerNorm(x, "enc/ln"), bias };
-  }
-
-  #ffn(x: tf.Tensor2D, prefix: string, training: boolean): tf.Tensor2D {
-    const hidden = this.#dropout(tf.relu(this.#dense(x, `${prefix}/w1`, `${prefix}/b1`)), training);
-    return this.#dense(hidden, `${prefix}/w2`, `${prefix}/b2`);
-  }
-
-  /** Cross-attention keys/values of one decoder layer from the memory. */
-  #crossKV(
-    memory: tf.Tensor2D,
-    layer: number,
-    rows: number,
-    length: number,
-  ): [tf.Tensor4D, tf.Tensor4D] {
-    const p = `dec${layer}/cross`;
-    const kv = this.#dense(memory, `${p}/wkv`, `${p}/bkv`);
-    const [k, v] = tf.split(kv, 2, 1).map((t) => this.#splitHeads(t as tf.Tensor2D, rows, length));
-    return [k, v];
-  }
-
-  /**
-   * Decoder over `length` new positions starting at `offset`. With `cache`, self-attention
-   * keys/values are appended to it (incremental decoding); without, `causal` masks the future.
-   */
-  #decode(
-    x: tf.Tensor2D,
-    rows: number,
-    length: number,
-    crossKV: [tf.Tensor4D, tf.Tensor4D][],
-    sourceBias: tf.Tensor4D,
-    training: boolean,
-    cache?: LayerCache[],
-  ): tf.Tensor2D {
-    let causal: tf.Tensor | undefined;
-    if (cache === undefined && length > 1) {
-      const mask = tf.linalg.bandPart(tf.ones([length, length]), -1, 0);
-      causal = tf.reshape(tf.mul(tf.sub(1, mask), -1e9), [1, 1, length, length]);
-    }
-    for (let l = 0; l < this.#built.config.decoderLayers; l++) {
-      const p = `dec${l}`;
-      const h = this.#layerNorm(x, `${p}/ln1`);
-      const qkv = this.#dense(h, `${p}/self/wqkv`, `${p}/self/bqkv`);
-      let [q, k, v] = tf.split(qkv, 3, 1).map((t) =>
-        this.#splitHeads(t as tf.Tensor2D, rows, length)
-      );
-      if (cache !== undefined) {
-        const c = cache[l];
-        const previous = [c.selfK, c.selfV];
-        if (c.selfK !== undefined && c.selfV !== undefined) {
-          k = tf.concat([c.selfK, k], 2);
-          v = tf.concat([c.selfV, v], 2);
-        }
-        c.selfK = tf.keep(k);
-        c.selfV = tf.keep(v);
-        for (const t of previous) t?.dispose();
+  /** Names and shapes of every weight, in {@link TransformerPolicy.variables} order. */
+  #shapes(): Map<string, number[]> {
+    const { sourceVocab, targetVocab } = this.options;
+    const d = this.#dims.d;
+    const shapes = new Map<string, number[]>();
+    shapes.set(this.#srcTable, [sourceVocab, d]);
+    if (this.#tgtTable !== this.#srcTable) shapes.set(this.#tgtTable, [targetVocab, d]);
+    if (this.#outTable !== this.#tgtTable) shapes.set(this.#outTable, [targetVocab, d]);
+    for (let i = 0; i < this.config.encoderLayers; i++) {
+      for (const [n, s] of layerParamShapes("encoder", this.#dims)) {
+        shapes.set(`encoder.${i}.${n}`, s);
       }
-      const selfAtt = this.#mergeHeads(this.#attend(q, k, v, causal), rows, length);
-      x = tf.add(x, this.#dropout(this.#dense(selfAtt, `${p}/self/wo`, `${p}/self/bo`), training));
-      const h2 = this.#layerNorm(x, `${p}/ln2`);
-      const cq = this.#splitHeads(this.#dense(h2, `${p}/cross/wq`, `${p}/cross/bq`), rows, length);
-      const [ck, cv] = crossKV[l];
-      const crossAtt = this.#mergeHeads(this.#attend(cq, ck, cv, sourceBias), rows, length);
-      x = tf.add(
-        x,
-        this.#dropout(this.#dense(crossAtt, `${p}/cross/wo`, `${p}/cross/bo`), training),
-      );
-      x = tf.add(
-        x,
-        this.#dropout(this.#ffn(this.#layerNorm(x, `${p}/ln3`), `${p}/ffn`, training), training),
-      );
     }
-    return this.#layerNorm(x, "dec/ln");
-  }
-
-  forward(batch: TokenBatch, options: { training: boolean }): ForwardOutput {
-    const [rows, sourceLength] = batch.source.shape;
-    const length = batch.targetIn.shape[1];
-    const { memory, bias } = this.#encode(batch.source, options.training);
-    const crossKV = Array.from(
-      { length: this.#built.config.decoderLayers },
-      (_, l) => this.#crossKV(memory, l, rows, sourceLength),
-    );
-    const x = this.#dropout(
-      this.#embed(batch.targetIn, this.#p("embed/target"), 0),
-      options.training,
-    );
-    const states = this.#decode(x, rows, length, crossKV, bias, options.training);
-    const logits = tf.reshape(this.#logits(states), [
-      rows,
-      length,
-      this.#built.targetVocab,
-    ]) as tf.Tensor3D;
-    if (!this.hasValueHead) return { logits };
-    const values = tf.reshape(this.#dense(states, "value/w", "value/b"), [
-      rows,
-      length,
-    ]) as tf.Tensor2D;
-    return { logits, values };
-  }
-
-  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
-    return tf.tidy(() => {
-      const { logits } = this.forward(batch, options);
-      const [rows, length, vocab] = logits.shape;
-      const flat = tf.reshape(logits, [rows * length, vocab]);
-      const indices = tf.add(
-        tf.mul(tf.range(0, rows * length, 1, "int32"), tf.scalar(vocab, "int32")),
-        tf.reshape(batch.targetOut, [-1]),
-      );
-      const picked = tf.gather(tf.reshape(flat, [-1]), indices);
-      const logProbs = tf.sub(picked, tf.logSumExp(flat, -1));
-      return tf.mul(tf.reshape(logProbs, [rows, length]), batch.targetMask) as tf.Tensor2D;
-    });
-  }
-
-  /** Pads id lists (EOS appended) into a `[R, S]` int32 tensor. */
-  #sourceTensor(sources: readonly number[][]): tf.Tensor2D {
-    const withEos = sources.map((s) =>
-      s.at(-1) === this.specials.eos ? s : [...s, this.specials.eos]
-    );
-    const length = Math.max(...withEos.map((s) => s.length));
-    const data = new Int32Array(withEos.length * length).fill(this.specials.pad);
-    withEos.forEach((s, i) => data.set(s, i * length));
-    return tf.tensor2d(data, [withEos.length, length], "int32");
-  }
-
-  /**
-   * Runs incremental decoding for `rows` decoder rows (row r decodes source `sourceOf[r]`).
-   * `choose(logProbs, step, alive)` picks the next token of every row from `[R, V]`
-   * log-probabilities (already transformed to the caller's distribution) and may reorder rows
-   * (beam search) by returning `parents`.
-   */
-  #incremental(
-    sources: readonly number[][],
-    sourceOf: readonly number[],
-    maxLen: number,
-    choose: (
-      logProbs: Float32Array,
-      vocab: number,
-      step: number,
-    ) => { tokens: number[]; parents?: number[]; done: boolean },
-  ): void {
-    const vocab = this.#built.targetVocab;
-    const rows = sourceOf.length;
-    const layers = this.#built.config.decoderLayers;
-    const setup = tf.tidy(() => {
-      const source = this.#sourceTensor(sources);
-      const { memory, bias } = this.#encode(source, false);
-      const sourceLength = source.shape[1];
-      const take = tf.tensor1d(sourceOf as number[], "int32");
-      const kv = Array.from({ length: layers }, (_, l) => {
-        const [k, v] = this.#crossKV(memory, l, sources.length, sourceLength);
-        return [tf.gather(k, take), tf.gather(v, take)] as [tf.Tensor4D, tf.Tensor4D];
-      });
-      return { kv, bias: tf.gather(bias, take) as tf.Tensor4D };
-    });
-    let crossKV = setup.kv;
-    let sourceBias = setup.bias;
-    let cache: LayerCache[] = crossKV.map(([k, v]) => ({ crossK: k, crossV: v }));
-    let tokens = new Array<number>(rows).fill(this.specials.bos);
-    try {
-      for (let step = 0; step < maxLen; step++) {
-        const logProbs = tf.tidy(() => {
-          const ids = tf.tensor2d(tokens, [rows, 1], "int32");
-          const x = this.#embed(ids, this.#p("embed/target"), step);
-          const states = this.#decode(x, rows, 1, crossKV, sourceBias, false, cache);
-          return tf.logSoftmax(this.#logits(states));
-        });
-        const values = Float32Array.from(logProbs.dataSync() as Float32Array);
-        logProbs.dispose();
-        // Padding and BOS are never generated.
-        for (let r = 0; r < rows; r++) {
-          values[r * vocab + this.specials.pad] = -Infinity;
-          values[r * vocab + this.specials.bos] = -Infinity;
-        }
-        const choice = choose(values, vocab, step);
-        tokens = choice.tokens;
-        if (choice.done) break;
-        if (choice.parents !== undefined) {
-          const parents = tf.tensor1d(choice.parents, "int32");
-          const reorder = <T extends tf.Tensor>(t: T | undefined): T | undefined => {
-            if (t === undefined) return undefined;
-            const next = tf.gather(t, parents) as T;
-            t.dispose();
-            return next;
-          };
-          cache = cache.map((c) => ({
-            selfK: reorder(c.selfK),
-            selfV: reorder(c.selfV),
-            crossK: reorder(c.crossK)!,
-            crossV: reorder(c.crossV)!,
-          }));
-          crossKV = cache.map((c) => [c.crossK, c.crossV]);
-          sourceBias = reorder(sourceBias)!;
-          parents.dispose();
-        }
+    shapes.set("encoder.norm.g", [d]);
+    shapes.set("encoder.norm.b", [d]);
+    for (let i = 0; i < this.config.decoderLayers; i++) {
+      for (const [n, s] of layerParamShapes("decoder", this.#dims)) {
+        shapes.set(`decoder.${i}.${n}`, s);
       }
-    } finally {
-      for (const c of cache) {
-        tf.dispose(
-          [c.selfK, c.selfV, c.crossK, c.crossV].filter((t) => t !== undefined) as tf.Tensor[],
-        );
-      }
-      sourceBias.dispose();
     }
+    shapes.set("decoder.norm.g", [d]);
+    shapes.set("decoder.norm.b", [d]);
+    if (this.hasValueHead) {
+      shapes.set("value.w", [d, 1]);
+      shapes.set("value.b", [1]);
+    }
+    return shapes;
   }
 
-  /** Decodes sources in length buckets of `batchSize`, restoring the input order. */
-  async #bucketed<T>(
-    sources: readonly number[][],
-    batchSize: number,
-    run: (chunk: number[][], chunkIndex: number) => T[],
-  ): Promise<T[]> {
-    const order = sources.map((_, i) => i).sort((a, b) =>
-      sources[a].length - sources[b].length || a - b
-    );
-    const out = new Array<T>(sources.length);
-    for (let start = 0; start < order.length; start += batchSize) {
-      const ids = order.slice(start, start + batchSize);
-      const results = run(ids.map((i) => sources[i]), start);
-      ids.forEach((i, j) => (out[i] = results[j]));
-      // Yield to the event loop between buckets (progress output, signals).
-      await new Promise((resolve) => setTimeout(resolve, 0));
+  #initialValues(name: string, shape: number[], rng: Rng): Float32Array {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const out = new Float32Array(size);
+    const scale = this.config.initScale;
+    const last = name.slice(name.lastIndexOf(".") + 1);
+    if (name === "embed" || name.startsWith("embed.") || name === "output") {
+      const std = scale / Math.sqrt(this.#dims.d);
+      for (let i = 0; i < size; i++) out[i] = normal(rng) * std;
+    } else if (last === "g") {
+      out.fill(1);
+    } else if (last === "w") {
+      // Xavier/Glorot uniform; fused QKV/KV projections count as separate d x d matrices.
+      const [fanIn, fanOut] = shape;
+      const parts = name.endsWith("qkv.w") ? 3 : name.endsWith("kv.w") ? 2 : 1;
+      const limit = scale * Math.sqrt(6 / (fanIn + fanOut / parts));
+      for (let i = 0; i < size; i++) out[i] = (2 * rng.next() - 1) * limit;
     }
     return out;
   }
 
-  greedy(sources: readonly number[][], options: DecodeOptions): Promise<Generation[]> {
-    return this.#bucketed(sources, options.batchSize ?? 64, (chunk) => {
-      const gens = chunk.map(() => ({
-        tokens: [] as number[],
-        logProbs: [] as number[],
-        score: 0,
-      }));
-      const finished = new Array<boolean>(chunk.length).fill(false);
-      this.#incremental(chunk, chunk.map((_, i) => i), options.maxLen, (lp, vocab) => {
-        const next: number[] = [];
-        for (let r = 0; r < chunk.length; r++) {
-          if (finished[r]) {
-            next.push(this.specials.pad);
-            continue;
-          }
-          let best = this.specials.eos;
-          for (let v = 0; v < vocab; v++) if (lp[r * vocab + v] > lp[r * vocab + best]) best = v;
-          gens[r].tokens.push(best);
-          gens[r].logProbs.push(lp[r * vocab + best]);
-          gens[r].score += lp[r * vocab + best];
-          if (best === this.specials.eos) finished[r] = true;
-          next.push(best);
-        }
-        return { tokens: next, done: finished.every(Boolean) };
-      });
-      return gens;
-    });
+  #v(name: string): tf.Variable {
+    const v = this.#vars.get(name);
+    if (v === undefined) throw new Error(`transformer: no weight ${name}`);
+    return v;
   }
 
-  sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]> {
-    const n = options.n;
-    const perBatch = Math.max(1, Math.floor((options.batchSize ?? 64) / n));
-    return this.#bucketed(sources, perBatch, (chunk, chunkIndex) => {
-      const rng = new Rng(options.seed).fork(`sample/${chunkIndex}`);
-      const sourceOf = chunk.flatMap((_, i) => new Array<number>(n).fill(i));
-      const rows = sourceOf.length;
-      const gens = sourceOf.map(() => ({
-        tokens: [] as number[],
-        logProbs: [] as number[],
-        score: 0,
-      }));
-      const finished = new Array<boolean>(rows).fill(false);
-      this.#incremental(chunk, sourceOf, options.maxLen, (lp, vocab) => {
-        const next: number[] = [];
-        for (let r = 0; r < rows; r++) {
-          if (finished[r]) {
-            next.push(this.specials.pad);
-            continue;
-          }
-          const token = sampleToken(lp.subarray(r * vocab, (r + 1) * vocab), options, rng);
-          gens[r].tokens.push(token);
-          gens[r].logProbs.push(lp[r * vocab + token]);
-          gens[r].score += lp[r * vocab + token];
-          if (token === this.specials.eos) finished[r] = true;
-          next.push(token);
-        }
-        return { tokens: next, done: finished.every(Boolean) };
-      });
-      return chunk.map((_, i) => gens.slice(i * n, (i + 1) * n));
-    });
+  #layerTensors(stack: "encoder" | "decoder", i: number): tf.Tensor[] {
+    const names = stack === "encoder" ? ENCODER_PARAMS : DECODER_PARAMS;
+    return names.map((n) => this.#v(`${stack}.${i}.${n}`));
   }
 
-  beam(sources: readonly number[][], options: BeamOptions): Promise<Generation[]> {
-    const k = Math.max(1, options.beamSize);
-    const perBatch = Math.max(1, Math.floor((options.batchSize ?? 64) / k));
-    const penalty = (length: number) => Math.pow((5 + length) / 6, options.lengthPenalty);
-    return this.#bucketed(sources, perBatch, (chunk) => {
-      interface Hyp {
-        tokens: number[];
-        logProbs: number[];
-        score: number;
+  /** The sinusoidal table with at least `len` rows. */
+  #positionTable = (len: number): Float32Array => {
+    if (len > this.#positionRows) {
+      this.#positionRows = Math.max(len, 2 * this.#positionRows);
+      this.#positions = sinusoidTable(this.#positionRows, this.#dims.d);
+    }
+    return this.#positions;
+  };
+
+  #alive(): void {
+    if (this.#disposed) throw new Error("transformer policy used after dispose()");
+  }
+
+  /** `[B * T, d]` final decoder states of a teacher-forced pass. */
+  #decoderStates(batch: TokenBatch, training: boolean): tf.Tensor2D {
+    this.#alive();
+    const [b, sLen] = batch.source.shape;
+    const [b2, tLen] = batch.targetIn.shape;
+    if (b !== b2) throw new RangeError(`source batch ${b} != target batch ${b2}`);
+    const pad = this.specials.pad;
+    const srcIds = toInt32(batch.source);
+    const tgtIds = toInt32(batch.targetIn);
+    const srcMask = Uint8Array.from(srcIds, (id) => (id === pad ? 0 : 1));
+    const tgtMask = Uint8Array.from(tgtIds, (id) => (id === pad ? 0 : 1));
+    const run: RunOptions = {
+      training,
+      dropout: this.config.dropout,
+      attentionDropout: this.config.attentionDropout,
+      rng: this.#dropoutRng,
+    };
+    const scale = Math.sqrt(this.#dims.d);
+    const src: Lookup = { ids: srcIds, len: sLen };
+    const tgt: Lookup = { ids: tgtIds, len: tLen };
+    let xs: tf.Tensor2D;
+    let xt: tf.Tensor2D;
+    if (this.#srcTable === this.#tgtTable) {
+      const packed = embedOp(
+        this.#v(this.#srcTable) as tf.Tensor2D,
+        [src, tgt],
+        scale,
+        this.#positionTable,
+        run,
+      );
+      [xs, xt] = tf.split(packed, [b * sLen, b * tLen], 0) as [tf.Tensor2D, tf.Tensor2D];
+    } else {
+      xs = embedOp(this.#v(this.#srcTable) as tf.Tensor2D, [src], scale, this.#positionTable, run);
+      xt = embedOp(this.#v(this.#tgtTable) as tf.Tensor2D, [tgt], scale, this.#positionTable, run);
+    }
+    for (let i = 0; i < this.config.encoderLayers; i++) {
+      xs = encoderLayerOp(xs, this.#layerTensors("encoder", i), b, sLen, this.#dims, srcMask, run);
+    }
+    const enc = layerNormOp(
+      xs,
+      this.#v("encoder.norm.g"),
+      this.#v("encoder.norm.b"),
+      this.#dims.eps,
+    );
+    for (let i = 0; i < this.config.decoderLayers; i++) {
+      xt = decoderLayerOp(
+        xt,
+        enc,
+        this.#layerTensors("decoder", i),
+        b,
+        tLen,
+        sLen,
+        this.#dims,
+        tgtMask,
+        srcMask,
+        run,
+      );
+    }
+    return layerNormOp(xt, this.#v("decoder.norm.g"), this.#v("decoder.norm.b"), this.#dims.eps);
+  }
+
+  /** Teacher-forced forward pass: logits `[B, T, V]` (+ values `[B, T]` with a value head). */
+  forward(batch: TokenBatch, options: { training: boolean }): ForwardOutput {
+    const [b, tLen] = batch.targetIn.shape;
+    const h = this.#decoderStates(batch, options.training);
+    const vocab = this.options.targetVocab;
+    const logits = tf.reshape(tf.matMul(h, this.#v(this.#outTable), false, true), [
+      b,
+      tLen,
+      vocab,
+    ]) as tf.Tensor3D;
+    if (!this.hasValueHead) return { logits };
+    return { logits, values: this.#values(h, b, tLen) };
+  }
+
+  #values(h: tf.Tensor2D, b: number, tLen: number): tf.Tensor2D {
+    return tf.reshape(tf.add(tf.matMul(h, this.#v("value.w")), this.#v("value.b")), [
+      b,
+      tLen,
+    ]) as tf.Tensor2D;
+  }
+
+  /** `[B, T]` value estimates alone (requires the value head). */
+  values(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
+    if (!this.hasValueHead) throw new TypeError("transformer: this policy has no value head");
+    const [b, tLen] = batch.targetIn.shape;
+    return this.#values(this.#decoderStates(batch, options.training), b, tLen);
+  }
+
+  /** `[B, T]` log pi(targetOut_t | ...), exactly 0 at padding (`targetMask` 0). */
+  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
+    return this.smoothedTokenLogProbs(batch, { training: options.training, labelSmoothing: 0 });
+  }
+
+  /**
+   * `[B, T]` label-smoothed log-likelihood per token, `(1 - eps) log p(y_t) + eps mean_v log p(v)`,
+   * 0 at padding; with `labelSmoothing` 0 this is {@link TransformerPolicy.tokenLogProbs}.
+   */
+  smoothedTokenLogProbs(
+    batch: TokenBatch,
+    options: { training: boolean; labelSmoothing: number },
+  ): tf.Tensor2D {
+    const eps = options.labelSmoothing;
+    if (!(eps >= 0 && eps < 1)) {
+      throw new RangeError(`labelSmoothing must be in [0, 1), got ${eps}`);
+    }
+    const [b, tLen] = batch.targetOut.shape;
+    const h = this.#decoderStates(batch, options.training);
+    const targets = toInt32(batch.targetOut);
+    const maskValues = batch.targetMask.dataSync();
+    const active = Uint8Array.from(maskValues, (m) => (m > 0 ? 1 : 0));
+    const lp = outputLogProbsOp(h, this.#v(this.#outTable) as tf.Tensor2D, targets, active, eps);
+    return tf.reshape(lp, [b, tLen]) as tf.Tensor2D;
+  }
+
+  /** A read-only view of the weights for decoding. */
+  #inference(): InferenceModel {
+    this.#alive();
+    const layers = (stack: "encoder" | "decoder", n: number) =>
+      Array.from({ length: n }, (_, i) => {
+        const names = stack === "encoder" ? ENCODER_PARAMS : DECODER_PARAMS;
+        return new ParamView(
+          new Map(names.map((p) => [p, this.#v(`${stack}.${i}.${p}`) as tf.Tensor])),
+        );
+      });
+    return {
+      dims: this.#dims,
+      vocab: this.options.targetVocab,
+      specials: this.specials,
+      srcEmbed: values(this.#v(this.#srcTable)),
+      tgtEmbed: values(this.#v(this.#tgtTable)),
+      scale: Math.sqrt(this.#dims.d),
+      positions: this.#positionTable,
+      encoder: layers("encoder", this.config.encoderLayers),
+      encoderNorm: { g: values(this.#v("encoder.norm.g")), b: values(this.#v("encoder.norm.b")) },
+      decoder: layers("decoder", this.config.decoderLayers),
+      decoderNorm: { g: values(this.#v("decoder.norm.g")), b: values(this.#v("decoder.norm.b")) },
+      output: this.#v(this.#outTable),
+    };
+  }
+
+  /**
+   * Runs `decodeGroup` over length-sorted groups of at most `max(1, floor(batchSize /
+   * rowsPerSource))` sources (each ending with EOS) and puts results back in input order.
+   */
+  #bucketed<T>(
+    sources: readonly number[][],
+    rowsPerSource: number,
+    batchSize: number,
+    decodeGroup: (group: number[][], indices: number[]) => T[],
+  ): T[] {
+    const eos = this.specials.eos;
+    const vocab = this.options.sourceVocab;
+    const normalised = sources.map((s, i) => {
+      for (const id of s) {
+        if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+          throw new RangeError(`source ${i}: token id ${id} outside the vocabulary [0, ${vocab})`);
+        }
       }
-      // Row r = source floor(r / k), beam r % k. Start with one live beam per source.
-      let beams: Hyp[][] = chunk.map(() => [{ tokens: [], logProbs: [], score: 0 }]);
-      const finished: Hyp[][] = chunk.map(() => []);
-      const done = new Array<boolean>(chunk.length).fill(false);
-      const sourceOf = chunk.flatMap((_, i) => new Array<number>(k).fill(i));
-      this.#incremental(chunk, sourceOf, options.maxLen, (lp, vocab, step) => {
-        const tokens: number[] = [];
-        const parents: number[] = [];
-        const nextBeams: Hyp[][] = [];
-        for (let s = 0; s < chunk.length; s++) {
-          const candidates: { parent: number; token: number; score: number }[] = [];
-          if (!done[s]) {
-            beams[s].forEach((hyp, b) => {
-              const row = s * k + b;
-              const top = topIndices(lp.subarray(row * vocab, (row + 1) * vocab), k + 1);
-              for (const token of top) {
-                candidates.push({ parent: b, token, score: hyp.score + lp[row * vocab + token] });
-              }
-            });
-            candidates.sort((a, b) => b.score - a.score);
-          }
-          const alive: Hyp[] = [];
-          const aliveParents: number[] = [];
-          for (let rank = 0; rank < candidates.length; rank++) {
-            const c = candidates[rank];
-            // A finished hypothesis counts only if it ranks among the k best candidates.
-            if (c.token === this.specials.eos && rank >= k) continue;
-            const parent = beams[s][c.parent];
-            const hyp: Hyp = {
-              tokens: [...parent.tokens, c.token],
-              logProbs: [...parent.logProbs, lp[(s * k + c.parent) * vocab + c.token]],
-              score: c.score,
-            };
-            if (c.token === this.specials.eos) {
-              finished[s].push(hyp);
-            } else if (alive.length < k) {
-              alive.push(hyp);
-              aliveParents.push(c.parent);
-            }
-            if (alive.length >= k && rank >= k) break;
-          }
-          const normalized = (h: Hyp) => h.score / penalty(h.tokens.length);
-          finished[s].sort((a, b) => normalized(b) - normalized(a));
-          finished[s].length = Math.min(finished[s].length, k);
-          // Done when k hypotheses finished and none alive scores better (normalised).
-          const bestAlive = alive.length > 0 ? Math.max(...alive.map(normalized)) : -Infinity;
-          if (
-            finished[s].length >= k && normalized(finished[s][0]) >= bestAlive ||
-            alive.length === 0
-          ) {
-            done[s] = true;
-          } else if (step === options.maxLen - 1) {
-            finished[s].push(...alive);
-            done[s] = true;
-          }
-          // Keep k rows per source (duplicates of beam 0 when fewer are alive).
-          const keep = alive.length > 0 ? alive : beams[s].slice(0, 1);
-          const keepParents = alive.length > 0 ? aliveParents : [0];
-          nextBeams.push(keep);
-          for (let b = 0; b < k; b++) {
-            const j = Math.min(b, keep.length - 1);
-            tokens.push(keep[j].tokens.at(-1) ?? this.specials.bos);
-            parents.push(s * k + keepParents[j]);
-          }
-        }
-        beams = nextBeams;
-        return { tokens, parents, done: done.every(Boolean) };
+      return s.length > 0 && s[s.length - 1] === eos ? [...s] : [...s, eos];
+    });
+    const order = normalised.map((_, i) => i).sort((a, b) =>
+      normalised[a].length - normalised[b].length || a - b
+    );
+    const perGroup = Math.max(1, Math.floor(batchSize / rowsPerSource));
+    const out = new Array<T>(sources.length);
+    for (let start = 0; start < order.length; start += perGroup) {
+      const indices = order.slice(start, start + perGroup);
+      let results: T[] = [];
+      tf.tidy(() => {
+        results = decodeGroup(indices.map((i) => normalised[i]), indices);
       });
-      return chunk.map((_, s) => {
-        const pool = finished[s].length > 0 ? finished[s] : beams[s];
-        let best = pool[0];
-        let bestScore = -Infinity;
-        for (const hyp of pool) {
-          const normalized = hyp.score / penalty(hyp.tokens.length);
-          if (normalized > bestScore) {
-            best = hyp;
-            bestScore = normalized;
-          }
-        }
-        return { tokens: best.tokens, logProbs: best.logProbs, score: bestScore };
-      });
+      indices.forEach((i, k) => (out[i] = results[k]));
+    }
+    return out;
+  }
+
+  /** Greedy decoding, one output per source. */
+  // deno-lint-ignore require-await
+  async greedy(sources: readonly number[][], options: DecodeOptions): Promise<Generation[]> {
+    const maxLen = checkMaxLen(options.maxLen);
+    const model = this.#inference();
+    const choose = greedyChooser(model);
+    const rng = new Rng(0);
+    return this.#bucketed(sources, 1, options.batchSize ?? 64, (group) => {
+      const enc = encode(model, group, rng);
+      const rowSource = Int32Array.from(group, (_, i) => i);
+      const decoder = new StepDecoder(model, enc, rowSource, maxLen);
+      return runSearch(decoder, group.length, maxLen, model, choose).map(toGeneration);
     });
   }
 
-  clone(): Policy {
-    const copy = new TransformerPolicy(this.#built, this.specials, this.hasValueHead, this.#seed);
-    copy.copyWeightsFrom(this);
-    return copy;
+  /** `n` samples per source (`result[i][j]`); sample j of source i is reproducible from the seed alone. */
+  // deno-lint-ignore require-await
+  async sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]> {
+    const maxLen = checkMaxLen(options.maxLen);
+    const { n, temperature, topK, topP, seed } = options;
+    if (!Number.isInteger(n) || n < 1) {
+      throw new RangeError(`n must be a positive integer, got ${n}`);
+    }
+    if (!(temperature > 0)) throw new RangeError(`temperature must be > 0, got ${temperature}`);
+    if (!Number.isInteger(topK) || topK < 0) {
+      throw new RangeError(`topK must be an integer >= 0, got ${topK}`);
+    }
+    if (!(topP > 0 && topP <= 1)) throw new RangeError(`topP must be in (0, 1], got ${topP}`);
+    const model = this.#inference();
+    const rng = new Rng(0);
+    return this.#bucketed(sources, n, options.batchSize ?? 64, (group, indices) => {
+      const enc = encode(model, group, rng);
+      const rows = group.length * n;
+      const rowSource = Int32Array.from({ length: rows }, (_, r) => Math.floor(r / n));
+      const rowRngs = Array.from(
+        { length: rows },
+        (_, r) => new Rng(seed).fork(`${indices[Math.floor(r / n)]}/${r % n}`),
+      );
+      const choose = samplingChooser(model, { temperature, topK, topP }, (row) => rowRngs[row]);
+      const decoder = new StepDecoder(model, enc, rowSource, maxLen);
+      const hyps = runSearch(decoder, rows, maxLen, model, choose).map(toGeneration);
+      return group.map((_, i) => hyps.slice(i * n, (i + 1) * n));
+    });
   }
 
+  /** Beam search; returns the best finished hypothesis per source (score: length-penalised). */
+  // deno-lint-ignore require-await
+  async beam(sources: readonly number[][], options: BeamOptions): Promise<Generation[]> {
+    const maxLen = checkMaxLen(options.maxLen);
+    const { beamSize, lengthPenalty } = options;
+    if (!Number.isInteger(beamSize) || beamSize < 1) {
+      throw new RangeError(`beamSize must be a positive integer, got ${beamSize}`);
+    }
+    if (!Number.isFinite(lengthPenalty)) {
+      throw new RangeError(`lengthPenalty must be finite, got ${lengthPenalty}`);
+    }
+    const model = this.#inference();
+    const rng = new Rng(0);
+    return this.#bucketed(sources, beamSize, options.batchSize ?? 64, (group) => {
+      const enc = encode(model, group, rng);
+      const rowSource = Int32Array.from(
+        { length: group.length * beamSize },
+        (_, r) => Math.floor(r / beamSize),
+      );
+      const decoder = new StepDecoder(model, enc, rowSource, maxLen);
+      return beamSearch(decoder, group.length, maxLen, model, { beamSize, lengthPenalty }).map(
+        toGeneration,
+      );
+    });
+  }
+
+  /** A new policy with the same architecture and a copy of the weights. */
+  clone(): TransformerPolicy {
+    return new TransformerPolicy(this.config, this.options, this.save());
+  }
+
+  /** Copies every weight from a policy of the same architecture. */
   copyWeightsFrom(other: Policy): void {
-    if (!(other instanceof TransformerPolicy)) {
-      throw new TypeError("copyWeightsFrom: the other policy is not a transformer");
-    }
-    for (const [name, variable] of this.#params) {
-      const source = other.#params.get(name);
-      if (source === undefined || !tf.util.arraysEqual(source.shape, variable.shape)) {
-        throw new TypeError(`copyWeightsFrom: parameter ${name} differs between the policies`);
-      }
-      variable.assign(source);
-    }
+    if (other === this) return;
+    this.load(other.save());
   }
 
+  /** Serialises the config, vocabulary sizes and all weights. */
   save(): PolicyState {
+    this.#alive();
+    let total = 0;
     const weights: PolicyState["weights"] = [];
-    let offset = 0;
-    for (const [name, variable] of this.#params) {
-      weights.push({ name, shape: variable.shape, offset });
-      offset += variable.size;
+    for (const [name, v] of this.#vars) {
+      weights.push({ name, shape: [...v.shape], offset: total });
+      total += v.size;
     }
-    const data = new Float32Array(offset);
+    const data = new Float32Array(total);
     let i = 0;
-    for (const variable of this.#params.values()) {
-      data.set(variable.dataSync() as Float32Array, weights[i++].offset);
+    for (const v of this.#vars.values()) {
+      data.set(values(v), weights[i++].offset);
     }
     return {
       config: {
         model: "transformer",
-        ...this.#built.config,
-        sourceVocab: this.#built.sourceVocab,
-        targetVocab: this.#built.targetVocab,
-        valueHead: this.hasValueHead,
+        ...this.config,
+        sourceVocab: this.options.sourceVocab,
+        targetVocab: this.options.targetVocab,
+        valueHead: this.options.valueHead,
+        seed: this.options.seed,
+        specials: { ...this.specials },
       },
       weights,
       data,
     };
   }
 
+  /** Restores weights saved by {@link TransformerPolicy.save}; names and shapes must match. */
   load(state: PolicyState): void {
-    const byName = new Map(state.weights.map((w) => [w.name, w]));
-    for (const [name, variable] of this.#params) {
-      const entry = byName.get(name);
-      if (entry === undefined) throw new TypeError(`load: the saved weights have no ${name}`);
-      if (!tf.util.arraysEqual(entry.shape, variable.shape)) {
-        throw new TypeError(
-          `load: ${name} has shape [${entry.shape}] in the saved weights, [${variable.shape}] here`,
-        );
-      }
-      const values = state.data.subarray(entry.offset, entry.offset + variable.size);
-      if (values.length !== variable.size) throw new TypeError(`load: ${name} is truncated`);
-      tf.tidy(() => variable.assign(tf.tensor(values, variable.shape)));
+    this.#alive();
+    const shapes = new Map([...this.#vars].map(([n, v]) => [n, [...v.shape]]));
+    checkState(state, shapes);
+    const index = new Map(state.weights.map((w) => [w.name, w]));
+    for (const [name, v] of this.#vars) {
+      const w = index.get(name)!;
+      const t = tf.tensor(state.data.slice(w.offset, w.offset + v.size), v.shape, "float32");
+      v.assign(t);
+      t.dispose();
     }
   }
 
+  /** Frees every variable. Further use throws. */
   dispose(): void {
-    for (const variable of this.#params.values()) variable.dispose();
-    this.#positions.dispose();
+    if (this.#disposed) return;
+    for (const v of this.#vars.values()) v.dispose();
+    this.#vars.clear();
+    this.#disposed = true;
   }
 }
 
-/** Indices of the `k` largest values (descending). */
-function topIndices(values: Float32Array, k: number): number[] {
-  const best: number[] = [];
-  for (let i = 0; i < values.length; i++) {
-    if (best.length < k) {
-      best.push(i);
-      best.sort((a, b) => values[b] - values[a]);
-    } else if (values[i] > values[best[k - 1]]) {
-      best[k - 1] = i;
-      best.sort((a, b) => values[b] - values[a]);
+function toInt32(t: tf.Tensor): Int32Array {
+  const v = t.dataSync();
+  return v instanceof Int32Array ? v : Int32Array.from(v as ArrayLike<number>);
+}
+
+function toGeneration(h: Hypothesis): Generation {
+  return { tokens: h.tokens, logProbs: h.logProbs, score: h.score };
+}
+
+function checkMaxLen(maxLen: number): number {
+  if (!Number.isInteger(maxLen) || maxLen < 1) {
+    throw new RangeError(`maxLen must be a positive integer, got ${maxLen}`);
+  }
+  return maxLen;
+}
+
+function checkConfig(c: TransformerConfig, o: BuildOptions): void {
+  const positiveInts: (keyof TransformerConfig)[] = ["dModel", "heads", "ffn", "maxPositions"];
+  for (const key of positiveInts) {
+    const v = c[key] as number;
+    if (!Number.isInteger(v) || v < 1) {
+      throw new RangeError(`transformer: ${key} must be a positive integer, got ${v}`);
     }
   }
-  return best;
+  for (const key of ["encoderLayers", "decoderLayers"] as const) {
+    if (!Number.isInteger(c[key]) || c[key] < 0) {
+      throw new RangeError(`transformer: ${key} must be an integer >= 0, got ${c[key]}`);
+    }
+  }
+  if (c.dModel % c.heads !== 0) {
+    throw new RangeError(`transformer: heads (${c.heads}) must divide dModel (${c.dModel})`);
+  }
+  for (const key of ["dropout", "attentionDropout", "labelSmoothing"] as const) {
+    if (!(c[key] >= 0 && c[key] < 1)) {
+      throw new RangeError(`transformer: ${key} must be in [0, 1), got ${c[key]}`);
+    }
+  }
+  for (const key of ["sourceVocab", "targetVocab"] as const) {
+    const v = o[key];
+    if (!Number.isInteger(v) || v < 2) {
+      throw new RangeError(`transformer: ${key} must be an integer >= 2, got ${v}`);
+    }
+  }
+  for (const [name, id] of Object.entries(o.specials)) {
+    if (!Number.isInteger(id) || id < 0 || id >= o.targetVocab) {
+      throw new RangeError(`transformer: special id ${name}=${id} outside the target vocabulary`);
+    }
+  }
 }
 
-/** Draws a token from log-probabilities with temperature, top-k and top-p truncation. */
+function checkState(state: PolicyState, shapes: ReadonlyMap<string, number[]>): void {
+  const index = new Map(state.weights.map((w) => [w.name, w]));
+  const problems: string[] = [];
+  for (const [name, shape] of shapes) {
+    const w = index.get(name);
+    if (w === undefined) problems.push(`missing weight ${name}`);
+    else if (w.shape.join("x") !== shape.join("x")) {
+      problems.push(`${name} has shape [${w.shape}], expected [${shape}]`);
+    } else if (w.offset < 0 || w.offset + shape.reduce((a, b) => a * b, 1) > state.data.length) {
+      problems.push(`${name} lies outside the data buffer`);
+    }
+  }
+  for (const name of index.keys()) {
+    if (!shapes.has(name)) problems.push(`unexpected weight ${name}`);
+  }
+  if (problems.length > 0) {
+    throw new RangeError(
+      `transformer: saved state does not match the architecture: ${problems.join("; ")}`,
+    );
+  }
+}
+
+/**
+ * Rebuilds a policy from {@link TransformerPolicy.save}'s output alone (its config holds the
+ * architecture, vocabulary sizes, value head and special ids).
+ */
+export function restoreTransformer(state: PolicyState): TransformerPolicy {
+  const c = state.config as Record<string, unknown>;
+  const config = { ...TRANSFORMER_DEFAULTS } as Record<string, unknown>;
+  for (const key of Object.keys(TRANSFORMER_DEFAULTS)) if (key in c) config[key] = c[key];
+  const options: BuildOptions = {
+    sourceVocab: Number(c.sourceVocab),
+    targetVocab: Number(c.targetVocab),
+    valueHead: Boolean(c.valueHead),
+    seed: Number(c.seed ?? 0),
+    specials: c.specials as SpecialIds,
+  };
+  return new TransformerPolicy(config as unknown as TransformerConfig, options, state);
+}
+
+/**
+ * Draws a token id from a row of log-probabilities (or logits) with temperature, top-k and
+ * nucleus truncation, using one draw from `rng`; the same sampler the policy uses.
+ */
 export function sampleToken(
   logProbs: Float32Array,
   options: { temperature: number; topK: number; topP: number },
   rng: Rng,
 ): number {
-  const vocab = logProbs.length;
-  const t = options.temperature;
-  let candidates: number[];
-  if (options.topK > 0 && options.topK < vocab) candidates = topIndices(logProbs, options.topK);
-  else candidates = Array.from({ length: vocab }, (_, i) => i);
-  let max = -Infinity;
-  for (const i of candidates) max = Math.max(max, logProbs[i] / t);
-  let weights = candidates.map((i) => Math.exp(logProbs[i] / t - max));
-  if (options.topP < 1) {
-    const order = candidates.map((_, j) => j).sort((a, b) => weights[b] - weights[a]);
-    const total = weights.reduce((a, b) => a + b, 0);
-    let mass = 0;
-    const kept = new Set<number>();
-    for (const j of order) {
-      kept.add(j);
-      mass += weights[j] / total;
-      if (mass >= options.topP) break;
-    }
-    weights = weights.map((w, j) => (kept.has(j) ? w : 0));
-  }
-  const total = weights.reduce((a, b) => a + b, 0);
-  let u = rng.next() * total;
-  for (let j = 0; j < candidates.length; j++) {
-    u -= weights[j];
-    if (u < 0) return candidates[j];
-  }
-  // Rounding: the last candidate with non-zero weight.
-  for (let j = candidates.length - 1; j >= 0; j--) if (weights[j] > 0) return candidates[j];
-  return candidates[0];
+  return new RowSampler(logProbs.length, options).sample(logProbs, 0, rng);
 }
 
+/** The smoke-test shape: d 32, 2 heads, FFN 64, one encoder and one decoder layer. */
+export function smokeConfig(config: Partial<TransformerConfig>): Partial<TransformerConfig> {
+  return { ...config, dModel: 32, heads: 2, ffn: 64, encoderLayers: 1, decoderLayers: 1 };
+}
+
+/** The `transformer` model plugin. */
 export default definePlugin({
   kind: "model",
   name: "transformer",
-  summary: "Pre-LN encoder-decoder transformer policy with cached incremental decoding.",
+  summary: "Pre-LN encoder-decoder transformer with sinusoidal positions, tied embeddings, " +
+    "cached incremental decoding (greedy, sampling, beam) and an optional value head.",
   configSchema: {
     type: "object",
     additionalProperties: false,
@@ -794,88 +729,97 @@ export default definePlugin({
       dModel: {
         type: "integer",
         minimum: 2,
-        maximum: 8192,
-        default: 256,
-        description: "Model width d_model.",
+        default: TRANSFORMER_DEFAULTS.dModel,
+        description: "Model width d (embedding and hidden size); a multiple of heads.",
       },
       heads: {
         type: "integer",
         minimum: 1,
-        maximum: 128,
-        default: 4,
-        description: "Attention heads (must divide dModel).",
+        default: TRANSFORMER_DEFAULTS.heads,
+        description: "Attention heads per layer; must divide dModel.",
       },
       ffn: {
         type: "integer",
         minimum: 1,
-        maximum: 65536,
-        default: 1024,
-        description: "Feed-forward width.",
+        default: TRANSFORMER_DEFAULTS.ffn,
+        description: "Inner width of each feed-forward sublayer.",
       },
       encoderLayers: {
         type: "integer",
-        minimum: 1,
-        maximum: 64,
-        default: 3,
-        description: "Encoder layers.",
+        minimum: 0,
+        default: TRANSFORMER_DEFAULTS.encoderLayers,
+        description: "Number of encoder layers.",
       },
       decoderLayers: {
         type: "integer",
-        minimum: 1,
-        maximum: 64,
-        default: 3,
-        description: "Decoder layers.",
+        minimum: 0,
+        default: TRANSFORMER_DEFAULTS.decoderLayers,
+        description: "Number of decoder layers.",
       },
       dropout: {
         type: "number",
         minimum: 0,
-        maximum: 0.9,
-        default: 0.1,
-        description: "Dropout rate while training.",
+        exclusiveMaximum: 1,
+        default: TRANSFORMER_DEFAULTS.dropout,
+        description: "Dropout rate on embeddings and sublayer outputs, applied only when training.",
+      },
+      attentionDropout: {
+        type: "number",
+        minimum: 0,
+        exclusiveMaximum: 1,
+        default: TRANSFORMER_DEFAULTS.attentionDropout,
+        description: "Dropout rate on attention probabilities, applied only when training.",
+      },
+      activation: {
+        type: "string",
+        enum: ["relu", "gelu"],
+        default: TRANSFORMER_DEFAULTS.activation,
+        description: "Feed-forward activation: relu, or gelu (tanh approximation).",
+      },
+      labelSmoothing: {
+        type: "number",
+        minimum: 0,
+        exclusiveMaximum: 1,
+        default: TRANSFORMER_DEFAULTS.labelSmoothing,
+        description: "Label smoothing eps used by nllLoss (core/batch.ts) when the loss does " +
+          "not set its own: the target is (1 - eps) one-hot + eps uniform.",
       },
       shareEmbeddings: {
+        type: "string",
         enum: ["all", "decoder", "none"],
-        default: "all",
-        description:
-          "Share embeddings: all (source, target and output; needs a joint vocabulary), " +
-          "decoder (target and output), none.",
+        default: TRANSFORMER_DEFAULTS.shareEmbeddings,
+        description: "Tied embeddings: all (source, target and output projection share one " +
+          "table; needs a joint vocabulary, otherwise behaves as decoder), decoder (target " +
+          "embedding = output projection), none.",
       },
       maxPositions: {
         type: "integer",
-        minimum: 8,
-        maximum: 65536,
-        default: 256,
-        description: "Longest sequence (tokens) the position table covers.",
+        minimum: 1,
+        default: TRANSFORMER_DEFAULTS.maxPositions,
+        description: "Rows of the precomputed sinusoidal position table; longer sequences " +
+          "extend it (sinusoidal positions have no hard limit).",
+      },
+      initScale: {
+        type: "number",
+        exclusiveMinimum: 0,
+        default: TRANSFORMER_DEFAULTS.initScale,
+        description: "Multiplier on the initial weight scales (Xavier uniform projections, " +
+          "N(0, 1/d) embeddings).",
+      },
+      layerNormEps: {
+        type: "number",
+        exclusiveMinimum: 0,
+        default: TRANSFORMER_DEFAULTS.layerNormEps,
+        description: "Epsilon added to the variance in layer norm.",
       },
     },
   },
-  check: (config: TransformerConfig) =>
-    config.dModel % config.heads === 0 ? [] : [{
-      path: "/heads",
-      message: `must divide dModel (${config.dModel}) (got ${config.heads})`,
-    }],
-  smoke: (config: TransformerConfig): TransformerConfig => ({
-    ...config,
-    dModel: Math.min(config.dModel, 32),
-    heads: Math.min(config.heads, 2),
-    ffn: Math.min(config.ffn, 64),
-    encoderLayers: 1,
-    decoderLayers: 1,
-  }),
-  create(config: TransformerConfig): ModelFactory {
+  smoke: smokeConfig,
+  create(config: Partial<TransformerConfig>): ModelFactory {
+    const resolved = { ...TRANSFORMER_DEFAULTS, ...config };
     return {
-      build({ sourceVocab, targetVocab, specials, valueHead, seed }) {
-        if (config.shareEmbeddings === "all" && sourceVocab !== targetVocab) {
-          throw new RangeError(
-            `transformer: shareEmbeddings "all" needs a joint vocabulary (source ${sourceVocab}, target ${targetVocab}); use "decoder"`,
-          );
-        }
-        return new TransformerPolicy(
-          { config, sourceVocab, targetVocab },
-          specials,
-          valueHead,
-          seed,
-        );
+      build(options: BuildOptions): Policy {
+        return new TransformerPolicy(resolved, options);
       },
     };
   },

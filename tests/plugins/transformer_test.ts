@@ -1,11 +1,17 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer, { sampleToken } from "../../plugins/models/transformer.ts";
+import transformer, {
+  restoreTransformer,
+  sampleToken,
+  TRANSFORMER_DEFAULTS,
+  type TransformerPolicy,
+} from "../../plugins/models/transformer.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
+import { FusedAdam } from "../../plugins/models/_adam.ts";
 import { Rng } from "../../core/random.ts";
-import type { Policy } from "../../core/policy.ts";
+import type { ModelFactory, Policy } from "../../core/policy.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -240,4 +246,449 @@ Deno.test("sampleToken respects temperature, top-k and top-p", () => {
     if (sampleToken(lp, { temperature: 0.1, topK: 0, topP: 1 }, rng) === 0) low++;
   }
   assert.ok(low > 980, `temperature 0.1 picks the mode almost always (${low})`);
+});
+
+// ---------------------------------------------------------------------------------------
+// A plain-tfjs reference of the same architecture (standard ops and tfjs's own gradients):
+// the fused layers' forward and hand-written backward passes must agree with it.
+
+function byName(policy: Policy): Map<string, tf.Variable> {
+  return new Map(policy.variables.map((v) => [v.name.slice(v.name.indexOf("/") + 1), v]));
+}
+
+function refLayerNorm(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, 1e-5))), g), b);
+}
+
+function refAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  b: number,
+  tq: number,
+  sk: number,
+  heads: number,
+  bias: tf.Tensor,
+): tf.Tensor2D {
+  const d = q.shape[1];
+  const dk = d / heads;
+  const split = (x: tf.Tensor2D, len: number) =>
+    tf.transpose(tf.reshape(x, [b, len, heads, dk]), [0, 2, 1, 3]);
+  const scores = tf.add(
+    tf.div(tf.matMul(split(q, tq), split(k, sk), false, true), Math.sqrt(dk)),
+    bias,
+  );
+  const out = tf.matMul(tf.softmax(scores), split(v, sk));
+  return tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b * tq, d]) as tf.Tensor2D;
+}
+
+function refForward(
+  policy: Policy,
+  batch: ReturnType<typeof makeBatch>,
+  config: { heads: number; activation?: "relu" | "gelu" },
+): tf.Tensor2D {
+  const w = byName(policy);
+  const p = (name: string) => {
+    const v = w.get(name);
+    if (v === undefined) throw new Error(`no ${name}`);
+    return v;
+  };
+  const [b, s] = batch.source.shape;
+  const t = batch.targetIn.shape[1];
+  const d = p("encoder.norm.g").shape[0];
+  const heads = config.heads;
+  const pe = (len: number) => {
+    const rows: number[][] = [];
+    for (let pos = 0; pos < len; pos++) {
+      const row: number[] = [];
+      for (let i = 0; i < d; i++) {
+        const angle = pos / Math.pow(10000, (i - (i % 2)) / d);
+        row.push(i % 2 === 0 ? Math.sin(angle) : Math.cos(angle));
+      }
+      rows.push(row);
+    }
+    return tf.tensor2d(rows);
+  };
+  const srcTable = w.has("embed") ? "embed" : "embed.source";
+  const tgtTable = w.has("embed") ? "embed" : "embed.target";
+  const outTable = w.has("output") ? "output" : tgtTable;
+  const embed = (table: string, ids: tf.Tensor2D, len: number) =>
+    tf.reshape(
+      tf.add(tf.mul(tf.gather(p(table), ids), Math.sqrt(d)), pe(len)),
+      [b * len, d],
+    ) as tf.Tensor2D;
+  const linear = (x: tf.Tensor, name: string) =>
+    tf.add(tf.matMul(x as tf.Tensor2D, p(`${name}.w`)), p(`${name}.b`)) as tf.Tensor2D;
+  const act = (x: tf.Tensor) =>
+    config.activation === "gelu"
+      ? tf.mul(
+        tf.mul(x, 0.5),
+        tf.add(
+          1,
+          tf.tanh(tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.pow(x, 3))))),
+        ),
+      )
+      : tf.relu(x);
+  const srcPad = tf.reshape(
+    tf.mul(tf.sub(1, tf.cast(tf.notEqual(batch.source, 0), "float32")), -1e9),
+    [b, 1, 1, s],
+  );
+  const causal = tf.tensor2d(
+    Array.from({ length: t }, (_, i) => Array.from({ length: t }, (_, j) => (j > i ? -1e9 : 0))),
+  );
+  let x = embed(srcTable, batch.source, s);
+  let l = 0;
+  while (w.has(`encoder.${l}.qkv.w`)) {
+    const n = `encoder.${l}`;
+    const qkv = linear(refLayerNorm(x, p(`${n}.ln1.g`), p(`${n}.ln1.b`)), `${n}.qkv`);
+    const [q, k, v] = tf.split(qkv, 3, 1) as tf.Tensor2D[];
+    x = tf.add(x, linear(refAttention(q, k, v, b, s, s, heads, srcPad), `${n}.out`));
+    const h = act(linear(refLayerNorm(x, p(`${n}.ln2.g`), p(`${n}.ln2.b`)), `${n}.ff1`));
+    x = tf.add(x, linear(h, `${n}.ff2`));
+    l++;
+  }
+  const enc = refLayerNorm(x, p("encoder.norm.g"), p("encoder.norm.b"));
+  let y = embed(tgtTable, batch.targetIn, t);
+  l = 0;
+  while (w.has(`decoder.${l}.qkv.w`)) {
+    const n = `decoder.${l}`;
+    const qkv = linear(refLayerNorm(y, p(`${n}.ln1.g`), p(`${n}.ln1.b`)), `${n}.qkv`);
+    const [q, k, v] = tf.split(qkv, 3, 1) as tf.Tensor2D[];
+    y = tf.add(y, linear(refAttention(q, k, v, b, t, t, heads, causal), `${n}.out`));
+    const cq = linear(refLayerNorm(y, p(`${n}.lnc.g`), p(`${n}.lnc.b`)), `${n}.q`);
+    const [ck, cv] = tf.split(linear(enc, `${n}.kv`), 2, 1) as tf.Tensor2D[];
+    y = tf.add(y, linear(refAttention(cq, ck, cv, b, t, s, heads, srcPad), `${n}.cout`));
+    const h = act(linear(refLayerNorm(y, p(`${n}.ln2.g`), p(`${n}.ln2.b`)), `${n}.ff1`));
+    y = tf.add(y, linear(h, `${n}.ff2`));
+    l++;
+  }
+  const hf = refLayerNorm(y, p("decoder.norm.g"), p("decoder.norm.b"));
+  return tf.matMul(hf as tf.Tensor2D, p(outTable), false, true);
+}
+
+function refLoss(
+  policy: Policy,
+  batch: ReturnType<typeof makeBatch>,
+  config: { heads: number; activation?: "relu" | "gelu" },
+  eps: number,
+): tf.Scalar {
+  const logits = refForward(policy, batch, config);
+  const vocab = logits.shape[1];
+  const logp = tf.logSoftmax(logits);
+  const target = tf.sum(tf.mul(logp, tf.oneHot(tf.reshape(batch.targetOut, [-1]), vocab)), -1);
+  const perToken = tf.add(tf.mul(target, 1 - eps), tf.mul(tf.mean(logp, -1), eps));
+  const mask = tf.reshape(batch.targetMask, [-1]);
+  return tf.div(tf.neg(tf.sum(tf.mul(perToken, mask))), tf.sum(mask)) as tf.Scalar;
+}
+
+const MIXED = [
+  { source: [4, 5, 6, 7, 8], target: [9, 10] },
+  { source: [5, 4], target: [11, 10, 9, 8, 7, 6] },
+  { source: [8], target: [4, 4, 5] },
+];
+
+for (
+  const variant of [
+    { name: "tied, relu", config: {}, vocabs: [VOCAB, VOCAB] },
+    {
+      name: "untied, gelu, separate vocabularies",
+      config: { activation: "gelu", shareEmbeddings: "none" },
+      vocabs: [14, VOCAB],
+    },
+    {
+      name: "decoder-tied, 3 heads, 2+1 layers",
+      config: {
+        shareEmbeddings: "decoder",
+        heads: 3,
+        dModel: 12,
+        encoderLayers: 2,
+        decoderLayers: 1,
+      },
+      vocabs: [VOCAB, 13],
+    },
+  ] as const
+) {
+  Deno.test(`fused layers match a plain-tfjs reference: ${variant.name}`, () => {
+    const config = {
+      dModel: 16,
+      heads: 2,
+      ffn: 24,
+      encoderLayers: 1,
+      decoderLayers: 2,
+      dropout: 0,
+      shareEmbeddings: "all" as const,
+      ...variant.config,
+    };
+    const policy = (transformer.create(config, {} as never) as ModelFactory).build({
+      sourceVocab: variant.vocabs[0],
+      targetVocab: variant.vocabs[1],
+      specials,
+      valueHead: false,
+      seed: 11,
+    }) as TransformerPolicy;
+    const batch = makeBatch(MIXED, specials);
+    const ours = tf.tidy(() =>
+      tf.reshape(policy.forward(batch, { training: false }).logits, [-1, variant.vocabs[1]])
+        .arraySync() as number[][]
+    );
+    const ref = tf.tidy(() => refForward(policy, batch, config).arraySync() as number[][]);
+    const mask = batch.targetMask.dataSync();
+    ours.forEach((row, i) => {
+      if (mask[i] > 0) close(row, ref[i], 1e-4, `logits row ${i}`);
+    });
+    for (const eps of [0, 0.1]) {
+      const mine = tf.variableGrads(
+        () => nllLoss(policy, batch, { labelSmoothing: eps, training: false, average: "token" }),
+        policy.variables,
+      );
+      const theirs = tf.variableGrads(() => refLoss(policy, batch, config, eps), policy.variables);
+      assert.ok(
+        Math.abs(mine.value.dataSync()[0] - theirs.value.dataSync()[0]) < 1e-4,
+        `loss ${mine.value.dataSync()[0]} vs ${theirs.value.dataSync()[0]}`,
+      );
+      for (const v of policy.variables) {
+        const a = Array.from(mine.grads[v.name].dataSync());
+        const b = Array.from(theirs.grads[v.name].dataSync());
+        const scale = Math.max(1e-3, ...b.map(Math.abs));
+        close(a.map((x) => x / scale), b.map((x) => x / scale), 2e-4, `eps ${eps} grad ${v.name}`);
+      }
+      tf.dispose([
+        mine.value,
+        theirs.value,
+        ...Object.values(mine.grads),
+        ...Object.values(theirs.grads),
+      ]);
+    }
+    tf.dispose(Object.values(batch));
+    policy.dispose();
+  });
+}
+
+Deno.test("dropout is on only when training, reproducible from the seed, and leak-free", () => {
+  const a = tiny({ dropout: 0.3, seed: 7 });
+  const b = tiny({ dropout: 0.3, seed: 7 });
+  const batch = makeBatch(DATA, specials);
+  const before = tf.memory().numTensors;
+  const lp = (p: Policy, training: boolean) =>
+    tf.tidy(() => Array.from(p.tokenLogProbs(batch, { training }).dataSync()));
+  const evalA = lp(a, false);
+  assert.deepEqual(lp(a, false), evalA, "eval is deterministic");
+  const trainA = lp(a, true);
+  assert.ok(trainA.some((x, i) => Math.abs(x - evalA[i]) > 1e-4), "training applies dropout");
+  assert.deepEqual(lp(b, true), trainA, "equal seeds give equal dropout masks");
+  const { value, grads } = tf.variableGrads(
+    () => nllLoss(a, batch, { labelSmoothing: 0, training: true, average: "sequence" }),
+    a.variables,
+  );
+  assert.ok(Number.isFinite(value.dataSync()[0]));
+  tf.dispose([value, ...Object.values(grads)]);
+  assert.equal(tf.memory().numTensors, before);
+  tf.dispose(Object.values(batch));
+  a.dispose();
+  b.dispose();
+});
+
+Deno.test("decoding: EOS handling, maxLen, batching and temperature", async () => {
+  const policy = tiny({ seed: 3 });
+  const sources = DATA.map((d) => d.source);
+  const withEos = sources.map((s) => [...s, specials.eos]);
+  const g1 = await policy.greedy(sources, { maxLen: 6 });
+  assert.deepEqual(
+    await policy.greedy(withEos, { maxLen: 6 }),
+    g1,
+    "a trailing EOS is not doubled",
+  );
+  assert.deepEqual(await policy.greedy(sources, { maxLen: 6, batchSize: 1 }), g1, "batching");
+  for (const g of g1) {
+    assert.ok(g.tokens.length <= 6);
+    assert.ok(g.tokens.at(-1) === specials.eos || g.tokens.length === 6);
+    assert.ok(!g.tokens.includes(specials.pad) && !g.tokens.includes(specials.bos));
+    assert.ok(Math.abs(g.score - g.logProbs.reduce((x, y) => x + y, 0)) < 1e-9);
+  }
+  const short = await policy.greedy(sources, { maxLen: 1 });
+  assert.ok(short.every((g) => g.tokens.length === 1));
+
+  const opts = { n: 4, maxLen: 6, temperature: 1, topK: 0, topP: 1, seed: 9 };
+  const s1 = await policy.sample(sources, opts);
+  assert.equal(s1.length, sources.length);
+  assert.ok(s1.every((s) => s.length === 4));
+  assert.deepEqual(
+    await policy.sample(sources, { ...opts, batchSize: 3 }),
+    s1,
+    "batch-independent",
+  );
+  const other = await policy.sample(sources, { ...opts, seed: 10 });
+  assert.notDeepEqual(other, s1, "another seed gives other samples");
+  // Sample j of source i depends on (seed, i, j) only, not on the sources after it.
+  assert.deepEqual(await policy.sample(sources.slice(0, 3), opts), s1.slice(0, 3));
+
+  const mean = (s: typeof s1) => {
+    const all = s.flat().flatMap((g) => g.logProbs);
+    return all.reduce((x, y) => x + y, 0) / all.length;
+  };
+  const cold = await policy.sample(sources, { ...opts, n: 16, temperature: 0.2 });
+  const hot = await policy.sample(sources, { ...opts, n: 16, temperature: 5 });
+  assert.ok(mean(cold) > mean(hot), `cold ${mean(cold)} vs hot ${mean(hot)}`);
+
+  await assert.rejects(() => policy.sample(sources, { ...opts, temperature: 0 }), RangeError);
+  await assert.rejects(() => policy.sample(sources, { ...opts, topP: 0 }), RangeError);
+  await assert.rejects(
+    () => policy.beam(sources, { maxLen: 4, beamSize: 0, lengthPenalty: 1 }),
+    RangeError,
+  );
+  await assert.rejects(() => policy.greedy([[VOCAB + 3]], { maxLen: 4 }), RangeError);
+  policy.dispose();
+});
+
+Deno.test("beam search: hypotheses end with EOS, scores are length-penalised, no leaks", async () => {
+  const policy = tiny({ seed: 5 });
+  const sources = DATA.map((d) => d.source);
+  const before = tf.memory().numTensors;
+  for (const alpha of [0, 1]) {
+    const beams = await policy.beam(sources, { maxLen: 7, beamSize: 3, lengthPenalty: alpha });
+    for (const g of beams) {
+      const sum = g.logProbs.reduce((x, y) => x + y, 0);
+      assert.ok(Math.abs(g.score - sum / Math.pow((5 + g.tokens.length) / 6, alpha)) < 1e-9);
+      assert.ok(g.tokens.at(-1) === specials.eos || g.tokens.length === 7);
+    }
+    // The beam's logProbs are the model's: teacher forcing reproduces them.
+    const forced = tf.tidy(() =>
+      policy.tokenLogProbs(
+        makeBatch(
+          beams.map((g, i) => ({
+            source: sources[i],
+            target: g.tokens.at(-1) === specials.eos ? g.tokens.slice(0, -1) : g.tokens,
+          })),
+          specials,
+        ),
+        { training: false },
+      ).arraySync() as number[][]
+    );
+    beams.forEach((g, i) =>
+      close(forced[i].slice(0, g.tokens.length), g.logProbs, 1e-4, `beam ${i}`)
+    );
+  }
+  assert.equal(tf.memory().numTensors, before);
+  policy.dispose();
+});
+
+Deno.test("value head, save/restore through the state alone, plugin definition", async () => {
+  const policy = tiny({ valueHead: true, seed: 2 }) as TransformerPolicy;
+  assert.equal(policy.hasValueHead, true);
+  const batch = makeBatch(DATA, specials);
+  const shape = tf.tidy(() => policy.values(batch, { training: false }).shape);
+  assert.deepEqual(shape, batch.targetOut.shape);
+  const { grads } = tf.variableGrads(
+    () => tf.mean(tf.square(policy.forward(batch, { training: false }).values!)) as tf.Scalar,
+    policy.variables,
+  );
+  const names = Object.keys(grads).map((n) => n.slice(n.indexOf("/") + 1));
+  assert.ok(names.includes("value.w") && names.includes("value.b"));
+  tf.dispose(Object.values(grads));
+
+  const state = policy.save();
+  assert.equal(state.weights.length, policy.variables.length);
+  const restored = restoreTransformer(state);
+  const lp = (p: Policy) => tf.tidy(() => p.tokenLogProbs(batch, { training: false }).arraySync());
+  assert.deepEqual(lp(restored), lp(policy));
+  assert.deepEqual(
+    await restored.greedy([[4, 5]], { maxLen: 5 }),
+    await policy.greedy([[4, 5]], { maxLen: 5 }),
+  );
+  const noHead = tiny({ seed: 2 });
+  assert.throws(() => noHead.load(state), RangeError);
+  noHead.dispose();
+  restored.dispose();
+  policy.dispose();
+  assert.throws(() => policy.variables, /dispose/);
+  tf.dispose(Object.values(batch));
+
+  const props = transformer.configSchema.properties as Record<string, { default: unknown }>;
+  for (const [key, value] of Object.entries(TRANSFORMER_DEFAULTS)) {
+    assert.deepEqual(props[key]?.default, value, key);
+  }
+  const smoke = transformer.smoke!({ ...TRANSFORMER_DEFAULTS });
+  assert.equal(smoke.dModel, 32);
+  assert.equal(smoke.encoderLayers, 1);
+  assert.throws(
+    () =>
+      (transformer.create({ dModel: 10, heads: 3 }, {} as never) as ModelFactory).build({
+        sourceVocab: VOCAB,
+        targetVocab: VOCAB,
+        specials,
+        valueHead: false,
+        seed: 1,
+      }),
+    RangeError,
+  );
+});
+
+Deno.test("FusedAdam matches tf.train.adam and works through minimize", () => {
+  const init = [[0.5, -1.5, 2], [0.1, 0.2, -0.3]];
+  const a = tf.variable(tf.tensor2d(init), true, "fused_adam_test_a");
+  const b = tf.variable(tf.tensor2d(init), true, "fused_adam_test_b");
+  const target = tf.tensor2d([[1, 2, 3], [-1, -2, -3]]);
+  const fused = new FusedAdam(0.05);
+  const reference = tf.train.adam(0.05);
+  const before = tf.memory().numTensors;
+  for (let step = 0; step < 20; step++) {
+    fused.minimize(() => tf.sum(tf.square(tf.sub(tf.mul(a, a), target))) as tf.Scalar, false, [a]);
+  }
+  assert.equal(tf.memory().numTensors, before, "FusedAdam holds no tensors");
+  for (let step = 0; step < 20; step++) {
+    reference.minimize(() => tf.sum(tf.square(tf.sub(tf.mul(b, b), target))) as tf.Scalar, false, [
+      b,
+    ]);
+  }
+  close(Array.from(a.dataSync()), Array.from(b.dataSync()), 1e-5, "weights");
+  tf.dispose([a, b, target]);
+  reference.dispose();
+  fused.dispose();
+});
+
+Deno.test("attention dropout trains and leaves evaluation untouched", () => {
+  const factory = transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 32,
+    encoderLayers: 1,
+    decoderLayers: 1,
+    dropout: 0,
+    attentionDropout: 0.5,
+  }, {} as never) as ModelFactory;
+  const policy = factory.build({
+    sourceVocab: VOCAB,
+    targetVocab: VOCAB,
+    specials,
+    valueHead: false,
+    seed: 1,
+  });
+  const plain = (transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 32,
+    encoderLayers: 1,
+    decoderLayers: 1,
+    dropout: 0,
+  }, {} as never) as ModelFactory).build({
+    sourceVocab: VOCAB,
+    targetVocab: VOCAB,
+    specials,
+    valueHead: false,
+    seed: 1,
+  });
+  const batch = makeBatch(DATA, specials);
+  const lp = (p: Policy, training: boolean) =>
+    tf.tidy(() => Array.from(p.tokenLogProbs(batch, { training }).dataSync()));
+  assert.deepEqual(lp(policy, false), lp(plain, false));
+  assert.notDeepEqual(lp(policy, true), lp(plain, true));
+  const { value, grads } = tf.variableGrads(
+    () => nllLoss(policy, batch, { labelSmoothing: 0.1, training: true, average: "token" }),
+    policy.variables,
+  );
+  assert.ok(Object.values(grads).every((g) => Array.from(g.dataSync()).every(Number.isFinite)));
+  tf.dispose([value, ...Object.values(grads), ...Object.values(batch)]);
+  policy.dispose();
+  plain.dispose();
 });

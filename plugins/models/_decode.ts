@@ -1,0 +1,839 @@
+/**
+ * Incremental decoding of the transformer: an encoder pass per batch of sources, then
+ * one decoder step per output position with a key/value cache (self-attention keys and
+ * values appended per step, cross-attention keys and values computed once per batch),
+ * and the three searches on top: greedy, ancestral sampling (temperature, top-k,
+ * nucleus) and beam search with the GNMT length penalty.
+ *
+ * Only the rows that are still running are computed at each step (finished rows drop
+ * out of the matrix products), and the output projection is applied to the newest
+ * position only. Matrix products go through `tf.matMul`; attention over the cache is a
+ * plain loop. No tensor outlives a call.
+ *
+ * @module
+ */
+
+import type * as tf from "@tensorflow/tfjs-core";
+import type { Rng } from "../../core/random.ts";
+import type { SpecialIds } from "../../core/types.ts";
+import {
+  fastExp,
+  layerNormForward,
+  reluInPlace,
+  rowLogSumExp,
+  splitHeads,
+  sumExp,
+} from "./_kernels.ts";
+import {
+  type Dims,
+  encoderLayerForward,
+  matmul,
+  type ParamView,
+  type RunOptions,
+} from "./_layers.ts";
+
+/** A read-only snapshot of the weights that decoding needs. */
+export interface InferenceModel {
+  /** Model dimensions. */
+  dims: Dims;
+  /** Target vocabulary size. */
+  vocab: number;
+  /** Special ids. */
+  specials: SpecialIds;
+  /** Source embedding table values `[Vs, d]`. */
+  srcEmbed: Float32Array;
+  /** Target embedding table values `[Vt, d]`. */
+  tgtEmbed: Float32Array;
+  /** Embedding scale (sqrt(d)). */
+  scale: number;
+  /** Sinusoidal table with at least `len` rows. */
+  positions(len: number): Float32Array;
+  /** Encoder layers. */
+  encoder: ParamView[];
+  /** Final encoder layer norm. */
+  encoderNorm: { g: Float32Array; b: Float32Array };
+  /** Decoder layers. */
+  decoder: ParamView[];
+  /** Final decoder layer norm. */
+  decoderNorm: { g: Float32Array; b: Float32Array };
+  /** Output projection `[Vt, d]` (used with transposeB). */
+  output: tf.Tensor;
+}
+
+/** An encoded batch of sources. */
+export interface Encoded {
+  /** Number of sources. */
+  b: number;
+  /** Padded source length (EOS included). */
+  sLen: number;
+  /** `[b * sLen]`: 1 at real source tokens. */
+  srcMask: Uint8Array;
+  /** Per decoder layer: cross-attention keys, head-major `[b, heads, sLen, dk]`. */
+  keys: Float32Array[];
+  /** Per decoder layer: cross-attention values, head-major `[b, heads, sLen, dk]`. */
+  vals: Float32Array[];
+}
+
+const INFERENCE: Omit<RunOptions, "rng"> = { training: false, dropout: 0, attentionDropout: 0 };
+
+/** Runs the encoder over `sources` (each already ending with EOS) and precomputes cross-attention keys/values. */
+export function encode(model: InferenceModel, sources: readonly number[][], rng: Rng): Encoded {
+  const { d } = model.dims;
+  const b = sources.length;
+  const sLen = Math.max(1, ...sources.map((s) => s.length));
+  const ids = new Int32Array(b * sLen);
+  const srcMask = new Uint8Array(b * sLen);
+  for (let i = 0; i < b; i++) {
+    const s = sources[i];
+    for (let j = 0; j < s.length; j++) {
+      ids[i * sLen + j] = s[j];
+      srcMask[i * sLen + j] = s[j] === model.specials.pad ? 0 : 1;
+    }
+  }
+  let x = embedRows(model.srcEmbed, ids, sLen, model.scale, model.positions(sLen), d, 0);
+  const run = { ...INFERENCE, rng };
+  for (const layer of model.encoder) {
+    x = encoderLayerForward(x, b, sLen, layer, model.dims, srcMask, run).y;
+  }
+  const enc =
+    layerNormForward(x, d, model.encoderNorm.g, model.encoderNorm.b, model.dims.eps, false).y;
+  const keys: Float32Array[] = [];
+  const vals: Float32Array[] = [];
+  const { heads } = model.dims;
+  for (const layer of model.decoder) {
+    const kv = matmul(
+      { data: enc, shape: [b * sLen, d] },
+      layer.t("kv.w"),
+      false,
+      false,
+      layer.tensor("kv.b"),
+    );
+    keys.push(splitHeads({ buf: kv, stride: 2 * d, offset: 0 }, b, sLen, heads, d / heads));
+    vals.push(splitHeads({ buf: kv, stride: 2 * d, offset: d }, b, sLen, heads, d / heads));
+  }
+  return { b, sLen, srcMask, keys, vals };
+}
+
+/** `table[id] * scale + positions[pos]` for each id, with position `i % len + posOffset`. */
+function embedRows(
+  table: Float32Array,
+  ids: Int32Array,
+  len: number,
+  scale: number,
+  pe: Float32Array,
+  d: number,
+  posOffset: number,
+): Float32Array {
+  const vocab = table.length / d;
+  const out = new Float32Array(ids.length * d);
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (id < 0 || id >= vocab) {
+      throw new RangeError(`token id ${id} outside the vocabulary [0, ${vocab})`);
+    }
+    const src = id * d;
+    const pos = ((i % len) + posOffset) * d;
+    const o = i * d;
+    for (let j = 0; j < d; j++) out[o + j] = table[src + j] * scale + pe[pos + j];
+  }
+  return out;
+}
+
+/**
+ * The decoder run one position at a time for `rows` rows, each attached to a source
+ * (`rowSource`), with per-layer self-attention caches.
+ */
+export class StepDecoder {
+  readonly #model: InferenceModel;
+  readonly #enc: Encoded;
+  readonly #rowSource: Int32Array;
+  readonly #maxSteps: number;
+  readonly #keys: Float32Array[];
+  readonly #vals: Float32Array[];
+
+  /** Prepares caches for `rowSource.length` rows and up to `maxSteps` positions. */
+  constructor(model: InferenceModel, enc: Encoded, rowSource: Int32Array, maxSteps: number) {
+    this.#model = model;
+    this.#enc = enc;
+    this.#rowSource = rowSource;
+    this.#maxSteps = maxSteps;
+    const size = rowSource.length * maxSteps * model.dims.d;
+    this.#keys = model.decoder.map(() => new Float32Array(size));
+    this.#vals = model.decoder.map(() => new Float32Array(size));
+  }
+
+  /**
+   * Feeds `tokens[i]` at position `t` to row `active[i]` and returns the next-token logits
+   * `[active.length, V]`.
+   */
+  step(active: Int32Array, tokens: Int32Array, t: number): Float32Array {
+    if (t >= this.#maxSteps) throw new RangeError(`step ${t} beyond the cache (${this.#maxSteps})`);
+    const model = this.#model;
+    const { d, heads, eps } = model.dims;
+    const dk = d / heads;
+    const a = active.length;
+    const scale = 1 / Math.sqrt(dk);
+    let x = embedRows(model.tgtEmbed, tokens, 1, model.scale, model.positions(t + 1), d, t);
+    const scores = new Float64Array(Math.max(t + 1, this.#enc.sLen));
+    const qh = new Float64Array(dk);
+    const acc = new Float64Array(dk);
+    for (let l = 0; l < model.decoder.length; l++) {
+      const p = model.decoder[l];
+      // masked self-attention over the cache
+      const ln1 = layerNormForward(x, d, p.a("ln1.g"), p.a("ln1.b"), eps, false).y;
+      const qkv = matmul(
+        { data: ln1, shape: [a, d] },
+        p.t("qkv.w"),
+        false,
+        false,
+        p.tensor("qkv.b"),
+      );
+      const keys = this.#keys[l];
+      const vals = this.#vals[l];
+      const headStride = this.#maxSteps * dk;
+      for (let i = 0; i < a; i++) {
+        const rowBase = active[i] * this.#maxSteps * d + t * dk;
+        for (let h = 0; h < heads; h++) {
+          const src = i * 3 * d + h * dk;
+          const dst = rowBase + h * headStride;
+          for (let j = 0; j < dk; j++) {
+            keys[dst + j] = qkv[src + d + j];
+            vals[dst + j] = qkv[src + 2 * d + j];
+          }
+        }
+      }
+      const o1 = new Float32Array(a * d);
+      for (let i = 0; i < a; i++) {
+        const base = active[i] * this.#maxSteps * d;
+        attendOne(
+          qkv,
+          i * 3 * d,
+          keys,
+          vals,
+          base,
+          headStride,
+          t + 1,
+          null,
+          0,
+          heads,
+          dk,
+          scale,
+          scores,
+          qh,
+          acc,
+          o1,
+          i * d,
+        );
+      }
+      const u1 = matmul({ data: o1, shape: [a, d] }, p.t("out.w"), false, false, p.tensor("out.b"));
+      for (let i = 0; i < x.length; i++) u1[i] += x[i];
+      x = u1;
+      // cross-attention to the encoder
+      const lnc = layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), eps, false).y;
+      const q = matmul({ data: lnc, shape: [a, d] }, p.t("q.w"), false, false, p.tensor("q.b"));
+      const sLen = this.#enc.sLen;
+      const ck = this.#enc.keys[l];
+      const cv = this.#enc.vals[l];
+      const o2 = new Float32Array(a * d);
+      for (let i = 0; i < a; i++) {
+        const src = this.#rowSource[active[i]];
+        attendOne(
+          q,
+          i * d,
+          ck,
+          cv,
+          src * sLen * d,
+          sLen * dk,
+          sLen,
+          this.#enc.srcMask,
+          src * sLen,
+          heads,
+          dk,
+          scale,
+          scores,
+          qh,
+          acc,
+          o2,
+          i * d,
+        );
+      }
+      const u2 = matmul(
+        { data: o2, shape: [a, d] },
+        p.t("cout.w"),
+        false,
+        false,
+        p.tensor("cout.b"),
+      );
+      for (let i = 0; i < x.length; i++) u2[i] += x[i];
+      x = u2;
+      // feed-forward
+      const ln2 = layerNormForward(x, d, p.a("ln2.g"), p.a("ln2.b"), eps, false).y;
+      const relu = model.dims.activation === "relu";
+      let h = matmul({ data: ln2, shape: [a, d] }, p.t("ff1.w"), false, false, p.tensor("ff1.b"));
+      h = relu ? reluInPlace(h) : geluArray(h);
+      const z = matmul(
+        { data: h, shape: [a, model.dims.ffn] },
+        p.t("ff2.w"),
+        false,
+        false,
+        p.tensor("ff2.b"),
+      );
+      for (let i = 0; i < x.length; i++) z[i] += x[i];
+      x = z;
+    }
+    const hf = layerNormForward(x, d, model.decoderNorm.g, model.decoderNorm.b, eps, false).y;
+    return matmul({ data: hf, shape: [a, d] }, model.output, false, true);
+  }
+
+  /** Copies the caches of rows `from[i]` to rows `to[i]` for positions `< len` (beam reordering). */
+  copyRows(to: Int32Array, from: Int32Array, len: number): void {
+    const { d, heads } = this.#model.dims;
+    const dk = d / heads;
+    const span = len * dk;
+    const headStride = this.#maxSteps * dk;
+    const rowStride = this.#maxSteps * d;
+    const moved: number[] = [];
+    for (let i = 0; i < to.length; i++) if (to[i] !== from[i]) moved.push(i);
+    if (moved.length === 0) return;
+    const tmp = new Float32Array(moved.length * heads * span);
+    for (const cache of [...this.#keys, ...this.#vals]) {
+      moved.forEach((i, k) => {
+        for (let h = 0; h < heads; h++) {
+          const o = from[i] * rowStride + h * headStride;
+          tmp.set(cache.subarray(o, o + span), (k * heads + h) * span);
+        }
+      });
+      moved.forEach((i, k) => {
+        for (let h = 0; h < heads; h++) {
+          const o = (k * heads + h) * span;
+          cache.set(tmp.subarray(o, o + span), to[i] * rowStride + h * headStride);
+        }
+      });
+    }
+  }
+}
+
+function geluArray(x: Float32Array): Float32Array {
+  const c = Math.sqrt(2 / Math.PI);
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    x[i] = 0.5 * v * (1 + Math.tanh(c * (v + 0.044715 * v * v * v)));
+  }
+  return x;
+}
+
+/**
+ * One query row attending over `n` keys stored head-major: the keys of head h are at
+ * `keys[base + h * headStride + s * dk ...]` (values likewise in `vals`), with an optional
+ * key mask at `mask[mOff + s]`. Writes the `[heads * dk]` output into `out` at `outOff`.
+ * `qh` and `acc` are scratch buffers of at least `dk` floats.
+ */
+function attendOne(
+  q: Float32Array,
+  qOff: number,
+  keys: Float32Array,
+  vals: Float32Array,
+  base: number,
+  headStride: number,
+  n: number,
+  mask: Uint8Array | null,
+  mOff: number,
+  heads: number,
+  dk: number,
+  scale: number,
+  scores: Float64Array,
+  qh: Float64Array,
+  acc: Float64Array,
+  out: Float32Array,
+  outOff: number,
+): void {
+  const dk4 = dk - (dk % 4);
+  for (let h = 0; h < heads; h++) {
+    const qo = qOff + h * dk;
+    for (let i = 0; i < dk; i++) {
+      qh[i] = q[qo + i] * scale;
+      acc[i] = 0;
+    }
+    let max = -Infinity;
+    for (let s = 0; s < n; s++) {
+      if (mask !== null && mask[mOff + s] === 0) {
+        scores[s] = -Infinity;
+        continue;
+      }
+      const ko = base + h * headStride + s * dk;
+      let a0 = 0;
+      let a1 = 0;
+      let a2 = 0;
+      let a3 = 0;
+      let i = 0;
+      for (; i < dk4; i += 4) {
+        a0 += qh[i] * keys[ko + i];
+        a1 += qh[i + 1] * keys[ko + i + 1];
+        a2 += qh[i + 2] * keys[ko + i + 2];
+        a3 += qh[i + 3] * keys[ko + i + 3];
+      }
+      for (; i < dk; i++) a0 += qh[i] * keys[ko + i];
+      const v = (a0 + a1) + (a2 + a3);
+      scores[s] = v;
+      if (v > max) max = v;
+    }
+    const oo = outOff + h * dk;
+    if (max === -Infinity) continue;
+    let sum = 0;
+    for (let s = 0; s < n; s++) {
+      const e = scores[s] === -Infinity ? 0 : Math.exp(scores[s] - max);
+      scores[s] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let s = 0; s < n; s++) {
+      const w = scores[s] * inv;
+      if (w === 0) continue;
+      const vo = base + h * headStride + s * dk;
+      let i = 0;
+      for (; i < dk4; i += 4) {
+        acc[i] += w * vals[vo + i];
+        acc[i + 1] += w * vals[vo + i + 1];
+        acc[i + 2] += w * vals[vo + i + 2];
+        acc[i + 3] += w * vals[vo + i + 3];
+      }
+      for (; i < dk; i++) acc[i] += w * vals[vo + i];
+    }
+    for (let i = 0; i < dk; i++) out[oo + i] = acc[i];
+  }
+}
+
+/** A decoded row. */
+export interface Hypothesis {
+  /** Output ids (EOS last unless the length limit was hit). */
+  tokens: number[];
+  /** Untempered log-probability of each token. */
+  logProbs: number[];
+  /** Ranking score. */
+  score: number;
+}
+
+/** Tokens never generated: padding and BOS. */
+function bannedIds(specials: SpecialIds): number[] {
+  return [...new Set([specials.pad, specials.bos])].filter((id) => id !== specials.eos);
+}
+
+function argmaxRow(
+  logits: Float32Array,
+  o: number,
+  vocab: number,
+  banned: readonly number[],
+): number {
+  let best = -1;
+  let bestV = -Infinity;
+  for (let j = 0; j < vocab; j++) {
+    const v = logits[o + j];
+    if (v > bestV && !banned.includes(j)) {
+      bestV = v;
+      best = j;
+    }
+  }
+  return best < 0 ? firstAllowed(vocab, banned) : best;
+}
+
+function firstAllowed(vocab: number, banned: readonly number[]): number {
+  for (let j = 0; j < vocab; j++) if (!banned.includes(j)) return j;
+  throw new RangeError("every token id is banned");
+}
+
+/**
+ * Picks the next token of one row from its logits at `logits[o .. o + V)` and returns it;
+ * writes the token's untempered log-probability into `out.logProb`.
+ */
+export type Chooser = (
+  logits: Float32Array,
+  o: number,
+  row: number,
+  out: { logProb: number },
+) => number;
+
+/**
+ * Greedy or sampling decode of `rows` rows: at each step `choose` picks the next token of
+ * each running row. Rows stop at EOS or after `maxLen` tokens.
+ */
+export function runSearch(
+  decoder: StepDecoder,
+  rows: number,
+  maxLen: number,
+  model: InferenceModel,
+  choose: Chooser,
+): Hypothesis[] {
+  const vocab = model.vocab;
+  const { bos, eos } = model.specials;
+  const hyps: Hypothesis[] = Array.from(
+    { length: rows },
+    () => ({ tokens: [], logProbs: [], score: 0 }),
+  );
+  let active = Int32Array.from({ length: rows }, (_, i) => i);
+  let tokens = new Int32Array(rows).fill(bos);
+  const picked = { logProb: 0 };
+  for (let t = 0; t < maxLen && active.length > 0; t++) {
+    const logits = decoder.step(active, tokens, t);
+    const nextActive: number[] = [];
+    const nextTokens: number[] = [];
+    for (let i = 0; i < active.length; i++) {
+      const row = active[i];
+      const j = choose(logits, i * vocab, row, picked);
+      const h = hyps[row];
+      h.tokens.push(j);
+      h.logProbs.push(picked.logProb);
+      h.score += picked.logProb;
+      if (j !== eos) {
+        nextActive.push(row);
+        nextTokens.push(j);
+      }
+    }
+    active = Int32Array.from(nextActive);
+    tokens = Int32Array.from(nextTokens);
+  }
+  return hyps;
+}
+
+/** Log-sum-exp of one row given its maximum. */
+function rowLse(logits: Float32Array, o: number, vocab: number, max: number): number {
+  return max + Math.log(sumExp(logits, o, vocab, max));
+}
+
+/** The greedy choice: the most likely allowed token (lowest id on ties). */
+export function greedyChooser(model: InferenceModel): Chooser {
+  const banned = bannedIds(model.specials);
+  const vocab = model.vocab;
+  const isBanned = new Uint8Array(vocab);
+  for (const id of banned) isBanned[id] = 1;
+  return (logits, o, _row, out) => {
+    let max = -Infinity;
+    let best = -1;
+    let bestV = -Infinity;
+    for (let j = 0; j < vocab; j++) {
+      const v = logits[o + j];
+      if (v > max) max = v;
+      if (v > bestV && isBanned[j] === 0) {
+        bestV = v;
+        best = j;
+      }
+    }
+    if (best < 0) best = firstAllowed(vocab, banned);
+    out.logProb = logits[o + best] - rowLse(logits, o, vocab, max);
+    return best;
+  };
+}
+
+/** Sampling settings. */
+export interface SamplingSettings {
+  /** Softmax temperature (> 0). */
+  temperature: number;
+  /** Keep the k most likely tokens (0: all). */
+  topK: number;
+  /** Nucleus mass (1: all). */
+  topP: number;
+}
+
+/**
+ * Ancestral sampling from `softmax(logits / temperature)` restricted to the top-k tokens
+ * and then to the nucleus of mass top-p; `rowRng(row)` gives each row its own stream.
+ */
+export function samplingChooser(
+  model: InferenceModel,
+  settings: SamplingSettings,
+  rowRng: (row: number) => Rng,
+): Chooser {
+  const vocab = model.vocab;
+  const sampler = new RowSampler(vocab, settings, bannedIds(model.specials));
+  return (logits, o, row, out) => {
+    const j = sampler.sample(logits, o, rowRng(row));
+    let max = -Infinity;
+    for (let k = 0; k < vocab; k++) if (logits[o + k] > max) max = logits[o + k];
+    out.logProb = logits[o + j] - rowLse(logits, o, vocab, max);
+    return j;
+  };
+}
+
+/** Draws one token from a row of logits (or log-probabilities) with temperature, top-k and top-p. */
+export class RowSampler {
+  readonly #vocab: number;
+  readonly #settings: SamplingSettings;
+  readonly #banned: readonly number[];
+  readonly #weights: Float64Array;
+  readonly #scratch: Float64Array;
+  readonly #allowed: Uint8Array;
+
+  /** A sampler over `vocab` ids that never draws the `banned` ones. */
+  constructor(vocab: number, settings: SamplingSettings, banned: readonly number[] = []) {
+    this.#vocab = vocab;
+    this.#settings = settings;
+    this.#banned = banned;
+    this.#weights = new Float64Array(vocab);
+    this.#scratch = new Float64Array(vocab);
+    this.#allowed = new Uint8Array(vocab);
+  }
+
+  /** Samples from `logits[o .. o + vocab)` with one draw from `rng`. */
+  sample(logits: Float32Array, o: number, rng: Rng): number {
+    const vocab = this.#vocab;
+    const banned = this.#banned;
+    const { temperature, topK, topP } = this.#settings;
+    const allowed = this.#allowed;
+    const weights = this.#weights;
+    const u0 = rng.next();
+    allowed.fill(1);
+    for (const id of banned) allowed[id] = 0;
+    if (topK > 0 && topK < vocab - banned.length) {
+      keepTopK(logits, o, vocab, topK, allowed, this.#scratch);
+    }
+    let max = -Infinity;
+    for (let j = 0; j < vocab; j++) if (allowed[j] && logits[o + j] > max) max = logits[o + j];
+    if (max === -Infinity) return firstAllowed(vocab, banned);
+    const invT = 1 / temperature;
+    let total = 0;
+    for (let j = 0; j < vocab; j++) {
+      const w = allowed[j] ? fastExp((logits[o + j] - max) * invT) : 0;
+      weights[j] = w;
+      total += w;
+    }
+    if (topP < 1) total = keepNucleus(weights, vocab, topP, total);
+    let u = u0 * total;
+    let last = -1;
+    for (let j = 0; j < vocab; j++) {
+      const w = weights[j];
+      if (w <= 0) continue;
+      last = j;
+      u -= w;
+      if (u < 0) return j;
+    }
+    return last >= 0 ? last : argmaxRow(logits, o, vocab, banned);
+  }
+}
+
+/** Clears `allowed` outside the `k` largest allowed logits (ties: lower ids first). */
+function keepTopK(
+  logits: Float32Array,
+  o: number,
+  vocab: number,
+  k: number,
+  allowed: Uint8Array,
+  scratch: Float64Array,
+): void {
+  let n = 0;
+  for (let j = 0; j < vocab; j++) if (allowed[j]) scratch[n++] = logits[o + j];
+  const threshold = kthLargest(scratch, n, k);
+  let above = 0;
+  for (let j = 0; j < vocab; j++) if (allowed[j] && logits[o + j] > threshold) above++;
+  let ties = k - above;
+  for (let j = 0; j < vocab; j++) {
+    if (!allowed[j]) continue;
+    const v = logits[o + j];
+    if (v > threshold) continue;
+    if (v === threshold && ties > 0) ties--;
+    else allowed[j] = 0;
+  }
+}
+
+/** The k-th largest of `a[0..n)` (quickselect; reorders `a`). */
+function kthLargest(a: Float64Array, n: number, k: number): number {
+  let lo = 0;
+  let hi = n - 1;
+  const target = k - 1;
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >> 1];
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i] > pivot) i++;
+      while (a[j] < pivot) j--;
+      if (i <= j) {
+        const tmp = a[i];
+        a[i] = a[j];
+        a[j] = tmp;
+        i++;
+        j--;
+      }
+    }
+    if (target <= j) hi = j;
+    else if (target >= i) lo = i;
+    else return a[target];
+  }
+  return a[target];
+}
+
+/**
+ * Zeroes every weight outside the nucleus: the smallest set of largest weights whose sum
+ * reaches `p * total` (ties: lower ids first). Returns the kept mass.
+ */
+function keepNucleus(weights: Float64Array, vocab: number, p: number, total: number): number {
+  const goal = p * total;
+  let max = 0;
+  for (let j = 0; j < vocab; j++) if (weights[j] > max) max = weights[j];
+  // Only weights above a threshold can be in the nucleus once they alone reach the goal.
+  for (let theta = max * 1e-3;; theta *= 1e-3) {
+    const cand: number[] = [];
+    let mass = 0;
+    for (let j = 0; j < vocab; j++) {
+      if (weights[j] > 0 && weights[j] >= theta) {
+        cand.push(j);
+        mass += weights[j];
+      }
+    }
+    if (mass < goal && theta > 0 && theta > Number.MIN_VALUE) continue;
+    cand.sort((x, y) => weights[y] - weights[x] || x - y);
+    const keep = new Uint8Array(vocab);
+    let sum = 0;
+    for (const j of cand) {
+      keep[j] = 1;
+      sum += weights[j];
+      if (sum >= goal) break;
+    }
+    for (let j = 0; j < vocab; j++) if (!keep[j]) weights[j] = 0;
+    return sum;
+  }
+}
+
+/** Beam-search settings. */
+export interface BeamSettings {
+  /** Beam width. */
+  beamSize: number;
+  /** GNMT length-penalty exponent. */
+  lengthPenalty: number;
+}
+
+/** GNMT length penalty ((5 + len) / 6)^alpha. */
+export function lengthPenalty(len: number, alpha: number): number {
+  return Math.pow((5 + len) / 6, alpha);
+}
+
+interface Beam {
+  tokens: number[];
+  logProbs: number[];
+  sum: number;
+}
+
+/**
+ * Beam search for `sources` sources with `beamSize` rows each (row `s * K + k`). At each
+ * step every live beam proposes its best tokens; the best `2K` extensions are scanned in
+ * order: an EOS extension ranked within the first K finishes a hypothesis, others fill
+ * the K live beams. A source stops once it has K finished hypotheses (or at `maxLen`, when
+ * its live beams count as finished). The best finished hypothesis by
+ * `sum logp / ((5 + len) / 6)^alpha` is returned.
+ */
+export function beamSearch(
+  decoder: StepDecoder,
+  sources: number,
+  maxLen: number,
+  model: InferenceModel,
+  settings: BeamSettings,
+): Hypothesis[] {
+  const k = settings.beamSize;
+  const vocab = model.vocab;
+  const { bos, eos } = model.specials;
+  const banned = bannedIds(model.specials);
+  const live: Beam[][] = Array.from(
+    { length: sources },
+    () => [{ tokens: [], logProbs: [], sum: 0 }],
+  );
+  const finished: Hypothesis[][] = Array.from({ length: sources }, () => []);
+  const done = new Array<boolean>(sources).fill(false);
+  const width = Math.min(2 * k, vocab - banned.length);
+  const finish = (s: number, beam: Beam) => {
+    finished[s].push({
+      tokens: beam.tokens,
+      logProbs: beam.logProbs,
+      score: beam.sum / lengthPenalty(beam.tokens.length, settings.lengthPenalty),
+    });
+  };
+  for (let t = 0; t < maxLen; t++) {
+    const activeRows: number[] = [];
+    const tokens: number[] = [];
+    for (let s = 0; s < sources; s++) {
+      if (done[s]) continue;
+      live[s].forEach((beam, i) => {
+        activeRows.push(s * k + i);
+        tokens.push(beam.tokens.length === 0 ? bos : beam.tokens[beam.tokens.length - 1]);
+      });
+    }
+    if (activeRows.length === 0) break;
+    const logits = decoder.step(Int32Array.from(activeRows), Int32Array.from(tokens), t);
+    const lse = rowLogSumExp(logits, vocab);
+    const to: number[] = [];
+    const from: number[] = [];
+    let r = 0;
+    for (let s = 0; s < sources; s++) {
+      if (done[s]) continue;
+      const cands: { score: number; beam: number; token: number; lp: number }[] = [];
+      live[s].forEach((beam, i) => {
+        const o = r * vocab;
+        for (const j of topTokens(logits, o, vocab, width, banned)) {
+          const lp = logits[o + j] - lse[r];
+          cands.push({ score: beam.sum + lp, beam: i, token: j, lp });
+        }
+        r++;
+      });
+      cands.sort((a, b) => b.score - a.score || a.beam - b.beam || a.token - b.token);
+      const next: Beam[] = [];
+      for (let rank = 0; rank < Math.min(cands.length, width) && next.length < k; rank++) {
+        const c = cands[rank];
+        const parent = live[s][c.beam];
+        const beam: Beam = {
+          tokens: [...parent.tokens, c.token],
+          logProbs: [...parent.logProbs, c.lp],
+          sum: c.score,
+        };
+        if (c.token === eos) {
+          if (rank < k) finish(s, beam);
+          continue;
+        }
+        to.push(s * k + next.length);
+        from.push(s * k + c.beam);
+        next.push(beam);
+      }
+      live[s] = next;
+      if (finished[s].length >= k || next.length === 0) done[s] = true;
+      else if (t === maxLen - 1) {
+        for (const beam of next) finish(s, beam);
+        done[s] = true;
+      }
+    }
+    if (to.length > 0 && t + 1 < maxLen) {
+      decoder.copyRows(Int32Array.from(to), Int32Array.from(from), t + 1);
+    }
+  }
+  return finished.map((list) => {
+    let best = list[0];
+    for (const h of list) if (h.score > best.score) best = h;
+    return best ?? { tokens: [], logProbs: [], score: 0 };
+  });
+}
+
+/** The `width` largest allowed logits of a row, largest first (ties: lower ids first). */
+function topTokens(
+  logits: Float32Array,
+  o: number,
+  vocab: number,
+  width: number,
+  banned: readonly number[],
+): number[] {
+  const ids: number[] = [];
+  const vals: number[] = [];
+  for (let j = 0; j < vocab; j++) {
+    const v = logits[o + j];
+    if (ids.length === width && v <= vals[width - 1]) continue;
+    if (banned.includes(j)) continue;
+    let pos = ids.length < width ? ids.length : width - 1;
+    if (ids.length < width) {
+      ids.push(j);
+      vals.push(v);
+    } else {
+      ids[pos] = j;
+      vals[pos] = v;
+    }
+    while (pos > 0 && vals[pos - 1] < vals[pos]) {
+      [vals[pos - 1], vals[pos]] = [vals[pos], vals[pos - 1]];
+      [ids[pos - 1], ids[pos]] = [ids[pos], ids[pos - 1]];
+      pos--;
+    }
+  }
+  return ids;
+}
