@@ -18,8 +18,23 @@ import type {
 } from "./plugin.ts";
 import { startProgress } from "./progress.ts";
 import type { Registries, Registry } from "./registry.ts";
-import { exists, openRunFolder, readRunSummary, writeFileAtomic, writeRunSummary } from "./run.ts";
-import type { BackendInfo, RunContext, RunSummary, Splits, Tokenizer } from "./types.ts";
+import {
+  exists,
+  MetricsWriter,
+  openRunFolder,
+  readRunSummary,
+  writeFileAtomic,
+  writeRunSummary,
+} from "./run.ts";
+import { sentenceChrf } from "./metrics/chrf.ts";
+import type {
+  BackendInfo,
+  RewardModel,
+  RunContext,
+  RunSummary,
+  Splits,
+  Tokenizer,
+} from "./types.ts";
 import type { Policy, PolicyState } from "./policy.ts";
 
 /** Options for {@link runExperiment}. */
@@ -174,14 +189,15 @@ export async function runExperiment(
 
   // The BC policy is trained once, on first use, and shared by every run.
   let bcState: PolicyState | undefined;
-  const bcPolicy = async (): Promise<Policy> => {
+  const bcPolicy = async (options: { valueHead?: boolean } = {}): Promise<Policy> => {
     if (manifest.model === undefined) {
       throw new UserError(`${manifest.file}: /model is required to train a policy`);
     }
     const factory = await createPlugin(registries, "model", manifest.model, deps);
     if (bcState === undefined) {
       const { trainOrLoadBc } = await import("./bc.ts");
-      const reward = await createPlugin(registries, "reward", manifest.reward, deps);
+      const manifestReward = await createPlugin(registries, "reward", manifest.reward, deps);
+      const reward = manifestReward.prepare === undefined ? manifestReward : CHRF_SELECTION;
       const policy = await trainOrLoadBc({
         experimentDir,
         factory,
@@ -195,10 +211,11 @@ export async function runExperiment(
         progress: (label, total, unit) => startProgress(label, total, unit),
       });
       bcState = policy.save();
-      return policy;
+      if (!options.valueHead) return policy;
+      policy.dispose();
     }
     const { buildPolicy } = await import("./bc.ts");
-    const policy = buildPolicy(factory, tokenizer, manifest.seed);
+    const policy = buildPolicy(factory, tokenizer, manifest.seed, options.valueHead ?? false);
     policy.load(bcState);
     return policy;
   };
@@ -229,7 +246,7 @@ async function executeRun(
     options: ExperimentOptions;
     log: (message: string) => void;
     backend: BackendInfo;
-    bcPolicy: () => Promise<Policy>;
+    bcPolicy: (options?: { valueHead?: boolean }) => Promise<Policy>;
   },
 ): Promise<RunSummary> {
   const { options, log } = shared;
@@ -259,6 +276,22 @@ async function executeRun(
   const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
+  if (reward.prepare !== undefined) {
+    const rewardDir = join(shared.experimentDir, "rewards", rewardFolderName(run.reward));
+    await Deno.mkdir(rewardDir, { recursive: true });
+    await reward.prepare({
+      dir: rewardDir,
+      splits: shared.splits,
+      tokenizer: shared.tokenizer,
+      bcPolicy: () => shared.bcPolicy(),
+      evaluation: manifest.evaluation,
+      seed: manifest.seed,
+      smoke: options.smoke,
+      metrics: new MetricsWriter(join(rewardDir, "metrics.jsonl")),
+      progress: (label, total, unit) => startProgress(`reward: ${label}`, total, unit),
+      log: (message) => log(`reward: ${message}`),
+    });
+  }
   const ctx: RunContext = {
     experiment: manifest.experiment,
     run: run.name,
@@ -285,6 +318,21 @@ async function executeRun(
   await writeRunSummary(dir, { ...summary, backend: shared.backend.name, seconds });
   log(`run ${run.name}: done in ${seconds.toFixed(1)}s`);
   return summary;
+}
+
+/** BC model selection when the manifest's reward is learned: sentence chrF, in [0, 1]. */
+const CHRF_SELECTION: RewardModel = {
+  needsReference: true,
+  score: (rows) =>
+    Promise.resolve(rows.map((r) => sentenceChrf(r.hypothesis, r.reference ?? "") / 100)),
+};
+
+/** `<name>-<first 8 hex of the config's hash>`: one folder per distinct reward config. */
+function rewardFolderName(ref: ResolvedPluginRef): string {
+  const text = JSON.stringify({ name: ref.module ?? ref.name, config: ref.config });
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return `${ref.name.replace(/[^A-Za-z0-9_-]/g, "_")}-${(h >>> 0).toString(16).padStart(8, "0")}`;
 }
 
 function baseDepsFor(

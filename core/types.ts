@@ -84,6 +84,36 @@ export interface RewardModel {
   readonly needsReference: boolean;
   /** One score in [0, 1] per row, in order. */
   score(rows: readonly RewardInput[]): Promise<number[]>;
+  /**
+   * Optional: called once before the reward's first use in a run, e.g. to train a learned
+   * reward model or reload it from `ctx.dir`. A reward with `prepare` is not used to pick
+   * the BC checkpoint (validation chrF is, since the BC policy may be its training data).
+   */
+  prepare?(ctx: RewardPrepareContext): Promise<void>;
+}
+
+/** What {@link RewardModel.prepare} gets. */
+export interface RewardPrepareContext {
+  /** A folder the reward owns, shared by every run of the experiment with the same config. */
+  dir: string;
+  /** The experiment's data. */
+  splits: Splits;
+  /** The experiment's tokenizer. */
+  tokenizer: Tokenizer;
+  /** A new policy with the experiment's BC weights (the caller disposes it). */
+  bcPolicy(): Promise<Policy>;
+  /** How policies are decoded. */
+  evaluation: EvalSettings;
+  /** The experiment's seed. */
+  seed: number;
+  /** True under `--smoke`. */
+  smoke: boolean;
+  /** Appends metrics (e.g. held-out correlations) to `<dir>/metrics.jsonl`. */
+  metrics: MetricsLog;
+  /** Starts a progress display. */
+  progress(label: string, total: number, unit?: string): Progress;
+  /** Prints a line to the user. */
+  log(message: string): void;
 }
 
 /** What a backend plugin reports after selecting and setting up the tfjs backend. */
@@ -176,9 +206,10 @@ export interface RunContext {
   metrics: MetricsLog;
   /**
    * A new policy holding the experiment's BC weights (trained on first use, then shared
-   * by every run). The caller owns it and disposes it.
+   * by every run). With `valueHead`, the policy also has a freshly initialised value head
+   * (e.g. PPO's critic). The caller owns it and disposes it.
    */
-  bcPolicy(): Promise<Policy>;
+  bcPolicy(options?: { valueHead?: boolean }): Promise<Policy>;
   /** How policies are decoded for evaluation. */
   evaluation: EvalSettings;
   /** Starts a progress display (`unit` e.g. "pairs", "steps"). */

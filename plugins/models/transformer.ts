@@ -586,14 +586,24 @@ export class TransformerPolicy implements Policy {
     };
   }
 
-  /** Restores weights saved by {@link TransformerPolicy.save}; names and shapes must match. */
+  /**
+   * Restores weights saved by {@link TransformerPolicy.save}; names and shapes must match,
+   * except that a state without a value head loads into a policy with one (the head keeps
+   * its initialisation: how PPO starts a critic from the BC weights).
+   */
   load(state: PolicyState): void {
     this.#alive();
-    const shapes = new Map([...this.#vars].map(([n, v]) => [n, [...v.shape]]));
-    checkState(state, shapes);
     const index = new Map(state.weights.map((w) => [w.name, w]));
+    const fresh = this.hasValueHead && !index.has("value.w") && !index.has("value.b");
+    const shapes = new Map(
+      [...this.#vars]
+        .filter(([n]) => !(fresh && n.startsWith("value.")))
+        .map(([n, v]) => [n, [...v.shape]]),
+    );
+    checkState(state, shapes);
     for (const [name, v] of this.#vars) {
-      const w = index.get(name)!;
+      const w = index.get(name);
+      if (w === undefined) continue;
       const t = tf.tensor(state.data.slice(w.offset, w.offset + v.size), v.shape, "float32");
       v.assign(t);
       t.dispose();
