@@ -8,6 +8,7 @@
 import { corpusBleu } from "./metrics/bleu.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
 import type { Generation, Policy } from "./policy.ts";
+import type { EvalSettings } from "./sections.ts";
 import type { Example, RewardModel, Tokenizer } from "./types.ts";
 
 /** Mean of a list of numbers (NaN for an empty list). */
@@ -137,7 +138,7 @@ export async function finalEvaluation(
   tokenizer: Tokenizer,
   reward: RewardModel,
   splits: { valid: readonly Example[]; test: readonly Example[] },
-  settings: { maxLen: number; batchSize: number; validSize: number; testSize: number },
+  settings: EvalSettings,
   seed: number,
 ): Promise<Record<string, number>> {
   const valid = settings.validSize > 0 ? splits.valid.slice(0, settings.validSize) : splits.valid;
@@ -149,17 +150,82 @@ export async function finalEvaluation(
   });
   const sampledValid = await evaluatePolicy(policy, tokenizer, valid, reward, {
     ...opts,
-    decode: { mode: "sample", temperature: 0.8, seed },
+    decode: { mode: "sample", temperature: settings.temperature, seed },
   });
   const greedyTest = await evaluatePolicy(policy, tokenizer, test, reward, {
     ...opts,
     decode: { mode: "greedy" },
   });
+  const bon = settings.bestOfN.length === 0 ? {} : await bestOfN(
+    policy,
+    tokenizer,
+    reward,
+    limit(splits.valid, settings.bestOfNSize),
+    { ...opts, ns: settings.bestOfN, temperature: settings.temperature, seed },
+  );
   return {
     "eval/valid_reward": greedyValid.reward,
     "eval/valid_reward_sample": sampledValid.reward,
     "eval/test_reward": greedyTest.reward,
     "eval/test_chrf": greedyTest.chrf,
     "eval/test_bleu": greedyTest.bleu,
+    ...bon,
   };
+}
+
+function limit<T>(items: readonly T[], size: number): readonly T[] {
+  return size > 0 ? items.slice(0, size) : items;
+}
+
+/**
+ * Best-of-N (ReST paper, Section 5, Figure 6): samples max(ns) outputs per source at
+ * `temperature`, scores them all with `reward`, and for each N keeps the best-scored of
+ * the first N samples. Returns `bon/valid_reward@N` (mean reward of the picks) and
+ * `bon/valid_chrf@N` (corpus chrF of the picks against the references, so a reward model
+ * that is being gamed shows up as a reward rising while chrF does not).
+ */
+export async function bestOfN(
+  policy: Policy,
+  tokenizer: Tokenizer,
+  reward: RewardModel,
+  examples: readonly Example[],
+  options: {
+    ns: readonly number[];
+    temperature: number;
+    seed: number;
+    maxLen: number;
+    batchSize: number;
+  },
+): Promise<Record<string, number>> {
+  if (examples.length === 0 || options.ns.length === 0) return {};
+  const most = Math.max(...options.ns);
+  const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
+    n: most,
+    temperature: options.temperature,
+    topK: 0,
+    topP: 1,
+    seed: options.seed + 7919,
+    maxLen: options.maxLen,
+    batchSize: Math.max(1, Math.floor(options.batchSize / most)),
+  });
+  const hypotheses = samples.map((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
+  const flatExamples = examples.flatMap((e) => Array.from({ length: most }, () => e));
+  const scores = await scoreOutputs(reward, flatExamples, hypotheses.flat());
+  const references = examples.map((e) => e.reference);
+  const out: Record<string, number> = {};
+  for (const n of [...options.ns].sort((a, b) => a - b)) {
+    const picks: string[] = [];
+    let total = 0;
+    for (let i = 0; i < examples.length; i++) {
+      let best = 0;
+      for (let j = 1; j < n; j++) {
+        if (scores[i * most + j] > scores[i * most + best]) best = j;
+      }
+      total += scores[i * most + best];
+      picks.push(hypotheses[i][best]);
+    }
+    out[`bon/valid_reward@${n}`] = total / examples.length;
+    out[`bon/valid_chrf@${n}`] = corpusChrf(picks, references);
+  }
+  return out;
 }

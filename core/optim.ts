@@ -41,8 +41,9 @@ export class Adam {
   constructor(variables: readonly tf.Variable[], options: Partial<AdamOptions> = {}) {
     this.#variables = [...variables];
     this.#options = { ...ADAM_DEFAULTS, ...options };
-    this.#m = this.#variables.map((v) => tf.variable(tf.zerosLike(v), false));
-    this.#v = this.#variables.map((v) => tf.variable(tf.zerosLike(v), false));
+    // tidy frees the zero tensors; the variables (which share their data) survive it.
+    this.#m = tf.tidy(() => this.#variables.map((v) => tf.variable(tf.zerosLike(v), false)));
+    this.#v = tf.tidy(() => this.#variables.map((v) => tf.variable(tf.zerosLike(v), false)));
   }
 
   /**

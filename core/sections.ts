@@ -28,6 +28,12 @@ export interface EvalSettings {
   validSize: number;
   /** Test pairs used in final evaluations (0: all). */
   testSize: number;
+  /** Sampling temperature of the sampled and Best-of-N evaluations. */
+  temperature: number;
+  /** Best-of-N evaluation: the values of N (empty: off). */
+  bestOfN: number[];
+  /** Validation pairs used for Best-of-N (0: all). */
+  bestOfNSize: number;
 }
 
 function integer(min: number, max: number, value: number, description: string): JsonSchema {
@@ -93,6 +99,24 @@ export const EVAL_SCHEMA: JsonSchema = {
     batchSize: integer(1, 65536, 64, "Sources per decoding batch."),
     validSize: integer(0, 10_000_000, 0, "Validation pairs in final evaluations (0: all)."),
     testSize: integer(0, 10_000_000, 0, "Test pairs in final evaluations (0: all)."),
+    temperature: {
+      type: "number",
+      exclusiveMinimum: 0,
+      maximum: 100,
+      default: 0.8,
+      description: "Sampling temperature of the sampled and Best-of-N evaluations.",
+    },
+    bestOfN: {
+      type: "array",
+      items: { type: "integer", minimum: 1, maximum: 4096 },
+      uniqueItems: true,
+      default: [],
+      description:
+        "Best-of-N (ReST paper, Figure 6): sample max(N) outputs per validation source, keep " +
+        "the reward model's best of the first N; reported as bon/valid_reward@N (reward of " +
+        "the pick) and bon/valid_chrf@N (corpus chrF of the picks against the references).",
+    },
+    bestOfNSize: integer(0, 10_000_000, 200, "Validation pairs used for Best-of-N (0: all)."),
   },
 };
 
@@ -114,5 +138,7 @@ export function smokeEval(settings: EvalSettings): EvalSettings {
     maxLen: Math.min(settings.maxLen, 24),
     validSize: Math.min(settings.validSize || 20, 20),
     testSize: Math.min(settings.testSize || 20, 20),
+    bestOfN: settings.bestOfN.filter((n) => n <= 4),
+    bestOfNSize: Math.min(settings.bestOfNSize || 8, 8),
   };
 }

@@ -1,0 +1,301 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import * as tf from "@tensorflow/tfjs-core";
+import cpu from "../../plugins/backends/cpu.ts";
+import transformer from "../../plugins/models/transformer.ts";
+import bcLoss from "../../plugins/losses/bc.ts";
+import fixed from "../../plugins/thresholds/fixed.ts";
+import {
+  filterRows,
+  grow,
+  type GrowSettings,
+  improve,
+  readGrowFile,
+  type RestContext,
+  writeGrowFile,
+} from "../../core/rest.ts";
+import { DataError } from "../../core/errors.ts";
+import type { GrowRow, Loss, ModelFactory, Policy } from "../../core/policy.ts";
+import type {
+  Example,
+  Metrics,
+  RewardModel,
+  ThresholdSchedule,
+  Tokenizer,
+} from "../../core/types.ts";
+import { fakeTokenizer } from "./_fakes.ts";
+import { pluginDefaults } from "../../core/plugin.ts";
+import { sentenceChrf } from "../../core/metrics/chrf.ts";
+
+await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
+
+function row(source: string, reward: number, origin: GrowRow["origin"] = "sample"): GrowRow {
+  return {
+    source,
+    hypothesis: `${source}-${reward}`,
+    reference: source,
+    reward,
+    tokens: [4, 2],
+    logProbs: [-0.5, -0.1],
+    origin,
+  };
+}
+
+Deno.test("filtering keeps rewards strictly above tau, globally or per source", () => {
+  const rows = [row("a", 0.5), row("a", 0.7), row("b", 0.7), row("b", 0.9), row("c", 1)];
+  assert.deepEqual(filterRows(rows, 0.7).map((r) => r.reward), [0.9, 1]);
+  assert.deepEqual(filterRows(rows, 0.5).map((r) => r.reward), [0.7, 0.7, 0.9, 1]);
+  assert.equal(filterRows(rows, 1).length, 0);
+  const perSource = new Map([["a", 0.6], ["b", 0.9]]);
+  // "b" at exactly 0.9 is dropped; "c" has no threshold and is dropped.
+  assert.deepEqual(filterRows(rows, perSource).map((r) => `${r.source}${r.reward}`), ["a0.7"]);
+});
+
+Deno.test("a Grow file round-trips; truncation and bad rows are named with file and line", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "grow_1.jsonl");
+    const rows = [row('ä "quoted"\n', 0.25), row("x", 1, "reference"), row("y", 0)];
+    await writeGrowFile(path, rows);
+    assert.deepEqual(await readGrowFile(path), rows);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["grow_1.jsonl"]);
+
+    const text = await Deno.readTextFile(path);
+    await Deno.writeTextFile(path, text.slice(0, text.length - 20));
+    await assert.rejects(() => readGrowFile(path), (e: Error) => {
+      assert.ok(e instanceof DataError);
+      assert.match(e.message, /grow_1\.jsonl:3: not a JSON line/);
+      return true;
+    });
+    await Deno.writeTextFile(path, JSON.stringify({ ...rows[0], reward: 1.5 }) + "\n");
+    await assert.rejects(() => readGrowFile(path), /grow_1\.jsonl:1: not a valid Grow row/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// A tiny copy task: the target is the source, character by character.
+const WORDS = ["abc", "bca", "cab", "acb", "bac", "cba", "aab", "bba", "cca", "abb"];
+const EXAMPLES: Example[] = WORDS.map((w) => ({ source: w, reference: w }));
+const CHRF: RewardModel = {
+  needsReference: true,
+  score: (rows) =>
+    Promise.resolve(rows.map((r) => sentenceChrf(r.hypothesis, r.reference ?? "") / 100)),
+};
+
+async function setup() {
+  const tokenizer = fakeTokenizer.create({}, {} as never) as Tokenizer;
+  tokenizer.train({ sources: WORDS, targets: WORDS });
+  const factory = transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 32,
+    encoderLayers: 1,
+    decoderLayers: 1,
+    maxPositions: 32,
+  }, {} as never) as ModelFactory;
+  const build = (seed: number) =>
+    factory.build({
+      sourceVocab: tokenizer.vocabSize("source"),
+      targetVocab: tokenizer.vocabSize("target"),
+      specials: tokenizer.specials,
+      valueHead: false,
+      seed,
+    });
+  const dir = await Deno.makeTempDir();
+  const records: Metrics[] = [];
+  const ctx: RestContext = {
+    dir,
+    tokenizer,
+    reward: CHRF,
+    metrics: {
+      log: (record) => {
+        records.push(record);
+        return Promise.resolve();
+      },
+    },
+    progress: () => ({ tick() {}, done() {} }),
+    log: () => {},
+  };
+  return { tokenizer, build, dir, ctx, records };
+}
+
+const GROW: GrowSettings = {
+  samplesPerSource: 3,
+  temperature: 0.8,
+  topK: 0,
+  topP: 1,
+  maxLen: 8,
+  batchSize: 4,
+  includeOriginal: true,
+  sources: 0,
+};
+
+function weights(policy: Policy): Float32Array {
+  return policy.save().data;
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+Deno.test("Grow stores scored samples and originals once; a second call reuses the file", async () => {
+  const { build, dir, ctx, records } = await setup();
+  const policy = build(1);
+  try {
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 11);
+    assert.equal(rows.length, EXAMPLES.length * 4);
+    assert.equal(rows.filter((r) => r.origin === "reference").length, EXAMPLES.length);
+    for (const r of rows) {
+      assert.equal(r.tokens.length, r.logProbs.length);
+      assert.ok(r.reward >= 0 && r.reward <= 1);
+      if (r.origin === "reference") assert.equal(r.reward, 1);
+    }
+    assert.deepEqual(await readGrowFile(join(dir, "grow_1.jsonl")), rows);
+    const stat = await Deno.stat(join(dir, "grow_1.jsonl"));
+    assert.equal(records.length, 1);
+    assert.equal(records[0]["grow/rows"], rows.length);
+
+    // Resumed: read back, not recomputed (no new metrics, same file).
+    const again = await grow(policy, EXAMPLES, GROW, ctx, 1, 999);
+    assert.deepEqual(again, rows);
+    assert.equal(records.length, 1);
+    assert.equal(
+      (await Deno.stat(join(dir, "grow_1.jsonl"))).mtime?.getTime(),
+      stat.mtime?.getTime(),
+    );
+
+    const none = await grow(policy, EXAMPLES, { ...GROW, includeOriginal: false }, ctx, 2, 11);
+    assert.equal(none.filter((r) => r.origin === "reference").length, 0);
+  } finally {
+    policy.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function improveOnce(
+  policy: Policy,
+  bc: Policy,
+  rows: GrowRow[],
+  ctx: RestContext,
+  learningRate: number,
+  index = 1,
+  threshold?: ThresholdSchedule,
+) {
+  const loss = bcLoss.create(pluginDefaults(bcLoss) as never, {} as never) as Loss;
+  const schedule = threshold ??
+    fixed.create(
+      { ...pluginDefaults(fixed), values: [0.5, 0.6, 0.7] } as never,
+      {} as never,
+    ) as ThresholdSchedule;
+  try {
+    return await improve(
+      policy,
+      bc,
+      rows,
+      loss,
+      schedule,
+      EXAMPLES.slice(0, 4),
+      {
+        steps: 5,
+        batchSize: 8,
+        learningRate,
+        learningRateDecay: 0.5,
+        warmupSteps: 0,
+        schedule: "constant",
+        clipNorm: 1,
+        evalEvery: 0,
+        evalSize: 0,
+        maxLen: 8,
+        decodeBatchSize: 8,
+      },
+      ctx,
+      { grow: 1, improve: index, improveSteps: 3, index, stepOffset: 0 },
+      5,
+    );
+  } finally {
+    loss.dispose();
+  }
+}
+
+Deno.test("Improve fine-tunes the current weights (never re-initialises) and leaks no tensors", async () => {
+  const { build, dir, ctx, records } = await setup();
+  const policy = build(1);
+  const bc = policy.clone();
+  try {
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 3);
+    const before = weights(policy);
+    const fresh = build(1);
+    const freshWeights = weights(fresh);
+    fresh.dispose();
+    // Perturb the policy so a re-initialisation from the same seed would be visible.
+    const perturbed = policy.save();
+    for (let i = 0; i < perturbed.data.length; i++) perturbed.data[i] += 0.01;
+    policy.load(perturbed);
+    assert.ok(maxAbsDiff(weights(policy), freshWeights) > 0.009);
+
+    const tensors = tf.memory().numTensors;
+    await improveOnce(policy, bc, rows, ctx, 1e-9);
+    // A vanishing learning rate leaves the (perturbed) weights where they were.
+    assert.ok(maxAbsDiff(weights(policy), perturbed.data) < 1e-6);
+    assert.ok(maxAbsDiff(weights(policy), before) > 0.009);
+
+    const result = await improveOnce(policy, bc, rows, ctx, 1e-2, 2);
+    assert.ok(maxAbsDiff(weights(policy), perturbed.data) > 1e-4, "a real step moves weights");
+    assert.equal(result.steps, 5);
+    assert.equal(tf.memory().numTensors, tensors, "no tensors leak across Improve steps");
+
+    const summary = records.filter((r) => "improve/tau" in r);
+    assert.equal(summary.length, 2);
+    // tau is raised to the Grow set's mean reward (aboveMean) and kept rows are above it.
+    for (const s of summary) {
+      assert.ok(s["improve/mean_reward_kept"] > s["improve/tau"]);
+      assert.ok(s["improve/rows_kept"] > 0 && s["improve/rows_kept"] < rows.length);
+    }
+    // Improve step 2 runs at half the learning rate of step 1 (decay 0.5).
+    assert.equal(summary[1]["improve/learning_rate"], 1e-2 * 0.5);
+  } finally {
+    policy.dispose();
+    bc.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a full Grow/Improve cycle leaks no tensors", async () => {
+  const { build, dir, ctx } = await setup();
+  const policy = build(2);
+  const bc = policy.clone();
+  try {
+    const tensors = tf.memory().numTensors;
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 3);
+    await improveOnce(policy, bc, rows, ctx, 1e-3);
+    assert.equal(tf.memory().numTensors, tensors);
+  } finally {
+    policy.dispose();
+    bc.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an Improve step with no row above tau is skipped, not trained on nothing", async () => {
+  const { build, dir, ctx, records } = await setup();
+  const policy = build(3);
+  const bc = policy.clone();
+  try {
+    const rows = [row("abc", 0.2), row("bca", 0.3)];
+    const before = weights(policy);
+    const result = await improveOnce(policy, bc, rows, ctx, 1e-2, 1, {
+      threshold: () => 0.9,
+    });
+    assert.equal(result.kept, 0);
+    assert.equal(result.steps, 0);
+    assert.deepEqual(weights(policy), before);
+    assert.equal(records.at(-1)?.["improve/rows_kept"], 0);
+  } finally {
+    policy.dispose();
+    bc.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
