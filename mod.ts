@@ -14,5 +14,6 @@ export * from "./core/run.ts";
 export * from "./core/progress.ts";
 export * from "./core/random.ts";
 export * from "./core/evaluate.ts";
+export { makeBatch, nllLoss } from "./core/batch.ts";
 export * from "./core/experiment.ts";
 export { builtinPlugins } from "./plugins/mod.ts";

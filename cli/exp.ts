@@ -5,11 +5,12 @@
  */
 
 import { parseArgs } from "node:util";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { UserError } from "../core/errors.ts";
 import { loadManifest } from "../core/manifest.ts";
 import { createRegistries } from "../core/registry.ts";
 import { describePlan, runExperiment } from "../core/experiment.ts";
+import { renderTable, writeReport } from "../core/report.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { parseIntegerFlag, runMain } from "./_main.ts";
 
@@ -72,7 +73,9 @@ async function main(): Promise<number> {
     resume: values.resume,
     smoke: values.smoke,
   });
-  console.error(`done: ${result.dir}`);
+  const report = await writeReport(result.dir);
+  console.log(renderTable(report.report));
+  console.error(`done: ${result.dir} (report: ${join(result.dir, "table1.md")})`);
   return 0;
 }
 

@@ -1,7 +1,7 @@
 /**
  * Behaviour cloning (the paper's "BC"): supervised NLL training of the policy on the
  * training pairs, shared by every run of an experiment. The result is the checkpoint
- * `<out>/<experiment>/bc/policy.{json,bin}`; later runs (and `--resume`) load it.
+ * `<out>/<experiment>/shared/bc/policy.{json,bin}`; later runs (and `--resume`) load it.
  *
  * @module
  */
@@ -77,11 +77,11 @@ export function buildPolicy(
 }
 
 /**
- * Trains the BC policy, or loads it when `<experiment>/bc/policy` exists. Returns a new
+ * Trains the BC policy, or loads it when `<experiment>/shared/bc/policy` exists. Returns a new
  * policy with the best BC weights (the caller owns and disposes it).
  */
 export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
-  const dir = join(ctx.experimentDir, "bc");
+  const dir = join(ctx.experimentDir, "shared", "bc");
   const policy = buildPolicy(ctx.factory, ctx.tokenizer, ctx.seed);
   if (await hasCheckpoint(dir, "policy")) {
     const { state } = await loadCheckpoint(dir, "policy");

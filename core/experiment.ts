@@ -277,7 +277,7 @@ async function executeRun(
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
   if (reward.prepare !== undefined) {
-    const rewardDir = join(shared.experimentDir, "rewards", rewardFolderName(run.reward));
+    const rewardDir = join(shared.experimentDir, "shared", "rewards", rewardFolderName(run.reward));
     await Deno.mkdir(rewardDir, { recursive: true });
     await reward.prepare({
       dir: rewardDir,

@@ -638,7 +638,12 @@ export async function resolveManifest(
     if (run === null || typeof run !== "object" || Array.isArray(run)) continue;
     if (typeof run.name === "string") {
       const first = seenNames.get(run.name);
-      if (first !== undefined) {
+      if (run.name === "shared") {
+        resolver.problem(
+          `${path}/name`,
+          `"shared" is reserved (the experiment's shared BC checkpoint and reward models)`,
+        );
+      } else if (first !== undefined) {
         resolver.problem(`${path}/name`, `duplicate run name "${run.name}" (also /runs/${first})`);
       } else seenNames.set(run.name, i);
     }

@@ -23,7 +23,8 @@
  * - `fig4_grow_reward.svg` (Figure 4): validation reward after the last Improve step of
  *   each Grow step against G;
  * - `fig6_best_of_n.svg` (Figure 6): Best-of-N validation reward (`bon/valid_reward@N`)
- *   against N on a log2 axis;
+ *   against N on a log2 axis, with a second panel for the picks' chrF against the
+ *   references (`bon/valid_chrf@N`) when it was logged;
  * - `ppo_training.svg`: PPO's reward (`ppo/reward`) and KL (`ppo/kl`) over training, two
  *   panels, one line per run.
  *
@@ -145,7 +146,7 @@ export const COLUMNS: readonly Column[] = [
     scale: 1,
     digits: 1,
     description:
-      "seconds the run took (`seconds` in summary.json; the shared BC training is not included)",
+      "seconds the run took (`seconds` in summary.json); the shared BC policy is trained on first use, so its training time counts in the first run that needs it",
   },
 ];
 
@@ -396,6 +397,10 @@ export function meanStd(values: readonly number[]): Cell | null {
   return { mean, std: Math.sqrt(squares / (values.length - 1)), n: values.length };
 }
 
+function roundNoise(value: number): number {
+  return Number(value.toPrecision(12));
+}
+
 /** The time of a run's first metrics record, for ordering rows as they ran. */
 function startTime(run: RunData): string | undefined {
   for (const record of run.records) {
@@ -437,7 +442,13 @@ export function tabulate(runs: readonly RunData[]): TableRow[] {
         .map((run) => run.values[column.metric])
         .filter((v): v is number => v !== undefined)
         .map((v) => v * column.scale);
-      values[column.key] = meanStd(found);
+      const cell = meanStd(found);
+      // 12 significant digits drop binary noise such as 66.10000000000001 from x100.
+      values[column.key] = cell === null ? null : {
+        mean: roundNoise(cell.mean),
+        std: cell.std === null ? null : roundNoise(cell.std),
+        n: cell.n,
+      };
     }
     rows.push({
       row,
@@ -538,31 +549,43 @@ function growFigure(groups: Map<string, RunData[]>): FigurePlan {
     : { reason: "no run logged an Improve step with its Grow step (`improve/grow`)" };
 }
 
-const BEST_OF_N = /^bon\/valid_reward@(\d+)$/;
+const BEST_OF_N = /^bon\/valid_(reward|chrf)@(\d+)$/;
 
 function bestOfNFigure(groups: Map<string, RunData[]>): FigurePlan {
-  const curve = (run: RunData) => {
+  const curve = (metric: "reward" | "chrf", scale: number) => (run: RunData) => {
     const points = new Map<number, number>();
     for (const [key, value] of Object.entries(run.values)) {
       const match = BEST_OF_N.exec(key);
-      if (match && Number(match[1]) > 0) points.set(Number(match[1]), 100 * value);
+      if (match && match[1] === metric && Number(match[2]) > 0) {
+        points.set(Number(match[2]), scale * value);
+      }
     }
     return points;
   };
-  const series = [...groups].map(([row, list]) => ({
-    name: seriesName(row, list),
-    points: meanCurve(list, curve),
-  })).filter((s) => s.points.length > 0);
-  const spec: ChartSpec = {
+  const seriesOf = (metric: "reward" | "chrf", scale: number) =>
+    [...groups].map(([row, list]) => ({
+      name: seriesName(row, list),
+      points: meanCurve(list, curve(metric, scale)),
+    })).filter((s) => s.points.length > 0);
+  const reward: ChartSpec = {
     title: "Best-of-N validation reward (paper's Figure 6)",
     xLabel: "N (samples per source, log2 scale)",
-    yLabel: "Validation reward of the best sample (x100)",
+    yLabel: "Reward of the best of N samples (x100)",
     xScale: "log2",
-    series,
+    series: seriesOf("reward", 100),
   };
-  return hasDrawablePoints(spec)
-    ? { spec, title: spec.title }
-    : { reason: "no run logged Best-of-N results (`bon/valid_reward@N`)" };
+  // The picks' chrF against the references shows whether the reward model is being gamed.
+  const chrf: ChartSpec = {
+    title: "Best-of-N: chrF of the picks against the references",
+    xLabel: "N (samples per source, log2 scale)",
+    yLabel: "Corpus chrF of the best of N samples",
+    xScale: "log2",
+    series: seriesOf("chrf", 1),
+  };
+  if (!hasDrawablePoints(reward)) {
+    return { reason: "no run logged Best-of-N results (`bon/valid_reward@N`)" };
+  }
+  return { spec: [reward, chrf].filter(hasDrawablePoints), title: reward.title };
 }
 
 function ppoFigure(runs: readonly RunData[]): FigurePlan {
@@ -614,9 +637,8 @@ export function buildFigures(runs: readonly RunData[]): {
     if ("reason" in plan) {
       skipped.push({ file, title, reason: plan.reason });
     } else {
-      const svg = Array.isArray(plan.spec)
-        ? stackedCharts(plan.spec, plan.title)
-        : lineChart(plan.spec);
+      const specs = Array.isArray(plan.spec) ? plan.spec : [plan.spec];
+      const svg = specs.length === 1 ? lineChart(specs[0]) : stackedCharts(specs, plan.title);
       figures.push({ file, title, svg });
     }
   }

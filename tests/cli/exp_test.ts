@@ -67,7 +67,7 @@ Deno.test("exp: --help and --dry-run print and exit 0", async () => {
   assert.equal(dry.code, 0, dry.stderr);
   assert.match(dry.stdout, /experiment quickstart/);
   assert.match(dry.stdout, /seed {6}7/);
-  assert.match(dry.stdout, /algorithm baselines/);
+  assert.match(dry.stdout, /algorithm rest/);
 });
 
 Deno.test("exp: a smoke run writes the run folder; a second run needs --resume", async () => {
