@@ -26,6 +26,8 @@ Options:
   --resume         continue the runs found in the output folder
   --backend NAME   compute backend, overriding the manifest (auto, cpu, wasm, blas, tensorflow)
   --seed N         base seed, overriding the manifest
+  --seeds N        repeat every run with N seeds (runs become <name>@seed<k>; the
+                   report shows mean and standard deviation), overriding the manifest
   -h, --help       show this help
 
 Exit codes: 0 done, 2 user error (arguments, manifest, data), 1 internal failure.`;
@@ -41,6 +43,7 @@ async function main(): Promise<number> {
       resume: { type: "boolean", default: false },
       backend: { type: "string" },
       seed: { type: "string" },
+      seeds: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -57,8 +60,13 @@ async function main(): Promise<number> {
   }
   const registries = createRegistries(builtinPlugins);
   const seed = parseIntegerFlag("seed", values.seed);
+  const seeds = parseIntegerFlag("seeds", values.seeds);
+  if (seeds !== undefined && (seeds < 1 || seeds > 100)) {
+    throw new UserError(`--seeds must be between 1 and 100 (got ${seeds})`);
+  }
   const manifest = await loadManifest(positionals[0], registries, {
     ...(seed !== undefined ? { seed } : {}),
+    ...(seeds !== undefined ? { seeds } : {}),
     ...(values.backend !== undefined ? { backend: values.backend } : {}),
     smoke: values.smoke,
   });

@@ -54,6 +54,8 @@ export interface BcContext {
   evaluation: EvalSettings;
   /** Seed of the BC phase. */
   seed: number;
+  /** Folder under `<experiment>/shared/` (default `bc`). */
+  folder?: string;
   /** Log lines. */
   log(message: string): void;
   /** Progress display. */
@@ -81,7 +83,7 @@ export function buildPolicy(
  * policy with the best BC weights (the caller owns and disposes it).
  */
 export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
-  const dir = join(ctx.experimentDir, "shared", "bc");
+  const dir = join(ctx.experimentDir, "shared", ctx.folder ?? "bc");
   const policy = buildPolicy(ctx.factory, ctx.tokenizer, ctx.seed);
   if (await hasCheckpoint(dir, "policy")) {
     const { state } = await loadCheckpoint(dir, "policy");

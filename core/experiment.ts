@@ -187,36 +187,43 @@ export async function runExperiment(
   );
   await prepareTokenizer(tokenizer, splits, join(experimentDir, "tokenizer.json"), log);
 
-  // The BC policy is trained once, on first use, and shared by every run.
-  let bcState: PolicyState | undefined;
-  const bcPolicy = async (options: { valueHead?: boolean } = {}): Promise<Policy> => {
+  // Each BC policy (one per BC seed) is trained once, on first use, and shared by the runs
+  // that start from it.
+  const bcStates = new Map<number, PolicyState>();
+  const bcPolicy = async (
+    bcSeed: number,
+    options: { valueHead?: boolean } = {},
+  ): Promise<Policy> => {
     if (manifest.model === undefined) {
       throw new UserError(`${manifest.file}: /model is required to train a policy`);
     }
     const factory = await createPlugin(registries, "model", manifest.model, deps);
-    if (bcState === undefined) {
+    let state = bcStates.get(bcSeed);
+    if (state === undefined) {
       const { trainOrLoadBc } = await import("./bc.ts");
       const manifestReward = await createPlugin(registries, "reward", manifest.reward, deps);
       const reward = manifestReward.prepare === undefined ? manifestReward : CHRF_SELECTION;
       const policy = await trainOrLoadBc({
         experimentDir,
+        folder: bcSeed === manifest.seed ? "bc" : `bc_seed${bcSeed}`,
         factory,
         tokenizer,
         splits,
         reward,
         settings: manifest.bc,
         evaluation: manifest.evaluation,
-        seed: manifest.seed,
+        seed: bcSeed,
         log,
         progress: (label, total, unit) => startProgress(label, total, unit),
       });
-      bcState = policy.save();
+      state = policy.save();
+      bcStates.set(bcSeed, state);
       if (!options.valueHead) return policy;
       policy.dispose();
     }
     const { buildPolicy } = await import("./bc.ts");
-    const policy = buildPolicy(factory, tokenizer, manifest.seed, options.valueHead ?? false);
-    policy.load(bcState);
+    const policy = buildPolicy(factory, tokenizer, bcSeed, options.valueHead ?? false);
+    policy.load(state);
     return policy;
   };
 
@@ -246,7 +253,7 @@ async function executeRun(
     options: ExperimentOptions;
     log: (message: string) => void;
     backend: BackendInfo;
-    bcPolicy: (options?: { valueHead?: boolean }) => Promise<Policy>;
+    bcPolicy: (bcSeed: number, options?: { valueHead?: boolean }) => Promise<Policy>;
   },
 ): Promise<RunSummary> {
   const { options, log } = shared;
@@ -255,6 +262,7 @@ async function executeRun(
     experiment: manifest.experiment,
     run: run.name,
     seed: run.seed,
+    bcSeed: run.bcSeed,
     smoke: options.smoke,
     backend: manifest.backend,
     data: manifest.data,
@@ -283,7 +291,7 @@ async function executeRun(
       dir: rewardDir,
       splits: shared.splits,
       tokenizer: shared.tokenizer,
-      bcPolicy: () => shared.bcPolicy(),
+      bcPolicy: () => shared.bcPolicy(manifest.seed),
       evaluation: manifest.evaluation,
       seed: manifest.seed,
       smoke: options.smoke,
@@ -303,7 +311,7 @@ async function executeRun(
     tokenizer: shared.tokenizer,
     reward,
     metrics: folder.metrics,
-    bcPolicy: shared.bcPolicy,
+    bcPolicy: (options) => shared.bcPolicy(run.bcSeed, options),
     evaluation: manifest.evaluation,
     progress: (label, total, unit) => startProgress(`${run.name}: ${label}`, total, unit),
     log: (message) => log(`${run.name}: ${message}`),

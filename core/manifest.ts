@@ -93,6 +93,14 @@ export function envelopeSchema(): JsonSchema {
         default: 1,
         description: "Base seed of every run (a run may set its own).",
       },
+      seeds: {
+        type: "integer",
+        minimum: 1,
+        maximum: 100,
+        default: 1,
+        description: "Repeat every run with this many seeds (runs become <name>@seed<k>, each " +
+          "with its own BC policy; the report shows mean and standard deviation).",
+      },
       ...top,
       bc: BC_SCHEMA,
       evaluation: EVAL_SCHEMA,
@@ -184,6 +192,8 @@ export interface ResolvedRun {
   name: string;
   /** Seed of the run. */
   seed: number;
+  /** Seed of the BC policy the run starts from (runs with equal `bcSeed` share it). */
+  bcSeed: number;
   /** The algorithm. */
   algorithm: ResolvedPluginRef;
   /** The reward (the run's own or the top-level one). */
@@ -206,6 +216,8 @@ export interface ResolvedManifest {
   description: string;
   /** Base seed. */
   seed: number;
+  /** Seeds per run (runs are already expanded to `<name>@seed<k>` when above 1). */
+  seeds: number;
   /** Backend plugin. */
   backend: ResolvedPluginRef;
   /** Data plugin. */
@@ -232,6 +244,8 @@ export interface ResolveOptions {
   baseDir?: string;
   /** Replaces the manifest's `seed`. */
   seed?: number;
+  /** Replaces the manifest's `seeds`. */
+  seeds?: number;
   /** Replaces the manifest's `backend` (by name). */
   backend?: string;
   /** Applies each plugin's `smoke` scaling. */
@@ -598,6 +612,7 @@ export async function resolveManifest(
   const data = structuredClone(raw) as Record<string, unknown>;
   if (data !== null && typeof data === "object" && !Array.isArray(data)) {
     if (options.seed !== undefined) data.seed = options.seed;
+    if (options.seeds !== undefined) data.seeds = options.seeds;
     if (options.backend !== undefined) data.backend = options.backend;
   }
 
@@ -686,14 +701,19 @@ export async function resolveManifest(
     if (typeof run.name !== "string" || top.reward === undefined && sections.reward === undefined) {
       continue;
     }
-    runs.push({
-      name: run.name,
-      seed: typeof run.seed === "number" ? run.seed : seed,
-      algorithm: algorithm.ref,
-      reward: sections.reward ?? top.reward!,
-      ...(sections.loss ? { loss: sections.loss } : {}),
-      ...(sections.threshold ? { threshold: sections.threshold } : {}),
-    });
+    const seeds = typeof data.seeds === "number" ? data.seeds : 1;
+    const runSeed = typeof run.seed === "number" ? run.seed : seed;
+    for (let k = 1; k <= seeds; k++) {
+      runs.push({
+        name: seeds > 1 ? `${run.name}@seed${k}` : run.name,
+        seed: runSeed + k - 1,
+        bcSeed: seed + k - 1,
+        algorithm: algorithm.ref,
+        reward: sections.reward ?? top.reward!,
+        ...(sections.loss ? { loss: sections.loss } : {}),
+        ...(sections.threshold ? { threshold: sections.threshold } : {}),
+      });
+    }
   }
 
   problems.push(...resolver.problems);
@@ -707,6 +727,7 @@ export async function resolveManifest(
     experiment: data.experiment as string,
     description: typeof data.description === "string" ? data.description : "",
     seed,
+    seeds: typeof data.seeds === "number" ? data.seeds : 1,
     backend: top.backend!,
     data: top.data!,
     tokenizer: top.tokenizer!,

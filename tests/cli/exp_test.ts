@@ -95,6 +95,32 @@ Deno.test("exp: a smoke run writes the run folder; a second run needs --resume",
   }
 });
 
+Deno.test("exp: --seeds 2 repeats each run and the table reports mean and deviation", async () => {
+  const { dir, file } = await tempManifest(smallManifest());
+  try {
+    const out = join(dir, "runs");
+    const r = await runTask("exp", [file, "--smoke", "--seeds", "2", "--out", out], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    for (const k of [1, 2]) {
+      const resolved = JSON.parse(
+        await Deno.readTextFile(
+          join(out, "cli_test", `baselines@seed${k}`, "manifest.resolved.json"),
+        ),
+      );
+      assert.equal(resolved.seed, k);
+    }
+    const table = JSON.parse(await Deno.readTextFile(join(out, "cli_test", "table1.json")));
+    assert.deepEqual(table.rows[0].runs, ["baselines@seed1", "baselines@seed2"]);
+    assert.deepEqual(table.rows[0].seeds, [1, 2]);
+    assert.equal(table.rows[0].values.wall_time_s.n, 2);
+    const bad = await runTask("exp", [file, "--seeds", "0", "--dry-run"], { cwd: dir });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--seeds must be between 1 and 100/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("schema: the committed manifest schema is up to date", async () => {
   const { schemaText } = await import("../../cli/schema.ts");
   const committed = await Deno.readTextFile(join(ROOT_DIR, "experiments/manifest.schema.json"));

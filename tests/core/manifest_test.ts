@@ -52,6 +52,26 @@ Deno.test("smoke applies each plugin's scaling; --seed and --backend override", 
   assert.match(problems[0], /^\/backend: unknown backend plugin "nope"/);
 });
 
+Deno.test("seeds repeat every run as <name>@seed<k> with consecutive run and BC seeds", async () => {
+  const m = await resolveManifest({ ...validManifest(), seeds: 3 }, registries());
+  assert.equal(m.seeds, 3);
+  assert.deepEqual(m.runs.map((r) => [r.name, r.seed, r.bcSeed]), [
+    ["train@seed1", 3, 3],
+    ["train@seed2", 4, 4],
+    ["train@seed3", 5, 5],
+    ["eval@seed1", 9, 3],
+    ["eval@seed2", 10, 4],
+    ["eval@seed3", 11, 5],
+  ]);
+  const one = await resolveManifest({ ...validManifest(), seeds: 3 }, registries(), { seeds: 1 });
+  assert.deepEqual(one.runs.map((r) => [r.name, r.bcSeed]), [["train", 3], ["eval", 3]]);
+  const problems = await problemsOf({ ...validManifest(), seeds: 0 });
+  assert.match(problems.join("\n"), /\/seeds: must be >= 1/);
+  const reserved = validManifest();
+  (reserved.runs as { name: string }[])[0].name = "shared";
+  assert.match((await problemsOf(reserved)).join("\n"), /\/runs\/0\/name: "shared" is reserved/);
+});
+
 Deno.test("misspelled plugin name and wrong-typed seed are reported together", async () => {
   const raw = validManifest();
   raw.seed = "seven";
@@ -87,7 +107,7 @@ Deno.test("envelope errors: unknown keys, missing sections, empty runs", async (
       dta: 1,
     }),
     [
-      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, backend, data, tokenizer, model, reward, bc, evaluation, runs)',
+      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, seeds, backend, data, tokenizer, model, reward, bc, evaluation, runs)',
       "/runs: must NOT have fewer than 1 items (got [])",
     ],
   );
