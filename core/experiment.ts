@@ -263,6 +263,7 @@ async function executeRun(
     run: run.name,
     seed: run.seed,
     bcSeed: run.bcSeed,
+    ...(run.label !== undefined ? { label: run.label } : {}),
     smoke: options.smoke,
     backend: manifest.backend,
     data: manifest.data,
@@ -304,6 +305,17 @@ async function executeRun(
     experiment: manifest.experiment,
     run: run.name,
     dir,
+    sharedDir: join(shared.experimentDir, "shared"),
+    fingerprint: hashText(JSON.stringify({
+      data: manifest.data,
+      tokenizer: manifest.tokenizer,
+      model: manifest.model,
+      bc: manifest.bc,
+      bcSeed: run.bcSeed,
+      reward: run.reward,
+      evaluation: manifest.evaluation,
+      smoke: options.smoke,
+    })),
     seed: run.seed,
     smoke: options.smoke,
     resume: folder.state === "resumed",
@@ -335,12 +347,19 @@ const CHRF_SELECTION: RewardModel = {
     Promise.resolve(rows.map((r) => sentenceChrf(r.hypothesis, r.reference ?? "") / 100)),
 };
 
-/** `<name>-<first 8 hex of the config's hash>`: one folder per distinct reward config. */
+/** `<name>-<hash of the config>`: one folder per distinct reward config. */
 function rewardFolderName(ref: ResolvedPluginRef): string {
   const text = JSON.stringify({ name: ref.module ?? ref.name, config: ref.config });
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  return `${ref.name.replace(/[^A-Za-z0-9_-]/g, "_")}-${(h >>> 0).toString(16).padStart(8, "0")}`;
+  return `${ref.name.replace(/[^A-Za-z0-9_-]/g, "_")}-${hashText(text).slice(0, 8)}`;
+}
+
+/** A 64-bit FNV-1a hash of a string as 16 hex digits (a cache key, not a checksum). */
+export function hashText(text: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (let i = 0; i < text.length; i++) {
+    h = ((h ^ BigInt(text.charCodeAt(i))) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
 }
 
 function baseDepsFor(

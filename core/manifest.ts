@@ -115,6 +115,13 @@ export function envelopeSchema(): JsonSchema {
           properties: {
             name: { type: "string", pattern: NAME_PATTERN, description: "Run name (unique)." },
             description: { type: "string", description: "Free text describing the run." },
+            label: {
+              type: "string",
+              minLength: 1,
+              maxLength: 80,
+              description: 'The run\'s name in reports, e.g. "ReST (G=1, I=4)" (default: made ' +
+                "from the algorithm and its config).",
+            },
             seed: {
               type: "integer",
               minimum: 0,
@@ -194,6 +201,8 @@ export interface ResolvedRun {
   seed: number;
   /** Seed of the BC policy the run starts from (runs with equal `bcSeed` share it). */
   bcSeed: number;
+  /** The run's name in reports, when the manifest gives one. */
+  label?: string;
   /** The algorithm. */
   algorithm: ResolvedPluginRef;
   /** The reward (the run's own or the top-level one). */
@@ -708,6 +717,7 @@ export async function resolveManifest(
         name: seeds > 1 ? `${run.name}@seed${k}` : run.name,
         seed: runSeed + k - 1,
         bcSeed: seed + k - 1,
+        ...(typeof run.label === "string" ? { label: run.label } : {}),
         algorithm: algorithm.ref,
         reward: sections.reward ?? top.reward!,
         ...(sections.loss ? { loss: sections.loss } : {}),

@@ -267,6 +267,7 @@ async function fileExists(path: string): Promise<boolean> {
 
 /** A readable label of a run's algorithm from its resolved manifest. */
 export function algorithmLabel(manifest: Record<string, unknown>): string {
+  if (typeof manifest.label === "string" && manifest.label !== "") return manifest.label;
   const algorithm = isObject(manifest.algorithm) ? manifest.algorithm : {};
   const name = typeof algorithm.name === "string" ? algorithm.name : "unknown";
   const config = isObject(algorithm.config) ? algorithm.config : {};

@@ -14,7 +14,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { DataError } from "./errors.ts";
 import { makeBatch } from "./batch.ts";
 import { evaluatePolicy, mean } from "./evaluate.ts";
@@ -190,7 +190,9 @@ export function scoreTokens(
 
 /**
  * Grow step `g`: samples, scores and stores the Grow set. When the file already exists (a
- * resumed run) it is read back instead: a finished Grow set is never recomputed.
+ * resumed run) it is read back instead: a finished Grow set is never recomputed. `shared`,
+ * when given, is an experiment-level copy keyed by everything the set depends on: an
+ * existing one is copied instead of sampling again, a new set is copied there.
  */
 export async function grow(
   policy: Policy,
@@ -199,11 +201,22 @@ export async function grow(
   ctx: RestContext,
   g: number,
   seed: number,
+  shared?: string,
 ): Promise<GrowRow[]> {
   const path = growPath(ctx.dir, g);
   if (await exists(path)) {
     const rows = await readGrowFile(path);
     ctx.log(`grow ${g}: reusing ${path} (${rows.length} rows)`);
+    return rows;
+  }
+  if (shared !== undefined && await exists(shared)) {
+    // Another run of this experiment already grew this exact set (same BC policy, reward,
+    // settings and seed): check it, then copy it into this run's folder.
+    const started = performance.now();
+    const rows = await readGrowFile(shared);
+    await copyFileAtomic(shared, path);
+    ctx.log(`grow ${g}: copied the identical Grow set ${shared} (${rows.length} rows)`);
+    await logGrow(rows, ctx, g, started, 1);
     return rows;
   }
   const started = performance.now();
@@ -260,6 +273,21 @@ export async function grow(
   }
   progress.done();
   await writeGrowFile(path, rows);
+  if (shared !== undefined) {
+    await Deno.mkdir(dirname(shared), { recursive: true });
+    await copyFileAtomic(path, shared);
+  }
+  await logGrow(rows, ctx, g, started, 0);
+  return rows;
+}
+
+async function logGrow(
+  rows: readonly GrowRow[],
+  ctx: RestContext,
+  g: number,
+  started: number,
+  copied: number,
+): Promise<void> {
   const sampleRows = rows.filter((r) => r.origin === "sample");
   await ctx.metrics.log({
     "grow/rows": rows.length,
@@ -267,6 +295,7 @@ export async function grow(
     "grow/mean_reward": mean(rows.map((r) => r.reward)),
     "grow/mean_sample_reward": mean(sampleRows.map((r) => r.reward)),
     "grow/distinct_samples": distinctCount(sampleRows),
+    "grow/copied": copied,
     "grow/seconds": (performance.now() - started) / 1000,
   }, g);
   ctx.log(
@@ -274,7 +303,13 @@ export async function grow(
       (100 * mean(rows.map((r) => r.reward))).toFixed(2)
     }`,
   );
-  return rows;
+}
+
+/** Copies a file through a temporary file and a rename, so `to` is never partial. */
+async function copyFileAtomic(from: string, to: string): Promise<void> {
+  const temp = `${to}.tmp-${Deno.pid}`;
+  await Deno.copyFile(from, temp);
+  await Deno.rename(temp, to);
 }
 
 /** Number of distinct (source, hypothesis) pairs. */

@@ -186,6 +186,14 @@ export interface RunContext {
   run: string;
   /** The run folder, `<out>/<experiment>/<run>/`. */
   dir: string;
+  /** The experiment's shared folder, `<out>/<experiment>/shared/` (BC, reward models, caches). */
+  sharedDir: string;
+  /**
+   * A hash of everything upstream of the algorithm (data, tokenizer, model, BC settings and
+   * seed, reward, evaluation): runs with equal fingerprints start from identical states, so
+   * they may share work keyed by it.
+   */
+  fingerprint: string;
   /** The run's seed. */
   seed: number;
   /** True under `--smoke`. */

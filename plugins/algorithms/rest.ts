@@ -20,6 +20,8 @@ import {
 import type { GrowRow } from "../../core/policy.ts";
 import type { RunContext } from "../../core/types.ts";
 import { UserError } from "../../core/errors.ts";
+import { hashText } from "../../core/experiment.ts";
+import { join } from "node:path";
 
 /** Config of the `rest` algorithm. */
 export interface RestConfig {
@@ -169,6 +171,17 @@ export default definePlugin({
         let previousTau = -Infinity;
         try {
           for (let g = 1; g <= config.growSteps; g++) {
+            // The first Grow set depends only on the BC policy, the reward, the settings
+            // and the seed: runs that agree on all of them share it.
+            const shared = g === 1
+              ? join(
+                ctx.sharedDir,
+                "grow",
+                `grow_1-${
+                  hashText(JSON.stringify([ctx.fingerprint, growSettings, ctx.seed]))
+                }.jsonl`,
+              )
+              : undefined;
             const rows = await grow(
               policy,
               ctx.splits.train,
@@ -176,6 +189,7 @@ export default definePlugin({
               restCtx,
               g,
               ctx.seed * 1000 + g,
+              shared,
             );
             sampled += distinctCount(rows.filter((r) => r.origin === "sample"));
             if (!config.accumulate) pool.length = 0;

@@ -299,3 +299,32 @@ Deno.test("an Improve step with no row above tau is skipped, not trained on noth
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a shared Grow set is copied, checked, into another run's folder", async () => {
+  const { build, dir, ctx, records } = await setup();
+  const policy = build(1);
+  const other = await Deno.makeTempDir();
+  try {
+    const shared = join(dir, "shared", "grow", "grow_1-key.jsonl");
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 11, shared);
+    assert.deepEqual(await readGrowFile(shared), rows);
+    const copied = await grow(policy, EXAMPLES, GROW, { ...ctx, dir: other }, 1, 11, shared);
+    assert.deepEqual(copied, rows);
+    assert.deepEqual(await readGrowFile(join(other, "grow_1.jsonl")), rows);
+    assert.deepEqual(records.map((r) => r["grow/copied"]), [0, 1]);
+    assert.equal(records[1]["grow/distinct_samples"], records[0]["grow/distinct_samples"]);
+
+    // A corrupt shared file is named, never silently used.
+    await Deno.writeTextFile(shared, "{not json\n");
+    const third = await Deno.makeTempDir();
+    await assert.rejects(
+      () => grow(policy, EXAMPLES, GROW, { ...ctx, dir: third }, 1, 11, shared),
+      /grow_1-key\.jsonl:1: not a JSON line/,
+    );
+    await Deno.remove(third, { recursive: true });
+  } finally {
+    policy.dispose();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(other, { recursive: true });
+  }
+});
