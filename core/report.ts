@@ -104,7 +104,7 @@ export const COLUMNS: readonly Column[] = [
     scale: 1,
     digits: 0,
     description:
-      "distinct (source, sample) pairs the algorithm generated for training, over all Grow steps or PPO iterations (`train/distinct_samples`)",
+      "distinct (source, sample) pairs the algorithm generated for training, over all Grow steps or PPO iterations; for BC, the training pairs (`train/distinct_samples`)",
   },
   {
     key: "test_reward_x100",

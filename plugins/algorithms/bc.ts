@@ -20,14 +20,20 @@ export default definePlugin({
       async run(ctx: RunContext) {
         const policy = await ctx.bcPolicy();
         try {
-          const metrics = await finalEvaluation(
-            policy,
-            ctx.tokenizer,
-            ctx.reward,
-            ctx.splits,
-            ctx.evaluation,
-            ctx.seed,
-          );
+          const metrics = {
+            ...(await finalEvaluation(
+              policy,
+              ctx.tokenizer,
+              ctx.reward,
+              ctx.splits,
+              ctx.evaluation,
+              ctx.seed,
+            )),
+            // BC trains on the training pairs (distinct after the data plugin's dedup) and
+            // takes no optimizer step after BC.
+            "train/distinct_samples": ctx.splits.train.length,
+            "train/gradient_steps": 0,
+          };
           await ctx.metrics.log(metrics, 0);
           for (const [key, value] of Object.entries(metrics)) {
             ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);

@@ -150,12 +150,16 @@ export const COMMON_DEFAULTS: CommonDataConfig = Object.fromEntries(
 /** Smoke-run cap applied by the data plugins' `smoke` hooks. */
 export const SMOKE_MAX_PAIRS = 400;
 
-/** Caps `maxPairs` for `--smoke` runs (used as each data plugin's `smoke` hook). */
+/**
+ * Caps `maxPairs` for `--smoke` runs (used as each data plugin's `smoke` hook), and absolute
+ * `validSize`/`testSize` to a quarter of that each, so training keeps at least half.
+ */
 export function smokeConfig<C extends CommonDataConfig>(config: C): C {
   const maxPairs = config.maxPairs === 0
     ? SMOKE_MAX_PAIRS
     : Math.min(config.maxPairs, SMOKE_MAX_PAIRS);
-  return { ...config, maxPairs };
+  const cap = (size: number) => size >= 1 ? Math.min(size, Math.floor(maxPairs / 4)) : size;
+  return { ...config, maxPairs, validSize: cap(config.validSize), testSize: cap(config.testSize) };
 }
 
 /** Counts of what each processing step of {@link finishSplits} removed. */
