@@ -7,7 +7,11 @@
  */
 
 import { join } from "node:path";
-import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { hasCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { clearUnitState } from "./resume.ts";
+
+/** Name of BC's resumable training state in its folder. */
+const TRAIN_STATE = "train_state";
 import { evaluatePolicy } from "./evaluate.ts";
 import type { ModelFactory, Policy } from "./policy.ts";
 import { MetricsWriter } from "./run.ts";
@@ -56,6 +60,8 @@ export interface BcContext {
   seed: number;
   /** Folder under `<experiment>/shared/` (default `bc`). */
   folder?: string;
+  /** Save the training state this often, for `--resume` (default 120 s). */
+  checkpointSeconds?: number;
   /** Log lines. */
   log(message: string): void;
   /** Progress display. */
@@ -93,8 +99,9 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   }
   await Deno.mkdir(dir, { recursive: true });
   const metrics = new MetricsWriter(join(dir, "metrics.jsonl"));
-  // A BC run that was interrupted restarts from scratch: clear its partial log.
-  await Deno.remove(metrics.path).catch(() => {});
+  // An interrupted BC run continues from its last training state (saved every few minutes);
+  // without one it restarts from scratch, so its partial log is cleared.
+  if (!(await hasCheckpoint(dir, TRAIN_STATE))) await Deno.remove(metrics.path).catch(() => {});
   const pairs = encodePairs(ctx.tokenizer, ctx.splits.train, ctx.settings.maxTokens);
   ctx.log(
     `bc: ${pairs.length} training pairs (${
@@ -134,8 +141,15 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
       await saveCheckpoint(dir, "best", policy.save(), { step, score });
       saved = true;
     },
+    checkpoint: {
+      dir,
+      name: TRAIN_STATE,
+      everySeconds: ctx.checkpointSeconds ?? 120,
+      metricsPath: metrics.path,
+    },
   }, ctx.seed);
   progress.done();
+  saved ||= await hasCheckpoint(dir, "best");
   if (saved) {
     const { state } = await loadCheckpoint(dir, "best");
     policy.load(state);
@@ -146,6 +160,8 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
     bestScore: result.bestScore,
     tokensPerSecond: result.tokensPerSecond,
   });
+  await clearUnitState(dir, TRAIN_STATE);
+  await removeCheckpoint(dir, "best");
   ctx.log(
     `bc: ${result.steps} steps (${result.stopped}), best validation reward ${
       (100 * result.bestScore).toFixed(2)

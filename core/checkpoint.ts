@@ -1,8 +1,10 @@
 /**
- * Policy checkpoints: `<name>.bin` (all weights, float32 little-endian) and `<name>.json`
- * (architecture config, weight index, metadata, byte count and SHA-256 of the .bin).
- * Both files are written atomically, the .json last, so a checkpoint whose .json exists is
- * complete; a truncated or altered .bin is detected by its checksum and named.
+ * Policy checkpoints: `<name>-<hash>.bin` (all weights, float32 little-endian) and
+ * `<name>.json` (architecture config, weight index, metadata, the .bin's file name, byte
+ * count and SHA-256). The .bin is named by its content and written first, the .json is
+ * replaced atomically last, so a checkpoint whose .json exists is complete and a crash at any
+ * moment leaves either the old or the new checkpoint; a truncated or altered .bin is
+ * detected by its checksum and named.
  *
  * @module
  */
@@ -25,6 +27,8 @@ interface CheckpointIndex {
   weights: PolicyState["weights"];
   bytes: number;
   sha256: string;
+  /** The weights file, relative to the .json (`<name>.bin` in checkpoints written before). */
+  file?: string;
   meta: Record<string, unknown>;
 }
 
@@ -42,17 +46,37 @@ export async function saveCheckpoint(
 ): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const bytes = new Uint8Array(state.data.buffer, state.data.byteOffset, state.data.byteLength);
+  const sha256 = await sha256Hex(bytes);
+  const file = `${name}-${sha256.slice(0, 16)}.bin`;
+  const previous = await readIndex(join(dir, `${name}.json`)).catch(() => undefined);
   const index: CheckpointIndex = {
     format: "rest-policy",
     version: 1,
     config: state.config,
     weights: state.weights,
     bytes: bytes.byteLength,
-    sha256: await sha256Hex(bytes),
+    sha256,
+    file,
     meta,
   };
-  await writeFileAtomic(join(dir, `${name}.bin`), bytes);
+  await writeFileAtomic(join(dir, file), bytes);
   await writeFileAtomic(join(dir, `${name}.json`), JSON.stringify(index) + "\n");
+  const old = previous?.file ?? `${name}.bin`;
+  if (old !== file) await Deno.remove(join(dir, old)).catch(() => {});
+}
+
+async function readIndex(path: string): Promise<CheckpointIndex> {
+  return JSON.parse(await Deno.readTextFile(path));
+}
+
+/** Deletes checkpoint `<dir>/<name>` (its .json first, then its weights); absent is fine. */
+export async function removeCheckpoint(dir: string, name: string): Promise<void> {
+  const path = join(dir, `${name}.json`);
+  const index = await readIndex(path).catch(() => undefined);
+  await Deno.remove(path).catch(() => {});
+  if (index !== undefined) {
+    await Deno.remove(join(dir, index.file ?? `${name}.bin`)).catch(() => {});
+  }
 }
 
 /**
@@ -65,17 +89,21 @@ export async function loadCheckpoint(
   name: string,
 ): Promise<{ state: PolicyState; meta: Record<string, unknown> }> {
   const jsonPath = join(dir, `${name}.json`);
-  const binPath = join(dir, `${name}.bin`);
   let index: CheckpointIndex;
   try {
-    index = JSON.parse(await Deno.readTextFile(jsonPath));
+    index = await readIndex(jsonPath);
   } catch (error) {
     const reason = error instanceof Deno.errors.NotFound ? "not found" : "not valid JSON";
     throw new UserError(`checkpoint ${jsonPath}: ${reason}`);
   }
-  if (index.format !== "rest-policy" || index.version !== 1 || !Array.isArray(index.weights)) {
+  if (
+    index === null || typeof index !== "object" || index.format !== "rest-policy" ||
+    index.version !== 1 || !Array.isArray(index.weights) ||
+    (index.file !== undefined && !/^[A-Za-z0-9_.-]+\.bin$/.test(index.file))
+  ) {
     throw new UserError(`checkpoint ${jsonPath}: not a policy checkpoint (format/version)`);
   }
+  const binPath = join(dir, index.file ?? `${name}.bin`);
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(binPath);

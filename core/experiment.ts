@@ -19,6 +19,7 @@ import type {
 import { startProgress } from "./progress.ts";
 import type { Registries, Registry } from "./registry.ts";
 import {
+  acquireLock,
   exists,
   MetricsWriter,
   openRunFolder,
@@ -162,6 +163,21 @@ export async function runExperiment(
   const log = options.log ?? defaultLog;
   const experimentDir = resolve(options.out, manifest.experiment);
   await Deno.mkdir(experimentDir, { recursive: true });
+  const release = await acquireLock(experimentDir, log);
+  try {
+    return await runLocked(manifest, registries, options, experimentDir, log);
+  } finally {
+    await release();
+  }
+}
+
+async function runLocked(
+  manifest: ResolvedManifest,
+  registries: Registries,
+  options: ExperimentOptions,
+  experimentDir: string,
+  log: (message: string) => void,
+): Promise<ExperimentResult> {
   const deps = baseDepsFor(manifest, manifest.seed, options.smoke, log);
 
   const backend = await createPlugin(registries, "backend", manifest.backend, deps);
@@ -211,6 +227,7 @@ export async function runExperiment(
         splits,
         reward,
         settings: manifest.bc,
+        checkpointSeconds: manifest.bc.checkpointSeconds,
         evaluation: manifest.evaluation,
         seed: bcSeed,
         log,

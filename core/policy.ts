@@ -97,6 +97,12 @@ export interface Policy {
   load(state: PolicyState): void;
   /** Frees every tensor the policy holds. */
   dispose(): void;
+  /**
+   * Optional: restarts the policy's own random stream (dropout) from `seed`. Training loops
+   * call it before every step, so a step's randomness depends only on the loop's seed and
+   * the step number, and a resumed run repeats an uninterrupted one exactly.
+   */
+  reseed?(seed: number): void;
 }
 
 /** A saved policy: its config as JSON and its weights as one float32 buffer. */

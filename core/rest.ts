@@ -15,7 +15,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { dirname, join } from "node:path";
-import { DataError } from "./errors.ts";
+import { DataError, UserError } from "./errors.ts";
 import { makeBatch } from "./batch.ts";
 import { evaluatePolicy, mean } from "./evaluate.ts";
 import type { GrowRow, Loss, LossInput, Policy } from "./policy.ts";
@@ -112,22 +112,56 @@ function checkRow(row: unknown, where: string): GrowRow {
   return r;
 }
 
-/** Reads a Grow file, checking every row; a bad line is a DataError naming file and line. */
+/**
+ * Reads a Grow file, checking every row; a bad line is a DataError naming file and line.
+ * The file is streamed line by line (never held whole as text).
+ */
 export async function readGrowFile(path: string): Promise<GrowRow[]> {
-  const text = await Deno.readTextFile(path);
   const rows: GrowRow[] = [];
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    if (lines[i] === "") continue;
+  let lineNumber = 0;
+  for await (const line of readLines(path)) {
+    lineNumber++;
+    if (line === "") continue;
     let parsed: unknown;
     try {
-      parsed = JSON.parse(lines[i]);
+      parsed = JSON.parse(line);
     } catch {
-      throw new DataError(`${path}:${i + 1}: not a JSON line (truncated or corrupt Grow file)`);
+      throw new DataError(
+        `${path}:${lineNumber}: not a JSON line (truncated or corrupt Grow file)`,
+      );
     }
-    rows.push(checkRow(parsed, `${path}:${i + 1}`));
+    rows.push(checkRow(parsed, `${path}:${lineNumber}`));
   }
   return rows;
+}
+
+/** The lines of a UTF-8 text file, streamed (a final line without newline included). */
+export async function* readLines(path: string): AsyncGenerator<string> {
+  const file = await Deno.open(path, { read: true });
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let pending = "";
+  try {
+    for await (const chunk of file.readable) {
+      pending += decoder.decode(chunk, { stream: true });
+      let newline = pending.indexOf("\n");
+      while (newline >= 0) {
+        yield pending.slice(0, newline);
+        pending = pending.slice(newline + 1);
+        newline = pending.indexOf("\n");
+      }
+    }
+    pending += decoder.decode();
+  } catch (error) {
+    if (error instanceof TypeError) throw new DataError(`${path}: not valid UTF-8`);
+    throw error;
+  } finally {
+    try {
+      file.close();
+    } catch {
+      // The stream already closed it.
+    }
+  }
+  if (pending !== "") yield pending;
 }
 
 /** Writes rows as JSON lines to a temporary file, then renames it (streamed in chunks). */
@@ -205,8 +239,10 @@ export async function grow(
 ): Promise<GrowRow[]> {
   const path = growPath(ctx.dir, g);
   if (await exists(path)) {
+    const started = performance.now();
     const rows = await readGrowFile(path);
     ctx.log(`grow ${g}: reusing ${path} (${rows.length} rows)`);
+    await logGrow(rows, ctx, g, started);
     return rows;
   }
   if (shared !== undefined && await exists(shared)) {
@@ -216,11 +252,12 @@ export async function grow(
     const rows = await readGrowFile(shared);
     await copyFileAtomic(shared, path);
     ctx.log(`grow ${g}: copied the identical Grow set ${shared} (${rows.length} rows)`);
-    await logGrow(rows, ctx, g, started, 1);
+    await logGrow(rows, ctx, g, started);
     return rows;
   }
   const started = performance.now();
   const examples = settings.sources > 0 ? sources.slice(0, settings.sources) : [...sources];
+  await checkDiskSpace(ctx.dir, estimateGrowBytes(examples, settings), `Grow step ${g}`);
   const rows: GrowRow[] = [];
   const chunkSize = Math.max(1, settings.batchSize);
   const progress = ctx.progress(`grow ${g}`, examples.length, "sources");
@@ -277,7 +314,7 @@ export async function grow(
     await Deno.mkdir(dirname(shared), { recursive: true });
     await copyFileAtomic(path, shared);
   }
-  await logGrow(rows, ctx, g, started, 0);
+  await logGrow(rows, ctx, g, started);
   return rows;
 }
 
@@ -286,7 +323,6 @@ async function logGrow(
   ctx: RestContext,
   g: number,
   started: number,
-  copied: number,
 ): Promise<void> {
   const sampleRows = rows.filter((r) => r.origin === "sample");
   await ctx.metrics.log({
@@ -295,7 +331,6 @@ async function logGrow(
     "grow/mean_reward": mean(rows.map((r) => r.reward)),
     "grow/mean_sample_reward": mean(sampleRows.map((r) => r.reward)),
     "grow/distinct_samples": distinctCount(sampleRows),
-    "grow/copied": copied,
     "grow/seconds": (performance.now() - started) / 1000,
   }, g);
   ctx.log(
@@ -310,6 +345,42 @@ async function copyFileAtomic(from: string, to: string): Promise<void> {
   const temp = `${to}.tmp-${Deno.pid}`;
   await Deno.copyFile(from, temp);
   await Deno.rename(temp, to);
+}
+
+/**
+ * A generous estimate of a Grow file's size: per row, the source and reference text twice
+ * over (JSON escaping, the hypothesis), and ~24 bytes per token id and log-probability.
+ */
+export function estimateGrowBytes(examples: readonly Example[], settings: GrowSettings): number {
+  let text = 0;
+  for (const e of examples) text += e.source.length + 2 * e.reference.length;
+  const perSource = settings.samplesPerSource + (settings.includeOriginal ? 1 : 0);
+  const tokens = Math.min(settings.maxLen, 64) * 24;
+  return Math.ceil(perSource * (2 * text + examples.length * (tokens + 160)));
+}
+
+/**
+ * Refuses to start work that needs `bytes` more on the file system of `dir` than is free
+ * (with a 10 % margin), naming both figures.
+ *
+ * @throws {UserError} when free space is short.
+ */
+export async function checkDiskSpace(dir: string, bytes: number, what: string): Promise<void> {
+  let free: number;
+  try {
+    const { statfsSync } = await import("node:fs");
+    const stats = statfsSync(dir);
+    free = Number(stats.bavail) * Number(stats.bsize);
+  } catch {
+    return; // No way to know (platform or permissions): do not block the run.
+  }
+  if (free < bytes * 1.1) {
+    const mb = (n: number) => `${(n / 2 ** 20).toFixed(0)} MB`;
+    throw new UserError(
+      `${what} needs about ${mb(bytes)} of disk in ${dir} but only ${mb(free)} is free; ` +
+        `free some space or write elsewhere with --out`,
+    );
+  }
 }
 
 /** Number of distinct (source, hypothesis) pairs. */

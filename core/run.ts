@@ -141,3 +141,63 @@ export async function writeRunSummary(dir: string, summary: unknown): Promise<vo
 export async function readRunSummary(dir: string): Promise<unknown> {
   return JSON.parse(await Deno.readTextFile(join(dir, SUMMARY)));
 }
+
+/**
+ * Takes the lock `<dir>/.lock` so that two processes never write one experiment folder.
+ * The lock names its process; a lock left by a process that no longer exists (killed) is
+ * taken over. Returns the function that releases it.
+ *
+ * @throws {UserError} when a live process holds the lock.
+ */
+export async function acquireLock(
+  dir: string,
+  log: (message: string) => void = () => {},
+): Promise<() => Promise<void>> {
+  const path = join(dir, ".lock");
+  const text = JSON.stringify({ pid: Deno.pid, started: new Date().toISOString() }) + "\n";
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await Deno.writeTextFile(path, text, { createNew: true });
+      return async () => {
+        await Deno.remove(path).catch(() => {});
+      };
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    }
+    let holder: { pid?: unknown; started?: unknown } = {};
+    try {
+      holder = JSON.parse(await Deno.readTextFile(path));
+    } catch {
+      // Unreadable or half-written: treat as stale.
+    }
+    const pid = typeof holder.pid === "number" ? holder.pid : undefined;
+    if (pid !== undefined && pid !== Deno.pid && processAlive(pid)) {
+      throw new UserError(
+        `${dir} is being written by process ${pid} (since ${holder.started}); wait for it ` +
+          `to finish, or delete ${path} if that process is gone`,
+      );
+    }
+    log(`lock: taking over ${path} from a process that no longer runs`);
+    await Deno.remove(path).catch(() => {});
+  }
+  throw new UserError(`could not take the lock ${path}; another process keeps taking it`);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch (error) {
+    // Without /proc (or without permission to look) assume it runs: never write over it.
+    return !(error instanceof Deno.errors.NotFound) || !existsSync("/proc/self");
+  }
+}
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -16,6 +16,8 @@ export interface BcSettings extends TrainSettings {
   maxTokens: number;
   /** Validation pairs used for the periodic evaluation (0: all). */
   evalSize: number;
+  /** Seconds between saved training states (for `--resume`). */
+  checkpointSeconds: number;
 }
 
 /** Settings of decoding for evaluation (the manifest's `evaluation` section). */
@@ -85,6 +87,13 @@ export const BC_SCHEMA: JsonSchema = {
     },
     maxTokens: integer(1, 4096, 64, "Leave out training pairs longer than this (tokens)."),
     evalSize: integer(0, 10_000_000, 300, "Validation pairs for periodic evaluation (0: all)."),
+    checkpointSeconds: integer(
+      0,
+      86400,
+      120,
+      "Save the training state this often, so --resume loses at most this much work " +
+        "(0: after every step).",
+    ),
   },
 };
 

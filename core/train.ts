@@ -13,6 +13,7 @@ import type { Policy, TokenBatch } from "./policy.ts";
 import { Rng } from "./random.ts";
 import type { Metrics, MetricsLog, Progress } from "./types.ts";
 import { makeBatch } from "./batch.ts";
+import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "./resume.ts";
 
 /** One training pair as token ids (no BOS/EOS: the batcher adds them). */
 export interface TokenPair {
@@ -66,6 +67,14 @@ export interface TrainHooks<P extends TokenPair = TokenPair> {
   progress?: Progress;
   /** Log lines. */
   log?(message: string): void;
+  /**
+   * Makes the loop resumable: every `everySeconds` (at a step boundary) it saves its state
+   * (weights, optimizer moments, the loss's variables, counters) as `<dir>/<name>`, and a
+   * loop that finds that state continues from it, rewinding `metricsPath` to the length it
+   * had then. Only for losses whose state is their `variables`. The caller removes the state
+   * (with `clearUnitState`) once it has saved the loop's result.
+   */
+  checkpoint?: { dir: string; name: string; everySeconds: number; metricsPath: string };
 }
 
 /** What a finished loop reports. */
@@ -105,6 +114,17 @@ export function lengthBuckets<P extends TokenPair>(
   return rng.shuffle(batches);
 }
 
+/**
+ * `sys/tensors` (live tfjs tensors: flat over a healthy run) and `sys/rss_mb` (process
+ * resident memory). RSS differs between runs, so it is left out of determinism checks.
+ */
+export function systemMetrics(): Metrics {
+  return {
+    "sys/tensors": tf.memory().numTensors,
+    "sys/rss_mb": Math.round(Deno.memoryUsage().rss / 2 ** 20),
+  };
+}
+
 /** Disposes every tensor of a batch. */
 export function disposeBatch(batch: TokenBatch): void {
   batch.source.dispose();
@@ -127,10 +147,16 @@ export async function trainLoop<P extends TokenPair>(
   seed: number,
 ): Promise<TrainResult> {
   if (pairs.length === 0) throw new UserError(`${hooks.prefix}: no training pairs`);
-  const rng = new Rng(seed).fork(`${hooks.prefix}/batches`);
+  // A fresh stream per label: fork() advances its parent, so a shared parent would make a
+  // label's stream depend on how many forks came before it.
+  const derive = (label: string) => new Rng(seed).fork(label);
   const variables = [...policy.variables, ...(hooks.variables ?? [])];
+  const extraVariables = [...(hooks.variables ?? [])];
   const optimizer = new Adam(variables);
   const offset = hooks.stepOffset ?? 0;
+  // Batches of epoch e are a function of (seed, e) alone, so a resumed loop regenerates them.
+  let epoch = 0;
+  let consumed = 0;
   let batches: P[][] = [];
   let bestScore = NaN;
   let bestStep = 0;
@@ -143,6 +169,53 @@ export async function trainLoop<P extends TokenPair>(
   const started = performance.now();
   let step = 0;
   let stopped: TrainResult["stopped"] = "steps";
+  const cp = hooks.checkpoint;
+  let lastSave = performance.now();
+  if (cp !== undefined) {
+    const saved = await loadUnitState(cp.dir, cp.name);
+    if (saved !== undefined) {
+      const m = saved.meta as Record<string, number>;
+      policy.load(saved.policy);
+      const adam = saved.extras.length - extraVariables.length;
+      assignExtras(extraVariables, saved.extras.slice(adam));
+      optimizer.restore({
+        step: m.adamStep,
+        m: saved.extras.slice(0, adam / 2),
+        v: saved.extras.slice(adam / 2, adam),
+      });
+      ({ step, epoch, consumed, bestScore, bestStep, sinceBest, tokens } = m);
+      ({ windowTokens, windowLoss, windowSteps } = m);
+      bestScore = m.bestScore ?? NaN;
+      await rewindMetrics(cp.metricsPath, saved.meta);
+      if (consumed > 0) {
+        batches = lengthBuckets(
+          pairs,
+          settings.batchSize,
+          derive(`${hooks.prefix}/batches/${epoch}`),
+        );
+        batches.length -= consumed;
+      }
+      hooks.progress?.tick(step);
+      hooks.log?.(`${hooks.prefix}: resumed at step ${step} from ${cp.dir}/${cp.name}`);
+    }
+  }
+  const saveState = async () => {
+    const adam = optimizer.state();
+    await saveUnitState(cp!.dir, cp!.name, policy, [...adam.m, ...adam.v, ...extraVariables], {
+      step,
+      epoch,
+      consumed,
+      bestScore: Number.isNaN(bestScore) ? null : bestScore,
+      bestStep,
+      sinceBest,
+      tokens,
+      windowTokens,
+      windowLoss,
+      windowSteps,
+      adamStep: adam.step,
+    }, cp!.metricsPath);
+    lastSave = performance.now();
+  };
 
   const evaluate = async () => {
     if (hooks.evaluate === undefined) return false;
@@ -160,10 +233,20 @@ export async function trainLoop<P extends TokenPair>(
   };
 
   while (step < settings.steps) {
-    if (batches.length === 0) batches = lengthBuckets(pairs, settings.batchSize, rng);
+    if (batches.length === 0) {
+      if (consumed > 0 || step > 0) epoch++;
+      consumed = 0;
+      batches = lengthBuckets(
+        pairs,
+        settings.batchSize,
+        derive(`${hooks.prefix}/batches/${epoch}`),
+      );
+    }
     const items = batches.pop()!;
+    consumed++;
     const batch = makeBatch(items, policy.specials);
     step++;
+    policy.reseed?.(derive(`${hooks.prefix}/step/${step}`).nextUint32());
     const lr = learningRate(step, {
       peak: settings.learningRate,
       warmup: settings.warmupSteps,
@@ -213,6 +296,7 @@ export async function trainLoop<P extends TokenPair>(
         [`${hooks.prefix}/lr`]: lr,
         [`${hooks.prefix}/grad_norm`]: clipped.norm,
         [`${hooks.prefix}/tokens_per_s`]: seconds > 0 ? windowTokens / seconds : NaN,
+        ...systemMetrics(),
       }, offset + step);
       windowTokens = 0;
       windowLoss = 0;
@@ -227,6 +311,12 @@ export async function trainLoop<P extends TokenPair>(
         );
         break;
       }
+    }
+    if (
+      cp !== undefined && step < settings.steps &&
+      performance.now() - lastSave >= cp.everySeconds * 1000
+    ) {
+      await saveState();
     }
   }
   if (stopped === "steps") await evaluate();

@@ -12,16 +12,22 @@ import { finalEvaluation, mean } from "../../core/evaluate.ts";
 import {
   distinctCount,
   grow,
+  growPath,
   type GrowSettings,
   improve,
   type ImproveSettings,
+  readGrowFile,
   type RestContext,
 } from "../../core/rest.ts";
 import type { GrowRow } from "../../core/policy.ts";
 import type { RunContext } from "../../core/types.ts";
 import { UserError } from "../../core/errors.ts";
+import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "../../core/resume.ts";
 import { hashText } from "../../core/experiment.ts";
 import { join } from "node:path";
+
+/** Name of the run's resumable state (after each finished Grow or Improve step). */
+const STATE = "rest_state";
 
 /** Config of the `rest` algorithm. */
 export interface RestConfig {
@@ -169,34 +175,68 @@ export default definePlugin({
         let index = 0;
         let sampled = 0;
         let previousTau = -Infinity;
+        // Resume: the state saved after the last finished unit (a Grow step or an Improve
+        // step) gives the weights, the loss's variables and the counters; metrics.jsonl is
+        // rewound to that moment and later units run again, identically.
+        const metricsPath = join(ctx.dir, "metrics.jsonl");
+        const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
+        let done = { grow: 0, index: 0 };
+        if (saved !== undefined) {
+          policy.load(saved.policy);
+          assignExtras(ctx.loss.variables, saved.extras);
+          await rewindMetrics(metricsPath, saved.meta);
+          done = saved.meta.done as typeof done;
+          ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`);
+        } else if (ctx.resume) {
+          // Nothing finished yet: start over with an empty log (Grow files are reused).
+          await Deno.truncate(metricsPath, 0).catch(() => {});
+        }
+        const steps: number[] = saved === undefined ? [] : [...saved.meta.steps as number[]];
+        const save = (grow: number, at: number) =>
+          saveUnitState(ctx.dir, STATE, policy, ctx.loss!.variables, {
+            done: { grow, index: at },
+            steps: steps.slice(0, at),
+            growSteps: config.growSteps,
+            improveSteps: config.improveSteps,
+          }, metricsPath);
         try {
           for (let g = 1; g <= config.growSteps; g++) {
-            // The first Grow set depends only on the BC policy, the reward, the settings
-            // and the seed: runs that agree on all of them share it.
-            const shared = g === 1
-              ? join(
-                ctx.sharedDir,
-                "grow",
-                `grow_1-${
-                  hashText(JSON.stringify([ctx.fingerprint, growSettings, ctx.seed]))
-                }.jsonl`,
-              )
-              : undefined;
-            const rows = await grow(
-              policy,
-              ctx.splits.train,
-              growSettings,
-              restCtx,
-              g,
-              ctx.seed * 1000 + g,
-              shared,
-            );
+            let rows: GrowRow[];
+            if (g <= done.grow) {
+              rows = await readGrowFile(growPath(ctx.dir, g));
+            } else {
+              // The first Grow set depends only on the BC policy, the reward, the settings
+              // and the seed: runs that agree on all of them share it.
+              const shared = g === 1
+                ? join(
+                  ctx.sharedDir,
+                  "grow",
+                  `grow_1-${
+                    hashText(JSON.stringify([ctx.fingerprint, growSettings, ctx.seed]))
+                  }.jsonl`,
+                )
+                : undefined;
+              rows = await grow(
+                policy,
+                ctx.splits.train,
+                growSettings,
+                restCtx,
+                g,
+                ctx.seed * 1000 + g,
+                shared,
+              );
+              await save(g, index);
+            }
             sampled += distinctCount(rows.filter((r) => r.origin === "sample"));
             if (!config.accumulate) pool.length = 0;
             pool.push(...rows);
             previousTau = -Infinity;
             for (let i = 1; i <= config.improveSteps; i++) {
               index++;
+              if (index <= done.index) {
+                stepOffset += (saved!.meta.steps as number[])[index - 1];
+                continue;
+              }
               const result = await improve(
                 policy,
                 bcPolicy,
@@ -220,6 +260,8 @@ export default definePlugin({
               }
               previousTau = result.tau;
               stepOffset += result.steps;
+              steps.push(result.steps);
+              await save(g, index);
             }
           }
           const metrics = {

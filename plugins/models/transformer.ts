@@ -167,7 +167,7 @@ export class TransformerPolicy implements Policy {
   readonly #srcTable: string;
   readonly #tgtTable: string;
   readonly #outTable: string;
-  readonly #dropoutRng: Rng;
+  #dropoutRng: Rng;
   #positions: Float32Array;
   #positionRows: number;
   #disposed = false;
@@ -608,6 +608,11 @@ export class TransformerPolicy implements Policy {
       v.assign(t);
       t.dispose();
     }
+  }
+
+  /** Restarts the dropout stream from `seed` (see {@link Policy.reseed}). */
+  reseed(seed: number): void {
+    this.#dropoutRng = new Rng(seed).fork("dropout");
   }
 
   /** Frees every variable. Further use throws. */

@@ -3,7 +3,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import { Adam, clipByGlobalNorm, learningRate } from "../../core/optim.ts";
 import { makeBatch } from "../../core/batch.ts";
-import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from "../../core/checkpoint.ts";
+import {
+  hasCheckpoint,
+  loadCheckpoint,
+  removeCheckpoint,
+  saveCheckpoint,
+} from "../../core/checkpoint.ts";
 import { join } from "node:path";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
@@ -80,16 +85,29 @@ Deno.test("checkpoints round-trip and corrupt or truncated files are named", asy
     const loaded = await loadCheckpoint(dir, "best");
     assert.deepEqual(Array.from(loaded.state.data), [1, 2, 3, 4]);
     assert.deepEqual(loaded.meta, { step: 7 });
-    const bin = join(dir, "best.bin");
+    // Weights files are named by content; saving again replaces the old one.
+    const bins = () =>
+      [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".bin"));
+    assert.equal(bins().length, 1);
+    await saveCheckpoint(dir, "best", { ...state, data: new Float32Array([5, 6, 7, 8]) });
+    assert.equal(bins().length, 1);
+    assert.deepEqual(Array.from((await loadCheckpoint(dir, "best")).state.data), [5, 6, 7, 8]);
+    const bin = join(dir, bins()[0]);
     const bytes = await Deno.readFile(bin);
     await Deno.writeFile(bin, bytes.slice(0, 8));
     await assert.rejects(
       () => loadCheckpoint(dir, "best"),
-      /best\.bin: 8 bytes, expected 16 \(truncated\?\)/,
+      /best-[0-9a-f]{16}\.bin: 8 bytes, expected 16 \(truncated\?\)/,
     );
     bytes[3] ^= 0xff;
     await Deno.writeFile(bin, bytes);
-    await assert.rejects(() => loadCheckpoint(dir, "best"), /best\.bin: checksum mismatch/);
+    await assert.rejects(
+      () => loadCheckpoint(dir, "best"),
+      /best-[0-9a-f]{16}\.bin: checksum mismatch/,
+    );
+    await removeCheckpoint(dir, "best");
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    await saveCheckpoint(dir, "best", state);
     await Deno.writeTextFile(join(dir, "best.json"), "{");
     await assert.rejects(() => loadCheckpoint(dir, "best"), /best\.json: not valid JSON/);
   } finally {

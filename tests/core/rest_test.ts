@@ -6,6 +6,8 @@ import transformer from "../../plugins/models/transformer.ts";
 import bcLoss from "../../plugins/losses/bc.ts";
 import fixed from "../../plugins/thresholds/fixed.ts";
 import {
+  checkDiskSpace,
+  estimateGrowBytes,
   filterRows,
   grow,
   type GrowSettings,
@@ -14,7 +16,7 @@ import {
   type RestContext,
   writeGrowFile,
 } from "../../core/rest.ts";
-import { DataError } from "../../core/errors.ts";
+import { DataError, UserError } from "../../core/errors.ts";
 import type { GrowRow, Loss, ModelFactory, Policy } from "../../core/policy.ts";
 import type {
   Example,
@@ -158,10 +160,14 @@ Deno.test("Grow stores scored samples and originals once; a second call reuses t
     assert.equal(records.length, 1);
     assert.equal(records[0]["grow/rows"], rows.length);
 
-    // Resumed: read back, not recomputed (no new metrics, same file).
+    // Resumed: read back, not recomputed (same file, same metrics but the timing).
     const again = await grow(policy, EXAMPLES, GROW, ctx, 1, 999);
     assert.deepEqual(again, rows);
-    assert.equal(records.length, 1);
+    assert.equal(records.length, 2);
+    assert.deepEqual(
+      { ...records[1], "grow/seconds": 0 },
+      { ...records[0], "grow/seconds": 0 },
+    );
     assert.equal(
       (await Deno.stat(join(dir, "grow_1.jsonl"))).mtime?.getTime(),
       stat.mtime?.getTime(),
@@ -311,7 +317,6 @@ Deno.test("a shared Grow set is copied, checked, into another run's folder", asy
     const copied = await grow(policy, EXAMPLES, GROW, { ...ctx, dir: other }, 1, 11, shared);
     assert.deepEqual(copied, rows);
     assert.deepEqual(await readGrowFile(join(other, "grow_1.jsonl")), rows);
-    assert.deepEqual(records.map((r) => r["grow/copied"]), [0, 1]);
     assert.equal(records[1]["grow/distinct_samples"], records[0]["grow/distinct_samples"]);
 
     // A corrupt shared file is named, never silently used.
@@ -326,5 +331,71 @@ Deno.test("a shared Grow set is copied, checked, into another run's folder", asy
     policy.dispose();
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(other, { recursive: true });
+  }
+});
+
+Deno.test("the disk check refuses work that does not fit, naming both sizes", async () => {
+  const examples = EXAMPLES.map((e) => ({ ...e, reference: e.reference.repeat(10) }));
+  const small = estimateGrowBytes(examples.slice(0, 2), GROW);
+  const large = estimateGrowBytes(examples, GROW);
+  assert.ok(large > small && small > 0);
+  assert.ok(estimateGrowBytes(examples, { ...GROW, samplesPerSource: 30 }) > large);
+  await checkDiskSpace(Deno.cwd(), 1024, "a tiny step");
+  await assert.rejects(
+    () => checkDiskSpace(Deno.cwd(), 2 ** 60, "Grow step 1"),
+    (e: Error) => {
+      assert.ok(e instanceof UserError);
+      assert.match(
+        e.message,
+        /Grow step 1 needs about \d+ MB of disk in .* but only \d+ MB is free/,
+      );
+      return true;
+    },
+  );
+});
+
+Deno.test("training keeps tf.memory().numTensors flat across steps and evaluations", async () => {
+  const { build, ctx, dir, records } = await setup();
+  const policy = build(4);
+  const bc = policy.clone();
+  try {
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 3);
+    const loss = bcLoss.create(pluginDefaults(bcLoss) as never, {} as never) as Loss;
+    const schedule = fixed.create(
+      { ...pluginDefaults(fixed), values: [0] } as never,
+      {} as never,
+    ) as ThresholdSchedule;
+    await improve(
+      policy,
+      bc,
+      rows,
+      loss,
+      schedule,
+      EXAMPLES.slice(0, 3),
+      {
+        steps: 40,
+        batchSize: 4,
+        learningRate: 1e-3,
+        learningRateDecay: 1,
+        warmupSteps: 0,
+        schedule: "constant",
+        clipNorm: 1,
+        evalEvery: 7,
+        evalSize: 0,
+        maxLen: 8,
+        decodeBatchSize: 8,
+      },
+      ctx,
+      { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 },
+      5,
+    );
+    loss.dispose();
+    const counts = records.filter((r) => "sys/tensors" in r).map((r) => r["sys/tensors"]);
+    assert.ok(counts.length >= 10, `${counts.length} samples`);
+    assert.equal(new Set(counts).size, 1, `tensor counts vary: ${counts}`);
+  } finally {
+    policy.dispose();
+    bc.dispose();
+    await Deno.remove(dir, { recursive: true });
   }
 });
