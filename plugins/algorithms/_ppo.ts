@@ -10,9 +10,15 @@
  *   and the value targets (returns) of one sequence;
  * - {@link whiten}, {@link explainedVariance}: advantage normalisation and the value
  *   diagnostic;
+ * - {@link rolloutAdvantages}: the above put together for a whole rollout batch (KL
+ *   penalty, GAE per sequence, returns, whitening over every token of the batch);
  * - {@link AdaptiveKl}: the adaptive KL coefficient of Ziegler et al. 2019 (Section 2.2);
+ *   {@link FixedKl} the constant one;
+ * - {@link tokenLogProbsAndEntropy}: per-token log-probabilities of the taken tokens and
+ *   the policy's entropy from logits, at a sampling temperature;
  * - {@link clippedPolicyLoss}, {@link clippedValueLoss}: the PPO-clip objectives on
- *   `[B, T]` tensors, masked to real tokens.
+ *   `[B, T]` tensors, masked to real tokens;
+ * - {@link PositionBaseline}: a critic-free baseline for policies without a value head.
  *
  * @module
  */
@@ -100,8 +106,10 @@ export function gae(
 
 /**
  * Shifts and scales numbers to mean 0 and standard deviation 1:
- * (x - mean) / sqrt(var + eps) with the population variance (as in Ziegler et al.'s and
- * TRL's `whiten`). A single number (or equal numbers) becomes 0.
+ * (x - mean) / sqrt(var + eps) with the population variance (as `whiten` in Ziegler et
+ * al.'s code, which takes the moments with `tf.nn.moments`; TRL's uses the unbiased
+ * variance, a negligible difference for rollouts of many tokens). A single number (or
+ * equal numbers) becomes 0.
  */
 export function whiten(values: readonly number[], eps = 1e-8): number[] {
   if (values.length === 0) return [];
@@ -138,6 +146,78 @@ export function explainedVariance(
   return 1 - variance(targets.map((t, i) => t - predicted[i])) / total;
 }
 
+/** One sampled sequence of a rollout batch: per-token arrays of equal length, and its score. */
+export interface RolloutSequence {
+  /** log pi_old(a_t): the sampling policy's log-probability of each token. */
+  logProbs: readonly number[];
+  /** log pi_ref(a_t): the frozen reference's log-probability of each token. */
+  refLogProbs: readonly number[];
+  /** V_old(s_t): the critic's estimate before each token, at sampling time. */
+  values: readonly number[];
+  /** The sequence's reward (after any normalisation), given at its last token. */
+  score: number;
+}
+
+/** Options of {@link rolloutAdvantages}. */
+export interface AdvantageOptions {
+  /** KL penalty coefficient beta. */
+  beta: number;
+  /** Discount gamma. */
+  gamma: number;
+  /** GAE lambda. */
+  lambda: number;
+  /** Whiten the advantages over every token of the batch. */
+  whiten: boolean;
+}
+
+/** Per-token rewards, advantages and value targets of a rollout batch, one array per sequence. */
+export interface RolloutAdvantages {
+  /** KL-penalised per-token rewards ({@link klPenaltyRewards}). */
+  rewards: number[][];
+  /** GAE advantages, whitened over the whole batch when asked. */
+  advantages: number[][];
+  /** Value targets: raw (unwhitened) advantages plus values. */
+  returns: number[][];
+  /** Each sequence's KL estimate sum_t (log pi_old - log pi_ref). */
+  kl: number[];
+}
+
+/**
+ * Advantages of a rollout batch as in Ziegler et al.'s PPO: per-token KL-penalised rewards
+ * with the score at the last token, GAE per sequence (no bootstrap after the last token),
+ * value targets from the raw advantages, then (optionally) advantages whitened together
+ * over every token of the batch.
+ *
+ * @throws {RangeError} when a sequence is empty or its arrays differ in length.
+ */
+export function rolloutAdvantages(
+  sequences: readonly RolloutSequence[],
+  options: AdvantageOptions,
+): RolloutAdvantages {
+  const rewards: number[][] = [];
+  const advantages: number[][] = [];
+  const returns: number[][] = [];
+  const kl: number[] = [];
+  sequences.forEach((seq, i) => {
+    if (seq.values.length !== seq.logProbs.length) {
+      throw new RangeError(
+        `rolloutAdvantages: sequence ${i} has ${seq.logProbs.length} tokens but ${seq.values.length} values`,
+      );
+    }
+    const penalised = klPenaltyRewards(seq.logProbs, seq.refLogProbs, options.beta, seq.score);
+    const g = gae(penalised.rewards, seq.values, options.gamma, options.lambda);
+    rewards.push(penalised.rewards);
+    advantages.push(g.advantages);
+    returns.push(g.returns);
+    kl.push(penalised.kl);
+  });
+  if (!options.whiten) return { rewards, advantages, returns, kl };
+  const flat = whiten(advantages.flat());
+  let k = 0;
+  const whitened = advantages.map((a) => a.map(() => flat[k++]));
+  return { rewards, advantages: whitened, returns, kl };
+}
+
 /** Settings of {@link AdaptiveKl}. */
 export interface AdaptiveKlOptions {
   /** Initial coefficient beta. */
@@ -148,12 +228,39 @@ export interface AdaptiveKlOptions {
   horizon: number;
 }
 
+/** A KL coefficient: its current value and the update after each rollout batch. */
+export interface KlController {
+  /** The current coefficient beta. */
+  readonly value: number;
+  /** Updates beta from the mean KL of a rollout of `nSteps` samples; returns the new beta. */
+  update(kl: number, nSteps: number): number;
+}
+
+/** A constant KL coefficient. */
+export class FixedKl implements KlController {
+  /** The coefficient beta. */
+  readonly value: number;
+
+  /**
+   * @throws {RangeError} when `value` is negative or not a number.
+   */
+  constructor(value: number) {
+    if (!(value >= 0)) throw new RangeError(`FixedKl: value must be >= 0, got ${value}`);
+    this.value = value;
+  }
+
+  /** Leaves beta unchanged. */
+  update(_kl: number, _nSteps: number): number {
+    return this.value;
+  }
+}
+
 /**
  * The adaptive KL coefficient of Ziegler et al. 2019 (Section 2.2, their
  * `AdaptiveKLController`): after a rollout of `nSteps` samples with mean KL `kl`,
  * e = clip(kl / target - 1, -0.2, 0.2) and beta <- beta (1 + e nSteps / horizon).
  */
-export class AdaptiveKl {
+export class AdaptiveKl implements KlController {
   /** The current coefficient beta. */
   value: number;
   /** Target KL per sequence. */
@@ -188,8 +295,47 @@ export class AdaptiveKl {
   }
 }
 
-function maskedMean(x: tf.Tensor, mask: tf.Tensor): tf.Scalar {
-  return tf.div(tf.sum(tf.mul(x, mask)), tf.maximum(tf.sum(mask), 1)) as tf.Scalar;
+/** Mean of `x` over the positions where `mask` is 1 (0 when the mask is all zeros). */
+export function maskedMean(x: tf.Tensor, mask: tf.Tensor): tf.Scalar {
+  return tf.tidy(() => tf.div(tf.sum(tf.mul(x, mask)), tf.maximum(tf.sum(mask), 1)) as tf.Scalar);
+}
+
+/** Per-token log-probabilities of the taken tokens and entropies (`[B, T]`, 0 at padding). */
+export interface TokenStats {
+  /** log pi_T(targets_t | ...) under softmax(logits / temperature). */
+  logProbs: tf.Tensor2D;
+  /** -sum_v pi_T(v) log pi_T(v): the entropy of each position's distribution. */
+  entropy: tf.Tensor2D;
+}
+
+/**
+ * Log-probabilities of `targets` and per-position entropies of the distribution
+ * softmax(logits / temperature), masked to real tokens. With a temperature other than 1
+ * this is the policy the samples were actually drawn from, so PPO's ratios and KL terms
+ * stay on-policy.
+ *
+ * @throws {RangeError} when `temperature` is not positive.
+ */
+export function tokenLogProbsAndEntropy(
+  logits: tf.Tensor3D,
+  targets: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  temperature = 1,
+): TokenStats {
+  if (!(temperature > 0)) {
+    throw new RangeError(`tokenLogProbsAndEntropy: temperature must be > 0, got ${temperature}`);
+  }
+  return tf.tidy(() => {
+    const scaled = temperature === 1 ? logits : tf.div(logits, temperature);
+    const logP = tf.logSoftmax(scaled);
+    const vocab = logits.shape[2];
+    const picked = tf.sum(tf.mul(logP, tf.oneHot(tf.cast(targets, "int32"), vocab)), -1);
+    const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logP), logP), -1));
+    return {
+      logProbs: tf.mul(picked, mask) as tf.Tensor2D,
+      entropy: tf.mul(entropy, mask) as tf.Tensor2D,
+    };
+  });
 }
 
 /** The clipped surrogate and its diagnostics (scalars). */

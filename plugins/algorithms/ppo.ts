@@ -1,0 +1,955 @@
+/**
+ * `ppo`: the online PPO baseline of the ReST paper's Table 1 (Schulman et al. 2017, arXiv
+ * 1707.06347, applied to sequence generation as by Ziegler et al. 2019, arXiv 1909.08593,
+ * and Stiennon et al. 2020, arXiv 2009.01325). Starts from the shared BC policy and, until
+ * its sample budget is spent, repeats:
+ *
+ * 1. **Rollout**: sample outputs for a batch of training sources from the *current* policy
+ *    (temperature `temperature`, no truncation) and score each with the run's reward at
+ *    the end of the sequence.
+ * 2. **Advantages**: recompute the sampling policy's per-token log-probabilities and the
+ *    critic's values, and the frozen BC reference's log-probabilities; per-token rewards
+ *    r_t = -beta (log pi_old - log pi_BC) with the (normalised) score added at the last
+ *    token; GAE(gamma, lambda); value targets = advantages + values; advantages whitened
+ *    over the batch.
+ * 3. **Update**: `epochs` passes over the batch in minibatches, each an Adam step on the
+ *    clipped policy loss + `valueCoef` x clipped value loss - `entropyCoef` x entropy, with
+ *    global gradient-norm clipping.
+ * 4. **KL coefficient**: fixed, or adapted towards a target KL (Ziegler et al. 2019,
+ *    Section 2.2).
+ *
+ * Every `evalEvery` rollout batches (and at the end) the greedy validation reward is
+ * measured and the best weights are kept, like the `rest` algorithm's Improve steps; the
+ * run reports the same final metrics as `rest` (`eval/...`, `train/distinct_samples`,
+ * `train/gradient_steps`) plus `train/samples`, the sampled outputs actually used
+ * (`train/distinct_samples` counts distinct (source, output) pairs by a 53-bit hash).
+ *
+ * After every rollout batch the run saves a resumable state (`ppo_state` in the run folder:
+ * weights, Adam moments, the best weights so far and the counters); `--resume` continues
+ * from it and, since every random choice derives from the seed and the rollout or step
+ * number, ends with the same metrics as an uninterrupted run.
+ *
+ * The critic is a value head on the policy (`critic: "head"`, shared trunk), a separate
+ * network initialised from the BC weights with its own value head (`"network"`, as in
+ * Ziegler et al. and Stiennon et al., who initialise it from the reward model; our reward
+ * models are not networks), or no network at all (`"baseline"`: a per-position running
+ * mean of the returns).
+ *
+ * **Defaults and where they come from.** The ReST paper (Gulcehre et al. 2023) does not give
+ * its PPO settings, so:
+ *
+ * - gamma 1, lambda 0.95, clip range 0.2, value clip range 0.2, value-loss coefficient 0.1,
+ *   4 epochs per rollout batch, adaptive KL with initial coefficient 0.2, target 6 nats and
+ *   horizon 10000, whitened advantages: the defaults of Ziegler et al.'s released code as
+ *   carried into TRL's `PPOConfig` (v0.4), the most widely used PPO setup for language
+ *   models.
+ * - Reward normalisation (`rewardNormalization: "initial"`): Ziegler et al. (Section 2)
+ *   normalise the reward to mean 0 and variance 1 under the initial policy; their KL
+ *   settings assume that scale. Our rewards lie in [0, 1] with a spread of about 0.1, so
+ *   without it a coefficient of 0.2 would let the KL term swamp the reward.
+ * - Temperature 1 and no top-k/top-p: PPO's ratio and KL are only correct for samples drawn
+ *   from the policy being optimised (ReST's Grow samples at 0.8; here a temperature other
+ *   than 1 is allowed and then defines the optimised policy as softmax(logits / T)).
+ * - Dropout off during PPO (TRL turns it off): with dropout the ratio is not 1 before the
+ *   first update, which the clipping then mistakes for policy change.
+ * - Entropy coefficient 0 (neither Ziegler et al. nor TRL use an entropy bonus; the KL
+ *   penalty keeps the policy near the BC one).
+ * - Rollout batches of 128 samples, minibatches of 32, learning rate 1e-4, gradient-norm
+ *   clip 1: our choices for the small transformers this framework trains from scratch on a
+ *   CPU (TRL's 1.41e-5 is for fine-tuning pretrained GPT-2; our BC runs use about 1e-3 and
+ *   ReST's Improve 2e-4). 128 x 4 epochs / 32 gives 16 Adam steps per rollout batch.
+ * - Sample budget (`samples: 0`): 6 outputs per training source, 1.5 times one ReST Grow
+ *   step at its default 4 samples per source, the ratio of the paper's Table 1 (online PPO
+ *   24M samples against ReST G=1's 16M).
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { join } from "node:path";
+import { definePlugin } from "../../core/plugin.ts";
+import { makeBatch } from "../../core/batch.ts";
+import { checkScores, evaluatePolicy, finalEvaluation, mean } from "../../core/evaluate.ts";
+import { UserError } from "../../core/errors.ts";
+import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";
+import type { Policy, TokenBatch } from "../../core/policy.ts";
+import { Rng } from "../../core/random.ts";
+import { rowTarget } from "../../core/rest.ts";
+import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "../../core/resume.ts";
+import { disposeBatch, lengthBuckets, systemMetrics, type TokenPair } from "../../core/train.ts";
+import type { Example, Metrics, RunContext } from "../../core/types.ts";
+import {
+  AdaptiveKl,
+  clippedPolicyLoss,
+  clippedValueLoss,
+  explainedVariance,
+  FixedKl,
+  type KlController,
+  maskedMean,
+  PositionBaseline,
+  rolloutAdvantages,
+  tokenLogProbsAndEntropy,
+} from "./_ppo.ts";
+
+/** KL penalty settings of the `ppo` algorithm. */
+export interface PpoKlConfig {
+  /** Adapt the coefficient towards `target` (Ziegler et al. 2019) instead of keeping it fixed. */
+  adaptive: boolean;
+  /** The (initial) coefficient beta. */
+  coef: number;
+  /** Target KL per sequence, in nats (adaptive only). */
+  target: number;
+  /** Horizon in samples (adaptive only). */
+  horizon: number;
+}
+
+/** Config of the `ppo` algorithm (see the schema for each option's meaning and source). */
+export interface PpoConfig {
+  /** Total sampled outputs (0: 6 per training source used). */
+  samples: number;
+  /** Training sources used (0: all). */
+  sources: number;
+  /** Sampled outputs per rollout batch. */
+  rolloutSize: number;
+  /** Samples per source within a rollout batch. */
+  samplesPerSource: number;
+  /** Sampling temperature (defines the optimised policy). */
+  temperature: number;
+  /** Passes over each rollout batch. */
+  epochs: number;
+  /** Sampled outputs per gradient step. */
+  minibatchSize: number;
+  /** Adam learning rate. */
+  learningRate: number;
+  /** Linear warm-up steps. */
+  warmupSteps: number;
+  /** Decay over the run's gradient steps. */
+  schedule: Schedule;
+  /** Global gradient-norm clip (0: off). */
+  clipNorm: number;
+  /** PPO clip range epsilon of the policy ratio. */
+  clipRange: number;
+  /** Clip range of the value update (0: unclipped value loss). */
+  valueClipRange: number;
+  /** Weight of the value loss. */
+  valueCoef: number;
+  /** Weight of the entropy bonus. */
+  entropyCoef: number;
+  /** Discount gamma. */
+  gamma: number;
+  /** GAE lambda. */
+  lambda: number;
+  /** Whiten advantages over each rollout batch. */
+  whitenAdvantages: boolean;
+  /** `initial`: scores standardised by the first rollout batch's mean and deviation. */
+  rewardNormalization: "initial" | "none";
+  /** KL penalty against the frozen BC policy. */
+  kl: PpoKlConfig;
+  /** Value estimates: a value head, a separate value network, or a position baseline. */
+  critic: "head" | "network" | "baseline";
+  /** Momentum of the `baseline` critic's running means. */
+  baselineMomentum: number;
+  /** Dropout on during PPO's forward passes. */
+  dropout: boolean;
+  /** Evaluate on validation every this many rollout batches (0: only at the end). */
+  evalEvery: number;
+  /** Validation pairs for those evaluations (0: all). */
+  evalSize: number;
+}
+
+/** Sampled outputs per training source when `samples` is 0 (1.5 x a default Grow step). */
+export const DEFAULT_SAMPLES_PER_SOURCE = 6;
+
+function int(min: number, max: number, value: number, description: string) {
+  return { type: "integer", minimum: min, maximum: max, default: value, description };
+}
+
+function num(min: number, max: number, value: number, description: string) {
+  return { type: "number", minimum: min, maximum: max, default: value, description };
+}
+
+/** One sampled output of a rollout batch, with everything the update needs. */
+interface RolloutItem extends TokenPair {
+  /** The pair it was sampled for. */
+  example: Example;
+  /** Decoded output. */
+  hypothesis: string;
+  /** Output token count (EOS included when the output ended). */
+  length: number;
+  /** Reward in [0, 1]. */
+  score: number;
+  /** log pi_old per token. */
+  oldLogProbs: number[];
+  /** V_old per token. */
+  oldValues: number[];
+  /** Advantages per token. */
+  advantages: number[];
+  /** Value targets per token. */
+  returns: number[];
+}
+
+/** Per-minibatch diagnostics, averaged per rollout batch. */
+interface StepStats {
+  loss: number;
+  policyLoss: number;
+  valueLoss: number;
+  valueClipFraction: number;
+  clipFraction: number;
+  approxKl: number;
+  entropy: number;
+  gradNorm: number;
+}
+
+/** The models of a PPO run. */
+interface Models {
+  /** The policy being trained (with a value head for `critic: "head"`). */
+  policy: Policy;
+  /** The frozen BC reference. */
+  reference: Policy;
+  /** The separate value network (`critic: "network"`). */
+  valueNet?: Policy;
+}
+
+/** `[B, T]` value estimates of a policy with a value head (the transformer's `values`, or `forward`). */
+function valuesOf(model: Policy, batch: TokenBatch, training: boolean): tf.Tensor2D {
+  const direct = (model as Partial<{
+    values(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D;
+  }>).values;
+  if (typeof direct === "function") return direct.call(model, batch, { training });
+  const { values } = model.forward(batch, { training });
+  if (values === undefined) throw new TypeError("ppo: the critic has no value head");
+  return values;
+}
+
+/** `[B, T]` float32 tensor of per-row arrays, zero-padded to `t` columns. */
+function padded(rows: readonly (readonly number[])[], t: number): tf.Tensor2D {
+  const data = new Float32Array(rows.length * t);
+  rows.forEach((row, i) => data.set(row.length > t ? row.slice(0, t) : row, i * t));
+  return tf.tensor2d(data, [rows.length, t]);
+}
+
+/** Rows of a `[B, T]` array, each cut to its item's output length. */
+function perItem(values: number[][], items: readonly { length: number }[]): number[][] {
+  return items.map((item, i) => values[i].slice(0, item.length));
+}
+
+/**
+ * The number of sampled outputs of each rollout batch: `rolloutSize` until the budget
+ * leaves less, then the rest.
+ */
+export function rolloutPlan(budget: number, rolloutSize: number): number[] {
+  if (!(rolloutSize >= 1)) throw new RangeError(`rolloutSize must be >= 1, got ${rolloutSize}`);
+  const plan: number[] = [];
+  for (let used = 0; used < budget; used += rolloutSize) {
+    plan.push(Math.min(rolloutSize, budget - used));
+  }
+  return plan;
+}
+
+/** Runs PPO for one run (the `ppo` plugin's `run`). */
+export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metrics: Metrics }> {
+  const started = performance.now();
+  const pool = config.sources > 0 ? ctx.splits.train.slice(0, config.sources) : ctx.splits.train;
+  if (pool.length === 0) throw new UserError(`run ${ctx.run}: ppo has no training sources`);
+  const budget = config.samples > 0 ? config.samples : DEFAULT_SAMPLES_PER_SOURCE * pool.length;
+  const plan = rolloutPlan(budget, config.rolloutSize);
+  const totalSteps = plan.reduce(
+    (sum, size) => sum + config.epochs * Math.ceil(size / config.minibatchSize),
+    0,
+  );
+  const valid = config.evalSize > 0 ? ctx.splits.valid.slice(0, config.evalSize) : ctx.splits.valid;
+  const models: Models = {
+    policy: await ctx.bcPolicy({ valueHead: config.critic === "head" }),
+    reference: await ctx.bcPolicy(),
+  };
+  try {
+    if (config.critic === "head" && !models.policy.hasValueHead) {
+      throw new UserError(`run ${ctx.run}: ppo's critic "head" needs a model with a value head`);
+    }
+    if (config.critic === "network") {
+      models.valueNet = await ctx.bcPolicy({ valueHead: true });
+      if (!models.valueNet.hasValueHead) {
+        throw new UserError(
+          `run ${ctx.run}: ppo's critic "network" needs a model with a value head`,
+        );
+      }
+    }
+    const variables = [...models.policy.variables, ...(models.valueNet?.variables ?? [])];
+    const optimizer = new Adam(variables);
+    try {
+      return await loop(ctx, config, models, optimizer, variables, {
+        pool,
+        plan,
+        totalSteps,
+        valid,
+        started,
+      });
+    } finally {
+      optimizer.dispose();
+    }
+  } finally {
+    models.policy.dispose();
+    models.reference.dispose();
+    models.valueNet?.dispose();
+  }
+}
+
+/** Name of the run's resumable state, saved after every rollout batch. */
+const STATE = "ppo_state";
+
+/** Everything carried from one rollout batch to the next (besides weights and Adam moments). */
+interface LoopState {
+  /** Rollout batches finished. */
+  rollouts: number;
+  /** Gradient steps taken. */
+  step: number;
+  /** Sampled outputs used. */
+  samplesUsed: number;
+  /** Sources drawn so far (position in the seeded source order). */
+  sourcesDrawn: number;
+  /** Sum of all rollout rewards. */
+  rewardSum: number;
+  /** The KL coefficient for the next rollout batch. */
+  klCoef: number;
+  /** The `baseline` critic's running means. */
+  baseline: number[];
+  /** Score normalisation (set by the first rollout batch). */
+  normaliser: { mean: number; std: number } | null;
+  /** Hashes of the distinct (source, output) pairs sampled so far. */
+  distinct: number[];
+  /** Best validation reward so far and the rollout batch after which it was measured. */
+  best: { score: number; rollout: number } | null;
+}
+
+/** A 53-bit hash of a string (two FNV-1a variants): distinct-sample counting without the strings. */
+function hash53(text: string): number {
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 13);
+  }
+  return (b >>> 11) * 4294967296 + (a >>> 0);
+}
+
+async function loop(
+  ctx: RunContext,
+  config: PpoConfig,
+  models: Models,
+  optimizer: Adam,
+  variables: tf.Variable[],
+  setup: {
+    pool: readonly Example[];
+    plan: readonly number[];
+    totalSteps: number;
+    valid: readonly Example[];
+    started: number;
+  },
+): Promise<{ metrics: Metrics }> {
+  const { policy } = models;
+  const { pool, plan } = setup;
+  const derive = (label: string) => new Rng(ctx.seed).fork(`ppo/${label}`);
+  const metricsPath = join(ctx.dir, "metrics.jsonl");
+  const valueNetVariables = models.valueNet?.variables ?? [];
+  const p: LoopState = {
+    rollouts: 0,
+    step: 0,
+    samplesUsed: 0,
+    sourcesDrawn: 0,
+    rewardSum: 0,
+    klCoef: config.kl.coef,
+    baseline: [],
+    normaliser: null,
+    distinct: [],
+    best: null,
+  };
+  let bestData: Float32Array | undefined;
+
+  // Resume: the state saved after the last finished rollout batch gives the weights, the
+  // Adam moments, the best weights and the counters; metrics.jsonl is rewound to that
+  // moment and later rollout batches run again, identically (every random choice derives
+  // from the seed and the rollout or step number).
+  const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
+  if (saved !== undefined) {
+    const meta = saved.meta as unknown as { progress: LoopState; adamStep: number };
+    policy.load(saved.policy);
+    const n = variables.length;
+    optimizer.restore({
+      step: meta.adamStep,
+      m: saved.extras.slice(0, n),
+      v: saved.extras.slice(n, 2 * n),
+    });
+    assignExtras(valueNetVariables, saved.extras.slice(2 * n, 2 * n + valueNetVariables.length));
+    bestData = saved.extras[2 * n + valueNetVariables.length];
+    Object.assign(p, meta.progress);
+    await rewindMetrics(metricsPath, saved.meta);
+    ctx.log(`resumed after rollout batch ${p.rollouts} of ${plan.length}`);
+  } else if (ctx.resume) {
+    // Nothing finished yet: start over with an empty log.
+    await Deno.truncate(metricsPath, 0).catch(() => {});
+  }
+  const saveState = async () => {
+    const adam = optimizer.state();
+    const extras: (tf.Tensor | Float32Array)[] = [...adam.m, ...adam.v, ...valueNetVariables];
+    if (bestData !== undefined) extras.push(bestData);
+    await saveUnitState(ctx.dir, STATE, policy, extras, {
+      progress: { ...p, distinct: [...distinct] },
+      adamStep: adam.step,
+      rollouts: plan.length,
+    }, metricsPath);
+  };
+
+  const kl: KlController = config.kl.adaptive
+    ? new AdaptiveKl({
+      initial: p.klCoef,
+      target: config.kl.target,
+      horizon: config.kl.horizon,
+    })
+    : new FixedKl(config.kl.coef);
+  const baseline = config.critic === "baseline"
+    ? new PositionBaseline(config.baselineMomentum, p.baseline)
+    : undefined;
+  const distinct = new Set<number>(p.distinct);
+  const encodedSources = new Map<string, number[]>();
+  const encode = (source: string) => {
+    let ids = encodedSources.get(source);
+    if (ids === undefined) {
+      ids = ctx.tokenizer.encode(source, "source");
+      encodedSources.set(source, ids);
+    }
+    return ids;
+  };
+  // Source order: pass k over the pool is a shuffle seeded by k.
+  let orderPass = -1;
+  let order: number[] = [];
+  const nextSources = (count: number): Example[] => {
+    const out: Example[] = [];
+    for (let i = 0; i < count; i++, p.sourcesDrawn++) {
+      const pass = Math.floor(p.sourcesDrawn / pool.length);
+      if (pass !== orderPass) {
+        order = derive(`sources/${pass}`).shuffle(pool.map((_, j) => j));
+        orderPass = pass;
+      }
+      out.push(pool[order[p.sourcesDrawn % pool.length]]);
+    }
+    return out;
+  };
+  const progress = ctx.progress("rollouts", plan.reduce((a, b) => a + b, 0), "samples");
+  progress.tick(plan.slice(0, p.rollouts).reduce((a, b) => a + b, 0));
+
+  const evaluate = async (rollout: number) => {
+    const evaluation = await evaluatePolicy(policy, ctx.tokenizer, setup.valid, ctx.reward, {
+      decode: { mode: "greedy" },
+      maxLen: ctx.evaluation.maxLen,
+      batchSize: ctx.evaluation.batchSize,
+    });
+    await ctx.metrics.log(
+      { "ppo/valid_reward": evaluation.reward, "ppo/rollout": rollout },
+      p.step,
+    );
+    // Without validation pairs the reward is NaN: then the latest weights count as best.
+    const previous = p.best === null ? NaN : Number(p.best.score ?? NaN);
+    if (Number.isNaN(previous) || evaluation.reward > previous) {
+      p.best = { score: evaluation.reward, rollout };
+      bestData = policy.save().data;
+    }
+  };
+
+  for (let r = p.rollouts; r < plan.length; r++) {
+    const rolloutStarted = performance.now();
+    const size = plan[r];
+    // 1. Rollout: sample from the current policy and score.
+    const sourceCount = Math.ceil(size / config.samplesPerSource);
+    const examples = nextSources(sourceCount);
+    const generations = await policy.sample(examples.map((e) => encode(e.source)), {
+      n: config.samplesPerSource,
+      temperature: config.temperature,
+      topK: 0,
+      topP: 1,
+      maxLen: ctx.evaluation.maxLen,
+      batchSize: ctx.evaluation.batchSize,
+      seed: derive(`sample/${r}`).nextUint32(),
+    });
+    const items: RolloutItem[] = [];
+    for (let i = 0; i < examples.length && items.length < size; i++) {
+      for (const g of generations[i]) {
+        if (items.length === size) break;
+        items.push({
+          ...rowTarget(encode(examples[i].source), g.tokens, policy.specials.eos),
+          example: examples[i],
+          hypothesis: ctx.tokenizer.decode(g.tokens, "target"),
+          length: g.tokens.length,
+          score: NaN,
+          oldLogProbs: [],
+          oldValues: [],
+          advantages: [],
+          returns: [],
+        });
+      }
+    }
+    const scores = await ctx.reward.score(items.map((item) => ({
+      source: item.example.source,
+      hypothesis: item.hypothesis,
+      reference: item.example.reference,
+    })));
+    checkScores(scores, items.length);
+    items.forEach((item, i) => (item.score = scores[i]));
+    p.samplesUsed += items.length;
+    for (const item of items) {
+      distinct.add(hash53(`${item.example.source}\u0000${item.hypothesis}`));
+    }
+    p.rewardSum += scores.reduce((a, b) => a + b, 0);
+    if (p.normaliser === null) {
+      const m = mean(scores);
+      const sd = Math.sqrt(mean(scores.map((s) => (s - m) ** 2)));
+      p.normaliser = config.rewardNormalization === "initial"
+        ? { mean: m, std: sd > 1e-6 ? sd : 1 }
+        : { mean: 0, std: 1 };
+    }
+    const normaliser = p.normaliser;
+
+    // 2. Old log-probabilities, values and reference log-probabilities; advantages.
+    const { refLogProbs, entropy } = scoreRollout(models, items, config, baseline);
+    const beta = kl.value;
+    const adv = rolloutAdvantages(
+      items.map((item, i) => ({
+        logProbs: item.oldLogProbs,
+        refLogProbs: refLogProbs[i],
+        values: item.oldValues,
+        score: (item.score - normaliser.mean) / normaliser.std,
+      })),
+      { beta, gamma: config.gamma, lambda: config.lambda, whiten: config.whitenAdvantages },
+    );
+    items.forEach((item, i) => {
+      item.advantages = adv.advantages[i];
+      item.returns = adv.returns[i];
+    });
+    const meanKl = mean(adv.kl);
+    const ev = explainedVariance(items.flatMap((i) => i.oldValues), adv.returns.flat());
+    baseline?.update(adv.returns);
+
+    // 3. Epochs of minibatch updates.
+    const stats: StepStats[] = [];
+    const batchRng = derive(`minibatches/${r}`);
+    let lr = NaN;
+    for (let epoch = 0; epoch < config.epochs; epoch++) {
+      for (const minibatch of lengthBuckets(items, config.minibatchSize, batchRng)) {
+        p.step++;
+        lr = learningRate(p.step, {
+          peak: config.learningRate,
+          warmup: config.warmupSteps,
+          total: setup.totalSteps,
+          schedule: config.schedule,
+        });
+        const stepSeed = derive(`step/${p.step}`).nextUint32();
+        policy.reseed?.(stepSeed);
+        models.valueNet?.reseed?.(stepSeed + 1);
+        stats.push(updateStep(models, minibatch, config, optimizer, variables, lr, p.step));
+      }
+    }
+
+    // 4. KL coefficient.
+    p.klCoef = kl.update(meanKl, items.length);
+    p.baseline = baseline === undefined ? [] : [...baseline.values];
+    p.rollouts = r + 1;
+
+    const avg = (key: keyof StepStats) => mean(stats.map((s) => s[key]));
+    const record: Metrics = {
+      "ppo/rollout": r + 1,
+      "ppo/samples": p.samplesUsed,
+      "ppo/distinct_samples": distinct.size,
+      "ppo/reward": mean(scores),
+      "ppo/reward_normalised": (mean(scores) - normaliser.mean) / normaliser.std,
+      "ppo/kl": meanKl,
+      "ppo/kl_coef": beta,
+      "ppo/kl_coef_next": kl.value,
+      "ppo/clip_fraction": avg("clipFraction"),
+      "ppo/approx_kl": avg("approxKl"),
+      "ppo/policy_loss": avg("policyLoss"),
+      "ppo/loss": avg("loss"),
+      "ppo/entropy": entropy,
+      "ppo/update_entropy": avg("entropy"),
+      "ppo/explained_variance": ev,
+      "ppo/return_mean": mean(adv.returns.flat()),
+      "ppo/value_mean": mean(items.flatMap((i) => i.oldValues)),
+      "ppo/response_length": mean(items.map((i) => i.length)),
+      "ppo/truncated_fraction": mean(items.map((i) => (i.truncated ? 1 : 0))),
+      "ppo/grad_norm": avg("gradNorm"),
+      "ppo/lr": lr,
+      "ppo/seconds": (performance.now() - rolloutStarted) / 1000,
+      ...systemMetrics(),
+    };
+    if (config.critic !== "baseline") {
+      record["ppo/value_loss"] = avg("valueLoss");
+      record["ppo/value_clip_fraction"] = avg("valueClipFraction");
+    }
+    await ctx.metrics.log(record, p.step);
+    progress.tick(items.length);
+    if (config.evalEvery > 0 && (r + 1) % config.evalEvery === 0 && r + 1 < plan.length) {
+      await evaluate(r + 1);
+    }
+    await saveState();
+  }
+  progress.done();
+  await evaluate(plan.length);
+  const best = p.best!;
+  const bestState = policy.save();
+  policy.load({ ...bestState, data: bestData! });
+  ctx.log(
+    `ppo: ${plan.length} rollout batches, ${p.samplesUsed} samples, ${p.step} gradient steps; ` +
+      `best validation reward ${(100 * best.score).toFixed(2)} after rollout batch ${best.rollout}`,
+  );
+
+  const metrics: Metrics = {
+    ...(await finalEvaluation(
+      policy,
+      ctx.tokenizer,
+      ctx.reward,
+      ctx.splits,
+      ctx.evaluation,
+      ctx.seed,
+    )),
+    "train/distinct_samples": distinct.size,
+    "train/samples": p.samplesUsed,
+    "train/gradient_steps": p.step,
+    "train/rollouts": plan.length,
+    "train/best_rollout": best.rollout,
+    "train/rollout_mean_reward": p.samplesUsed > 0 ? p.rewardSum / p.samplesUsed : NaN,
+    "train/kl_coef": kl.value,
+    "train/seconds": (performance.now() - setup.started) / 1000,
+  };
+  await ctx.metrics.log(metrics, p.step);
+  for (const [key, value] of Object.entries(metrics)) {
+    ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
+  }
+  return { metrics };
+}
+
+/**
+ * Fills each item's old log-probabilities and values (no gradient, dropout off) and
+ * returns the reference log-probabilities and the mean per-token entropy of the sampling
+ * policy.
+ */
+function scoreRollout(
+  models: Models,
+  items: RolloutItem[],
+  config: PpoConfig,
+  baseline: PositionBaseline | undefined,
+): { refLogProbs: number[][]; entropy: number } {
+  const refLogProbs: number[][] = [];
+  let entropySum = 0;
+  let tokenCount = 0;
+  const chunkSize = Math.max(1, config.minibatchSize);
+  for (let start = 0; start < items.length; start += chunkSize) {
+    const chunk = items.slice(start, start + chunkSize);
+    const out = tf.tidy(() => {
+      const batch = makeBatch(chunk, models.policy.specials);
+      const mask = batch.targetMask;
+      const forward = models.policy.forward(batch, { training: false });
+      const own = tokenLogProbsAndEntropy(
+        forward.logits,
+        batch.targetOut,
+        mask,
+        config.temperature,
+      );
+      const ref = tokenLogProbsAndEntropy(
+        models.reference.forward(batch, { training: false }).logits,
+        batch.targetOut,
+        mask,
+        config.temperature,
+      );
+      let values: tf.Tensor2D | undefined;
+      if (config.critic === "head") {
+        if (forward.values === undefined) throw new TypeError("ppo: the policy has no value head");
+        values = forward.values;
+      } else if (config.critic === "network") {
+        values = valuesOf(models.valueNet!, batch, false);
+      }
+      return {
+        logProbs: own.logProbs.arraySync(),
+        refLogProbs: ref.logProbs.arraySync(),
+        values: values?.arraySync(),
+        entropy: tf.sum(own.entropy).dataSync()[0],
+        tokens: tf.sum(mask).dataSync()[0],
+      };
+    });
+    const logProbs = perItem(out.logProbs, chunk);
+    const values = out.values === undefined
+      ? chunk.map((item) => baseline!.predict(item.length))
+      : perItem(out.values, chunk);
+    chunk.forEach((item, i) => {
+      item.oldLogProbs = logProbs[i];
+      item.oldValues = values[i];
+    });
+    refLogProbs.push(...perItem(out.refLogProbs, chunk));
+    entropySum += out.entropy;
+    tokenCount += out.tokens;
+  }
+  return { refLogProbs, entropy: tokenCount > 0 ? entropySum / tokenCount : NaN };
+}
+
+/** One Adam step on a minibatch; returns its diagnostics. */
+function updateStep(
+  models: Models,
+  items: readonly RolloutItem[],
+  config: PpoConfig,
+  optimizer: Adam,
+  variables: tf.Variable[],
+  lr: number,
+  step: number,
+): StepStats {
+  const batch = makeBatch(items, models.policy.specials);
+  const t = batch.targetOut.shape[1];
+  const oldLogProbs = padded(items.map((i) => i.oldLogProbs), t);
+  const oldValues = padded(items.map((i) => i.oldValues), t);
+  const advantages = padded(items.map((i) => i.advantages), t);
+  const returns = padded(items.map((i) => i.returns), t);
+  const stats: StepStats = {
+    loss: NaN,
+    policyLoss: NaN,
+    valueLoss: NaN,
+    valueClipFraction: NaN,
+    clipFraction: NaN,
+    approxKl: NaN,
+    entropy: NaN,
+    gradNorm: NaN,
+  };
+  const training = config.dropout;
+  try {
+    const { value, grads } = tf.variableGrads(() => {
+      const mask = batch.targetMask;
+      const forward = models.policy.forward(batch, { training });
+      const own = tokenLogProbsAndEntropy(
+        forward.logits,
+        batch.targetOut,
+        mask,
+        config.temperature,
+      );
+      const pl = clippedPolicyLoss(own.logProbs, oldLogProbs, advantages, mask, config.clipRange);
+      const entropy = maskedMean(own.entropy, mask);
+      let loss = tf.sub(pl.loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
+      let values: tf.Tensor2D | undefined;
+      if (config.critic === "head") values = forward.values;
+      else if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
+      if (values !== undefined) {
+        const vl = clippedValueLoss(values, oldValues, returns, mask, config.valueClipRange);
+        loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
+        stats.valueLoss = vl.loss.dataSync()[0];
+        stats.valueClipFraction = vl.clipFraction.dataSync()[0];
+      }
+      stats.policyLoss = pl.loss.dataSync()[0];
+      stats.clipFraction = pl.clipFraction.dataSync()[0];
+      stats.approxKl = pl.approxKl.dataSync()[0];
+      stats.entropy = entropy.dataSync()[0];
+      return loss;
+    }, variables);
+    stats.loss = value.dataSync()[0];
+    const ordered = variables.map((v) => grads[v.name]);
+    const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
+    const clipped = clipByGlobalNorm(present, config.clipNorm);
+    stats.gradNorm = clipped.norm;
+    try {
+      if (!Number.isFinite(stats.loss) || !Number.isFinite(clipped.norm)) {
+        throw new UserError(
+          `ppo: the loss became ${
+            Number.isFinite(stats.loss)
+              ? "finite but the gradient norm " + clipped.norm
+              : stats.loss
+          } at gradient step ${step}; training stopped (lower the learning rate)`,
+        );
+      }
+      let k = 0;
+      optimizer.apply(ordered.map((g) => (g === undefined ? undefined : clipped.grads[k++])), lr);
+    } finally {
+      value.dispose();
+      tf.dispose(Object.values(grads));
+      tf.dispose(clipped.grads);
+    }
+  } finally {
+    disposeBatch(batch);
+    tf.dispose([oldLogProbs, oldValues, advantages, returns]);
+  }
+  return stats;
+}
+
+const CLIP_SOURCE = "Ziegler et al. 2019's code / TRL PPOConfig default";
+
+/** The `ppo` algorithm plugin. */
+export default definePlugin({
+  kind: "algorithm",
+  name: "ppo",
+  summary: "Online PPO from the BC policy with a KL penalty to it, GAE and a sample budget " +
+    "(the paper's online RL baseline).",
+  uses: { bc: "required", reward: "optional" },
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      samples: int(
+        0,
+        1e12,
+        0,
+        "Sample budget: total sampled outputs over the run (0: 6 per training source used, " +
+          "1.5x one ReST Grow step at its default 4 per source, the ratio of the paper's " +
+          "Table 1: PPO 24M vs ReST G=1 16M).",
+      ),
+      sources: int(0, 100000000, 0, "Training sources rollouts draw from (0: all)."),
+      rolloutSize: int(
+        1,
+        1000000,
+        128,
+        "Sampled outputs per rollout batch (our choice for CPU budgets; TRL uses 256).",
+      ),
+      samplesPerSource: int(
+        1,
+        1000,
+        1,
+        "Samples per source within a rollout batch (1: one output per prompt, as in TRL).",
+      ),
+      temperature: {
+        type: "number",
+        exclusiveMinimum: 0,
+        maximum: 100,
+        default: 1,
+        description: "Sampling temperature. 1 keeps PPO on-policy; another value makes the " +
+          "optimised policy softmax(logits / T) (ratios, KL and entropy use it too).",
+      },
+      epochs: int(1, 1000, 4, `PPO epochs per rollout batch (4: ${CLIP_SOURCE}).`),
+      minibatchSize: int(1, 65536, 32, "Sampled outputs per gradient step (our choice)."),
+      learningRate: {
+        type: "number",
+        exclusiveMinimum: 0,
+        maximum: 1,
+        default: 0.0001,
+        description: "Adam learning rate (our choice for small from-scratch transformers, " +
+          "between ReST Improve's 2e-4 and fine-tuning rates; TRL's 1.41e-5 is for GPT-2).",
+      },
+      warmupSteps: int(0, 100000000, 0, "Linear learning-rate warm-up steps."),
+      schedule: {
+        enum: ["constant", "linear", "cosine", "inverse_sqrt"],
+        default: "constant",
+        description: "Learning-rate decay over the run's gradient steps.",
+      },
+      clipNorm: num(0, 1e6, 1, "Global gradient-norm clip (0: off; 1 as in bc and rest)."),
+      clipRange: {
+        type: "number",
+        exclusiveMinimum: 0,
+        maximum: 10,
+        default: 0.2,
+        description:
+          `PPO clip range epsilon of the ratio (0.2: Schulman et al. 2017; ${CLIP_SOURCE}).`,
+      },
+      valueClipRange: num(
+        0,
+        1e6,
+        0.2,
+        `Clip range of value updates around the old values (0: unclipped; 0.2: ${CLIP_SOURCE}).`,
+      ),
+      valueCoef: num(0, 1e6, 0.1, `Weight of the value loss (0.1: ${CLIP_SOURCE}).`),
+      entropyCoef: num(
+        -1e6,
+        1e6,
+        0,
+        "Weight of the entropy bonus (0: none, as in Ziegler et al. and TRL).",
+      ),
+      gamma: num(0, 1, 1, `Discount gamma over tokens (1: ${CLIP_SOURCE}).`),
+      lambda: num(0, 1, 0.95, `GAE lambda (0.95: ${CLIP_SOURCE}).`),
+      whitenAdvantages: {
+        type: "boolean",
+        default: true,
+        description: `Whiten advantages over each rollout batch (${CLIP_SOURCE}).`,
+      },
+      rewardNormalization: {
+        enum: ["initial", "none"],
+        default: "initial",
+        description: "initial: standardise scores by the mean and deviation of the first " +
+          "rollout batch (samples of the BC policy), as Ziegler et al. 2019 (Section 2) do, so " +
+          "their KL settings apply; none: raw scores in [0, 1].",
+      },
+      kl: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "Per-token KL penalty -beta (log pi_old - log pi_BC) against the frozen " +
+          "BC policy.",
+        properties: {
+          adaptive: {
+            type: "boolean",
+            default: true,
+            description: "Adapt beta towards `target` (Ziegler et al. 2019, Section 2.2; on " +
+              "in TRL's defaults); false keeps beta = coef.",
+          },
+          coef: num(0, 1e6, 0.2, `The (initial) coefficient beta (0.2: ${CLIP_SOURCE}).`),
+          target: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1e6,
+            default: 6,
+            description: `Target KL per sequence in nats, adaptive only (6: ${CLIP_SOURCE}).`,
+          },
+          horizon: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1e12,
+            default: 10000,
+            description: "Horizon in samples: beta changes by at most a factor 1 + 0.2 " +
+              `n / horizon per rollout of n samples, adaptive only (10000: ${CLIP_SOURCE}).`,
+          },
+        },
+      },
+      critic: {
+        enum: ["head", "network", "baseline"],
+        default: "head",
+        description: "Value estimates: head (a value head on the policy, shared trunk; " +
+          "cheapest), network (a separate copy of the BC model with a value head, as in " +
+          "Ziegler et al.), baseline (no network: a running mean of the returns per position).",
+      },
+      baselineMomentum: {
+        type: "number",
+        minimum: 0,
+        exclusiveMaximum: 1,
+        default: 0.9,
+        description: "critic baseline only: weight of the old running mean in each update.",
+      },
+      dropout: {
+        type: "boolean",
+        default: false,
+        description: "Dropout during PPO's forward passes (off, as in TRL: it makes the " +
+          "ratio differ from 1 before any update).",
+      },
+      evalEvery: int(
+        0,
+        100000000,
+        10,
+        "Greedy validation reward every this many rollout batches, keeping the best weights " +
+          "(0: only at the end).",
+      ),
+      evalSize: int(0, 100000000, 200, "Validation pairs for those evaluations (0: all)."),
+    },
+  },
+  check(config: PpoConfig) {
+    const problems: { path: string; message: string }[] = [];
+    if (config.rolloutSize % config.samplesPerSource !== 0) {
+      problems.push({
+        path: "/rolloutSize",
+        message:
+          `must be a multiple of samplesPerSource (${config.samplesPerSource}), got ${config.rolloutSize}`,
+      });
+    }
+    return problems;
+  },
+  smoke: (config: PpoConfig): PpoConfig => ({
+    ...config,
+    sources: Math.min(config.sources || 24, 24),
+    samples: Math.min(config.samples || 48, 48),
+    rolloutSize: Math.min(config.rolloutSize, 16 * config.samplesPerSource),
+    minibatchSize: Math.min(config.minibatchSize, 8),
+    epochs: Math.min(config.epochs, 2),
+    evalEvery: 0,
+    evalSize: Math.min(config.evalSize || 8, 8),
+  }),
+  create(config: PpoConfig) {
+    return { run: (ctx: RunContext) => runPpo(ctx, config) };
+  },
+});
