@@ -16,10 +16,23 @@ export const EXIT_INTERNAL = 1;
 
 /** Whether an error was caused by the user's input (exit 2, no stack trace). */
 export function isUserError(error: unknown): boolean {
-  if (error instanceof UserError) return true;
+  if (error instanceof UserError || isEnvironmentError(error)) return true;
   // node:util parseArgs reports unknown or malformed flags with these codes.
   const code = (error as { code?: unknown })?.code;
   return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}
+
+/**
+ * Whether an error is the file system refusing a path the user chose, not a fault of the
+ * program: a file where a folder is needed (`--out` naming a file), no write permission, a
+ * full disk or quota, a read-only file system. Deno's message names the operation and path.
+ */
+export function isEnvironmentError(error: unknown): boolean {
+  if (error instanceof Deno.errors.NotADirectory || error instanceof Deno.errors.PermissionDenied) {
+    return true;
+  }
+  // ENOSPC (28), EROFS (30), EDQUOT (122) have no class of their own.
+  return error instanceof Error && /\(os error (28|30|122)\)/.test(error.message);
 }
 
 /** Runs a command's main function and exits with the right code. */
@@ -29,7 +42,8 @@ export async function runMain(name: string, main: () => Promise<number | void>):
     code = (await main()) ?? 0;
   } catch (error) {
     if (isUserError(error)) {
-      console.error(`${name}: error: ${(error as Error).message}`);
+      const prefix = isEnvironmentError(error) ? "file system: " : "";
+      console.error(`${name}: error: ${prefix}${(error as Error).message}`);
       code = EXIT_USER;
     } else {
       console.error(`${name}: internal error (please report it with the command you ran):`);

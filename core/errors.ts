@@ -35,7 +35,10 @@ export class ManifestError extends UserError {
 
   /** Creates the error; the message lists every problem as `path: message`. */
   constructor(file: string, problems: readonly ManifestProblem[]) {
-    const lines = problems.map((p) => `  ${p.path || "/"}: ${p.message}`);
+    // One line per problem, whatever the manifest held (huge or multi-line names and keys).
+    const lines = problems.map((p) =>
+      `  ${printable(p.path || "/", 200)}: ${printable(p.message, 500)}`
+    );
     super(
       `${file}: ${problems.length} problem${problems.length === 1 ? "" : "s"}\n${lines.join("\n")}`,
     );
@@ -43,6 +46,20 @@ export class ManifestError extends UserError {
     this.file = file;
     this.problems = problems;
   }
+}
+
+/**
+ * `text` with control characters escaped (`\n` becomes the two characters `\` `n`) and cut
+ * to at most `max` characters, so that a message quoting user input stays on one readable line.
+ */
+export function printable(text: string, max: number): string {
+  // deno-lint-ignore no-control-regex
+  let out = text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (ch) => {
+    const escaped = JSON.stringify(ch).slice(1, -1);
+    return escaped.length > 1 ? escaped : `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  });
+  if (out.length > max) out = `${out.slice(0, max - 3)}...`;
+  return out;
 }
 
 /** A data file is missing, unreadable or corrupt; the message names the file and line or byte offset. */

@@ -17,7 +17,8 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { ManifestError, type ManifestProblem } from "./errors.ts";
+import { ManifestError, type ManifestProblem, UserError } from "./errors.ts";
+import { scoresProblem } from "./evaluate.ts";
 import {
   definePlugin,
   type JsonSchema,
@@ -26,7 +27,7 @@ import {
   type ResolvedPluginRef,
 } from "./plugin.ts";
 import { nearest, type Registries, type Registry } from "./registry.ts";
-import type { RunSection } from "./types.ts";
+import type { RewardInput, RunSection } from "./types.ts";
 import {
   BC_SCHEMA,
   type BcSettings,
@@ -314,6 +315,10 @@ export function formatAjvError(error: ErrorObject, prefix: string, data: unknown
 }
 
 function show(value: unknown): string {
+  // JSON.stringify writes NaN and ±Infinity (from raw text such as 1e999) as null.
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    return Number.isNaN(value) ? "NaN" : `${value}, beyond the range of a double`;
+  }
   const text = JSON.stringify(value);
   if (text === undefined) return String(value);
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
@@ -334,55 +339,269 @@ function pointerGet(data: unknown, pointer: string): unknown {
   return current;
 }
 
-/** Parses JSON text, turning syntax errors into a ManifestError with line and column. */
+/**
+ * Parses JSON text, turning syntax errors into a ManifestError with line and column. A
+ * leading byte-order mark is ignored.
+ */
 export function parseManifestText(text: string, file: string): unknown {
+  const body = text.startsWith("\ufeff") ? text.slice(1) : text;
   try {
-    return JSON.parse(text);
+    return JSON.parse(body);
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    const position = /position (\d+)/.exec(message);
-    let where = "";
-    if (position !== null && !/line \d+/.test(message)) {
-      const offset = Number(position[1]);
-      const before = text.slice(0, offset);
+    const found = jsonSyntaxError(body);
+    let message: string;
+    if (found === undefined) {
+      // Not expected: the scanner accepts exactly what JSON.parse accepts.
+      message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, " ");
+    } else {
+      const before = body.slice(0, found.offset);
       const line = before.split("\n").length;
-      const column = offset - before.lastIndexOf("\n");
-      where = ` (line ${line}, column ${column})`;
+      const column = found.offset - before.lastIndexOf("\n");
+      message = `${found.reason} (line ${line}, column ${column})`;
     }
-    throw new ManifestError(file, [{ path: "", message: `invalid JSON: ${message}${where}` }]);
+    throw new ManifestError(file, [{ path: "", message: `invalid JSON: ${message}` }]);
+  }
+}
+
+const JSON_NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+
+/**
+ * Finds the first JSON syntax error in `text`: its offset and a short reason, or undefined
+ * when the text is valid JSON. Iterative, so deep nesting cannot overflow the stack.
+ */
+export function jsonSyntaxError(text: string): { offset: number; reason: string } | undefined {
+  const closers: string[] = [];
+  // What comes next: a value, an object key, the colon after a key, or what follows a value.
+  let expect: "value" | "key" | "colon" | "after" = "value";
+  let justOpened = false;
+  let afterComma = false;
+  let i = 0;
+  const n = text.length;
+  const fail = (offset: number, reason: string) => ({ offset, reason });
+  // What stands at `offset`, for messages, and advice about common mistakes there.
+  const what = (offset: number): string => {
+    if (offset >= n) return "the end of the text";
+    const ch = String.fromCodePoint(text.codePointAt(offset)!);
+    if (ch === '"') return `'"'`;
+    if (/^[\x21-\x7e]$/.test(ch)) return `"${ch}"`;
+    return `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+  };
+  const hint = (offset: number): string => {
+    if (offset >= n) return "; is the file truncated?";
+    if (/^-?(NaN|Infinity)/.test(text.slice(offset, offset + 9))) {
+      return "; NaN and Infinity are not JSON numbers, write a finite number";
+    }
+    if (text[offset] === "'") return "; strings and keys must be in double quotes";
+    if (text[offset] === "/") return "; comments are not allowed in JSON";
+    return "";
+  };
+  const unexpected = (offset: number) =>
+    fail(offset, `unexpected ${what(offset).replace(/^the /, "")}${hint(offset)}`);
+  const expected = (offset: number, wanted: string) =>
+    fail(offset, `expected ${wanted}, got ${what(offset)}${hint(offset)}`);
+  const skipSpace = () => {
+    while (i < n && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")) {
+      i++;
+    }
+  };
+  const readString = (): { offset: number; reason: string } | undefined => {
+    const start = i;
+    i++;
+    while (i < n) {
+      const code = text.charCodeAt(i);
+      if (code === 0x22) {
+        i++;
+        return undefined;
+      }
+      if (code < 0x20) {
+        return fail(i, "control character inside a string (write it as \\n, \\t, ...)");
+      }
+      if (code === 0x5c) {
+        const next = text[i + 1];
+        if (next === "u") {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) {
+            return fail(i, "\\u must be followed by four hex digits");
+          }
+          i += 6;
+        } else if (next !== undefined && '"\\/bfnrt'.includes(next)) i += 2;
+        else return fail(i, `invalid escape \\${next ?? ""} in a string`);
+      } else i++;
+    }
+    return fail(start, "unterminated string (missing closing quote)");
+  };
+
+  for (;;) {
+    skipSpace();
+    if (i >= n) {
+      if (expect === "after" && closers.length === 0) return undefined;
+      return unexpected(n);
+    }
+    const ch = text[i];
+    if (expect === "after") {
+      if (closers.length === 0) return expected(i, "nothing after the end of the document");
+      if (ch === ",") {
+        i++;
+        expect = closers[closers.length - 1] === "}" ? "key" : "value";
+        afterComma = true;
+        continue;
+      }
+      if (ch === closers[closers.length - 1]) {
+        closers.pop();
+        i++;
+        continue;
+      }
+      return expected(i, closers[closers.length - 1] === "}" ? '"," or "}"' : '"," or "]"');
+    }
+    if (expect === "colon") {
+      if (ch !== ":") return expected(i, '":" after an object key');
+      i++;
+      expect = "value";
+      continue;
+    }
+    const opened = justOpened;
+    const comma = afterComma;
+    justOpened = false;
+    afterComma = false;
+    if (expect === "key") {
+      if (ch === "}" && opened) {
+        closers.pop();
+        i++;
+        expect = "after";
+        continue;
+      }
+      if (ch === "}" && comma) return fail(i, 'trailing comma before "}"');
+      if (ch !== '"') {
+        return expected(i, "an object key in double quotes");
+      }
+      const bad = readString();
+      if (bad !== undefined) return bad;
+      expect = "colon";
+      continue;
+    }
+    // expect === "value"
+    if (ch === "]" && opened) {
+      closers.pop();
+      i++;
+      expect = "after";
+      continue;
+    }
+    if (ch === "]" && comma) return fail(i, 'trailing comma before "]"');
+    if (ch === "{" || ch === "[") {
+      closers.push(ch === "{" ? "}" : "]");
+      i++;
+      expect = ch === "{" ? "key" : "value";
+      justOpened = true;
+      continue;
+    }
+    if (ch === '"') {
+      const bad = readString();
+      if (bad !== undefined) return bad;
+      expect = "after";
+      continue;
+    }
+    JSON_NUMBER.lastIndex = i;
+    const number = JSON_NUMBER.exec(text);
+    if (number !== null && number[0] !== "-") {
+      i += number[0].length;
+      expect = "after";
+      continue;
+    }
+    const literal = ["true", "false", "null"].find((word) => text.startsWith(word, i));
+    if (literal !== undefined) {
+      i += literal.length;
+      expect = "after";
+      continue;
+    }
+    return unexpected(i);
   }
 }
 
 /** Reads and parses a manifest file; a missing file is a ManifestError. */
 export async function readManifestFile(file: string): Promise<unknown> {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = await Deno.readTextFile(file);
+    bytes = await Deno.readFile(file);
   } catch (error) {
     const reason = error instanceof Deno.errors.NotFound
       ? "file not found"
+      : error instanceof Deno.errors.IsADirectory
+      ? "is a folder, expected a JSON file"
       : error instanceof Error
       ? error.message
       : String(error);
     throw new ManifestError(file, [{ path: "", message: `cannot read manifest: ${reason}` }]);
   }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    // Strict decoding, so that stray bytes never turn silently into U+FFFD in a name or path.
+    const lossy = new TextDecoder().decode(bytes);
+    const line = lossy.slice(0, Math.max(0, lossy.indexOf("\ufffd"))).split("\n").length;
+    throw new ManifestError(file, [{
+      path: "",
+      message: `not valid UTF-8 (first bad byte on line ${line}); save the manifest as UTF-8`,
+    }]);
+  }
   return parseManifestText(text, file);
 }
+
+/**
+ * A user reward plugin whose instances check every score they return: a score that is NaN
+ * or outside [0, 1] (or a wrong number of scores) is a {@link UserError} naming the module
+ * file, the plugin and the row, rather than an internal error deep in the algorithm.
+ */
+function checkedUserReward(
+  plugin: PluginDefinition<"reward">,
+  file: string,
+): PluginDefinition<"reward"> {
+  return {
+    ...plugin,
+    async create(config, deps) {
+      const model = await plugin.create(config, deps);
+      const score = async (rows: readonly RewardInput[]): Promise<number[]> => {
+        const scores = await model.score(rows);
+        const problem = scoresProblem(scores, rows.length);
+        if (problem !== undefined) {
+          const row = problem.row === undefined ? undefined : rows[problem.row];
+          const where = row === undefined
+            ? ""
+            : ` (source ${show(row.source)}, hypothesis ${show(row.hypothesis)})`;
+          throw new UserError(
+            `${file}: reward plugin "${plugin.name}" ${problem.message}${where}`,
+          );
+        }
+        return scores;
+      };
+      // Everything else is the plugin's own object, methods bound to it (private fields work).
+      return new Proxy(model, {
+        get(target, key) {
+          if (key === "score") return score;
+          const value = Reflect.get(target, key, target);
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+    },
+  };
+}
+
+// Compiling a schema takes milliseconds, so each plugin's validator is compiled once per process.
+let configAjv: Ajv | undefined;
+const configValidators = new WeakMap<PluginDefinition, ValidateFunction>();
+
+/** User plugin modules registered into each set of registries, by absolute file path. */
+const registeredModules = new WeakMap<Registries, Map<string, PluginDefinition>>();
 
 /** Resolves plugin references against registries, collecting problems. */
 class Resolver {
   readonly problems: ManifestProblem[] = [];
-  readonly #ajv: Ajv;
-  readonly #validators = new Map<PluginDefinition, ValidateFunction>();
   readonly #modules = new Map<string, PluginDefinition | null>();
 
   constructor(
     readonly registries: Registries,
     readonly baseDir: string,
     readonly smoke: boolean,
-  ) {
-    this.#ajv = createAjv();
-  }
+  ) {}
 
   problem(path: string, message: string): void {
     this.problems.push({ path, message });
@@ -411,6 +630,12 @@ class Resolver {
   }
 
   async #importPlugin(file: string, path: string): Promise<PluginDefinition | null> {
+    // Resolving again with the same registries (a second manifest naming the same file)
+    // reuses the registered plugin instead of registering its name twice.
+    let loaded = registeredModules.get(this.registries);
+    if (loaded === undefined) registeredModules.set(this.registries, loaded = new Map());
+    const previous = loaded.get(file);
+    if (previous !== undefined) return previous;
     try {
       await Deno.stat(file);
     } catch {
@@ -440,6 +665,9 @@ class Resolver {
       this.problem(`${path}/module`, `${file}: ${(error as Error).message}`);
       return null;
     }
+    if (plugin.kind === "reward") {
+      plugin = checkedUserReward(plugin as PluginDefinition<"reward">, file);
+    }
     const registry = this.registries[plugin.kind] as Registry | undefined;
     if (registry === undefined) return plugin; // definePlugin already rejected unknown kinds
     try {
@@ -448,14 +676,16 @@ class Resolver {
       this.problem(`${path}/module`, (error as Error).message);
       return null;
     }
+    loaded.set(file, plugin);
     return plugin;
   }
 
   validator(plugin: PluginDefinition, path: string): ValidateFunction | undefined {
-    let validate = this.#validators.get(plugin);
+    let validate = configValidators.get(plugin);
     if (validate === undefined) {
       try {
-        validate = this.#ajv.compile(plugin.configSchema);
+        configAjv ??= createAjv();
+        validate = configAjv.compile(plugin.configSchema);
       } catch (error) {
         this.problem(
           path,
@@ -465,7 +695,7 @@ class Resolver {
         );
         return undefined;
       }
-      this.#validators.set(plugin, validate);
+      configValidators.set(plugin, validate);
     }
     return validate;
   }
@@ -603,6 +833,67 @@ class Resolver {
   }
 }
 
+/** Deepest nesting of arrays and objects a manifest may have (real ones stay below 10). */
+export const MAX_MANIFEST_DEPTH = 64;
+
+/**
+ * The JSON pointer of the first array or object nested deeper than `limit` levels, or
+ * undefined. Iterative, so a hostile document cannot overflow the stack here.
+ */
+export function tooDeepPath(value: unknown, limit = MAX_MANIFEST_DEPTH): string | undefined {
+  const stack: { value: unknown; path: string; depth: number }[] = [{ value, path: "", depth: 0 }];
+  while (stack.length > 0) {
+    const { value: node, path, depth } = stack.pop()!;
+    if (node === null || typeof node !== "object") continue;
+    if (depth >= limit) return path;
+    for (const [key, child] of Object.entries(node)) {
+      stack.push({ value: child, path: `${path}/${escapePointer(key)}`, depth: depth + 1 });
+    }
+  }
+  return undefined;
+}
+
+function checkDepth(raw: unknown, file: string): void {
+  const deep = tooDeepPath(raw);
+  if (deep !== undefined) {
+    throw new ManifestError(file, [{
+      path: deep,
+      message: `nested more than ${MAX_MANIFEST_DEPTH} levels deep`,
+    }]);
+  }
+}
+
+/**
+ * Numbers no manifest option can sensibly hold: non-finite ones (`1e999` parses as
+ * Infinity) and those beyond ±(2^53 - 1), where integers stop being exact. Schemas bound
+ * most options; this also covers options whose schema sets no maximum, so that a huge
+ * budget or size is an error rather than a hang. A path that already has a problem
+ * (e.g. `must be <= 100`) is not reported twice.
+ */
+function numberProblems(value: unknown, known: readonly ManifestProblem[]): ManifestProblem[] {
+  const out: ManifestProblem[] = [];
+  const seen = new Set(known.map((p) => p.path));
+  const stack: { value: unknown; path: string }[] = [{ value, path: "" }];
+  while (stack.length > 0) {
+    const { value: node, path } = stack.pop()!;
+    if (typeof node === "number") {
+      if (Math.abs(node) <= Number.MAX_SAFE_INTEGER || seen.has(path)) continue;
+      out.push({
+        path,
+        message: Number.isNaN(node)
+          ? "must be a number (got NaN)"
+          : `${show(node)} is out of range: numbers in a manifest must lie within ` +
+            `±9007199254740991 (2^53 - 1)`,
+      });
+    } else if (node !== null && typeof node === "object") {
+      for (const [key, child] of Object.entries(node)) {
+        stack.push({ value: child, path: `${path}/${escapePointer(key)}` });
+      }
+    }
+  }
+  return out.reverse();
+}
+
 let envelopeValidator: ValidateFunction | undefined;
 
 /**
@@ -618,6 +909,7 @@ export async function resolveManifest(
   const file = options.file ?? "<manifest>";
   const baseDir = options.baseDir ??
     (options.file === undefined ? Deno.cwd() : dirname(resolve(options.file)));
+  checkDepth(raw, file);
   const data = structuredClone(raw) as Record<string, unknown>;
   if (data !== null && typeof data === "object" && !Array.isArray(data)) {
     if (options.seed !== undefined) data.seed = options.seed;
@@ -727,6 +1019,7 @@ export async function resolveManifest(
   }
 
   problems.push(...resolver.problems);
+  problems.push(...numberProblems(data, problems));
   if (problems.length > 0) {
     problems.sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
     throw new ManifestError(file, problems);
@@ -764,9 +1057,12 @@ export async function resolvePluginRef(
   label: string,
   baseDir: string = Deno.cwd(),
 ): Promise<ResolvedPluginRef> {
+  checkDepth(ref, label);
   const resolver = new Resolver(registries, baseDir, false);
   const result = await resolver.resolve(kind, ref, "");
-  if (result === undefined) throw new ManifestError(label, resolver.problems);
+  const problems = [...resolver.problems];
+  problems.push(...numberProblems(ref, problems));
+  if (result === undefined || problems.length > 0) throw new ManifestError(label, problems);
   return result.ref;
 }
 

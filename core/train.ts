@@ -264,10 +264,14 @@ export async function trainLoop<P extends TokenPair>(
       tf.dispose(clipped.grads);
       disposeBatch(batch);
       optimizer.dispose();
+      const what = Number.isFinite(lossValue)
+        ? `the gradient norm became ${clipped.norm} (the loss was ${lossValue})`
+        : `the loss became ${lossValue}`;
+      const global = offset > 0 ? ` (step ${offset + step} of the metrics log)` : "";
       throw new UserError(
-        `${hooks.prefix}: the loss became ${
-          Number.isFinite(lossValue) ? "finite but the gradient norm " + clipped.norm : lossValue
-        } at step ${step}; training stopped (lower the learning rate or check the data)`,
+        `${hooks.prefix}: ${what} at step ${step}${global}; training stopped before that ` +
+          `update, so the weights are those after step ${step - 1} and files already written ` +
+          `are kept (lower the learning rate, check the data or the loss)`,
       );
     }
     let k = 0;

@@ -70,6 +70,8 @@ export interface CommonDataConfig {
 export const commonConfigSchema: Record<string, JsonSchema> = {
   seed: {
     type: "integer",
+    minimum: 0,
+    maximum: 2147483647,
     default: 1,
     description:
       "Seed of the train/valid/test split and of the maxPairs subset. Independent of the run's seed, so runs with different seeds see the same splits.",

@@ -341,6 +341,7 @@ export default definePlugin<"data", SyntheticConfig>({
       pairs: {
         type: "integer",
         minimum: 1,
+        maximum: 10_000_000,
         default: 3000,
         description:
           "Number of distinct sentence pairs to generate, before the train/valid/test split.",
@@ -348,6 +349,8 @@ export default definePlugin<"data", SyntheticConfig>({
       ...commonConfigSchema,
       seed: {
         type: "integer",
+        minimum: 0,
+        maximum: 2147483647,
         default: 1,
         description:
           "Seed of the generated language (pseudo-German word stems, noun genders), of the sentences and of the train/valid/test split.",
