@@ -355,7 +355,7 @@ Deno.test("bc and evaluation sections get defaults, smoke budgets, and require a
   assert.equal(ok.evaluation.maxLen, 24);
   const bad = await problemsOf({ ...validManifest(), bc: { steps: -1, lr: 1 } });
   assert.deepEqual(bad, [
-    "/bc/lr: unknown key (allowed: steps, batchSize, learningRate, warmupSteps, schedule, clipNorm, evalEvery, patience, labelSmoothing, maxTokens, evalSize)",
+    "/bc/lr: unknown key (allowed: steps, batchSize, learningRate, warmupSteps, schedule, clipNorm, evalEvery, patience, labelSmoothing, maxTokens, evalSize, checkpointSeconds)",
     "/bc/steps: must be >= 0 (got -1)",
   ]);
 });
