@@ -46,6 +46,26 @@ export function formatRate(rate: number): string {
 }
 
 /** Starts a progress display for `total` units of work. */
+let tickHook: (() => void) | undefined;
+let lastHook = 0;
+
+/**
+ * Registers a check run (at most every 200 ms) whenever any progress display ticks: long
+ * work ticks often even while it never yields to the event loop, so this is where a worker
+ * process notices that its launcher has gone.
+ */
+export function onProgressTick(check: (() => void) | undefined): void {
+  tickHook = check;
+}
+
+function runTickHook(): void {
+  if (tickHook === undefined) return;
+  const t = performance.now();
+  if (t - lastHook < 200) return;
+  lastHook = t;
+  tickHook();
+}
+
 export function startProgress(
   label: string,
   total: number,
@@ -94,6 +114,7 @@ export function startProgress(
 
   return {
     tick(n = 1) {
+      runTickHook();
       if (finished) return;
       done += n;
       draw(false);

@@ -143,61 +143,43 @@ export async function readRunSummary(dir: string): Promise<unknown> {
 }
 
 /**
- * Takes the lock `<dir>/.lock` so that two processes never write one experiment folder.
- * The lock names its process; a lock left by a process that no longer exists (killed) is
- * taken over. Returns the function that releases it.
+ * Takes the lock `<dir>/.lock` so that two processes never write one experiment folder: an
+ * exclusive advisory lock (flock) on the file, which the operating system releases when the
+ * process ends, however it ends. The file names the holder for the error message; a lock
+ * file left by a killed process is simply taken over. Returns the function that releases it.
  *
- * @throws {UserError} when a live process holds the lock.
+ * @throws {UserError} when a running process holds the lock.
  */
 export async function acquireLock(
   dir: string,
   log: (message: string) => void = () => {},
 ): Promise<() => Promise<void>> {
   const path = join(dir, ".lock");
-  const text = JSON.stringify({ pid: Deno.pid, started: new Date().toISOString() }) + "\n";
-  for (let attempt = 0; attempt < 2; attempt++) {
+  const file = await Deno.open(path, { read: true, write: true, create: true });
+  if (!(await file.tryLock(true))) {
+    let holder = "another process";
     try {
-      await Deno.writeTextFile(path, text, { createNew: true });
-      return async () => {
-        await Deno.remove(path).catch(() => {});
-      };
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-    }
-    let holder: { pid?: unknown; started?: unknown } = {};
-    try {
-      holder = JSON.parse(await Deno.readTextFile(path));
+      const info = JSON.parse(await Deno.readTextFile(path));
+      holder = `process ${info.pid} (since ${info.started})`;
     } catch {
-      // Unreadable or half-written: treat as stale.
+      // Being written: keep the generic name.
     }
-    const pid = typeof holder.pid === "number" ? holder.pid : undefined;
-    if (pid !== undefined && pid !== Deno.pid && processAlive(pid)) {
-      throw new UserError(
-        `${dir} is being written by process ${pid} (since ${holder.started}); wait for it ` +
-          `to finish, or delete ${path} if that process is gone`,
-      );
-    }
-    log(`lock: taking over ${path} from a process that no longer runs`);
+    file.close();
+    throw new UserError(
+      `${dir} is being written by ${holder}; wait for it to finish or stop it first`,
+    );
+  }
+  const previous = await Deno.readTextFile(path).catch(() => "");
+  if (previous.trim() !== "") log(`lock: taking over ${path} from a process that has ended`);
+  const text = JSON.stringify({ pid: Deno.pid, started: new Date().toISOString() }) + "\n";
+  await file.truncate(0);
+  await file.write(new TextEncoder().encode(text));
+  return async () => {
     await Deno.remove(path).catch(() => {});
-  }
-  throw new UserError(`could not take the lock ${path}; another process keeps taking it`);
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch (error) {
-    // Without /proc (or without permission to look) assume it runs: never write over it.
-    return !(error instanceof Deno.errors.NotFound) || !existsSync("/proc/self");
-  }
-}
-
-function existsSync(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
+    try {
+      await file.unlock();
+    } finally {
+      file.close();
+    }
+  };
 }

@@ -9,6 +9,7 @@ import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
 import bc from "./algorithms/bc.ts";
+import ppo from "./algorithms/ppo.ts";
 import rest from "./algorithms/rest.ts";
 import auto from "./backends/auto.ts";
 import blas from "./backends/blas.ts";
@@ -22,6 +23,7 @@ import synthetic from "./data/synthetic.ts";
 import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
+import learned from "./rewards/learned.ts";
 import weighted from "./rewards/weighted.ts";
 import bcLoss from "./losses/bc.ts";
 import bvmpo from "./losses/bvmpo.ts";
@@ -39,6 +41,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // algorithms
   baselines,
   bc,
+  ppo,
   rest,
   // backends
   auto,
@@ -55,6 +58,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // rewards
   bleu,
   chrf,
+  learned,
   weighted,
   // losses
   bcLoss,

@@ -30,23 +30,45 @@ export async function taskArgs(task: string): Promise<string[]> {
   return parts.slice(1);
 }
 
-/** Runs `deno task <task> ...args` as a subprocess (from `cwd`, default the project root). */
-export async function runTask(
-  task: string,
-  args: string[],
-  options: { cwd?: string; env?: Record<string, string> } = {},
-): Promise<CliResult> {
+/** Options of {@link runTask} and {@link spawnTask}. */
+export interface TaskOptions {
+  /** Working folder (default the project root). */
+  cwd?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
+}
+
+/** The `deno` arguments that run a task's command with `args` appended. */
+async function commandArgs(task: string, args: string[]): Promise<string[]> {
   const base = await taskArgs(task);
   // Script paths in tasks are relative to the project root.
   const resolved = base.map((a) => /^(cli|bench)\/.*\.ts$/.test(a) ? `${ROOT_DIR}/${a}` : a);
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: [...resolved, ...args],
+  return [...resolved, ...args];
+}
+
+/** Starts `deno task <task> ...args` as a subprocess with piped output, without waiting. */
+export async function spawnTask(
+  task: string,
+  args: string[],
+  options: TaskOptions = {},
+): Promise<Deno.ChildProcess> {
+  return new Deno.Command(Deno.execPath(), {
+    args: await commandArgs(task, args),
     cwd: options.cwd ?? ROOT_DIR,
     env: { NO_COLOR: "1", ...(options.env ?? {}) },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  }).spawn();
+}
+
+/** Runs `deno task <task> ...args` as a subprocess (from `cwd`, default the project root). */
+export async function runTask(
+  task: string,
+  args: string[],
+  options: TaskOptions = {},
+): Promise<CliResult> {
+  const output = await (await spawnTask(task, args, options)).output();
   const decoder = new TextDecoder();
   return {
     code: output.code,

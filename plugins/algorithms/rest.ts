@@ -183,6 +183,16 @@ export default definePlugin({
         let done = { grow: 0, index: 0 };
         if (saved !== undefined) {
           policy.load(saved.policy);
+          if (saved.extras.length > 0 && ctx.loss.variables.length === 0) {
+            // Losses create their own variables on their first prepare (each Improve step
+            // prepares again, so this call changes nothing else).
+            ctx.loss.prepare({
+              policy,
+              bcPolicy,
+              improve: 1,
+              improveSteps: config.improveSteps,
+            });
+          }
           assignExtras(ctx.loss.variables, saved.extras);
           await rewindMetrics(metricsPath, saved.meta);
           done = saved.meta.done as typeof done;

@@ -1,0 +1,135 @@
+/**
+ * Corruptions of a translation, used by the `learned` reward to make training hypotheses of
+ * graded quality: each takes a text and a seeded {@link Rng} and returns a damaged copy,
+ * deterministically for a given generator state.
+ *
+ * Texts are split on whitespace into words. A text of a single word is damaged inside the
+ * word (its characters are dropped, shuffled or cut), so every corruption changes a
+ * non-trivial text. How much is damaged is itself drawn from the generator, so the
+ * corrupted outputs cover a range of target-metric scores rather than one level.
+ *
+ * | kind | what it does |
+ * |---|---|
+ * | `drop` | removes a random 10-60 % of the words (at least one) |
+ * | `repeat` | repeats a random span of 1-3 words 1-3 extra times in place |
+ * | `shuffle` | permutes a random window of the words (the whole text or part of it) |
+ * | `truncate` | keeps a random proper prefix of the words (possibly nothing) |
+ * | `copy_source` | returns the source sentence unchanged (an untranslated output) |
+ * | `mismatch` | returns another pair's reference (fluent but unrelated) |
+ *
+ * @module
+ */
+
+import type { Rng } from "../../core/random.ts";
+
+/** The corruption kinds, in a fixed order. */
+export const CORRUPTION_KINDS = [
+  "drop",
+  "repeat",
+  "shuffle",
+  "truncate",
+  "copy_source",
+  "mismatch",
+] as const;
+
+/** One of {@link CORRUPTION_KINDS}. */
+export type CorruptionKind = typeof CORRUPTION_KINDS[number];
+
+/** What a corruption may use besides the text it damages. */
+export interface CorruptionInput {
+  /** The text to damage (a reference or a policy sample). */
+  text: string;
+  /** The source sentence (for `copy_source`). */
+  source: string;
+  /** Another pair's reference (for `mismatch`). */
+  other: string;
+}
+
+function words(text: string): string[] {
+  const trimmed = text.trim();
+  return trimmed === "" ? [] : trimmed.split(/\s+/);
+}
+
+/** Applies `fn` to the words, or to the characters of a one-word text. */
+function onUnits(text: string, fn: (units: string[]) => string[]): string {
+  const ws = words(text);
+  if (ws.length >= 2) return fn(ws).join(" ");
+  if (ws.length === 1) return fn([...ws[0]]).join("");
+  return text.trim();
+}
+
+/** A uniform number in [lo, hi). */
+function uniform(rng: Rng, lo: number, hi: number): number {
+  return lo + (hi - lo) * rng.next();
+}
+
+/**
+ * Drops a random 10-60 % of the words (at least one, so the output always loses something);
+ * a one-word text loses characters instead.
+ */
+export function dropWords(text: string, rng: Rng): string {
+  return onUnits(text, (units) => {
+    const rate = uniform(rng, 0.1, 0.6);
+    const count = Math.max(1, Math.min(units.length, Math.round(rate * units.length)));
+    const order = rng.shuffle(units.map((_, i) => i));
+    const dropped = new Set(order.slice(0, count));
+    return units.filter((_, i) => !dropped.has(i));
+  });
+}
+
+/** Repeats a random span of 1-3 words 1-3 extra times right after itself. */
+export function repeatWords(text: string, rng: Rng): string {
+  const ws = words(text);
+  if (ws.length === 0) return "";
+  const span = Math.min(ws.length, 1 + rng.int(3));
+  const start = rng.int(ws.length - span + 1);
+  const times = 1 + rng.int(3);
+  const piece = ws.slice(start, start + span);
+  const out = ws.slice(0, start + span);
+  for (let i = 0; i < times; i++) out.push(...piece);
+  out.push(...ws.slice(start + span));
+  return out.join(" ");
+}
+
+/**
+ * Permutes a random window of at least two words (a one-word text: its characters). When
+ * the permutation happens to be the identity the window is rotated by one, so a text with
+ * two different units always changes.
+ */
+export function shuffleWords(text: string, rng: Rng): string {
+  return onUnits(text, (units) => {
+    if (units.length < 2) return units;
+    const size = 2 + rng.int(units.length - 1);
+    const start = rng.int(units.length - size + 1);
+    const window = units.slice(start, start + size);
+    const permuted = rng.shuffle([...window]);
+    if (permuted.every((u, i) => u === window[i])) permuted.push(permuted.shift()!);
+    return [...units.slice(0, start), ...permuted, ...units.slice(start + size)];
+  });
+}
+
+/** Keeps a random proper prefix: 0 to n-1 of the n words (one word: of its characters). */
+export function truncateWords(text: string, rng: Rng): string {
+  return onUnits(text, (units) => units.slice(0, rng.int(units.length)));
+}
+
+/**
+ * Applies one corruption kind. `copy_source` and `mismatch` ignore `input.text` and draw
+ * nothing from `rng`.
+ */
+export function corrupt(kind: CorruptionKind, input: CorruptionInput, rng: Rng): string {
+  switch (kind) {
+    case "drop":
+      return dropWords(input.text, rng);
+    case "repeat":
+      return repeatWords(input.text, rng);
+    case "shuffle":
+      return shuffleWords(input.text, rng);
+    case "truncate":
+      return truncateWords(input.text, rng);
+    case "copy_source":
+      return input.source;
+    case "mismatch":
+      return input.other;
+  }
+}

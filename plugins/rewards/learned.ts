@@ -1,0 +1,859 @@
+/**
+ * `learned`: a reference-free quality-estimation reward, score(source, hypothesis) in
+ * [0, 1], the framework's stand-in for the MetricX reward model of the ReST paper.
+ *
+ * The model is trained by the framework itself, once per experiment and reward config, in
+ * {@link RewardModel.prepare}: it learns to predict a reference-based target metric (`target`,
+ * chrF by default) from the source and the hypothesis alone. If `<dir>/qe_model.json`
+ * already exists (an earlier run of the same experiment trained it), it is reloaded
+ * instead; `path` loads a model saved by another experiment with the same tokenizer.
+ *
+ * ## Training data
+ *
+ * For `dataset.sources` training pairs (x, y) and, held out, for validation pairs:
+ *
+ * - the reference y itself (`dataset.references`),
+ * - one sample of the BC policy at each of `dataset.temperatures` (low temperatures give
+ *   near-greedy outputs, high ones poor outputs),
+ * - `dataset.corruptionsPerSource` corruptions of y or of one of the samples, each of a kind
+ *   drawn from `dataset.corruptions`: word drops, repeats, shuffles, truncation, the source
+ *   copied unchanged, or another pair's reference (see `_corrupt.ts`),
+ *
+ * each labelled with target(hypothesis, y). The held-out rows come from validation sources
+ * (never seen in training): their Pearson and Kendall tau-b correlations between predicted
+ * and target scores are logged (`learned/heldout_pearson`, `learned/heldout_kendall` in
+ * `<dir>/metrics.jsonl`), stored with the model and printed.
+ *
+ * ## Files in the reward folder
+ *
+ * `qe_model.json` and the weights file it names (a checkpoint in the format of
+ * `core/checkpoint.ts`: weights with a SHA-256, and as metadata the configs, the tokenizer's
+ * fingerprint, the held-out correlations and the data sizes), `metrics.jsonl` and
+ * `heldout.jsonl` (each held-out row with its kind, target and prediction). The checkpoint
+ * is written atomically, its .json last, so a model whose .json exists is complete.
+ *
+ * The network is in `_qe_model.ts` (a small transformer encoder over
+ * `source EOS hypothesis EOS` with per-segment mean pooling and a sigmoid head).
+ *
+ * @module
+ */
+
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import * as tf from "@tensorflow/tfjs-core";
+import { hasCheckpoint, loadCheckpoint, saveCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
+import { UserError } from "../../core/errors.ts";
+import { checkScores } from "../../core/evaluate.ts";
+import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
+import { Adam, clipByGlobalNorm, learningRate } from "../../core/optim.ts";
+import { definePlugin, type ResolvedPluginRef } from "../../core/plugin.ts";
+import type { Policy } from "../../core/policy.ts";
+import { Rng } from "../../core/random.ts";
+import { exists, writeFileAtomic } from "../../core/run.ts";
+import type {
+  Example,
+  RewardInput,
+  RewardModel,
+  RewardPrepareContext,
+  Tokenizer,
+} from "../../core/types.ts";
+import { corrupt, CORRUPTION_KINDS, type CorruptionKind } from "./_corrupt.ts";
+import {
+  type QeArchitecture,
+  type QeItem,
+  QeModel,
+  type QeVocab,
+  restoreQeModel,
+} from "./_qe_model.ts";
+
+/** Training budget of the QE model. */
+export interface LearnedTraining {
+  /** Adam steps. */
+  steps: number;
+  /** Rows per step. */
+  batchSize: number;
+  /** Peak learning rate. */
+  learningRate: number;
+  /** Linear warm-up steps (then cosine decay to 10 % of the peak). */
+  warmupSteps: number;
+  /** Global gradient-norm clip (0: off). */
+  clipNorm: number;
+  /** Decoupled weight decay (AdamW). */
+  weightDecay: number;
+  /** Also evaluate on the held-out rows every this many steps (0: only at the end). */
+  evalEvery: number;
+}
+
+/** How the training rows are made. */
+export interface LearnedDataset {
+  /** Training sources used (0: all). */
+  sources: number;
+  /** One BC-policy sample per source at each of these temperatures ([]: no policy needed). */
+  temperatures: number[];
+  /** Include the references themselves. */
+  references: boolean;
+  /** Corrupted hypotheses per source. */
+  corruptionsPerSource: number;
+  /** Corruption kinds drawn from. */
+  corruptions: CorruptionKind[];
+}
+
+/** Config of the `learned` reward (after resolution: `target` is a resolved reference). */
+export interface LearnedConfig {
+  /** The reference-based reward the model learns to predict. */
+  target: ResolvedPluginRef;
+  /** Load this saved model instead of training ("" : train or reload in the experiment). */
+  path: string;
+  /** Rows per scoring batch. */
+  batchSize: number;
+  /** Network size. */
+  model: QeArchitecture;
+  /** Training budget. */
+  training: LearnedTraining;
+  /** Training-data construction. */
+  dataset: LearnedDataset;
+  /** Held-out rows as a fraction of the training sources' count, from validation sources. */
+  heldOut: number;
+}
+
+/** Name of the checkpoint in the reward folder. */
+export const MODEL_NAME = "qe_model";
+
+const FORMAT = "rest-learned-reward";
+
+/** Pearson's correlation coefficient (NaN with fewer than two rows or a constant side). */
+export function pearson(x: readonly number[], y: readonly number[]): number {
+  if (x.length !== y.length) throw new RangeError(`${x.length} x values, ${y.length} y values`);
+  const n = x.length;
+  if (n < 2) return NaN;
+  let mx = 0;
+  let my = 0;
+  for (let i = 0; i < n; i++) {
+    mx += x[i];
+    my += y[i];
+  }
+  mx /= n;
+  my /= n;
+  let sxy = 0;
+  let sxx = 0;
+  let syy = 0;
+  for (let i = 0; i < n; i++) {
+    const dx = x[i] - mx;
+    const dy = y[i] - my;
+    sxy += dx * dy;
+    sxx += dx * dx;
+    syy += dy * dy;
+  }
+  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : NaN;
+}
+
+/**
+ * Kendall's tau-b, (concordant - discordant) / sqrt((n0 - n1)(n0 - n2)) with n1, n2 the
+ * pairs tied in x, in y; O(n log n) by Knight's method (sort by x, count inversions of y by
+ * merge sort). NaN with fewer than two rows or a constant side.
+ */
+export function kendallTauB(x: readonly number[], y: readonly number[]): number {
+  if (x.length !== y.length) throw new RangeError(`${x.length} x values, ${y.length} y values`);
+  const n = x.length;
+  if (n < 2) return NaN;
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[a] - x[b] || y[a] - y[b]);
+  let tiedX = 0;
+  let tiedBoth = 0;
+  for (let i = 0; i < n;) {
+    let j = i;
+    while (j < n && x[order[j]] === x[order[i]]) j++;
+    tiedX += ((j - i) * (j - i - 1)) / 2;
+    for (let k = i; k < j;) {
+      let m = k;
+      while (m < j && y[order[m]] === y[order[k]]) m++;
+      tiedBoth += ((m - k) * (m - k - 1)) / 2;
+      k = m;
+    }
+    i = j;
+  }
+  // Discordant pairs = strict inversions of y in this order (merge sort).
+  let ys = order.map((i) => y[i]);
+  let buffer = new Array<number>(n);
+  let discordant = 0;
+  for (let width = 1; width < n; width *= 2) {
+    for (let lo = 0; lo < n; lo += 2 * width) {
+      const mid = Math.min(lo + width, n);
+      const hi = Math.min(lo + 2 * width, n);
+      let a = lo;
+      let b = mid;
+      let k = lo;
+      while (a < mid && b < hi) {
+        if (ys[b] < ys[a]) {
+          discordant += mid - a;
+          buffer[k++] = ys[b++];
+        } else buffer[k++] = ys[a++];
+      }
+      while (a < mid) buffer[k++] = ys[a++];
+      while (b < hi) buffer[k++] = ys[b++];
+    }
+    [ys, buffer] = [buffer, ys];
+  }
+  let tiedY = 0;
+  for (let i = 0; i < n;) {
+    let j = i;
+    while (j < n && ys[j] === ys[i]) j++;
+    tiedY += ((j - i) * (j - i - 1)) / 2;
+    i = j;
+  }
+  const total = (n * (n - 1)) / 2;
+  const denominator = Math.sqrt((total - tiedX) * (total - tiedY));
+  if (!(denominator > 0)) return NaN;
+  return (total - tiedX - tiedY + tiedBoth - 2 * discordant) / denominator;
+}
+
+/**
+ * Whether the tokenizer's two sides share ids: equal sizes and every id decodes to the
+ * same text on both sides.
+ */
+export function sharesIds(tokenizer: Tokenizer): boolean {
+  const size = tokenizer.vocabSize("source");
+  if (size !== tokenizer.vocabSize("target")) return false;
+  for (let id = 0; id < size; id++) {
+    if (tokenizer.decode([id], "source") !== tokenizer.decode([id], "target")) return false;
+  }
+  return true;
+}
+
+/** SHA-256 of the tokenizer's saved state: a saved model only fits the same tokenizer. */
+export async function tokenizerFingerprint(tokenizer: Tokenizer): Promise<string> {
+  return await sha256Hex(new TextEncoder().encode(JSON.stringify(tokenizer.save())));
+}
+
+function visibleChars(text: string): number {
+  let n = 0;
+  for (const ch of text) if (!/\s/.test(ch)) n++;
+  return n;
+}
+
+/** Tokenizes a (source, hypothesis) row for the network. */
+export function qeItem(tokenizer: Tokenizer, source: string, hypothesis: string): QeItem {
+  return {
+    source: tokenizer.encode(source, "source"),
+    hypothesis: tokenizer.encode(hypothesis, "target"),
+    sourceChars: visibleChars(source),
+    hypothesisChars: visibleChars(hypothesis),
+  };
+}
+
+/** A generated training or held-out row. */
+export interface QeRow {
+  /** Source sentence. */
+  source: string;
+  /** Reference of the source. */
+  reference: string;
+  /** The hypothesis to score. */
+  hypothesis: string;
+  /** Where it came from: `reference`, `sample_t<T>` or a corruption kind. */
+  kind: string;
+}
+
+/** Scales a config down for `--smoke` (idempotent): a one-layer d = 32 network, 20 steps. */
+export function smokeLearned(config: LearnedConfig): LearnedConfig {
+  return {
+    ...config,
+    model: {
+      ...config.model,
+      dModel: Math.min(config.model.dModel, 32),
+      heads: 32 % config.model.heads === 0 ? Math.min(config.model.heads, 2) : 1,
+      ffn: Math.min(config.model.ffn, 64),
+      layers: 1,
+      hidden: Math.min(config.model.hidden, 32),
+      maxTokens: Math.min(config.model.maxTokens, 32),
+    },
+    training: {
+      ...config.training,
+      batchSize: Math.min(config.training.batchSize, 32),
+      steps: Math.min(config.training.steps, 20),
+      warmupSteps: Math.min(config.training.warmupSteps, 5),
+      evalEvery: 0,
+    },
+    dataset: {
+      ...config.dataset,
+      sources: Math.min(config.dataset.sources || 24, 24),
+      corruptionsPerSource: Math.min(config.dataset.corruptionsPerSource, 2),
+    },
+  };
+}
+
+/**
+ * Makes the hypotheses for some examples: references, the given samples (`samples[i]`
+ * for example i, each with its kind) and corruptions; deterministic from `rng`.
+ */
+export function buildRows(
+  examples: readonly Example[],
+  samples: readonly { text: string; kind: string }[][],
+  dataset: Pick<LearnedDataset, "references" | "corruptionsPerSource" | "corruptions">,
+  rng: Rng,
+): QeRow[] {
+  const rows: QeRow[] = [];
+  for (let i = 0; i < examples.length; i++) {
+    const { source, reference } = examples[i];
+    const own = samples[i] ?? [];
+    if (dataset.references) {
+      rows.push({ source, reference, hypothesis: reference, kind: "reference" });
+    }
+    for (const s of own) rows.push({ source, reference, hypothesis: s.text, kind: s.kind });
+    if (dataset.corruptions.length === 0) continue;
+    for (let c = 0; c < dataset.corruptionsPerSource; c++) {
+      const kind = rng.pick(dataset.corruptions);
+      const base = own.length > 0 && rng.next() < 0.5 ? rng.pick(own).text : reference;
+      let other = "";
+      if (examples.length > 1) {
+        const j = (i + 1 + rng.int(examples.length - 1)) % examples.length;
+        other = examples[j].reference;
+      }
+      const hypothesis = corrupt(kind, { text: base, source, other }, rng);
+      rows.push({ source, reference, hypothesis, kind });
+    }
+  }
+  return rows;
+}
+
+/** Length-sorted batches of row indices, in shuffled order (a new shuffle each call). */
+function buckets(items: readonly QeItem[], indices: number[], size: number, rng: Rng): number[][] {
+  const order = rng.shuffle([...indices]);
+  const len = (i: number) => items[i].source.length + items[i].hypothesis.length;
+  order.sort((a, b) => len(a) - len(b));
+  const batches: number[][] = [];
+  for (let i = 0; i < order.length; i += size) batches.push(order.slice(i, i + size));
+  return rng.shuffle(batches);
+}
+
+function format(x: number): string {
+  return Number.isFinite(x) ? x.toFixed(3) : "n/a";
+}
+
+/** The reward instance (see the module doc). */
+class LearnedReward implements RewardModel {
+  readonly needsReference = false;
+  readonly #config: LearnedConfig;
+  readonly #target: RewardModel;
+  readonly #baseDir: string;
+  #model: QeModel | undefined;
+  #tokenizer: Tokenizer | undefined;
+  #meta: Record<string, unknown> = {};
+
+  constructor(config: LearnedConfig, target: RewardModel, baseDir: string) {
+    this.#config = config;
+    this.#target = target;
+    this.#baseDir = baseDir;
+  }
+
+  /** The loaded network (undefined before {@link LearnedReward.prepare}). */
+  get model(): QeModel | undefined {
+    return this.#model;
+  }
+
+  score(rows: readonly RewardInput[]): Promise<number[]> {
+    const model = this.#model;
+    const tokenizer = this.#tokenizer;
+    if (model === undefined || tokenizer === undefined) {
+      return Promise.reject(
+        new UserError(
+          "learned reward: no model loaded; it is trained or loaded by prepare(), which an " +
+            "experiment runs before the reward is used (`deno task exp`), not by a bare " +
+            "score() nor inside another reward (e.g. a weighted component)",
+        ),
+      );
+    }
+    const items = rows.map((r) => qeItem(tokenizer, r.source, r.hypothesis));
+    return Promise.resolve(items.length === 0 ? [] : model.predict(items, this.#config.batchSize));
+  }
+
+  async prepare(ctx: RewardPrepareContext): Promise<void> {
+    const config = ctx.smoke ? smokeLearned(this.#config) : this.#config;
+    const fingerprint = await tokenizerFingerprint(ctx.tokenizer);
+    if (config.path !== "") {
+      const where = isAbsolute(config.path) ? config.path : resolve(this.#baseDir, config.path);
+      const isFile = where.endsWith(".json");
+      const dir = isFile ? dirname(where) : where;
+      const name = isFile ? basename(where, ".json") : MODEL_NAME;
+      if (!(await exists(join(dir, `${name}.json`)))) {
+        throw new UserError(
+          `learned reward: path ${JSON.stringify(config.path)}: no saved model at ${
+            join(dir, `${name}.json`)
+          }`,
+        );
+      }
+      this.#install(await this.#load(dir, name, fingerprint), ctx.tokenizer);
+      const target = (this.#meta.target as { name?: string } | undefined)?.name ?? "?";
+      ctx.log(
+        `loaded ${join(dir, `${name}.json`)}, trained to predict ${target}${this.#describe()}`,
+      );
+      return;
+    }
+    await Deno.mkdir(ctx.dir, { recursive: true });
+    if (await hasCheckpoint(ctx.dir, MODEL_NAME)) {
+      this.#install(await this.#load(ctx.dir, MODEL_NAME, fingerprint), ctx.tokenizer);
+      ctx.log(`reloaded ${join(ctx.dir, `${MODEL_NAME}.json`)}${this.#describe()}`);
+      return;
+    }
+    await this.#train(ctx, config, fingerprint);
+  }
+
+  #describe(): string {
+    const h = this.#meta.heldOut as { pearson?: number; kendall?: number } | undefined;
+    return h === undefined
+      ? ""
+      : ` (held-out Pearson ${format(h.pearson ?? NaN)}, Kendall ${format(h.kendall ?? NaN)})`;
+  }
+
+  #install(model: QeModel, tokenizer: Tokenizer): void {
+    this.#model?.dispose();
+    this.#model = model;
+    this.#tokenizer = tokenizer;
+  }
+
+  async #load(dir: string, name: string, fingerprint: string): Promise<QeModel> {
+    const file = join(dir, `${name}.json`);
+    const { state, meta } = await loadCheckpoint(dir, name);
+    if (meta.format !== FORMAT) {
+      throw new UserError(`learned reward: ${file} is not a learned-reward model`);
+    }
+    if (meta.tokenizer !== fingerprint) {
+      throw new UserError(
+        `learned reward: ${file} was trained with a different tokenizer than this ` +
+          `experiment's; train a new one (remove the file or the "path" option)`,
+      );
+    }
+    let model: QeModel;
+    try {
+      model = restoreQeModel(state);
+    } catch (error) {
+      throw new UserError(`learned reward: ${file}: ${(error as Error).message}`);
+    }
+    this.#meta = meta;
+    return model;
+  }
+
+  async #samples(
+    ctx: RewardPrepareContext,
+    groups: readonly (readonly Example[])[],
+    temperatures: readonly number[],
+    rng: Rng,
+  ): Promise<{ text: string; kind: string }[][][]> {
+    const out = groups.map((g) => g.map(() => [] as { text: string; kind: string }[]));
+    if (temperatures.length === 0) return out;
+    let policy: Policy;
+    try {
+      policy = await ctx.bcPolicy();
+    } catch (error) {
+      if (error instanceof UserError) {
+        throw new UserError(
+          `learned reward: policy samples need the BC policy (${error.message}); ` +
+            `or set dataset.temperatures to [] to train on references and corruptions only`,
+        );
+      }
+      throw error;
+    }
+    const total = groups.reduce((sum, g) => sum + g.length, 0) * temperatures.length;
+    const progress = ctx.progress("sampling", total, "samples");
+    const chunk = Math.max(1, ctx.evaluation.batchSize);
+    try {
+      for (let g = 0; g < groups.length; g++) {
+        const encoded = groups[g].map((e) => ctx.tokenizer.encode(e.source, "source"));
+        for (const temperature of temperatures) {
+          const seed = rng.nextUint32();
+          for (let start = 0; start < encoded.length; start += chunk) {
+            const generations = await policy.sample(encoded.slice(start, start + chunk), {
+              n: 1,
+              temperature,
+              topK: 0,
+              topP: 1,
+              maxLen: ctx.evaluation.maxLen,
+              batchSize: ctx.evaluation.batchSize,
+              seed: seed + start,
+            });
+            generations.forEach((gens, k) => {
+              const text = ctx.tokenizer.decode(gens[0].tokens, "target");
+              out[g][start + k].push({ text, kind: `sample_t${temperature}` });
+            });
+            progress.tick(generations.length);
+          }
+        }
+      }
+    } finally {
+      progress.done();
+      policy.dispose();
+    }
+    return out;
+  }
+
+  async #train(ctx: RewardPrepareContext, config: LearnedConfig, fingerprint: string) {
+    const started = performance.now();
+    const rng = new Rng(ctx.seed).fork("learned");
+    const { dataset } = config;
+    // An interrupted training restarts from scratch: clear its partial log.
+    await Deno.remove(join(ctx.dir, "metrics.jsonl")).catch(() => {});
+
+    const train = ctx.splits.train;
+    if (train.length === 0) throw new UserError("learned reward: the training split is empty");
+    const order = rng.fork("sources").shuffle(train.map((_, i) => i));
+    const used = dataset.sources > 0 ? Math.min(dataset.sources, train.length) : train.length;
+    const trainExamples = order.slice(0, used).map((i) => train[i]);
+    const wanted = config.heldOut > 0 ? Math.max(2, Math.ceil(config.heldOut * used)) : 0;
+    let heldExamples: Example[];
+    let heldFrom = "validation";
+    if (ctx.splits.valid.length > 0) {
+      const validOrder = rng.fork("heldout").shuffle(ctx.splits.valid.map((_, i) => i));
+      heldExamples = validOrder.slice(0, wanted).map((i) => ctx.splits.valid[i]);
+    } else {
+      heldFrom = "unused training";
+      heldExamples = order.slice(used, used + wanted).map((i) => train[i]);
+    }
+    if (wanted > 0 && heldExamples.length < 2) {
+      ctx.log("warning: fewer than 2 held-out sources available; correlations are not measured");
+    }
+
+    const samples = await this.#samples(
+      ctx,
+      [trainExamples, heldExamples],
+      dataset.temperatures,
+      rng.fork("samples"),
+    );
+    const trainRows = buildRows(trainExamples, samples[0], dataset, rng.fork("rows/train"));
+    const heldRows = buildRows(heldExamples, samples[1], dataset, rng.fork("rows/heldout"));
+    if (trainRows.length === 0) {
+      throw new UserError(
+        "learned reward: no training rows (enable dataset.references, temperatures or corruptions)",
+      );
+    }
+    const targetOf = async (rows: QeRow[]) => {
+      if (rows.length === 0) return [];
+      const scores = await this.#target.score(rows);
+      checkScores(scores, rows.length);
+      return scores;
+    };
+    const trainTargets = await targetOf(trainRows);
+    const heldTargets = await targetOf(heldRows);
+    ctx.log(
+      `training a QE model to predict ${config.target.name} on ${trainRows.length} rows from ` +
+        `${trainExamples.length} training sources; ${heldRows.length} held-out rows from ` +
+        `${heldExamples.length} ${heldFrom} sources`,
+    );
+
+    const vocab: QeVocab = {
+      sourceVocab: ctx.tokenizer.vocabSize("source"),
+      targetVocab: ctx.tokenizer.vocabSize("target"),
+      joint: sharesIds(ctx.tokenizer),
+      pad: ctx.tokenizer.specials.pad,
+      eos: ctx.tokenizer.specials.eos,
+    };
+    const model = new QeModel(config.model, vocab, ctx.seed);
+    try {
+      const trainItems = trainRows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis));
+      const heldItems = heldRows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis));
+      const evaluate = () => {
+        const predictions = heldItems.length > 0 ? model.predict(heldItems, config.batchSize) : [];
+        let mse = 0;
+        for (let i = 0; i < predictions.length; i++) mse += (predictions[i] - heldTargets[i]) ** 2;
+        return {
+          predictions,
+          pearson: pearson(predictions, heldTargets),
+          kendall: kendallTauB(predictions, heldTargets),
+          mse: predictions.length > 0 ? mse / predictions.length : NaN,
+        };
+      };
+      const trainedSteps = await this.#fit(ctx, config, model, trainItems, trainTargets, (step) => {
+        const e = evaluate();
+        return ctx.metrics.log({
+          "learned/heldout_pearson": e.pearson,
+          "learned/heldout_kendall": e.kendall,
+          "learned/heldout_mse": e.mse,
+        }, step);
+      });
+      const final = evaluate();
+      const byKind = new Map<string, { n: number; target: number; predicted: number }>();
+      heldRows.forEach((row, i) => {
+        const k = byKind.get(row.kind) ?? { n: 0, target: 0, predicted: 0 };
+        k.n++;
+        k.target += heldTargets[i];
+        k.predicted += final.predictions[i];
+        byKind.set(row.kind, k);
+      });
+      const record: Record<string, number> = {
+        "learned/train_rows": trainRows.length,
+        "learned/heldout_rows": heldRows.length,
+        "learned/heldout_pearson": final.pearson,
+        "learned/heldout_kendall": final.kendall,
+        "learned/heldout_mse": final.mse,
+      };
+      for (const [kind, k] of byKind) {
+        record[`learned/heldout_target_${kind}`] = k.target / k.n;
+        record[`learned/heldout_predicted_${kind}`] = k.predicted / k.n;
+      }
+      await ctx.metrics.log(record, trainedSteps);
+      const seconds = (performance.now() - started) / 1000;
+      const meta = {
+        format: FORMAT,
+        version: 1,
+        tokenizer: fingerprint,
+        target: config.target,
+        config: { ...config, target: undefined },
+        trainRows: trainRows.length,
+        trainSources: trainExamples.length,
+        steps: trainedSteps,
+        seconds,
+        heldOut: {
+          rows: heldRows.length,
+          sources: heldExamples.length,
+          from: heldFrom,
+          pearson: final.pearson,
+          kendall: final.kendall,
+          mse: final.mse,
+        },
+      };
+      const lines = heldRows.map((row, i) =>
+        JSON.stringify({ ...row, target: heldTargets[i], predicted: final.predictions[i] })
+      );
+      await writeFileAtomic(
+        join(ctx.dir, "heldout.jsonl"),
+        lines.join("\n") + (lines.length ? "\n" : ""),
+      );
+      await saveCheckpoint(ctx.dir, MODEL_NAME, model.save(), meta);
+      this.#meta = JSON.parse(JSON.stringify(meta));
+      ctx.log(
+        `trained in ${seconds.toFixed(1)}s (${trainedSteps} steps, ${model.size} weights): ` +
+          `held-out Pearson ${format(final.pearson)}, Kendall ${format(final.kendall)} ` +
+          `on ${heldRows.length} rows; saved ${join(ctx.dir, `${MODEL_NAME}.json`)}`,
+      );
+    } catch (error) {
+      model.dispose();
+      throw error;
+    }
+    this.#install(model, ctx.tokenizer);
+  }
+
+  /** The training loop; returns the number of steps taken. */
+  async #fit(
+    ctx: RewardPrepareContext,
+    config: LearnedConfig,
+    model: QeModel,
+    items: readonly QeItem[],
+    targets: readonly number[],
+    evaluate: (step: number) => Promise<void>,
+  ): Promise<number> {
+    const t = config.training;
+    const rng = new Rng(ctx.seed).fork("learned/batches");
+    const meanTarget = targets.reduce((a, b) => a + b, 0) / targets.length;
+    const clamped = Math.min(0.99, Math.max(0.01, meanTarget));
+    model.setOutputBias(Math.log(clamped / (1 - clamped)));
+    const variables = model.variables;
+    const optimizer = new Adam(variables, { weightDecay: t.weightDecay });
+    const indices = items.map((_, i) => i);
+    const progress = ctx.progress("training", t.steps, "steps");
+    const logEvery = Math.max(1, Math.min(50, Math.floor(t.steps / 20)));
+    let batches: number[][] = [];
+    let windowLoss = 0;
+    let windowSteps = 0;
+    try {
+      for (let step = 1; step <= t.steps; step++) {
+        if (batches.length === 0) batches = buckets(items, indices, t.batchSize, rng);
+        const batch = batches.pop()!;
+        const lr = learningRate(step, {
+          peak: t.learningRate,
+          warmup: t.warmupSteps,
+          total: t.steps,
+          schedule: "cosine",
+          minRatio: 0.1,
+        });
+        const { value, grads } = tf.variableGrads(
+          () => model.loss(batch.map((i) => items[i]), batch.map((i) => targets[i])),
+          variables,
+        );
+        const loss = value.dataSync()[0];
+        const ordered = variables.map((v) => grads[v.name]);
+        const clipped = clipByGlobalNorm(ordered, t.clipNorm);
+        value.dispose();
+        tf.dispose(Object.values(grads));
+        if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
+          tf.dispose(clipped.grads);
+          throw new UserError(
+            `learned reward: the training loss became ${loss} (gradient norm ${clipped.norm}) ` +
+              `at step ${step}; lower training.learningRate`,
+          );
+        }
+        optimizer.apply(clipped.grads, lr);
+        tf.dispose(clipped.grads);
+        windowLoss += loss;
+        windowSteps++;
+        progress.tick();
+        if (step % logEvery === 0 || step === t.steps) {
+          await ctx.metrics.log({
+            "learned/loss": windowLoss / windowSteps,
+            "learned/lr": lr,
+            "learned/grad_norm": clipped.norm,
+          }, step);
+          windowLoss = 0;
+          windowSteps = 0;
+        }
+        if (t.evalEvery > 0 && step % t.evalEvery === 0 && step < t.steps) await evaluate(step);
+      }
+    } finally {
+      progress.done();
+      optimizer.dispose();
+    }
+    return t.steps;
+  }
+}
+
+function int(min: number, max: number, value: number, description: string) {
+  return { type: "integer", minimum: min, maximum: max, default: value, description };
+}
+
+function num(min: number, max: number, value: number, description: string) {
+  return { type: "number", minimum: min, maximum: max, default: value, description };
+}
+
+function isLearnedRef(ref: unknown): boolean {
+  if (ref === "learned") return true;
+  return typeof ref === "object" && ref !== null && (ref as { name?: unknown }).name === "learned";
+}
+
+export default definePlugin({
+  kind: "reward",
+  name: "learned",
+  summary:
+    "Reference-free quality estimation (source, hypothesis) -> [0, 1], trained by the framework to predict a reference metric (MetricX stand-in).",
+  configSchema: {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      target: {
+        [PLUGIN_REF_KEYWORD]: "reward",
+        type: ["string", "object"],
+        default: "chrf",
+        description:
+          "The reference-based reward the model learns to predict (its name or {name, config}).",
+      },
+      path: {
+        type: "string",
+        default: "",
+        description:
+          "Load the model saved by an earlier experiment (its rewards/learned-<hash>/ folder or the qe_model.json in it; relative to the manifest) instead of training; it must use the same tokenizer. Empty: train, or reload the model this experiment already trained.",
+      },
+      batchSize: int(1, 65536, 128, "Rows per scoring batch."),
+      model: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "Size of the QE network (transformer encoder over source EOS hypothesis EOS).",
+        properties: {
+          dModel: int(8, 4096, 64, "Model width d."),
+          heads: int(1, 64, 4, "Attention heads (must divide dModel)."),
+          ffn: int(1, 65536, 256, "Feed-forward inner width."),
+          layers: int(1, 48, 2, "Encoder layers."),
+          hidden: int(1, 65536, 64, "Units of the head's hidden ReLU layer."),
+          dropout: num(0, 0.9, 0.1, "Dropout on embeddings and sublayer outputs while training."),
+          maxTokens: int(
+            1,
+            4096,
+            48,
+            "Tokens kept per side (source, hypothesis); length features still see the full lengths.",
+          ),
+        },
+      },
+      training: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "Training budget of the QE network (Adam, soft-target cross-entropy).",
+        properties: {
+          steps: int(1, 10_000_000, 2000, "Adam steps."),
+          batchSize: int(1, 65536, 64, "Rows per step."),
+          learningRate: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1,
+            default: 0.002,
+            description: "Peak learning rate (cosine decay to 10 % of it after warm-up).",
+          },
+          warmupSteps: int(0, 10_000_000, 200, "Linear warm-up steps."),
+          clipNorm: num(0, 1e6, 1, "Global gradient-norm clip (0: off)."),
+          weightDecay: num(0, 1, 0, "Decoupled weight decay (AdamW)."),
+          evalEvery: int(
+            0,
+            10_000_000,
+            0,
+            "Also log held-out correlations every this many steps (0: only at the end).",
+          ),
+        },
+      },
+      dataset: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "How the training hypotheses are made (each labelled by the target reward).",
+        properties: {
+          sources: int(0, 100_000_000, 3000, "Training sources used (0: all)."),
+          temperatures: {
+            type: "array",
+            items: { type: "number", exclusiveMinimum: 0, maximum: 100 },
+            maxItems: 16,
+            default: [0.5, 1, 1.5],
+            description:
+              "One BC-policy sample per source at each temperature ([]: no policy samples, so no model section needed).",
+          },
+          references: {
+            type: "boolean",
+            default: true,
+            description: "Include each source's reference as a (perfect) hypothesis.",
+          },
+          corruptionsPerSource: int(0, 100, 2, "Corrupted hypotheses per source."),
+          corruptions: {
+            type: "array",
+            items: { enum: [...CORRUPTION_KINDS] },
+            uniqueItems: true,
+            default: [...CORRUPTION_KINDS],
+            description:
+              "Corruption kinds drawn from: drop, repeat, shuffle, truncate (words of the reference or a sample), copy_source (the source unchanged), mismatch (another pair's reference).",
+          },
+        },
+      },
+      heldOut: num(
+        0,
+        1,
+        0.1,
+        "Held-out sources as a fraction of the training sources used, taken from the validation split (never trained on); their rows give the reported correlations. 0: none.",
+      ),
+    },
+  },
+  check(config: LearnedConfig) {
+    const problems: { path: string; message: string }[] = [];
+    if (isLearnedRef(config.target)) {
+      problems.push({ path: "/target", message: "cannot be the learned reward itself" });
+    }
+    if (config.model.dModel % config.model.heads !== 0) {
+      problems.push({
+        path: "/model/heads",
+        message: `must divide model.dModel (${config.model.dModel}), got ${config.model.heads}`,
+      });
+    }
+    const d = config.dataset;
+    if (!d.references && d.temperatures.length === 0 && d.corruptionsPerSource === 0) {
+      problems.push({
+        path: "/dataset",
+        message: "makes no training rows: enable references, temperatures or corruptions",
+      });
+    }
+    if (d.corruptionsPerSource > 0 && d.corruptions.length === 0) {
+      problems.push({ path: "/dataset/corruptions", message: "must name at least one kind" });
+    }
+    return problems;
+  },
+  smoke: smokeLearned,
+  async create(config: LearnedConfig, deps): Promise<RewardModel> {
+    const target = await deps.create("reward", config.target);
+    if (target.prepare !== undefined) {
+      throw new UserError(
+        `learned reward: target "${config.target.name}" must be a ready reward (e.g. chrf), ` +
+          `not one that needs training itself`,
+      );
+    }
+    return new LearnedReward(config, target, deps.baseDir);
+  },
+});
