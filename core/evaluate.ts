@@ -6,6 +6,7 @@
  */
 
 import { corpusBleu } from "./metrics/bleu.ts";
+import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
 import type { Generation, Policy } from "./policy.ts";
 import type { EvalSettings } from "./sections.ts";
@@ -150,7 +151,8 @@ export async function evaluatePolicy(
 /**
  * The final evaluation every policy-training algorithm reports: greedy reward on validation
  * and test, the reward of temperature samples on validation, and corpus chrF/BLEU of greedy
- * output on test against the references. Keys: `eval/valid_reward`,
+ * output on test against the references (and, with `outputs`, writes the test translations
+ * there as TSV). Keys: `eval/valid_reward`,
  * `eval/valid_reward_sample`, `eval/test_reward`, `eval/test_chrf`, `eval/test_bleu`.
  */
 export async function finalEvaluation(
@@ -160,6 +162,7 @@ export async function finalEvaluation(
   splits: { valid: readonly Example[]; test: readonly Example[] },
   settings: EvalSettings,
   seed: number,
+  outputs?: string,
 ): Promise<Record<string, number>> {
   const valid = settings.validSize > 0 ? splits.valid.slice(0, settings.validSize) : splits.valid;
   const test = settings.testSize > 0 ? splits.test.slice(0, settings.testSize) : splits.test;
@@ -176,6 +179,7 @@ export async function finalEvaluation(
     ...opts,
     decode: { mode: "greedy" },
   });
+  if (outputs !== undefined) await writeOutputs(outputs, test, greedyTest.hypotheses);
   const bon = settings.bestOfN.length === 0 ? {} : await bestOfN(
     policy,
     tokenizer,
@@ -191,6 +195,22 @@ export async function finalEvaluation(
     "eval/test_bleu": greedyTest.bleu,
     ...bon,
   };
+}
+
+/**
+ * Writes `source<TAB>reference<TAB>hypothesis` lines (tabs and newlines inside texts shown
+ * as spaces), atomically, so a run's translations can be read next to its scores.
+ */
+async function writeOutputs(
+  path: string,
+  examples: readonly Example[],
+  hypotheses: readonly string[],
+): Promise<void> {
+  const clean = (text: string) => text.replace(/[\t\r\n]+/g, " ");
+  const lines = examples.map((e, i) =>
+    `${clean(e.source)}\t${clean(e.reference)}\t${clean(hypotheses[i])}\n`
+  );
+  await writeFileAtomic(path, "source\treference\thypothesis\n" + lines.join(""));
 }
 
 function limit<T>(items: readonly T[], size: number): readonly T[] {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { join } from "node:path";
 import { definePlugin } from "../../core/plugin.ts";
 import { finalEvaluation } from "../../core/evaluate.ts";
 import type { RunContext } from "../../core/types.ts";
@@ -28,6 +29,7 @@ export default definePlugin({
               ctx.splits,
               ctx.evaluation,
               ctx.seed,
+              join(ctx.dir, "test_outputs.tsv"),
             )),
             // BC trains on the training pairs (distinct after the data plugin's dedup) and
             // takes no optimizer step after BC.

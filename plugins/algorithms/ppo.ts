@@ -609,6 +609,7 @@ async function loop(
       ctx.splits,
       ctx.evaluation,
       ctx.seed,
+      join(ctx.dir, "test_outputs.tsv"),
     )),
     "train/distinct_samples": distinct.size,
     "train/samples": p.samplesUsed,

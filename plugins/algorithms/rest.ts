@@ -282,6 +282,7 @@ export default definePlugin({
               ctx.splits,
               ctx.evaluation,
               ctx.seed,
+              join(ctx.dir, "test_outputs.tsv"),
             )),
             "train/distinct_samples": sampled,
             "train/gradient_steps": stepOffset,
