@@ -49,15 +49,23 @@ function time(run: () => void, budget: number): { seconds: number; best: number;
   return { seconds: samples[samples.length >> 1], best: samples[0], reps: samples.length };
 }
 
-/** Measures `tf.matMul` of two n x n matrices on a backend plugin. */
+/**
+ * Measures `tf.matMul` of two n x n matrices on a backend plugin, initialised with its
+ * defaults overridden by `config` (keys its schema does not know are left out, so
+ * `{ threads: 1 }` suits every backend).
+ */
 export async function benchBackend(
   plugin: PluginDefinition<"backend">,
   n: number,
   budget: number,
+  config: Record<string, unknown> = {},
 ): Promise<MatmulResult> {
   let threads: number;
   try {
-    const backend = await plugin.create(pluginDefaults(plugin), {} as PluginDeps);
+    const known = plugin.configSchema.properties ?? {};
+    const settings: Record<string, unknown> = { ...pluginDefaults(plugin) };
+    for (const [key, value] of Object.entries(config)) if (key in known) settings[key] = value;
+    const backend = await plugin.create(settings as never, {} as PluginDeps);
     threads = (await backend.init()).threads;
   } catch (err) {
     return { gflops: null, error: errorMessage(err).split("\n")[0] };

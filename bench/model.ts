@@ -6,12 +6,21 @@
  * - Training: full steps (forward, backward, Adam through `optimizer.minimize`) after
  *   warm-up, reported in target tokens per second.
  * - Decoding: greedy, batch 64, 24 steps with the key/value cache, in emitted tokens per
- *   second (the encoder pass included).
+ *   second (the encoder pass included). Decoding uses a freshly initialised policy (same
+ *   seed), not the one just trained: a few Adam steps on random targets teach the model to
+ *   emit EOS at once, and greedy decoding stops at EOS, so how many positions got decoded
+ *   would depend on how many training steps fitted in the time budget. The fresh model
+ *   never emits EOS on these sources, so every run decodes all 64 x 24 positions, as
+ *   `bench/pytorch_bench.py` does (it has no EOS handling); `decode_tokens_per_run` shows it.
+ *
+ * Both rates are also given per CPU-second of this process (`*_per_cpu_s`, user + system
+ * time of all its threads), which other processes on the machine disturb much less than
+ * wall-clock time.
  *
  * Prints one JSON line. Usage:
  *
  *     deno run --allow-read --allow-env --allow-sys --allow-ffi bench/model.ts \
- *       [--backend cpu|blas|wasm] [--optimizer fused|tfjs] [--seconds 8] [--threads 0]
+ *       [--backend cpu|blas|wasm] [--optimizer fused|tfjs] [--seconds 8] [--threads 1]
  *
  * `--backend` loads `plugins/backends/<name>.ts` when it exists (its default export's
  * `create(defaults).init()` activates the backend) and otherwise falls back to plain
@@ -25,6 +34,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { parseArgs } from "node:util";
+import process from "node:process";
 import transformer from "../plugins/models/transformer.ts";
 import { FusedAdam } from "../plugins/models/_adam.ts";
 import { makeBatch, nllLoss } from "../core/batch.ts";
@@ -54,6 +64,12 @@ export interface ModelBench {
   train_step_ms: number;
   /** Milliseconds per greedy batch. */
   decode_batch_ms: number;
+  /** Target tokens per CPU-second (user + system, all threads) of full training steps. */
+  train_tokens_per_cpu_s: number;
+  /** Greedy decoding tokens per CPU-second. */
+  decode_tokens_per_cpu_s: number;
+  /** Tokens emitted per greedy batch (64 x 24 = 1536 when no row stopped early). */
+  decode_tokens_per_run: number;
   /** Training steps timed. */
   train_steps: number;
   /** Decoding runs timed. */
@@ -64,6 +80,12 @@ export interface ModelBench {
 
 function randomIds(rng: Rng, rows: number, length: number, vocab: number): number[][] {
   return Array.from({ length: rows }, () => Array.from({ length }, () => 4 + rng.int(vocab - 4)));
+}
+
+/** CPU time (user + system, every thread) of this process so far, in seconds. */
+function cpuSeconds(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
 }
 
 /** Options of {@link benchModel}. */
@@ -94,13 +116,15 @@ export async function benchModel(
     shareEmbeddings: "all",
   }, {} as never) as ModelFactory;
   const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const policy = factory.build({
-    sourceVocab: s.vocab,
-    targetVocab: s.vocab,
-    specials,
-    valueHead: false,
-    seed: 1,
-  });
+  const build = () =>
+    factory.build({
+      sourceVocab: s.vocab,
+      targetVocab: s.vocab,
+      specials,
+      valueHead: false,
+      seed: 1,
+    });
+  const policy = build();
   const rng = new Rng(1);
   // makeBatch appends EOS: length - 1 ids give sequences of exactly `length`.
   const sources = randomIds(rng, s.batch, s.length - 1, s.vocab);
@@ -120,17 +144,22 @@ export async function benchModel(
   step();
   let trainSteps = 0;
   let start = performance.now();
+  let cpuStart = cpuSeconds();
   while (trainSteps < 3 || performance.now() - start < opts.seconds * 1000) {
     step();
     trainSteps++;
   }
   const trainSeconds = (performance.now() - start) / 1000;
+  const trainCpu = cpuSeconds() - cpuStart;
   tf.dispose(Object.values(batch));
   optimizer.dispose();
+  policy.dispose();
+
+  const fresh = build();
 
   const decodeSources = randomIds(rng, s.decodeBatch, s.length - 1, s.vocab);
   const decode = async () => {
-    const out = await policy.greedy(decodeSources, {
+    const out = await fresh.greedy(decodeSources, {
       maxLen: s.decodeSteps,
       batchSize: s.decodeBatch,
     });
@@ -140,15 +169,21 @@ export async function benchModel(
   let runs = 0;
   let tokens = 0;
   start = performance.now();
+  cpuStart = cpuSeconds();
   while (runs < 3 || performance.now() - start < opts.seconds * 1000) {
     tokens += await decode();
     runs++;
   }
   const decodeSeconds = (performance.now() - start) / 1000;
-  policy.dispose();
+  const decodeCpu = cpuSeconds() - cpuStart;
+  fresh.dispose();
+  const trainTokens = trainSteps * s.batch * s.length;
   return {
-    train_tokens_per_s: Math.round((trainSteps * s.batch * s.length) / trainSeconds),
+    train_tokens_per_s: Math.round(trainTokens / trainSeconds),
     decode_tokens_per_s: Math.round(tokens / decodeSeconds),
+    train_tokens_per_cpu_s: Math.round(trainTokens / trainCpu),
+    decode_tokens_per_cpu_s: Math.round(tokens / decodeCpu),
+    decode_tokens_per_run: Math.round(tokens / runs),
     train_step_ms: Math.round((1000 * trainSeconds) / trainSteps * 10) / 10,
     decode_batch_ms: Math.round((1000 * decodeSeconds) / runs * 10) / 10,
     train_steps: trainSteps,
@@ -194,7 +229,7 @@ if (import.meta.main) {
       backend: { type: "string", default: "blas" },
       optimizer: { type: "string", default: "fused" },
       seconds: { type: "string", default: "8" },
-      threads: { type: "string", default: "0" },
+      threads: { type: "string", default: "1" },
     },
   });
   if (values.optimizer !== "fused" && values.optimizer !== "tfjs") {
@@ -206,6 +241,11 @@ if (import.meta.main) {
     optimizer: values.optimizer,
   });
   console.log(
-    JSON.stringify({ backend: info.name ?? values.backend, tfBackend: tf.getBackend(), ...result }),
+    JSON.stringify({
+      backend: info.name ?? values.backend,
+      tfBackend: tf.getBackend(),
+      threads: info.threads ?? null,
+      ...result,
+    }),
   );
 }

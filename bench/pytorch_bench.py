@@ -1,25 +1,43 @@
-"""Reference timing of the bench-small shape in PyTorch (for bench/README.md).
+"""Reference timing of the bench-small shape in PyTorch (see bench/README.md).
 
-Not part of CI. Needs Debian's python3-torch (PyTorch 1.13 with OpenBLAS):
+Not part of CI. Needs Debian's python3-torch (PyTorch 1.13 on OpenBLAS):
 
     apt-get install python3-torch
-    python3 bench/pytorch_bench.py --threads 1
+    /usr/bin/python3 bench/pytorch_bench.py [--threads 1] [--seconds 5]
 
-Prints one JSON line with train_tokens_per_s and decode_tokens_per_s, measured the
-same way as `deno task bench`: pre-LN encoder-decoder, d_model 256, 4 heads, FFN 1024,
-3+3 layers, shared vocabulary 8000 (tied embeddings and output projection), batch 32,
-source and target length 24, Adam, no dropout; greedy decoding of batch 64 for 24 steps
-with a per-layer key/value cache.
+Prints one JSON line with train_tokens_per_s and decode_tokens_per_s (plus the same per
+CPU-second of this process), measured the way `deno task bench` measures the transformer
+plugin (bench/model.ts): pre-LN encoder-decoder, d_model 256, 4 heads, FFN 1024, 3+3
+layers, shared vocabulary 8000 (tied embeddings and output projection), batch 32, source
+and target length 24, Adam, no dropout, 2 warm-up steps, then `--seconds` of full steps
+counting 32 x 24 target tokens each; greedy decoding of batch 64 for 24 steps with a
+per-layer key/value cache, one warm-up run, then `--seconds` of runs counting 64 x 24
+tokens each (the encoder pass included).
+
+Threads: `--threads N` limits PyTorch's own pool (torch.set_num_threads) AND OpenBLAS's.
+torch.set_num_threads alone does not reach Debian's OpenBLAS, which then runs every
+matrix product on all cores; the variables below must be set before torch loads it.
+`blas_threads` in the output is what OpenBLAS itself reports.
 """
 
 import argparse
+import ctypes
 import json
 import math
+import os
 import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+_parser = argparse.ArgumentParser()
+_parser.add_argument("--threads", type=int, default=1, help="threads (0 = every core)")
+_parser.add_argument("--seconds", type=float, default=5.0, help="seconds per phase")
+ARGS = _parser.parse_args()
+if ARGS.threads > 0:
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = str(ARGS.threads)
+
+import torch  # noqa: E402  (after the thread variables)
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 D, HEADS, FFN, LAYERS, VOCAB = 256, 4, 1024, 3, 8000
 BATCH, SRC_LEN, TGT_LEN = 32, 24, 24
@@ -139,12 +157,24 @@ class Model(nn.Module):
         return torch.cat(out, 1)
 
 
+def blas_threads():
+    """Threads OpenBLAS reports, from the copy this process loaded (None if not found)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            return ctypes.CDLL(path).openblas_get_num_threads()
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if ARGS.threads > 0:
+        torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
     model = Model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -160,25 +190,37 @@ def main():
 
     for _ in range(2):
         step()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds / 2:
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
+    while steps < 3 or time.perf_counter() - start < ARGS.seconds:
         step()
         steps += 1
-    train = steps * BATCH * TGT_LEN / (time.perf_counter() - start)
+    train_wall = time.perf_counter() - start
+    train_cpu = time.process_time() - cpu
 
     model.eval()
     dsrc = torch.randint(4, VOCAB, (DEC_BATCH, SRC_LEN))
     model.greedy(dsrc, DEC_STEPS)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds / 2:
+    runs, start, cpu = 0, time.perf_counter(), time.process_time()
+    while runs < 3 or time.perf_counter() - start < ARGS.seconds:
         model.greedy(dsrc, DEC_STEPS)
         runs += 1
-    decode = runs * DEC_BATCH * DEC_STEPS / (time.perf_counter() - start)
+    decode_wall = time.perf_counter() - start
+    decode_cpu = time.process_time() - cpu
+    train_tokens = steps * BATCH * TGT_LEN
+    decode_tokens = runs * DEC_BATCH * DEC_STEPS
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}",
-        "threads": args.threads,
-        "train_tokens_per_s": round(train, 1),
-        "decode_tokens_per_s": round(decode, 1),
+        "threads": torch.get_num_threads(),
+        "blas_threads": blas_threads(),
+        "train_tokens_per_s": round(train_tokens / train_wall),
+        "decode_tokens_per_s": round(decode_tokens / decode_wall),
+        "train_tokens_per_cpu_s": round(train_tokens / train_cpu),
+        "decode_tokens_per_cpu_s": round(decode_tokens / decode_cpu),
+        "decode_tokens_per_run": DEC_BATCH * DEC_STEPS,
+        "train_step_ms": round(1000 * train_wall / steps, 1),
+        "decode_batch_ms": round(1000 * decode_wall / runs, 1),
+        "train_steps": steps,
+        "decode_runs": runs,
     }))
 
 

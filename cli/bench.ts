@@ -16,16 +16,20 @@ import { builtinPlugins } from "../plugins/mod.ts";
 import { benchBackend } from "../bench/matmul.ts";
 import { benchModel } from "../bench/model.ts";
 import { runMain } from "./_main.ts";
+import { UserError } from "../core/errors.ts";
 
-const HELP = `Usage: deno task bench [--json] [--backend NAME]
+const HELP = `Usage: deno task bench [--json] [--backend NAME] [--threads N]
 
 Times, on this machine, with the chosen backend (default auto):
 - the "bench-small" transformer (d_model 256, 4 heads, FFN 1024, 3+3 layers,
   shared vocabulary 8000, batch 32, lengths 24, Adam, no dropout): training
-  target tokens/s and greedy decoding tokens/s (batch 64, 24 steps, cached);
+  target tokens/s and greedy decoding tokens/s (batch 64, 24 steps, cached),
+  also per CPU-second of this process;
 - a 512x512x512 matrix multiply (GFLOP/s);
 - sentence chrF/BLEU scoring and BPE tokenizer training.
-Prints a table, or one JSON line with --json.`;
+--threads sets the backend's BLAS threads (default 1, as bench/pytorch_bench.py;
+0 = every core). Prints a table, or one JSON line with --json.
+See bench/README.md for the comparison with PyTorch.`;
 
 /** Runs `fn` repeatedly for about `seconds` and returns calls per second. */
 function rate(fn: () => void, seconds: number): number {
@@ -45,6 +49,7 @@ async function main(): Promise<number> {
     options: {
       json: { type: "boolean", default: false },
       backend: { type: "string", default: "auto" },
+      threads: { type: "string", default: "1" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -52,11 +57,15 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
+  const threads = Number(values.threads);
+  if (!/^\d+$/.test(values.threads!) || !Number.isSafeInteger(threads)) {
+    throw new UserError(`--threads must be an integer >= 0, got ${JSON.stringify(values.threads)}`);
+  }
   const registries = createRegistries(builtinPlugins);
   const deps = { seed: 1, baseDir: Deno.cwd(), smoke: false, log: () => {} };
   const backendRef = await resolvePluginRef(registries, "backend", values.backend, "--backend");
   const backendPlugin = registries.backend.get(backendRef.name);
-  const matmul = await benchBackend(backendPlugin, 512, 1);
+  const matmul = await benchBackend(backendPlugin, 512, 1, { threads });
   const model = await benchModel(5);
 
   const dataRef = await resolvePluginRef(
@@ -91,6 +100,9 @@ async function main(): Promise<number> {
   const result = {
     train_tokens_per_s: model.train_tokens_per_s,
     decode_tokens_per_s: model.decode_tokens_per_s,
+    train_tokens_per_cpu_s: model.train_tokens_per_cpu_s,
+    decode_tokens_per_cpu_s: model.decode_tokens_per_cpu_s,
+    decode_tokens_per_run: model.decode_tokens_per_run,
     backend: backendRef.name === "auto" ? `auto (${tf.getBackend()})` : backendRef.name,
     threads: matmul.threads ?? null,
     matmul_gflops: matmul.gflops,

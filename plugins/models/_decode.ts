@@ -7,8 +7,10 @@
  *
  * Only the rows that are still running are computed at each step (finished rows drop
  * out of the matrix products), and the output projection is applied to the newest
- * position only. Matrix products go through `tf.matMul`; attention over the cache is a
- * plain loop. No tensor outlives a call.
+ * position only. Matrix products go through `matmul` (OpenBLAS directly on `blas`);
+ * attention over the cache runs in WebAssembly SIMD, whose memory holds the caches
+ * (a plain loop when the head width is not a multiple of 4); the per-step work buffers
+ * and the logits are allocated once per decoder. No tensor outlives a call.
  *
  * @module
  */
@@ -16,16 +18,21 @@
 import type * as tf from "@tensorflow/tfjs-core";
 import type { Rng } from "../../core/random.ts";
 import type { SpecialIds } from "../../core/types.ts";
+import { addInto, fastExp, layerNormForward, rowMax, splitHeads, sumExp } from "./_kernels.ts";
 import {
-  fastExp,
-  layerNormForward,
-  reluInPlace,
-  rowLogSumExp,
-  splitHeads,
-  sumExp,
-} from "./_kernels.ts";
+  giveSimdMatrix,
+  rowArgmaxExpSums,
+  rowExpSums,
+  simdAlloc,
+  simdAttend,
+  simdF32,
+  type SimdMatrix,
+  simdU8,
+  takeSimdMatrix,
+} from "./_simd.ts";
 import {
   type Dims,
+  embedRow,
   encoderLayerForward,
   matmul,
   type ParamView,
@@ -93,7 +100,9 @@ export function encode(model: InferenceModel, sources: readonly number[][], rng:
   let x = embedRows(model.srcEmbed, ids, sLen, model.scale, model.positions(sLen), d, 0);
   const run = { ...INFERENCE, rng };
   for (const layer of model.encoder) {
-    x = encoderLayerForward(x, b, sLen, layer, model.dims, srcMask, run).y;
+    const forward = encoderLayerForward(x, b, sLen, layer, model.dims, srcMask, run);
+    forward.release(); // no backward pass: the work buffers go back to their pools
+    x = forward.y;
   }
   const enc =
     layerNormForward(x, d, model.encoderNorm.g, model.encoderNorm.b, model.dims.eps, false).y;
@@ -131,17 +140,27 @@ function embedRows(
     if (id < 0 || id >= vocab) {
       throw new RangeError(`token id ${id} outside the vocabulary [0, ${vocab})`);
     }
-    const src = id * d;
-    const pos = ((i % len) + posOffset) * d;
-    const o = i * d;
-    for (let j = 0; j < d; j++) out[o + j] = table[src + j] * scale + pe[pos + j];
+    embedRow(table, id * d, scale, pe, ((i % len) + posOffset) * d, out, i * d, d);
   }
   return out;
 }
 
+/** Per-step work buffers of a {@link StepDecoder}, sized for all of its rows. */
+interface StepBuffers {
+  x: Float32Array;
+  ln: Float32Array;
+  qkv: Float32Array;
+  att: Float32Array;
+  u: Float32Array;
+  q: Float32Array;
+  h: Float32Array;
+  logits: Float32Array;
+}
+
 /**
  * The decoder run one position at a time for `rows` rows, each attached to a source
- * (`rowSource`), with per-layer self-attention caches.
+ * (`rowSource`), with per-layer self-attention caches. The work buffers (activations and
+ * the logits) are allocated once per decoder and reused at every step.
  */
 export class StepDecoder {
   readonly #model: InferenceModel;
@@ -150,6 +169,26 @@ export class StepDecoder {
   readonly #maxSteps: number;
   readonly #keys: Float32Array[];
   readonly #vals: Float32Array[];
+  readonly #buf: StepBuffers;
+  /** The feed-forward hidden layer (`#buf.h`), where the ReLU runs vectorised. */
+  readonly #hidden: SimdMatrix;
+  /** The SIMD matrices to give back in {@link StepDecoder.dispose}. */
+  readonly #matrices: SimdMatrix[];
+  #disposed = false;
+  readonly #scores: Float64Array;
+  readonly #qh: Float64Array;
+  readonly #acc: Float64Array;
+  /** Byte offsets in the SIMD module's memory, when attention runs there (dk % 4 == 0). */
+  readonly #simd?: {
+    keys: number[];
+    vals: number[];
+    crossKeys: number[];
+    crossVals: number[];
+    mask: number;
+    q: number;
+    out: number;
+    scores: number;
+  };
 
   /** Prepares caches for `rowSource.length` rows and up to `maxSteps` positions. */
   constructor(model: InferenceModel, enc: Encoded, rowSource: Int32Array, maxSteps: number) {
@@ -157,132 +196,257 @@ export class StepDecoder {
     this.#enc = enc;
     this.#rowSource = rowSource;
     this.#maxSteps = maxSteps;
-    const size = rowSource.length * maxSteps * model.dims.d;
-    this.#keys = model.decoder.map(() => new Float32Array(size));
-    this.#vals = model.decoder.map(() => new Float32Array(size));
+    const rows = rowSource.length;
+    const { d, ffn, heads } = model.dims;
+    const dk = d / heads;
+    const size = rows * maxSteps * d;
+    if (dk % 4 === 0) {
+      // The caches live in the SIMD module's memory (freed by the caller's simdRelease).
+      const layers = model.decoder.length;
+      const block = (floats: number) => Array.from({ length: layers }, () => simdAlloc(4 * floats));
+      const simd = {
+        keys: block(size),
+        vals: block(size),
+        crossKeys: block(enc.keys[0]?.length ?? 0),
+        crossVals: block(enc.vals[0]?.length ?? 0),
+        mask: simdAlloc(enc.srcMask.length),
+        q: simdAlloc(4 * rows * 3 * d),
+        out: simdAlloc(4 * rows * d),
+        scores: simdAlloc(4 * Math.max(maxSteps, enc.sLen)),
+      };
+      const f = simdF32();
+      for (let l = 0; l < layers; l++) {
+        f.set(enc.keys[l], simd.crossKeys[l] / 4);
+        f.set(enc.vals[l], simd.crossVals[l] / 4);
+      }
+      simdU8().set(enc.srcMask, simd.mask);
+      this.#simd = simd;
+      this.#keys = [];
+      this.#vals = [];
+    } else {
+      this.#keys = model.decoder.map(() => new Float32Array(size));
+      this.#vals = model.decoder.map(() => new Float32Array(size));
+    }
+    const hidden = takeSimdMatrix(rows, ffn);
+    const logits = takeSimdMatrix(rows, model.vocab);
+    this.#matrices = [hidden, logits];
+    this.#hidden = hidden;
+    this.#buf = {
+      x: new Float32Array(rows * d),
+      ln: new Float32Array(rows * d),
+      qkv: new Float32Array(rows * 3 * d),
+      att: new Float32Array(rows * d),
+      u: new Float32Array(rows * d),
+      q: new Float32Array(rows * d),
+      h: hidden.data,
+      // in SIMD memory: the per-step log-softmax statistics run there without a copy
+      logits: logits.data,
+    };
+    this.#scores = new Float64Array(Math.max(maxSteps, enc.sLen));
+    this.#qh = new Float64Array(d / heads);
+    this.#acc = new Float64Array(d / heads);
   }
 
   /**
    * Feeds `tokens[i]` at position `t` to row `active[i]` and returns the next-token logits
-   * `[active.length, V]`.
+   * `[active.length, V]`: a view of the decoder's buffer, overwritten by the next step.
    */
   step(active: Int32Array, tokens: Int32Array, t: number): Float32Array {
+    if (this.#disposed) throw new Error("StepDecoder used after dispose()");
     if (t >= this.#maxSteps) throw new RangeError(`step ${t} beyond the cache (${this.#maxSteps})`);
     const model = this.#model;
-    const { d, heads, eps } = model.dims;
+    const { d, heads, eps, ffn } = model.dims;
     const dk = d / heads;
     const a = active.length;
     const scale = 1 / Math.sqrt(dk);
-    let x = embedRows(model.tgtEmbed, tokens, 1, model.scale, model.positions(t + 1), d, t);
-    const scores = new Float64Array(Math.max(t + 1, this.#enc.sLen));
-    const qh = new Float64Array(dk);
-    const acc = new Float64Array(dk);
+    const buf = this.#buf;
+    const view = (b: Float32Array, width: number) => b.subarray(0, a * width);
+    const x = view(buf.x, d);
+    const ln = view(buf.ln, d);
+    const qkv = view(buf.qkv, 3 * d);
+    const att = view(buf.att, d);
+    const u = view(buf.u, d);
+    const q = view(buf.q, d);
+    const h = view(buf.h, ffn);
+    const pe = model.positions(t + 1);
+    const vocab = model.tgtEmbed.length / d;
+    for (let i = 0; i < a; i++) {
+      const id = tokens[i];
+      if (id < 0 || id >= vocab) {
+        throw new RangeError(`token id ${id} outside the vocabulary [0, ${vocab})`);
+      }
+      embedRow(model.tgtEmbed, id * d, model.scale, pe, t * d, x, i * d, d);
+    }
+    const scores = this.#scores;
+    const qh = this.#qh;
+    const acc = this.#acc;
+    const rowStride = this.#maxSteps * d;
+    const headStride = this.#maxSteps * dk;
+    const relu = model.dims.activation === "relu";
     for (let l = 0; l < model.decoder.length; l++) {
       const p = model.decoder[l];
       // masked self-attention over the cache
-      const ln1 = layerNormForward(x, d, p.a("ln1.g"), p.a("ln1.b"), eps, false).y;
-      const qkv = matmul(
-        { data: ln1, shape: [a, d] },
+      layerNormForward(x, d, p.a("ln1.g"), p.a("ln1.b"), eps, false, ln);
+      matmul(
+        { data: ln, shape: [a, d] },
         p.t("qkv.w"),
         false,
         false,
         p.tensor("qkv.b"),
+        false,
+        qkv,
       );
-      const keys = this.#keys[l];
-      const vals = this.#vals[l];
-      const headStride = this.#maxSteps * dk;
+      const [keys, vals] = this.#cache(l);
       for (let i = 0; i < a; i++) {
-        const rowBase = active[i] * this.#maxSteps * d + t * dk;
-        for (let h = 0; h < heads; h++) {
-          const src = i * 3 * d + h * dk;
-          const dst = rowBase + h * headStride;
-          for (let j = 0; j < dk; j++) {
-            keys[dst + j] = qkv[src + d + j];
-            vals[dst + j] = qkv[src + 2 * d + j];
-          }
-        }
-      }
-      const o1 = new Float32Array(a * d);
-      for (let i = 0; i < a; i++) {
-        const base = active[i] * this.#maxSteps * d;
-        attendOne(
+        storeKeyValue(
           qkv,
           i * 3 * d,
+          d,
           keys,
           vals,
-          base,
+          active[i] * rowStride + t * dk,
           headStride,
-          t + 1,
-          null,
-          0,
           heads,
           dk,
-          scale,
-          scores,
-          qh,
-          acc,
-          o1,
-          i * d,
         );
       }
-      const u1 = matmul({ data: o1, shape: [a, d] }, p.t("out.w"), false, false, p.tensor("out.b"));
-      for (let i = 0; i < x.length; i++) u1[i] += x[i];
-      x = u1;
+      const simd = this.#simd;
+      if (simd !== undefined) {
+        simdF32().set(qkv, simd.q / 4);
+        for (let i = 0; i < a; i++) {
+          const base = 4 * active[i] * rowStride;
+          simdAttend(
+            simd.q + 4 * i * 3 * d,
+            simd.keys[l] + base,
+            simd.vals[l] + base,
+            4 * headStride,
+            t + 1,
+            0,
+            heads,
+            dk,
+            scale,
+            simd.scores,
+            simd.out + 4 * i * d,
+          );
+        }
+        att.set(simdF32().subarray(simd.out / 4, simd.out / 4 + a * d));
+      } else {
+        for (let i = 0; i < a; i++) {
+          attendOne(
+            qkv,
+            i * 3 * d,
+            keys,
+            vals,
+            active[i] * rowStride,
+            headStride,
+            t + 1,
+            null,
+            0,
+            heads,
+            dk,
+            scale,
+            scores,
+            qh,
+            acc,
+            att,
+            i * d,
+          );
+        }
+      }
+      matmul({ data: att, shape: [a, d] }, p.t("out.w"), false, false, p.tensor("out.b"), false, u);
+      addInto(x, u);
       // cross-attention to the encoder
-      const lnc = layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), eps, false).y;
-      const q = matmul({ data: lnc, shape: [a, d] }, p.t("q.w"), false, false, p.tensor("q.b"));
+      layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), eps, false, ln);
+      matmul({ data: ln, shape: [a, d] }, p.t("q.w"), false, false, p.tensor("q.b"), false, q);
       const sLen = this.#enc.sLen;
       const ck = this.#enc.keys[l];
       const cv = this.#enc.vals[l];
-      const o2 = new Float32Array(a * d);
-      for (let i = 0; i < a; i++) {
-        const src = this.#rowSource[active[i]];
-        attendOne(
-          q,
-          i * d,
-          ck,
-          cv,
-          src * sLen * d,
-          sLen * dk,
-          sLen,
-          this.#enc.srcMask,
-          src * sLen,
-          heads,
-          dk,
-          scale,
-          scores,
-          qh,
-          acc,
-          o2,
-          i * d,
-        );
+      if (simd !== undefined) {
+        simdF32().set(q, simd.q / 4);
+        for (let i = 0; i < a; i++) {
+          const src = this.#rowSource[active[i]];
+          simdAttend(
+            simd.q + 4 * i * d,
+            simd.crossKeys[l] + 4 * src * sLen * d,
+            simd.crossVals[l] + 4 * src * sLen * d,
+            4 * sLen * dk,
+            sLen,
+            simd.mask + src * sLen,
+            heads,
+            dk,
+            scale,
+            simd.scores,
+            simd.out + 4 * i * d,
+          );
+        }
+        att.set(simdF32().subarray(simd.out / 4, simd.out / 4 + a * d));
+      } else {
+        for (let i = 0; i < a; i++) {
+          const src = this.#rowSource[active[i]];
+          attendOne(
+            q,
+            i * d,
+            ck,
+            cv,
+            src * sLen * d,
+            sLen * dk,
+            sLen,
+            this.#enc.srcMask,
+            src * sLen,
+            heads,
+            dk,
+            scale,
+            scores,
+            qh,
+            acc,
+            att,
+            i * d,
+          );
+        }
       }
-      const u2 = matmul(
-        { data: o2, shape: [a, d] },
+      matmul(
+        { data: att, shape: [a, d] },
         p.t("cout.w"),
         false,
         false,
         p.tensor("cout.b"),
+        false,
+        u,
       );
-      for (let i = 0; i < x.length; i++) u2[i] += x[i];
-      x = u2;
+      addInto(x, u);
       // feed-forward
-      const ln2 = layerNormForward(x, d, p.a("ln2.g"), p.a("ln2.b"), eps, false).y;
-      const relu = model.dims.activation === "relu";
-      let h = matmul({ data: ln2, shape: [a, d] }, p.t("ff1.w"), false, false, p.tensor("ff1.b"));
-      h = relu ? reluInPlace(h) : geluArray(h);
-      const z = matmul(
-        { data: h, shape: [a, model.dims.ffn] },
-        p.t("ff2.w"),
-        false,
-        false,
-        p.tensor("ff2.b"),
-      );
-      for (let i = 0; i < x.length; i++) z[i] += x[i];
-      x = z;
+      layerNormForward(x, d, p.a("ln2.g"), p.a("ln2.b"), eps, false, ln);
+      matmul({ data: ln, shape: [a, d] }, p.t("ff1.w"), false, false, p.tensor("ff1.b"), false, h);
+      if (relu) this.#hidden.relu(0, a * ffn);
+      else geluArray(h);
+      matmul({ data: h, shape: [a, ffn] }, p.t("ff2.w"), false, false, p.tensor("ff2.b"), false, u);
+      addInto(x, u);
     }
-    const hf = layerNormForward(x, d, model.decoderNorm.g, model.decoderNorm.b, eps, false).y;
-    return matmul({ data: hf, shape: [a, d] }, model.output, false, true);
+    layerNormForward(x, d, model.decoderNorm.g, model.decoderNorm.b, eps, false, ln);
+    const logits = view(buf.logits, model.vocab);
+    return matmul({ data: ln, shape: [a, d] }, model.output, false, true, undefined, false, logits);
+  }
+
+  /**
+   * Returns the decoder's SIMD matrices (the logits buffer among them) to their pool; the
+   * decoder and any logits it returned must not be used afterwards.
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const m of this.#matrices) giveSimdMatrix(m);
+  }
+
+  /** The self-attention key and value caches of layer `l` (views: valid until memory grows). */
+  #cache(l: number): [Float32Array, Float32Array] {
+    const simd = this.#simd;
+    if (simd === undefined) return [this.#keys[l], this.#vals[l]];
+    const f = simdF32();
+    const size = this.#rowSource.length * this.#maxSteps * this.#model.dims.d;
+    return [
+      f.subarray(simd.keys[l] / 4, simd.keys[l] / 4 + size),
+      f.subarray(simd.vals[l] / 4, simd.vals[l] / 4 + size),
+    ];
   }
 
   /** Copies the caches of rows `from[i]` to rows `to[i]` for positions `< len` (beam reordering). */
@@ -296,7 +460,9 @@ export class StepDecoder {
     for (let i = 0; i < to.length; i++) if (to[i] !== from[i]) moved.push(i);
     if (moved.length === 0) return;
     const tmp = new Float32Array(moved.length * heads * span);
-    for (const cache of [...this.#keys, ...this.#vals]) {
+    const caches: Float32Array[] = [];
+    for (let l = 0; l < this.#model.decoder.length; l++) caches.push(...this.#cache(l));
+    for (const cache of caches) {
       moved.forEach((i, k) => {
         for (let h = 0; h < heads; h++) {
           const o = from[i] * rowStride + h * headStride;
@@ -309,6 +475,28 @@ export class StepDecoder {
           cache.set(tmp.subarray(o, o + span), to[i] * rowStride + h * headStride);
         }
       });
+    }
+  }
+}
+
+/** Appends one row's new key and value (from its fused QKV projection) to the head-major cache. */
+function storeKeyValue(
+  qkv: Float32Array,
+  src: number,
+  d: number,
+  keys: Float32Array,
+  vals: Float32Array,
+  dst: number,
+  headStride: number,
+  heads: number,
+  dk: number,
+): void {
+  for (let h = 0; h < heads; h++) {
+    const s = src + h * dk;
+    const o = dst + h * headStride;
+    for (let j = 0; j < dk; j++) {
+      keys[o + j] = qkv[s + d + j];
+      vals[o + j] = qkv[s + 2 * d + j];
     }
   }
 }
@@ -328,7 +516,7 @@ function geluArray(x: Float32Array): Float32Array {
  * key mask at `mask[mOff + s]`. Writes the `[heads * dk]` output into `out` at `outOff`.
  * `qh` and `acc` are scratch buffers of at least `dk` floats.
  */
-function attendOne(
+export function attendOne(
   q: Float32Array,
   qOff: number,
   keys: Float32Array,
@@ -378,7 +566,10 @@ function attendOne(
       if (v > max) max = v;
     }
     const oo = outOff + h * dk;
-    if (max === -Infinity) continue;
+    if (max === -Infinity) {
+      for (let i = 0; i < dk; i++) out[oo + i] = 0;
+      continue;
+    }
     let sum = 0;
     for (let s = 0; s < n; s++) {
       const e = scores[s] === -Infinity ? 0 : Math.exp(scores[s] - max);
@@ -445,12 +636,17 @@ function firstAllowed(vocab: number, banned: readonly number[]): number {
  * Picks the next token of one row from its logits at `logits[o .. o + V)` and returns it;
  * writes the token's untempered log-probability into `out.logProb`.
  */
-export type Chooser = (
-  logits: Float32Array,
-  o: number,
-  row: number,
-  out: { logProb: number },
-) => number;
+export type Chooser =
+  & ((
+    logits: Float32Array,
+    o: number,
+    row: number,
+    out: { logProb: number },
+  ) => number)
+  & {
+    /** Called once per step, before the rows, with the step's `[rows, V]` logits. */
+    prepare?: (logits: Float32Array, rows: number) => void;
+  };
 
 /**
  * Greedy or sampling decode of `rows` rows: at each step `choose` picks the next token of
@@ -474,6 +670,7 @@ export function runSearch(
   const picked = { logProb: 0 };
   for (let t = 0; t < maxLen && active.length > 0; t++) {
     const logits = decoder.step(active, tokens, t);
+    choose.prepare?.(logits, active.length);
     const nextActive: number[] = [];
     const nextTokens: number[] = [];
     for (let i = 0; i < active.length; i++) {
@@ -505,22 +702,45 @@ export function greedyChooser(model: InferenceModel): Chooser {
   const vocab = model.vocab;
   const isBanned = new Uint8Array(vocab);
   for (const id of banned) isBanned[id] = 1;
-  return (logits, o, _row, out) => {
+  let maxs = new Float64Array(0);
+  let sums = new Float64Array(0);
+  let best = new Int32Array(0);
+  let prepared = false;
+  const choose: Chooser = (logits, o, _row, out) => {
+    const r = o / vocab;
+    if (prepared) {
+      // The row's first maximum, when allowed, is the greedy choice.
+      const j = best[r];
+      if (j >= 0 && isBanned[j] === 0) {
+        out.logProb = logits[o + j] - (maxs[r] + Math.log(sums[r]));
+        return j;
+      }
+    }
     let max = -Infinity;
-    let best = -1;
-    let bestV = -Infinity;
+    let pick = -1;
+    let pickV = -Infinity;
     for (let j = 0; j < vocab; j++) {
       const v = logits[o + j];
       if (v > max) max = v;
-      if (v > bestV && isBanned[j] === 0) {
-        bestV = v;
-        best = j;
+      if (v > pickV && isBanned[j] === 0) {
+        pickV = v;
+        pick = j;
       }
     }
-    if (best < 0) best = firstAllowed(vocab, banned);
-    out.logProb = logits[o + best] - rowLse(logits, o, vocab, max);
-    return best;
+    if (pick < 0) pick = firstAllowed(vocab, banned);
+    out.logProb = logits[o + pick] - rowLse(logits, o, vocab, max);
+    return pick;
   };
+  choose.prepare = (logits, rows) => {
+    if (best.length < rows) {
+      maxs = new Float64Array(rows);
+      sums = new Float64Array(rows);
+      best = new Int32Array(rows);
+    }
+    rowArgmaxExpSums(logits, 0, rows, vocab, maxs, sums, best);
+    prepared = true;
+  };
+  return choose;
 }
 
 /** Sampling settings. */
@@ -544,13 +764,28 @@ export function samplingChooser(
 ): Chooser {
   const vocab = model.vocab;
   const sampler = new RowSampler(vocab, settings, bannedIds(model.specials));
-  return (logits, o, row, out) => {
+  let maxs = new Float64Array(0);
+  let sums = new Float64Array(0);
+  let prepared = false;
+  const choose: Chooser = (logits, o, row, out) => {
     const j = sampler.sample(logits, o, rowRng(row));
-    let max = -Infinity;
-    for (let k = 0; k < vocab; k++) if (logits[o + k] > max) max = logits[o + k];
-    out.logProb = logits[o + j] - rowLse(logits, o, vocab, max);
+    const r = o / vocab;
+    if (prepared) {
+      out.logProb = logits[o + j] - (maxs[r] + Math.log(sums[r]));
+    } else {
+      out.logProb = logits[o + j] - rowLse(logits, o, vocab, rowMax(logits, o, vocab));
+    }
     return j;
   };
+  choose.prepare = (logits, rows) => {
+    if (maxs.length < rows) {
+      maxs = new Float64Array(rows);
+      sums = new Float64Array(rows);
+    }
+    rowExpSums(logits, 0, rows, vocab, maxs, sums);
+    prepared = true;
+  };
+  return choose;
 }
 
 /** Draws one token from a row of logits (or log-probabilities) with temperature, top-k and top-p. */
@@ -756,7 +991,11 @@ export function beamSearch(
     }
     if (activeRows.length === 0) break;
     const logits = decoder.step(Int32Array.from(activeRows), Int32Array.from(tokens), t);
-    const lse = rowLogSumExp(logits, vocab);
+    const rows = activeRows.length;
+    const maxs = new Float64Array(rows);
+    const lse = new Float64Array(rows);
+    rowExpSums(logits, 0, rows, vocab, maxs, lse);
+    for (let i = 0; i < rows; i++) lse[i] = maxs[i] + Math.log(lse[i]);
     const to: number[] = [];
     const from: number[] = [];
     let r = 0;

@@ -1,17 +1,22 @@
 /**
  * Plain-JavaScript numeric kernels of the transformer: everything that is not a
- * matrix product (those go through tfjs `matMul`, i.e. OpenBLAS on the `blas`
- * backend). Layer norm, masked softmax, attention head layouts, the vocabulary
- * log-softmax, sinusoidal positions, dropout masks, a fast `exp`.
+ * matrix product (those go through `matmul` in `_layers.ts`, i.e. OpenBLAS on the
+ * `blas` backend). Layer norm (handed to `_simd.ts` when the width is a multiple of 4),
+ * masked softmax, attention head layouts, the vocabulary log-softmax, sinusoidal
+ * positions, dropout masks, a fast `exp`, and the pool of work buffers.
  *
  * Every function works on row-major `Float32Array`s and never mutates its inputs
  * unless its name or doc says so ("...InPlace", "into"). They run on tfjs-cpu's
- * (and the blas backend's) own buffers without copies.
+ * (and the blas backend's) own buffers without copies. Each hot loop sits in a small
+ * function of its own: V8 optimises those as a whole, while a long inner loop inside the
+ * outer loop of a rarely called function runs in on-stack-replaced code that is thrown
+ * away at every exit of the inner loop (several times slower).
  *
  * @module
  */
 
 import type { Rng } from "../../core/random.ts";
+import { simdLayerNorm, simdLayerNormBackward } from "./_simd.ts";
 
 const LOG2E = 1.4426950408889634;
 /** 2^(i - 1075) for i in [0, 2100): the exponent part of {@link fastExp}. */
@@ -40,6 +45,45 @@ export function fastExp(x: number): number {
   return p * POW2[n + 1075];
 }
 
+// A pool of work buffers: the transformer's activations and gradients are the same few
+// sizes at every step, and fresh memory costs about as much to fault in as the arithmetic
+// done on it. Buffers go back only where their last reader is certain.
+const pool = new Map<number, Float32Array[]>();
+let pooledFloats = 0;
+/** Floats the buffer pool may hold (256 MiB). */
+const POOL_LIMIT = 1 << 26;
+/** Buffers kept per size. */
+const POOL_DEPTH = 64;
+
+/** A buffer of `size` floats with arbitrary contents: from the pool when it has one. */
+export function takeBuffer(size: number): Float32Array {
+  const buf = pool.get(size)?.pop();
+  if (buf === undefined) return new Float32Array(size);
+  pooledFloats -= size;
+  return buf;
+}
+
+/** {@link takeBuffer} filled with zeros. */
+export function takeZeroed(size: number): Float32Array {
+  return takeBuffer(size).fill(0);
+}
+
+/** Gives back a buffer (from {@link takeBuffer} or not) that nothing will read or write again. */
+export function giveBuffer(buf: Float32Array): void {
+  if (buf.length === 0 || buf.length !== buf.buffer.byteLength / 4) return; // not a view
+  if (pooledFloats + buf.length > POOL_LIMIT) return;
+  let list = pool.get(buf.length);
+  if (list === undefined) pool.set(buf.length, list = []);
+  if (list.length >= POOL_DEPTH || list.includes(buf)) return;
+  list.push(buf);
+  pooledFloats += buf.length;
+}
+
+/** {@link giveBuffer} for each defined argument. */
+export function giveBuffers(...bufs: (Float32Array | undefined)[]): void {
+  for (const b of bufs) if (b !== undefined) giveBuffer(b);
+}
+
 /** The sinusoidal position table of Vaswani et al.: `[length, d]`, sin on even, cos on odd features. */
 export function sinusoidTable(length: number, d: number): Float32Array {
   const table = new Float32Array(length * d);
@@ -61,7 +105,10 @@ export interface LayerNormSaved {
   rstd: Float32Array;
 }
 
-/** Layer norm over the last axis of `x` (`[rows, d]`): `y = xhat * gamma + beta`. */
+/**
+ * Layer norm over the last axis of `x` (`[rows, d]`): `y = xhat * gamma + beta`, into `out`
+ * when given. When d is a multiple of 4 it runs in WebAssembly SIMD (float32 sums).
+ */
 export function layerNormForward(
   x: Float32Array,
   d: number,
@@ -69,34 +116,57 @@ export function layerNormForward(
   beta: Float32Array,
   eps: number,
   keep: boolean,
+  out?: Float32Array,
 ): { y: Float32Array; saved?: LayerNormSaved } {
   const rows = x.length / d;
-  const y = new Float32Array(x.length);
-  const xhat = keep ? new Float32Array(x.length) : undefined;
+  const y = out ?? takeBuffer(x.length);
+  const xhat = keep ? takeBuffer(x.length) : undefined;
   const rstdAll = keep ? new Float32Array(rows) : undefined;
+  if (d % 4 === 0 && rows > 0) {
+    simdLayerNorm(x, d, gamma, beta, eps, y, xhat, rstdAll);
+    return xhat === undefined ? { y } : { y, saved: { xhat, rstd: rstdAll! } };
+  }
   for (let r = 0; r < rows; r++) {
-    const o = r * d;
-    let sum = 0;
-    for (let j = 0; j < d; j++) sum += x[o + j];
-    const mean = sum / d;
-    let sq = 0;
-    for (let j = 0; j < d; j++) {
-      const c = x[o + j] - mean;
-      sq += c * c;
-    }
-    const rstd = 1 / Math.sqrt(sq / d + eps);
-    if (xhat !== undefined) {
-      rstdAll![r] = rstd;
-      for (let j = 0; j < d; j++) {
-        const h = (x[o + j] - mean) * rstd;
-        xhat[o + j] = h;
-        y[o + j] = h * gamma[j] + beta[j];
-      }
-    } else {
-      for (let j = 0; j < d; j++) y[o + j] = (x[o + j] - mean) * rstd * gamma[j] + beta[j];
-    }
+    const rstd = layerNormRow(x, r * d, d, gamma, beta, eps, y, xhat);
+    if (rstdAll !== undefined) rstdAll[r] = rstd;
   }
   return xhat === undefined ? { y } : { y, saved: { xhat, rstd: rstdAll! } };
+}
+
+// The per-row helpers below keep each hot loop in a small function that V8 optimises as a
+// whole: a long inner loop inside an outer loop of a rarely called function otherwise runs
+// in on-stack-replaced code that is thrown away at every exit of the inner loop.
+
+/** One row of {@link layerNormForward}; returns 1 / sqrt(var + eps). */
+function layerNormRow(
+  x: Float32Array,
+  o: number,
+  d: number,
+  gamma: Float32Array,
+  beta: Float32Array,
+  eps: number,
+  y: Float32Array,
+  xhat: Float32Array | undefined,
+): number {
+  let sum = 0;
+  for (let j = 0; j < d; j++) sum += x[o + j];
+  const mean = sum / d;
+  let sq = 0;
+  for (let j = 0; j < d; j++) {
+    const c = x[o + j] - mean;
+    sq += c * c;
+  }
+  const rstd = 1 / Math.sqrt(sq / d + eps);
+  if (xhat !== undefined) {
+    for (let j = 0; j < d; j++) {
+      const h = (x[o + j] - mean) * rstd;
+      xhat[o + j] = h;
+      y[o + j] = h * gamma[j] + beta[j];
+    }
+  } else {
+    for (let j = 0; j < d; j++) y[o + j] = (x[o + j] - mean) * rstd * gamma[j] + beta[j];
+  }
+  return rstd;
 }
 
 /**
@@ -115,32 +185,50 @@ export function layerNormBackward(
 ): Float32Array {
   const { xhat, rstd } = saved;
   const rows = dy.length / d;
-  const dx = new Float32Array(dy.length);
+  const dx = takeBuffer(dy.length);
+  if (d % 4 === 0 && rows > 0) {
+    simdLayerNormBackward(dy, d, gamma, xhat, rstd, dGamma, dBeta, dx, residual);
+    return dx;
+  }
   const g = new Float64Array(d);
   for (let r = 0; r < rows; r++) {
-    const o = r * d;
-    let a = 0;
-    let c = 0;
-    for (let j = 0; j < d; j++) {
-      const gy = dy[o + j];
-      const h = xhat[o + j];
-      const dh = gy * gamma[j];
-      g[j] = dh;
-      a += dh;
-      c += dh * h;
-      dGamma[j] += gy * h;
-      dBeta[j] += gy;
-    }
-    a /= d;
-    c /= d;
-    const s = rstd[r];
-    if (residual === undefined) {
-      for (let j = 0; j < d; j++) dx[o + j] = s * (g[j] - a - xhat[o + j] * c);
-    } else {
-      for (let j = 0; j < d; j++) dx[o + j] = s * (g[j] - a - xhat[o + j] * c) + residual[o + j];
-    }
+    layerNormBackwardRow(dy, r * d, d, gamma, xhat, rstd[r], dGamma, dBeta, g, dx, residual);
   }
   return dx;
+}
+
+function layerNormBackwardRow(
+  dy: Float32Array,
+  o: number,
+  d: number,
+  gamma: Float32Array,
+  xhat: Float32Array,
+  s: number,
+  dGamma: Float32Array,
+  dBeta: Float32Array,
+  g: Float64Array,
+  dx: Float32Array,
+  residual: Float32Array | undefined,
+): void {
+  let a = 0;
+  let c = 0;
+  for (let j = 0; j < d; j++) {
+    const gy = dy[o + j];
+    const h = xhat[o + j];
+    const dh = gy * gamma[j];
+    g[j] = dh;
+    a += dh;
+    c += dh * h;
+    dGamma[j] += gy * h;
+    dBeta[j] += gy;
+  }
+  a /= d;
+  c /= d;
+  if (residual === undefined) {
+    for (let j = 0; j < d; j++) dx[o + j] = s * (g[j] - a - xhat[o + j] * c);
+  } else {
+    for (let j = 0; j < d; j++) dx[o + j] = s * (g[j] - a - xhat[o + j] * c) + residual[o + j];
+  }
 }
 
 /** Adds `b` into `a` (same length) and returns `a`. */
@@ -158,6 +246,20 @@ export function residualAdd(x: Float32Array, u: Float32Array, mask?: Float32Arra
     for (let i = 0; i < x.length; i++) out[i] = x[i] + u[i] * mask[i];
   }
   return out;
+}
+
+/** `x + u * mask` (mask optional) written over `u`, which is returned. */
+export function residualAddInPlace(
+  x: Float32Array,
+  u: Float32Array,
+  mask?: Float32Array,
+): Float32Array {
+  if (mask === undefined) {
+    for (let i = 0; i < x.length; i++) u[i] = x[i] + u[i];
+  } else {
+    for (let i = 0; i < x.length; i++) u[i] = x[i] + u[i] * mask[i];
+  }
+  return u;
 }
 
 /** `x * mask` elementwise as a new array. */
@@ -179,11 +281,12 @@ export function dropoutMask(size: number, rate: number, rng: Rng): Float32Array 
 export function columnSums(x: Float32Array, cols: number): Float32Array {
   const acc = new Float64Array(cols);
   const rows = x.length / cols;
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    for (let j = 0; j < cols; j++) acc[j] += x[o + j];
-  }
+  for (let r = 0; r < rows; r++) addRowInto(acc, x, r * cols, cols);
   return Float32Array.from(acc);
+}
+
+function addRowInto(acc: Float64Array, x: Float32Array, o: number, n: number): void {
+  for (let j = 0; j < n; j++) acc[j] += x[o + j];
 }
 
 /** ReLU in place; returns `x`. */
@@ -241,24 +344,35 @@ export function splitHeads(
   heads: number,
   dk: number,
   scale = 1,
+  out?: Float32Array,
 ): Float32Array {
-  const out = new Float32Array(b * heads * len * dk);
+  const dst = out ?? new Float32Array(b * heads * len * dk);
   const { buf, stride, offset } = src;
   for (let bi = 0; bi < b; bi++) {
     for (let t = 0; t < len; t++) {
       const rowBase = (bi * len + t) * stride + offset;
       for (let h = 0; h < heads; h++) {
-        const s = rowBase + h * dk;
-        const o = ((bi * heads + h) * len + t) * dk;
-        if (scale === 1) {
-          for (let i = 0; i < dk; i++) out[o + i] = buf[s + i];
-        } else {
-          for (let i = 0; i < dk; i++) out[o + i] = buf[s + i] * scale;
-        }
+        copyScaled(buf, rowBase + h * dk, dst, ((bi * heads + h) * len + t) * dk, dk, scale);
       }
     }
   }
-  return out;
+  return dst;
+}
+
+/** `dst[o + i] = src[s + i] * scale` for i < n (a plain copy when scale is 1). */
+function copyScaled(
+  src: Float32Array,
+  s: number,
+  dst: Float32Array,
+  o: number,
+  n: number,
+  scale: number,
+): void {
+  if (scale === 1) {
+    for (let i = 0; i < n; i++) dst[o + i] = src[s + i];
+  } else {
+    for (let i = 0; i < n; i++) dst[o + i] = src[s + i] * scale;
+  }
 }
 
 /**
@@ -279,13 +393,7 @@ export function mergeHeads(
     for (let t = 0; t < len; t++) {
       const rowBase = (bi * len + t) * stride + offset;
       for (let h = 0; h < heads; h++) {
-        const o = rowBase + h * dk;
-        const s = ((bi * heads + h) * len + t) * dk;
-        if (scale === 1) {
-          for (let i = 0; i < dk; i++) buf[o + i] = src[s + i];
-        } else {
-          for (let i = 0; i < dk; i++) buf[o + i] = src[s + i] * scale;
-        }
+        copyScaled(src, ((bi * heads + h) * len + t) * dk, buf, rowBase + h * dk, dk, scale);
       }
     }
   }
@@ -311,32 +419,62 @@ export function maskedSoftmaxInPlace(
       for (let t = 0; t < tq; t++) {
         const o = ((bi * heads + h) * tq + t) * sk;
         const last = causal ? Math.min(t + 1, sk) : sk;
-        let max = -Infinity;
-        for (let s = 0; s < last; s++) {
-          if (keyMask !== null && keyMask[mOff + s] === 0) continue;
-          const v = scores[o + s];
-          if (v > max) max = v;
-        }
-        if (max === -Infinity) {
-          for (let s = 0; s < sk; s++) scores[o + s] = 0;
-          continue;
-        }
-        let sum = 0;
-        for (let s = 0; s < last; s++) {
-          if (keyMask !== null && keyMask[mOff + s] === 0) {
-            scores[o + s] = 0;
-            continue;
-          }
-          const e = Math.exp(scores[o + s] - max);
-          scores[o + s] = e;
-          sum += e;
-        }
-        const inv = 1 / sum;
-        for (let s = 0; s < last; s++) scores[o + s] *= inv;
-        for (let s = last; s < sk; s++) scores[o + s] = 0;
+        if (keyMask === null) softmaxRow(scores, o, last, sk);
+        else maskedSoftmaxRow(scores, o, last, sk, keyMask, mOff);
       }
     }
   }
+}
+
+/** Softmax of `scores[o .. o + last)`, zeros in `[o + last, o + sk)`. */
+function softmaxRow(scores: Float32Array, o: number, last: number, sk: number): void {
+  let max = -Infinity;
+  for (let s = 0; s < last; s++) {
+    const v = scores[o + s];
+    if (v > max) max = v;
+  }
+  if (max === -Infinity) {
+    for (let s = 0; s < sk; s++) scores[o + s] = 0;
+    return;
+  }
+  const sum = sumExpInto(scores, o, last, max, scores);
+  const inv = 1 / sum;
+  for (let s = 0; s < last; s++) scores[o + s] *= inv;
+  for (let s = last; s < sk; s++) scores[o + s] = 0;
+}
+
+/** {@link softmaxRow} skipping the keys s with `keyMask[mOff + s] === 0`. */
+function maskedSoftmaxRow(
+  scores: Float32Array,
+  o: number,
+  last: number,
+  sk: number,
+  keyMask: Uint8Array,
+  mOff: number,
+): void {
+  let max = -Infinity;
+  for (let s = 0; s < last; s++) {
+    if (keyMask[mOff + s] === 0) continue;
+    const v = scores[o + s];
+    if (v > max) max = v;
+  }
+  if (max === -Infinity) {
+    for (let s = 0; s < sk; s++) scores[o + s] = 0;
+    return;
+  }
+  let sum = 0;
+  for (let s = 0; s < last; s++) {
+    if (keyMask[mOff + s] === 0) {
+      scores[o + s] = 0;
+      continue;
+    }
+    const e = fastExp(scores[o + s] - max);
+    scores[o + s] = e;
+    sum += e;
+  }
+  const inv = 1 / sum;
+  for (let s = 0; s < last; s++) scores[o + s] *= inv;
+  for (let s = last; s < sk; s++) scores[o + s] = 0;
 }
 
 /**
@@ -350,12 +488,19 @@ export function softmaxBackwardInPlace(
   scale: number,
 ): void {
   const rows = p.length / sk;
-  for (let r = 0; r < rows; r++) {
-    const o = r * sk;
-    let dot = 0;
-    for (let s = 0; s < sk; s++) dot += dp[o + s] * p[o + s];
-    for (let s = 0; s < sk; s++) dp[o + s] = p[o + s] * (dp[o + s] - dot) * scale;
-  }
+  for (let r = 0; r < rows; r++) softmaxBackwardRow(p, dp, r * sk, sk, scale);
+}
+
+function softmaxBackwardRow(
+  p: Float32Array,
+  dp: Float32Array,
+  o: number,
+  sk: number,
+  scale: number,
+): void {
+  let dot = 0;
+  for (let s = 0; s < sk; s++) dot += dp[o + s] * p[o + s];
+  for (let s = 0; s < sk; s++) dp[o + s] = p[o + s] * (dp[o + s] - dot) * scale;
 }
 
 /**
@@ -372,11 +517,7 @@ export function rowLogSumExp(
   const lse = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
     const o = r * vocab;
-    let max = -Infinity;
-    for (let j = 0; j < vocab; j++) {
-      const v = logits[o + j];
-      if (v > max) max = v;
-    }
+    const max = rowMax(logits, o, vocab);
     const sum = expOut === undefined
       ? sumExp(logits, o, vocab, max)
       : sumExpInto(logits, o, vocab, max, expOut);
@@ -384,6 +525,16 @@ export function rowLogSumExp(
     lse[r] = max + Math.log(sum);
   }
   return lse;
+}
+
+/** The largest of `x[o .. o + n)` (-Infinity when n is 0; NaN is skipped). */
+export function rowMax(x: Float32Array, o: number, n: number): number {
+  let max = -Infinity;
+  for (let j = 0; j < n; j++) {
+    const v = x[o + j];
+    if (v > max) max = v;
+  }
+  return max;
 }
 
 /** sum_j exp(x[o + j] - max) with {@link fastExp}'s method, inlined. */

@@ -2,12 +2,17 @@
  * The transformer's layers as fused, differentiable tfjs operations.
  *
  * Each encoder or decoder layer is ONE `tf.customGrad` op whose forward and backward
- * passes are written out by hand: matrix products go through `tf.matMul` (so the
- * active backend's GEMM does the heavy work: OpenBLAS on `blas`, XNNPACK on `wasm`),
- * and everything else (layer norm, masked softmax, head layouts, bias gradients,
- * residuals, dropout) is a plain loop from `_kernels.ts` over the tensors' buffers.
- * This keeps the autodiff tape short (a dozen nodes per training step instead of
- * hundreds) and avoids tfjs-cpu's slow broadcasting, transposes and reductions.
+ * passes are written out by hand: matrix products go to the active backend's GEMM
+ * (on `blas`, `cblas_sgemm` called directly on the buffers, see {@link matmul}; elsewhere
+ * `tf.matMul`), and everything else (layer norm, masked softmax, head layouts, bias
+ * gradients, residuals, dropout) is a loop from `_kernels.ts` or a WebAssembly SIMD
+ * kernel from `_simd.ts` over the tensors' buffers. This keeps the autodiff tape short
+ * (a dozen nodes per training step instead of hundreds) and avoids tfjs-cpu's slow
+ * broadcasting, transposes and reductions.
+ *
+ * Work buffers come from the pool of `_kernels.ts` ({@link takeBuffer}) and go back when
+ * their last reader is done: a layer's activations at the end of its backward pass (or
+ * its `release()` when none will run), temporaries of the backward pass at once.
  *
  * Layout: activations are 2-D `[rows, d]` with rows `b * length + position`.
  *
@@ -16,23 +21,27 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { Rng } from "../../core/random.ts";
+import { activeBlas } from "../backends/blas.ts";
+import type { BlasLibrary } from "../backends/_blas_ffi.ts";
 import {
+  addInto,
   dropoutMask,
   gelu,
   geluBackwardInPlace,
+  giveBuffer,
+  giveBuffers,
   layerNormBackward,
   layerNormForward,
   maskedSoftmaxInPlace,
   mergeHeads,
   mulMask,
-  reluBackwardInPlace,
-  reluInPlace,
-  residualAdd,
-  rowLogSumExp,
+  residualAddInPlace,
   softmaxBackwardInPlace,
   splitHeads,
   type Strided,
+  takeBuffer,
 } from "./_kernels.ts";
+import { giveSimdMatrix, takeSimdMatrix } from "./_simd.ts";
 
 /** A matrix operand: a tensor, or a buffer with its shape. */
 export type Mat = tf.Tensor | { data: Float32Array; shape: number[] };
@@ -43,8 +52,13 @@ export function values(t: tf.Tensor): Float32Array {
 }
 
 /**
- * `a · b` (batched when rank 3) through `tf.matMul` on the active backend, with an optional
- * bias `[cols]` and ReLU fused in. Returns a fresh buffer that the caller owns.
+ * `a · b` (batched when rank 3) with an optional bias `[cols]` and ReLU fused in. Returns a
+ * fresh buffer that the caller owns, or `out` (same size as the product) filled with it.
+ *
+ * On the `blas` backend the product is computed by `cblas_sgemm` straight from the
+ * buffers, making exactly the calls the backend's matMul kernels make (bias pre-filled and
+ * accumulated with beta = 1), so the results equal the tfjs path's bit for bit without
+ * tfjs's tensor bookkeeping. Other backends go through `tf.matMul`.
  */
 export function matmul(
   a: Mat,
@@ -53,13 +67,16 @@ export function matmul(
   transB = false,
   bias?: tf.Tensor,
   relu = false,
+  out?: Float32Array,
 ): Float32Array {
+  const lib = relu ? undefined : activeBlas();
+  if (lib !== undefined) return blasProduct(lib, a, b, transA, transB, bias, out);
   let result: Float32Array | undefined;
   // (tidy must not return the buffer: it would walk every element looking for tensors)
   tf.tidy(() => {
     const at = a instanceof tf.Tensor ? a : tf.tensor(a.data, a.shape, "float32");
     const bt = b instanceof tf.Tensor ? b : tf.tensor(b.data, b.shape, "float32");
-    const out = bias !== undefined || relu
+    const product = bias !== undefined || relu
       ? tf.fused.matMul({
         a: at,
         b: bt,
@@ -69,9 +86,114 @@ export function matmul(
         activation: relu ? "relu" : "linear",
       })
       : tf.matMul(at, bt, transA, transB);
-    result = out.dataSync() as Float32Array;
+    result = product.dataSync() as Float32Array;
   });
-  return result!;
+  if (out === undefined) return result!;
+  out.set(result!);
+  return out;
+}
+
+const ROW_MAJOR = 101;
+const NO_TRANS = 111;
+const TRANS = 112;
+
+function matData(m: Mat): Float32Array {
+  return m instanceof tf.Tensor ? values(m) : m.data;
+}
+
+/** {@link matmul} on OpenBLAS: the decomposition of the `blas` backend's BatchMatMul kernel. */
+function blasProduct(
+  lib: BlasLibrary,
+  a: Mat,
+  b: Mat,
+  transA: boolean,
+  transB: boolean,
+  bias: tf.Tensor | undefined,
+  out: Float32Array | undefined,
+): Float32Array {
+  const as = a.shape;
+  const bs = b.shape;
+  const ar = as.length;
+  const br = bs.length;
+  if (ar < 2 || br < 2 || ar > 3 || br > 3) {
+    throw new RangeError(`matmul: operands of rank 2 or 3 expected, got [${as}] and [${bs}]`);
+  }
+  const m = transA ? as[ar - 1] : as[ar - 2];
+  const k = transA ? as[ar - 2] : as[ar - 1];
+  const kb = transB ? bs[br - 1] : bs[br - 2];
+  const n = transB ? bs[br - 2] : bs[br - 1];
+  const batchA = ar === 3 ? as[0] : 1;
+  const batchB = br === 3 ? bs[0] : 1;
+  const batch = Math.max(batchA, batchB);
+  if (k !== kb || (batchA !== batch && batchA !== 1) || (batchB !== batch && batchB !== 1)) {
+    throw new RangeError(
+      `matmul: shapes [${as}] and [${bs}] do not match (transA ${transA}, transB ${transB})`,
+    );
+  }
+  const av = matData(a);
+  const bv = matData(b);
+  const size = batch * m * n;
+  const c = out ?? new Float32Array(size);
+  if (c.length !== size) throw new RangeError(`matmul: out has ${c.length} floats, not ${size}`);
+  if (av.length < batchA * m * k || bv.length < batchB * k * n) {
+    throw new RangeError(`matmul: a buffer is smaller than its shape`);
+  }
+  let beta = 0;
+  if (bias !== undefined) {
+    const bb = values(bias);
+    if (size === 0) {
+      // nothing to fill
+    } else if (bb.length === n) {
+      // one row, then doubling copies
+      c.set(bb, 0);
+      for (let filled = n; filled < size; filled *= 2) {
+        c.copyWithin(filled, 0, Math.min(filled, size - filled));
+      }
+    } else if (bb.length === 1) {
+      c.fill(bb[0]);
+    } else {
+      throw new RangeError(`matmul: a bias of ${bb.length} values for ${n} columns`);
+    }
+    beta = 1;
+  }
+  if (size === 0) return c;
+  if (k === 0) {
+    if (beta === 0) c.fill(0);
+    return c;
+  }
+  const ta = transA ? TRANS : NO_TRANS;
+  const tb = transB ? TRANS : NO_TRANS;
+  const lda = transA ? m : k;
+  const ldb = transB ? k : n;
+  const sgemm = lib.cblasSgemm;
+  if (batchB === 1 && !transA && batchA === batch) {
+    sgemm(ROW_MAJOR, ta, tb, batch * m, n, k, 1, av, lda, bv, ldb, beta, c, n);
+    return c;
+  }
+  const aSize = m * k;
+  const bSize = k * n;
+  const cSize = m * n;
+  for (let i = 0; i < batch; i++) {
+    const ao = batchA === 1 ? 0 : i * aSize;
+    const bo = batchB === 1 ? 0 : i * bSize;
+    sgemm(
+      ROW_MAJOR,
+      ta,
+      tb,
+      m,
+      n,
+      k,
+      1,
+      ao === 0 ? av : av.subarray(ao),
+      lda,
+      bo === 0 ? bv : bv.subarray(bo),
+      ldb,
+      beta,
+      c.subarray(i * cSize, (i + 1) * cSize),
+      n,
+    );
+  }
+  return c;
 }
 
 /** The FFN activation. */
@@ -225,14 +347,20 @@ export interface Masking {
 
 /** A multi-head attention forward pass with its backward pass. */
 interface AttentionResult {
+  /** `[b * tq, d]` attention outputs (heads concatenated). */
   out: Float32Array;
-  backward(dOut: Float32Array): { dQ: Float32Array; dK: Float32Array; dV: Float32Array };
+  /** Writes (overwrites) the gradients of q, k and v into the given strided destinations. */
+  backward(dOut: Float32Array, dQ: Strided, dK: Strided, dV: Strided): void;
+  /** Returns the work buffers (`out` included) to the pool: call when done with both. */
+  release(): void;
 }
 
 /**
  * Multi-head scaled dot-product attention over whole sequences: queries `[b * tq]`,
  * keys/values `[b * sk]` read from strided buffers. Scores and outputs are batched matrix
- * products over `b * heads`. Backward returns head-major gradients (dQ already scaled).
+ * products over `b * heads`: on the `blas` backend `cblas_sgemm` reads each head straight
+ * from the strided rows (leading dimensions) and writes into them; elsewhere the heads are
+ * copied into head-major blocks for `tf.matMul`.
  */
 function attention(
   q: Strided,
@@ -245,6 +373,8 @@ function attention(
   masking: Masking,
   run: RunOptions,
 ): AttentionResult {
+  const lib = activeBlas();
+  if (lib !== undefined) return stridedAttention(lib, q, k, v, b, tq, sk, dims, masking, run);
   const { heads, d } = dims;
   const dk = d / heads;
   const scale = 1 / Math.sqrt(dk);
@@ -267,7 +397,7 @@ function attention(
   mergeHeads(oh, { buf: out, stride: d, offset: 0 }, b, tq, heads, dk);
   return {
     out,
-    backward(dOut) {
+    backward(dOut, dQd, dKd, dVd) {
       const doh = splitHeads({ buf: dOut, stride: d, offset: 0 }, b, tq, heads, dk);
       const dpd = matmul(
         { data: doh, shape: [bh, tq, dk] },
@@ -281,13 +411,248 @@ function attention(
         true,
         false,
       );
-      if (mask !== undefined) { for (let i = 0; i < dpd.length; i++) dpd[i] *= mask[i]; }
+      if (mask !== undefined) mulInPlace(dpd, mask);
       softmaxBackwardInPlace(p, dpd, sk, 1);
       const ds = { data: dpd, shape: [bh, tq, sk] };
       const dQ = matmul(ds, { data: kh, shape: [bh, sk, dk] });
-      for (let i = 0; i < dQ.length; i++) dQ[i] *= scale;
       const dK = matmul(ds, { data: qh, shape: [bh, tq, dk] }, true, false);
-      return { dQ, dK, dV };
+      mergeHeads(dQ, dQd, b, tq, heads, dk, scale);
+      mergeHeads(dK, dKd, b, sk, heads, dk);
+      mergeHeads(dV, dVd, b, sk, heads, dk);
+    },
+    release() {},
+  };
+}
+
+/** `x *= y` elementwise. */
+function mulInPlace(x: Float32Array, y: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i] *= y[i];
+}
+
+/**
+ * `C = alpha op(A) op(B) + beta C` on row-major matrices that start at offsets of their
+ * buffers, with leading dimensions (row strides) `lda`, `ldb`, `ldc`.
+ */
+function gemmAt(
+  lib: BlasLibrary,
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: Float32Array,
+  aOff: number,
+  lda: number,
+  b: Float32Array,
+  bOff: number,
+  ldb: number,
+  beta: number,
+  c: Float32Array,
+  cOff: number,
+  ldc: number,
+): void {
+  const aRows = transA ? k : m;
+  const aCols = transA ? m : k;
+  const bRows = transB ? n : k;
+  const bCols = transB ? k : n;
+  if (
+    aOff + (aRows - 1) * lda + aCols > a.length || bOff + (bRows - 1) * ldb + bCols > b.length ||
+    cOff + (m - 1) * ldc + n > c.length
+  ) {
+    throw new RangeError("gemm: a strided operand runs past its buffer");
+  }
+  lib.cblasSgemm(
+    ROW_MAJOR,
+    transA ? TRANS : NO_TRANS,
+    transB ? TRANS : NO_TRANS,
+    m,
+    n,
+    k,
+    alpha,
+    aOff === 0 ? a : a.subarray(aOff),
+    lda,
+    bOff === 0 ? b : b.subarray(bOff),
+    ldb,
+    beta,
+    cOff === 0 ? c : c.subarray(cOff),
+    ldc,
+  );
+}
+
+/** {@link attention} on OpenBLAS, every head read from and written to the strided rows. */
+function stridedAttention(
+  lib: BlasLibrary,
+  q: Strided,
+  k: Strided,
+  v: Strided,
+  b: number,
+  tq: number,
+  sk: number,
+  dims: Dims,
+  masking: Masking,
+  run: RunOptions,
+): AttentionResult {
+  const { heads, d } = dims;
+  const dk = d / heads;
+  const scale = 1 / Math.sqrt(dk);
+  const block = tq * sk;
+  // probabilities (slot 0) and their gradient (slot 1) in SIMD memory, where the softmax
+  // and its backward pass run when no key is padding
+  const probs = takeSimdMatrix(b * heads * tq, sk, 1);
+  const p = probs.slot(0);
+  for (let bi = 0; bi < b; bi++) {
+    for (let h = 0; h < heads; h++) {
+      gemmAt(
+        lib,
+        false,
+        true,
+        tq,
+        sk,
+        dk,
+        scale,
+        q.buf,
+        bi * tq * q.stride + q.offset + h * dk,
+        q.stride,
+        k.buf,
+        bi * sk * k.stride + k.offset + h * dk,
+        k.stride,
+        0,
+        p,
+        (bi * heads + h) * block,
+        sk,
+      );
+    }
+  }
+  if (masking.keyMask === null) probs.softmax(0, tq, masking.causal);
+  else maskedSoftmaxInPlace(p, b, heads, tq, sk, masking.keyMask, masking.causal);
+  const rate = run.training ? run.attentionDropout : 0;
+  const mask = rate > 0 ? dropoutMask(p.length, rate, run.rng) : undefined;
+  const pd = mask === undefined ? p : mulMask(p, mask);
+  const out = takeBuffer(b * tq * d);
+  for (let bi = 0; bi < b; bi++) {
+    for (let h = 0; h < heads; h++) {
+      gemmAt(
+        lib,
+        false,
+        false,
+        tq,
+        dk,
+        sk,
+        1,
+        pd,
+        (bi * heads + h) * block,
+        sk,
+        v.buf,
+        bi * sk * v.stride + v.offset + h * dk,
+        v.stride,
+        0,
+        out,
+        bi * tq * d + h * dk,
+        d,
+      );
+    }
+  }
+  return {
+    out,
+    backward(dOut, dQ, dK, dV) {
+      const ds = probs.slot(1);
+      for (let bi = 0; bi < b; bi++) {
+        for (let h = 0; h < heads; h++) {
+          const o = (bi * heads + h) * block;
+          const dOff = bi * tq * d + h * dk;
+          const vOff = bi * sk * v.stride + v.offset + h * dk;
+          // d(probabilities) = dO V^T; dV = P^T dO
+          gemmAt(
+            lib,
+            false,
+            true,
+            tq,
+            sk,
+            dk,
+            1,
+            dOut,
+            dOff,
+            d,
+            v.buf,
+            vOff,
+            v.stride,
+            0,
+            ds,
+            o,
+            sk,
+          );
+          gemmAt(
+            lib,
+            true,
+            false,
+            sk,
+            dk,
+            tq,
+            1,
+            pd,
+            o,
+            sk,
+            dOut,
+            dOff,
+            d,
+            0,
+            dV.buf,
+            bi * sk * dV.stride + dV.offset + h * dk,
+            dV.stride,
+          );
+        }
+      }
+      if (mask !== undefined) mulInPlace(ds, mask);
+      probs.softmaxGrad(0, 1);
+      for (let bi = 0; bi < b; bi++) {
+        for (let h = 0; h < heads; h++) {
+          const o = (bi * heads + h) * block;
+          // scores = scale Q K^T: dQ = scale dS K, dK = scale dS^T Q
+          gemmAt(
+            lib,
+            false,
+            false,
+            tq,
+            dk,
+            sk,
+            scale,
+            ds,
+            o,
+            sk,
+            k.buf,
+            bi * sk * k.stride + k.offset + h * dk,
+            k.stride,
+            0,
+            dQ.buf,
+            bi * tq * dQ.stride + dQ.offset + h * dk,
+            dQ.stride,
+          );
+          gemmAt(
+            lib,
+            true,
+            false,
+            sk,
+            dk,
+            tq,
+            scale,
+            ds,
+            o,
+            sk,
+            q.buf,
+            bi * tq * q.stride + q.offset + h * dk,
+            q.stride,
+            0,
+            dK.buf,
+            bi * sk * dK.stride + dK.offset + h * dk,
+            dK.stride,
+          );
+        }
+      }
+    },
+    release() {
+      giveSimdMatrix(probs);
+      giveBuffers(out, pd === p ? undefined : pd);
     },
   };
 }
@@ -315,6 +680,16 @@ function accumulate(grads: Map<string, Float32Array>, name: string, g: Float32Ar
   else for (let i = 0; i < g.length; i++) prev[i] += g[i];
 }
 
+/** A sublayer's forward result. */
+interface Block {
+  /** Output rows. */
+  y: Float32Array;
+  /** The backward pass (at most once); it returns the forward pass's work buffers. */
+  backward: Backward;
+  /** Returns the forward pass's work buffers when no backward pass will run. */
+  release(): void;
+}
+
 /** Pre-LN self-attention sublayer: `x + drop(Attn(LN(x)) W_o + b_o)`. */
 function selfAttentionBlock(
   x: Float32Array,
@@ -324,16 +699,32 @@ function selfAttentionBlock(
   dims: Dims,
   masking: Masking,
   run: RunOptions,
-): { y: Float32Array; backward: Backward } {
+): Block {
   const { d } = dims;
   const n = b * len;
   const ln = layerNormForward(x, d, p.a("ln1.g"), p.a("ln1.b"), dims.eps, true);
-  const qkv = matmul({ data: ln.y, shape: [n, d] }, p.t("qkv.w"), false, false, p.tensor("qkv.b"));
+  const qkv = matmul(
+    { data: ln.y, shape: [n, d] },
+    p.t("qkv.w"),
+    false,
+    false,
+    p.tensor("qkv.b"),
+    false,
+    takeBuffer(n * 3 * d),
+  );
   const src = (offset: number): Strided => ({ buf: qkv, stride: 3 * d, offset });
   const att = attention(src(0), src(d), src(2 * d), b, len, len, dims, masking, run);
-  const u = matmul({ data: att.out, shape: [n, d] }, p.t("out.w"), false, false, p.tensor("out.b"));
+  const u = matmul(
+    { data: att.out, shape: [n, d] },
+    p.t("out.w"),
+    false,
+    false,
+    p.tensor("out.b"),
+    false,
+    takeBuffer(n * d),
+  );
   const mask = residualMask(u.length, run);
-  const y = residualAdd(x, u, mask);
+  const y = residualAddInPlace(x, u, mask);
   return {
     y,
     backward(dy, grads) {
@@ -344,27 +735,49 @@ function selfAttentionBlock(
         matmul({ data: att.out, shape: [n, d] }, { data: du, shape: [n, d] }, true),
       );
       accumulate(grads, "out.b", biasGrad(du, n, d));
-      const dO = matmul({ data: du, shape: [n, d] }, p.t("out.w"), false, true);
-      const g = att.backward(dO);
-      const dqkv = new Float32Array(n * 3 * d);
-      const heads = dims.heads;
-      const dk = d / heads;
-      mergeHeads(g.dQ, { buf: dqkv, stride: 3 * d, offset: 0 }, b, len, heads, dk);
-      mergeHeads(g.dK, { buf: dqkv, stride: 3 * d, offset: d }, b, len, heads, dk);
-      mergeHeads(g.dV, { buf: dqkv, stride: 3 * d, offset: 2 * d }, b, len, heads, dk);
+      const dO = matmul(
+        { data: du, shape: [n, d] },
+        p.t("out.w"),
+        false,
+        true,
+        undefined,
+        false,
+        takeBuffer(n * d),
+      );
+      const dqkv = takeBuffer(n * 3 * d);
+      att.backward(
+        dO,
+        { buf: dqkv, stride: 3 * d, offset: 0 },
+        { buf: dqkv, stride: 3 * d, offset: d },
+        { buf: dqkv, stride: 3 * d, offset: 2 * d },
+      );
       accumulate(
         grads,
         "qkv.w",
         matmul({ data: ln.y, shape: [n, d] }, { data: dqkv, shape: [n, 3 * d] }, true),
       );
       accumulate(grads, "qkv.b", biasGrad(dqkv, n, 3 * d));
-      const da = matmul({ data: dqkv, shape: [n, 3 * d] }, p.t("qkv.w"), false, true);
+      const da = matmul(
+        { data: dqkv, shape: [n, 3 * d] },
+        p.t("qkv.w"),
+        false,
+        true,
+        undefined,
+        false,
+        dO,
+      );
       const dg = new Float32Array(d);
       const dbeta = new Float32Array(d);
       const dx = layerNormBackward(da, d, p.a("ln1.g"), ln.saved!, dg, dbeta, dy);
       accumulate(grads, "ln1.g", dg);
       accumulate(grads, "ln1.b", dbeta);
+      giveBuffers(da, dqkv, qkv, ln.y, ln.saved!.xhat, du === dy ? undefined : du);
+      att.release();
       return dx;
+    },
+    release() {
+      giveBuffers(qkv, ln.y, ln.saved!.xhat);
+      att.release();
     },
   };
 }
@@ -384,13 +797,29 @@ function crossAttentionBlock(
   srcMask: Uint8Array | null,
   run: RunOptions,
   dEnc: Float32Array,
-): { y: Float32Array; backward: Backward } {
+): Block {
   const { d } = dims;
   const nt = b * tLen;
   const ns = b * sLen;
   const ln = layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), dims.eps, true);
-  const q = matmul({ data: ln.y, shape: [nt, d] }, p.t("q.w"), false, false, p.tensor("q.b"));
-  const kv = matmul({ data: enc, shape: [ns, d] }, p.t("kv.w"), false, false, p.tensor("kv.b"));
+  const q = matmul(
+    { data: ln.y, shape: [nt, d] },
+    p.t("q.w"),
+    false,
+    false,
+    p.tensor("q.b"),
+    false,
+    takeBuffer(nt * d),
+  );
+  const kv = matmul(
+    { data: enc, shape: [ns, d] },
+    p.t("kv.w"),
+    false,
+    false,
+    p.tensor("kv.b"),
+    false,
+    takeBuffer(ns * 2 * d),
+  );
   const att = attention(
     { buf: q, stride: d, offset: 0 },
     { buf: kv, stride: 2 * d, offset: 0 },
@@ -408,9 +837,11 @@ function crossAttentionBlock(
     false,
     false,
     p.tensor("cout.b"),
+    false,
+    takeBuffer(nt * d),
   );
   const mask = residualMask(u.length, run);
-  const y = residualAdd(x, u, mask);
+  const y = residualAddInPlace(x, u, mask);
   return {
     y,
     backward(dy, grads) {
@@ -421,15 +852,23 @@ function crossAttentionBlock(
         matmul({ data: att.out, shape: [nt, d] }, { data: du, shape: [nt, d] }, true),
       );
       accumulate(grads, "cout.b", biasGrad(du, nt, d));
-      const dO = matmul({ data: du, shape: [nt, d] }, p.t("cout.w"), false, true);
-      const g = att.backward(dO);
-      const heads = dims.heads;
-      const dk = d / heads;
-      const dq = new Float32Array(nt * d);
-      mergeHeads(g.dQ, { buf: dq, stride: d, offset: 0 }, b, tLen, heads, dk);
-      const dkv = new Float32Array(ns * 2 * d);
-      mergeHeads(g.dK, { buf: dkv, stride: 2 * d, offset: 0 }, b, sLen, heads, dk);
-      mergeHeads(g.dV, { buf: dkv, stride: 2 * d, offset: d }, b, sLen, heads, dk);
+      const dO = matmul(
+        { data: du, shape: [nt, d] },
+        p.t("cout.w"),
+        false,
+        true,
+        undefined,
+        false,
+        takeBuffer(nt * d),
+      );
+      const dq = takeBuffer(nt * d);
+      const dkv = takeBuffer(ns * 2 * d);
+      att.backward(
+        dO,
+        { buf: dq, stride: d, offset: 0 },
+        { buf: dkv, stride: 2 * d, offset: 0 },
+        { buf: dkv, stride: 2 * d, offset: d },
+      );
       accumulate(
         grads,
         "q.w",
@@ -442,15 +881,37 @@ function crossAttentionBlock(
         matmul({ data: enc, shape: [ns, d] }, { data: dkv, shape: [ns, 2 * d] }, true),
       );
       accumulate(grads, "kv.b", biasGrad(dkv, ns, 2 * d));
-      const de = matmul({ data: dkv, shape: [ns, 2 * d] }, p.t("kv.w"), false, true);
-      for (let i = 0; i < de.length; i++) dEnc[i] += de[i];
-      const dc = matmul({ data: dq, shape: [nt, d] }, p.t("q.w"), false, true);
+      const de = matmul(
+        { data: dkv, shape: [ns, 2 * d] },
+        p.t("kv.w"),
+        false,
+        true,
+        undefined,
+        false,
+        takeBuffer(ns * d),
+      );
+      addInto(dEnc, de);
+      const dc = matmul(
+        { data: dq, shape: [nt, d] },
+        p.t("q.w"),
+        false,
+        true,
+        undefined,
+        false,
+        dO,
+      );
       const dg = new Float32Array(d);
       const dbeta = new Float32Array(d);
       const dx = layerNormBackward(dc, d, p.a("lnc.g"), ln.saved!, dg, dbeta, dy);
       accumulate(grads, "lnc.g", dg);
       accumulate(grads, "lnc.b", dbeta);
+      giveBuffers(dc, dq, dkv, de, q, kv, ln.y, ln.saved!.xhat, du === dy ? undefined : du);
+      att.release();
       return dx;
+    },
+    release() {
+      giveBuffers(q, kv, ln.y, ln.saved!.xhat);
+      att.release();
     },
   };
 }
@@ -462,15 +923,35 @@ function feedForwardBlock(
   p: ParamView,
   dims: Dims,
   run: RunOptions,
-): { y: Float32Array; backward: Backward } {
+): Block {
   const { d, ffn } = dims;
   const ln = layerNormForward(x, d, p.a("ln2.g"), p.a("ln2.b"), dims.eps, true);
   const relu = dims.activation === "relu";
-  const pre = matmul({ data: ln.y, shape: [n, d] }, p.t("ff1.w"), false, false, p.tensor("ff1.b"));
-  const h = relu ? reluInPlace(pre) : gelu(pre);
-  const z = matmul({ data: h, shape: [n, ffn] }, p.t("ff2.w"), false, false, p.tensor("ff2.b"));
+  // With ReLU the hidden layer and its gradient share a SIMD memory (slots 0 and 1), where
+  // the activation and its backward pass run vectorised.
+  const hidden = relu ? takeSimdMatrix(n, ffn, 1) : undefined;
+  const pre = matmul(
+    { data: ln.y, shape: [n, d] },
+    p.t("ff1.w"),
+    false,
+    false,
+    p.tensor("ff1.b"),
+    false,
+    hidden?.slot(0) ?? takeBuffer(n * ffn),
+  );
+  if (hidden !== undefined) hidden.relu(0);
+  const h = relu ? pre : gelu(pre);
+  const z = matmul(
+    { data: h, shape: [n, ffn] },
+    p.t("ff2.w"),
+    false,
+    false,
+    p.tensor("ff2.b"),
+    false,
+    takeBuffer(n * d),
+  );
   const mask = residualMask(z.length, run);
-  const y = residualAdd(x, z, mask);
+  const y = residualAddInPlace(x, z, mask);
   return {
     y,
     backward(dy, grads) {
@@ -481,8 +962,16 @@ function feedForwardBlock(
         matmul({ data: h, shape: [n, ffn] }, { data: dz, shape: [n, d] }, true),
       );
       accumulate(grads, "ff2.b", biasGrad(dz, n, d));
-      const dh = matmul({ data: dz, shape: [n, d] }, p.t("ff2.w"), false, true);
-      if (relu) reluBackwardInPlace(dh, h);
+      const dh = matmul(
+        { data: dz, shape: [n, d] },
+        p.t("ff2.w"),
+        false,
+        true,
+        undefined,
+        false,
+        hidden?.slot(1) ?? takeBuffer(n * ffn),
+      );
+      if (hidden !== undefined) hidden.reluGrad(1, 0);
       else geluBackwardInPlace(dh, pre);
       accumulate(
         grads,
@@ -490,13 +979,30 @@ function feedForwardBlock(
         matmul({ data: ln.y, shape: [n, d] }, { data: dh, shape: [n, ffn] }, true),
       );
       accumulate(grads, "ff1.b", biasGrad(dh, n, ffn));
-      const dc = matmul({ data: dh, shape: [n, ffn] }, p.t("ff1.w"), false, true);
+      const dc = matmul(
+        { data: dh, shape: [n, ffn] },
+        p.t("ff1.w"),
+        false,
+        true,
+        undefined,
+        false,
+        takeBuffer(n * d),
+      );
       const dg = new Float32Array(d);
       const dbeta = new Float32Array(d);
       const dx = layerNormBackward(dc, d, p.a("ln2.g"), ln.saved!, dg, dbeta, dy);
       accumulate(grads, "ln2.g", dg);
       accumulate(grads, "ln2.b", dbeta);
+      if (hidden !== undefined) giveSimdMatrix(hidden);
+      else giveBuffers(dh, h, pre);
+      giveBuffers(dc, ln.y, ln.saved!.xhat);
+      if (dz !== dy) giveBuffer(dz);
       return dx;
+    },
+    release() {
+      if (hidden !== undefined) giveSimdMatrix(hidden);
+      else giveBuffers(h, pre);
+      giveBuffers(ln.y, ln.saved!.xhat);
     },
   };
 }
@@ -513,16 +1019,23 @@ export function encoderLayerForward(
 ): {
   y: Float32Array;
   backward: (dy: Float32Array) => { dx: Float32Array; grads: Map<string, Float32Array> };
+  release(): void;
 } {
   const att = selfAttentionBlock(x, b, len, p, dims, { keyMask: srcMask, causal: false }, run);
   const ff = feedForwardBlock(att.y, b * len, p, dims, run);
+  giveBuffer(att.y); // read only by the feed-forward block's forward pass
   return {
     y: ff.y,
     backward(dy) {
       const grads = new Map<string, Float32Array>();
       const d1 = ff.backward(dy, grads);
       const dx = att.backward(d1, grads);
+      giveBuffer(d1);
       return { dx, grads };
+    },
+    release() {
+      ff.release();
+      att.release();
     },
   };
 }
@@ -548,14 +1061,18 @@ export function decoderLayerForward(
   const self = selfAttentionBlock(x, b, tLen, p, dims, { keyMask: tgtMask, causal: true }, run);
   const dEnc = new Float32Array(enc.length);
   const cross = crossAttentionBlock(self.y, enc, b, tLen, sLen, p, dims, srcMask, run, dEnc);
+  giveBuffer(self.y); // read only by the forward passes of the next blocks
   const ff = feedForwardBlock(cross.y, b * tLen, p, dims, run);
+  giveBuffer(cross.y);
   return {
     y: ff.y,
     backward(dy) {
       const grads = new Map<string, Float32Array>();
       const d2 = ff.backward(dy, grads);
       const d1 = cross.backward(d2, grads);
+      giveBuffer(d2);
       const dx = self.backward(d1, grads);
+      giveBuffer(d1);
       return { dx, dEnc, grads };
     },
   };
@@ -684,6 +1201,36 @@ export interface Lookup {
   len: number;
 }
 
+/** `out[o + j] = w[src + j] * scale + pe[pos + j]` for j < d. */
+export function embedRow(
+  w: Float32Array,
+  src: number,
+  scale: number,
+  pe: Float32Array,
+  pos: number,
+  out: Float32Array,
+  o: number,
+  d: number,
+): void {
+  for (let j = 0; j < d; j++) out[o + j] = w[src + j] * scale + pe[pos + j];
+}
+
+function embedGradRow(
+  dw: Float32Array,
+  dst: number,
+  dy: Float32Array,
+  o: number,
+  mask: Float32Array | undefined,
+  scale: number,
+  d: number,
+): void {
+  if (mask === undefined) {
+    for (let j = 0; j < d; j++) dw[dst + j] += dy[o + j] * scale;
+  } else {
+    for (let j = 0; j < d; j++) dw[dst + j] += dy[o + j] * mask[o + j] * scale;
+  }
+}
+
 /**
  * Differentiable embedding lookup of one or more id blocks in the same table, packed into
  * one `[sum of rows, d]` output: `table[id] * scale + position`, with dropout when training.
@@ -709,10 +1256,7 @@ export function embedOp(
         if (id < 0 || id >= vocab) {
           throw new RangeError(`token id ${id} outside the vocabulary [0, ${vocab})`);
         }
-        const src = id * d;
-        const pos = (i % len) * d;
-        const o = r * d;
-        for (let j = 0; j < d; j++) out[o + j] = w[src + j] * scale + pe[pos + j];
+        embedRow(w, id * d, scale, pe, (i % len) * d, out, r * d, d);
       }
     }
     const mask = residualMask(out.length, run);
@@ -725,19 +1269,20 @@ export function embedOp(
         let row = 0;
         for (const { ids } of lookups) {
           for (let i = 0; i < ids.length; i++, row++) {
-            const dst = ids[i] * d;
-            const o = row * d;
-            if (mask === undefined) {
-              for (let j = 0; j < d; j++) dw[dst + j] += dy[o + j] * scale;
-            } else {
-              for (let j = 0; j < d; j++) dw[dst + j] += dy[o + j] * mask[o + j] * scale;
-            }
+            embedGradRow(dw, ids[i] * d, dy, row * d, mask, scale, d);
           }
         }
         return [dw];
       },
     };
   }) as tf.Tensor2D;
+}
+
+/** The sum of `x[o .. o + n)` in double precision. */
+function rowSum(x: Float32Array, o: number, n: number): number {
+  let s = 0;
+  for (let j = 0; j < n; j++) s += x[o + j];
+  return s;
 }
 
 /**
@@ -764,16 +1309,23 @@ export function outputLogProbsOp(
     if (m !== n) {
       for (let i = 0; i < m; i++) hc.set(hv.subarray(rows[i] * d, rows[i] * d + d), i * d);
     }
-    const logits = matmul({ data: hc, shape: [m, d] }, ins[1], false, true);
+    // The [m, V] logits are the largest buffer of a step: it lives in SIMD memory (the
+    // log-softmax runs there in place), comes from a pool and goes back once the backward
+    // pass is done with it (fresh memory would have to be page-faulted in).
+    const matrix = takeSimdMatrix(m, vocab);
+    const logits = matmul(
+      { data: hc, shape: [m, d] },
+      ins[1],
+      false,
+      true,
+      undefined,
+      false,
+      matrix.data,
+    );
     const out = new Float32Array(n);
     const sumLogit = new Float64Array(m);
     if (smoothing > 0) {
-      for (let i = 0; i < m; i++) {
-        let s = 0;
-        const o = i * vocab;
-        for (let j = 0; j < vocab; j++) s += logits[o + j];
-        sumLogit[i] = s;
-      }
+      for (let i = 0; i < m; i++) sumLogit[i] = rowSum(logits, i * vocab, vocab);
     }
     const targetLogit = new Float64Array(m);
     for (let i = 0; i < m; i++) {
@@ -785,11 +1337,13 @@ export function outputLogProbsOp(
     }
     // exp(logit - max) overwrites the logits; it becomes dlogits in the backward pass.
     const sums = new Float64Array(m);
-    const lse = rowLogSumExp(logits, vocab, logits, sums);
+    const maxs = new Float64Array(m);
+    matrix.expSums(m, maxs, sums, true);
     for (let i = 0; i < m; i++) {
-      const lp = targetLogit[i] - lse[i];
+      const lse = maxs[i] + Math.log(sums[i]);
+      const lp = targetLogit[i] - lse;
       out[rows[i]] = smoothing > 0
-        ? (1 - smoothing) * lp + smoothing * (sumLogit[i] / vocab - lse[i])
+        ? (1 - smoothing) * lp + smoothing * (sumLogit[i] / vocab - lse)
         : lp;
     }
     let used = false;
@@ -797,17 +1351,22 @@ export function outputLogProbsOp(
       out,
       shape: [n],
       backward(dy) {
-        const e = used ? Float32Array.from(logits) : logits;
+        // The exponentials are turned into the logit gradients in place.
+        if (used) throw new Error("outputLogProbsOp: backward pass run twice");
         used = true;
+        const e = logits;
         // d/dlogit_j = g * ((1 - eps) [j = y] + eps / V - p_j)
         const uniform = smoothing / vocab;
+        const k = new Float64Array(m);
+        const c = new Float64Array(m);
         for (let i = 0; i < m; i++) {
           const g = dy[rows[i]];
-          const o = i * vocab;
-          const k = -g / sums[i];
-          const c = g * uniform;
-          for (let j = 0; j < vocab; j++) e[o + j] = e[o + j] * k + c;
-          e[o + targets[rows[i]]] += g * (1 - smoothing);
+          k[i] = -g / sums[i];
+          c[i] = g * uniform;
+        }
+        matrix.scaleShift(m, k, c);
+        for (let i = 0; i < m; i++) {
+          e[i * vocab + targets[rows[i]]] += dy[rows[i]] * (1 - smoothing);
         }
         const dl = { data: e, shape: [m, vocab] };
         const dhc = matmul(
@@ -815,6 +1374,7 @@ export function outputLogProbsOp(
           ins[1].isDisposed ? { data: values(ins[1]), shape: [vocab, d] } : ins[1],
         );
         const dw = matmul(dl, { data: hc, shape: [m, d] }, true, false);
+        giveSimdMatrix(matrix);
         let dh = dhc;
         if (m !== n) {
           dh = new Float32Array(n * d);

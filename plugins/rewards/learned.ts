@@ -329,6 +329,8 @@ function format(x: number): string {
 
 /** The reward instance (see the module doc). */
 class LearnedReward implements RewardModel {
+  /** Seconds spent waiting for the BC policy (excluded from the reported training time). */
+  #bcSeconds = 0;
   readonly needsReference = false;
   readonly #config: LearnedConfig;
   readonly #target: RewardModel;
@@ -439,8 +441,11 @@ class LearnedReward implements RewardModel {
     const out = groups.map((g) => g.map(() => [] as { text: string; kind: string }[]));
     if (temperatures.length === 0) return out;
     let policy: Policy;
+    const asked = performance.now();
     try {
       policy = await ctx.bcPolicy();
+      // Training the BC policy (on first use) is not the reward model's time.
+      this.#bcSeconds = (performance.now() - asked) / 1000;
     } catch (error) {
       if (error instanceof UserError) {
         throw new UserError(
@@ -587,7 +592,7 @@ class LearnedReward implements RewardModel {
         record[`learned/heldout_predicted_${kind}`] = k.predicted / k.n;
       }
       await ctx.metrics.log(record, trainedSteps);
-      const seconds = (performance.now() - started) / 1000;
+      const seconds = (performance.now() - started) / 1000 - this.#bcSeconds;
       const meta = {
         format: FORMAT,
         version: 1,

@@ -17,6 +17,32 @@ import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
 import tensorflow, { probeTensorflow } from "../../plugins/backends/tensorflow.ts";
 import wasm from "../../plugins/backends/wasm.ts";
 import { loadBlas, sgemm } from "../../plugins/backends/_blas_ffi.ts";
+import transformer, { type TransformerPolicy } from "../../plugins/models/transformer.ts";
+import {
+  rowArgmaxExpSums,
+  rowExpSums,
+  SimdAdamMoments,
+  simdAlloc,
+  simdAttend,
+  simdF32,
+  simdLayerNorm,
+  simdLayerNormBackward,
+  simdMark,
+  SimdMatrix,
+  simdRelease,
+  simdU8,
+} from "../../plugins/models/_simd.ts";
+import {
+  giveBuffer,
+  maskedSoftmaxInPlace,
+  softmaxBackwardInPlace,
+  takeBuffer,
+} from "../../plugins/models/_kernels.ts";
+import { adamStep } from "../../plugins/models/_adam.ts";
+import { attendOne } from "../../plugins/models/_decode.ts";
+import { SIMD_SOURCE_SHA256 } from "../../plugins/models/_simd_wasm.ts";
+import { makeBatch, nllLoss } from "../../core/batch.ts";
+import type { ModelFactory } from "../../core/policy.ts";
 
 const deps = {} as PluginDeps;
 
@@ -488,6 +514,399 @@ Deno.test({
     () => tf.tidy(() => tf.gather(randn([3, 2], 117), tf.tensor1d([3], "int32"))),
     /GatherV2: the index value 3 is not in \[0, 2\]/,
   );
+});
+
+/** A small transformer policy with padding in its batch, for the blas-vs-cpu comparisons. */
+function tinyTransformer(activation: "relu" | "gelu", dropout: number) {
+  const factory = transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 24,
+    encoderLayers: 2,
+    decoderLayers: 2,
+    dropout,
+    attentionDropout: dropout,
+    activation,
+    shareEmbeddings: "all",
+  }, {} as never) as ModelFactory;
+  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
+  const policy = factory.build({
+    sourceVocab: 29,
+    targetVocab: 29,
+    specials,
+    valueHead: false,
+    seed: 7,
+  }) as TransformerPolicy;
+  const rng = new Rng(3);
+  const ids = (n: number) => Array.from({ length: n }, () => 4 + rng.int(25));
+  const pairs = [
+    { source: ids(5), target: ids(4) },
+    { source: ids(2), target: ids(6) },
+    { source: ids(7), target: ids(1) },
+  ];
+  // no padding anywhere: the attention softmax takes its unmasked path
+  const even = [0, 1, 2].map(() => ({ source: ids(4), target: ids(5) }));
+  return {
+    policy,
+    batch: makeBatch(pairs, specials),
+    unpadded: makeBatch(even, specials),
+    sources: pairs.map((p) => p.source),
+  };
+}
+
+for (const [activation, dropout] of [["relu", 0], ["gelu", 0.2]] as const) {
+  Deno.test({
+    name:
+      `blas: the transformer's direct OpenBLAS path matches cpu (${activation}, dropout ${dropout})`,
+    ignore: noBlas,
+  }, async () => {
+    const run = async (backend: string) => {
+      await tf.setBackend(backend);
+      const { policy, batch, unpadded, sources } = tinyTransformer(activation, dropout);
+      const before = tf.memory().numTensors;
+      const { value, grads } = tf.variableGrads(
+        () =>
+          tf.add(
+            nllLoss(policy, batch, { labelSmoothing: 0.1, training: true, average: "token" }),
+            nllLoss(policy, unpadded, { labelSmoothing: 0, training: true, average: "token" }),
+          ) as tf.Scalar,
+        policy.variables,
+      );
+      const lp = tf.tidy(() => policy.tokenLogProbs(batch, { training: false }));
+      const out = {
+        loss: value.dataSync()[0],
+        logProbs: Float32Array.from(lp.dataSync()),
+        grads: policy.variables.map((v) => Float32Array.from(grads[v.name].dataSync())),
+        greedy: await policy.greedy(sources, { maxLen: 6 }),
+        beam: await policy.beam(sources, { maxLen: 5, beamSize: 3, lengthPenalty: 0.6 }),
+        samples: await policy.sample(sources, {
+          maxLen: 5,
+          n: 2,
+          temperature: 1,
+          topK: 0,
+          topP: 1,
+          seed: 5,
+        }),
+      };
+      tf.dispose([value, lp, ...Object.values(grads)]);
+      assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
+      policy.dispose();
+      return out;
+    };
+    const want = await run("cpu");
+    const got = await run("blas");
+    const close = (a: ArrayLike<number>, b: ArrayLike<number>, label: string, tol = 1e-4) => {
+      assert.equal(a.length, b.length, `${label}: length`);
+      for (let i = 0; i < a.length; i++) {
+        const err = Math.abs(a[i] - b[i]);
+        if (!(err <= tol * (1 + Math.abs(b[i])))) {
+          assert.fail(`${label}[${i}]: blas ${a[i]}, cpu ${b[i]}`);
+        }
+      }
+    };
+    close([got.loss], [want.loss], "loss", 1e-5);
+    close(got.logProbs, want.logProbs, "token log-probs", 1e-5);
+    got.grads.forEach((g, i) => close(g, want.grads[i], `gradient ${i}`));
+    for (const key of ["greedy", "beam"] as const) {
+      got[key].forEach((g, i) => {
+        assert.deepEqual(g.tokens, want[key][i].tokens, `${key} ${i}: tokens`);
+        close(g.logProbs, want[key][i].logProbs, `${key} ${i}: log-probs`, 1e-5);
+      });
+    }
+    got.samples.forEach((row, i) =>
+      row.forEach((g, j) => {
+        assert.deepEqual(g.tokens, want.samples[i][j].tokens, `sample ${i}/${j}: tokens`);
+        close(g.logProbs, want.samples[i][j].logProbs, `sample ${i}/${j}: log-probs`, 1e-5);
+      })
+    );
+    await tf.setBackend("cpu");
+  });
+}
+
+Deno.test("SIMD row kernels match plain loops (max, sum of exp, exp, first argmax)", () => {
+  const rng = new Rng(9);
+  for (const [rows, n] of [[3, 1], [4, 7], [5, 8], [2, 37], [70, 1003], [2, 70000]]) {
+    const x = Float32Array.from({ length: rows * n }, () => (rng.next() - 0.5) * 60);
+    if (n > 3) {
+      x[2] = -Infinity;
+      x[n + 1] = x[n]; // a tie: the first index wins
+    }
+    const maxs = new Float64Array(rows);
+    const sums = new Float64Array(rows);
+    const maxs2 = new Float64Array(rows);
+    const sums2 = new Float64Array(rows);
+    const arg = new Int32Array(rows);
+    const exps = new Float32Array(rows * n);
+    rowExpSums(x, 0, rows, n, maxs, sums, exps);
+    rowArgmaxExpSums(x, 0, rows, n, maxs2, sums2, arg);
+    for (let r = 0; r < rows; r++) {
+      let max = -Infinity;
+      let best = -1;
+      for (let j = 0; j < n; j++) {
+        if (x[r * n + j] > max) {
+          max = x[r * n + j];
+          best = j;
+        }
+      }
+      let sum = 0;
+      for (let j = 0; j < n; j++) {
+        const y = x[r * n + j] - max;
+        const e = Math.exp(y);
+        sum += e;
+        // float32 precision, plus the rounding of x - max to float32 (relative 6e-8 |y|)
+        const tol = e === 0 ? 0 : (3e-7 + 1.2e-7 * Math.abs(y)) * e + 1e-37;
+        const err = Math.abs(exps[r * n + j] - e);
+        assert.ok(err <= tol, `exp row ${r} col ${j}: ${exps[r * n + j]} vs ${e}`);
+      }
+      assert.equal(maxs[r], max);
+      assert.equal(maxs2[r], max);
+      assert.equal(arg[r], best, `argmax row ${r}`);
+      assert.ok(Math.abs(sums[r] - sum) <= 1e-6 * sum, `sum row ${r}: ${sums[r]} vs ${sum}`);
+      assert.equal(sums2[r], sums[r]);
+    }
+  }
+  // the offset selects rows; the maximum skips NaN (as `v > max` does), the sum is NaN
+  const y = Float32Array.from([9, 9, 1, 2, 3, NaN, 0, 1, NaN, NaN, NaN, 5, 6, NaN, 7, 8]);
+  const m = new Float64Array(3);
+  const s = new Float64Array(3);
+  const a = new Int32Array(3);
+  rowArgmaxExpSums(y, 2, 3, 3, m, s, a);
+  assert.deepEqual(Array.from(m), [3, 1, -Infinity]);
+  assert.deepEqual(Array.from(a), [2, 2, -1]);
+  assert.ok(Math.abs(s[0] - (Math.exp(-2) + Math.exp(-1) + 1)) < 1e-6);
+  assert.ok(Number.isNaN(s[1]) && Number.isNaN(s[2]));
+  rowArgmaxExpSums(y, 8, 2, 4, m, s, a);
+  assert.deepEqual(Array.from(m.subarray(0, 2)), [5, 8]);
+  assert.deepEqual(Array.from(a.subarray(0, 2)), [3, 3]);
+});
+
+/** Largest |a - b| / (atol + rtol |b|) over the elements; <= 1 means close. */
+function worst(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): number {
+  assert.equal(a.length, b.length, "lengths");
+  let w = 0;
+  for (let i = 0; i < a.length; i++) {
+    const err = Math.abs(a[i] - b[i]) / (atol + rtol * Math.abs(b[i]));
+    if (!(err <= w)) w = Number.isNaN(err) ? Infinity : err;
+  }
+  return w;
+}
+
+Deno.test("SIMD layer norm and its backward pass match double-precision loops", () => {
+  const rng = new Rng(21);
+  for (const [rows, d, residual] of [[3, 8, false], [300, 256, true], [5, 12, true]] as const) {
+    const x = Float32Array.from({ length: rows * d }, () => (rng.next() - 0.5) * 6 + 1);
+    const g = Float32Array.from({ length: d }, () => rng.next() + 0.5);
+    const beta = Float32Array.from({ length: d }, () => rng.next() - 0.5);
+    const dy = Float32Array.from({ length: rows * d }, () => rng.next() - 0.5);
+    const res = residual ? Float32Array.from({ length: rows * d }, () => rng.next()) : undefined;
+    const y = new Float32Array(rows * d);
+    const xhat = new Float32Array(rows * d);
+    const rstd = new Float32Array(rows);
+    simdLayerNorm(x, d, g, beta, 1e-5, y, xhat, rstd);
+    const dx = new Float32Array(rows * d);
+    const dg = new Float32Array(d).fill(0.25);
+    const db = new Float32Array(d).fill(-0.5);
+    simdLayerNormBackward(dy, d, g, xhat, rstd, dg, db, dx, res);
+    const want = {
+      y: [] as number[],
+      dx: [] as number[],
+      dg: new Array<number>(d).fill(0.25),
+      db: new Array<number>(d).fill(-0.5),
+    };
+    for (let r = 0; r < rows; r++) {
+      const row = Array.from(x.subarray(r * d, r * d + d));
+      const mean = row.reduce((a, b) => a + b, 0) / d;
+      const s = 1 / Math.sqrt(row.reduce((a, v) => a + (v - mean) ** 2, 0) / d + 1e-5);
+      const h = row.map((v) => (v - mean) * s);
+      h.forEach((hj, j) => want.y.push(hj * g[j] + beta[j]));
+      const gy = h.map((_, j) => dy[r * d + j] * g[j]);
+      const a = gy.reduce((p, v) => p + v, 0) / d;
+      const c = gy.reduce((p, v, j) => p + v * h[j], 0) / d;
+      h.forEach((hj, j) => {
+        want.dx.push(s * (gy[j] - a - hj * c) + (res ? res[r * d + j] : 0));
+        want.dg[j] += dy[r * d + j] * hj;
+        want.db[j] += dy[r * d + j];
+      });
+      assert.ok(Math.abs(rstd[r] - s) <= 1e-5 * s, `rstd row ${r}`);
+    }
+    assert.ok(worst(y, want.y, 1e-5, 1e-5) <= 1, `layer norm ${rows}x${d}`);
+    assert.ok(worst(dx, want.dx, 1e-4, 1e-5) <= 1, `dx ${rows}x${d}`);
+    assert.ok(worst(dg, want.dg, 1e-4, 1e-4) <= 1, `dGamma ${rows}x${d}`);
+    assert.ok(worst(db, want.db, 1e-4, 1e-4) <= 1, `dBeta ${rows}x${d}`);
+  }
+});
+
+Deno.test("SIMD Adam step matches the plain-loop adamStep; moments round-trip", () => {
+  const rng = new Rng(22);
+  const moments = new SimdAdamMoments();
+  for (const n of [5, 70003]) {
+    const w = Float32Array.from({ length: n }, () => rng.next() - 0.5);
+    const m = new Float32Array(n);
+    const v = new Float32Array(n);
+    moments.reset(`w${n}`, n);
+    let mine: Float32Array = w;
+    let ref: Float32Array = w;
+    for (let step = 1; step <= 3; step++) {
+      const g = Float32Array.from({ length: n }, () => (rng.next() - 0.5) * 0.1);
+      mine = moments.step(`w${n}`, mine, g, 0.9, 0.98, 1e-3 * step, 1e-8);
+      ref = adamStep(ref, g, m, v, 0.9, 0.98, 1e-3 * step, 1e-8);
+    }
+    assert.ok(worst(mine, ref, 1e-6, 1e-7) <= 1, `weights, ${n} parameters`);
+    // weights changed elsewhere (a new array, as after variable.assign) are picked up
+    const moved = Float32Array.from(ref, (x) => x + 0.5);
+    const g = Float32Array.from({ length: n }, () => rng.next() - 0.5);
+    mine = moments.step(`w${n}`, moved, g, 0.9, 0.98, 1e-3, 1e-8);
+    ref = adamStep(moved, g, m, v, 0.9, 0.98, 1e-3, 1e-8);
+    assert.ok(worst(mine, ref, 1e-6, 1e-7) <= 1, `weights set elsewhere, ${n} parameters`);
+    const got = moments.get(`w${n}`);
+    assert.ok(worst(got.m, m, 1e-5, 1e-7) <= 1, "first moments");
+    assert.ok(worst(got.v, v, 1e-5, 1e-12) <= 1, "second moments");
+    const copy = new SimdAdamMoments();
+    copy.set(`w${n}`, got.m, got.v);
+    assert.deepEqual(copy.get(`w${n}`), got);
+  }
+  assert.throws(
+    () => moments.step("w5", new Float32Array(6), new Float32Array(6), 0.9, 0.9, 1, 1),
+    /sizes do not match/,
+  );
+});
+
+Deno.test("SIMD cached attention matches the scalar attendOne, masks included", () => {
+  const rng = new Rng(23);
+  const [heads, dk, n, maxN] = [3, 8, 5, 7];
+  const headStride = maxN * dk;
+  const q = Float32Array.from({ length: heads * dk }, () => rng.next() - 0.5);
+  const keys = Float32Array.from({ length: heads * headStride }, () => rng.next() * 2 - 1);
+  const vals = Float32Array.from({ length: heads * headStride }, () => rng.next() * 2 - 1);
+  const mark = simdMark();
+  try {
+    const qOff = simdAlloc(4 * q.length);
+    const kOff = simdAlloc(4 * keys.length);
+    const vOff = simdAlloc(4 * vals.length);
+    const mOff = simdAlloc(n);
+    const sOff = simdAlloc(4 * maxN);
+    const oOff = simdAlloc(4 * heads * dk);
+    const f = simdF32();
+    f.set(q, qOff / 4);
+    f.set(keys, kOff / 4);
+    f.set(vals, vOff / 4);
+    for (const mask of [null, Uint8Array.from([1, 0, 1, 1, 0]), new Uint8Array(n)]) {
+      if (mask !== null) simdU8().set(mask, mOff);
+      simdAttend(qOff, kOff, vOff, 4 * headStride, n, mask ? mOff : 0, heads, dk, 0.3, sOff, oOff);
+      const want = new Float32Array(heads * dk);
+      const scratch = new Float64Array(maxN);
+      attendOne(
+        q,
+        0,
+        keys,
+        vals,
+        0,
+        headStride,
+        n,
+        mask,
+        0,
+        heads,
+        dk,
+        0.3,
+        scratch,
+        new Float64Array(dk),
+        new Float64Array(dk),
+        want,
+        0,
+      );
+      const got = simdF32().subarray(oOff / 4, oOff / 4 + heads * dk);
+      assert.ok(worst(got, want, 1e-5, 1e-6) <= 1, `attention with mask ${mask}`);
+    }
+  } finally {
+    simdRelease(mark);
+  }
+});
+
+Deno.test("SimdMatrix: in-place row statistics, ReLU and its gradient, scale-shift", () => {
+  const rng = new Rng(24);
+  const [rows, n] = [6, 13];
+  const m = new SimdMatrix(rows, n, 1);
+  const x = Float32Array.from({ length: rows * n }, () => (rng.next() - 0.5) * 20);
+  m.data.set(x);
+  const maxs = new Float64Array(rows);
+  const sums = new Float64Array(rows);
+  const arg = new Int32Array(rows);
+  const maxs2 = new Float64Array(rows);
+  const sums2 = new Float64Array(rows);
+  const arg2 = new Int32Array(rows);
+  rowArgmaxExpSums(m.data, 0, rows, n, maxs, sums, arg); // in place (owner path)
+  rowArgmaxExpSums(Float32Array.from(x), 0, rows, n, maxs2, sums2, arg2); // copied path
+  assert.deepEqual([maxs, sums, arg], [maxs2, sums2, arg2]);
+  const exps = Float32Array.from(x);
+  rowExpSums(exps, 0, rows, n, maxs2, sums2, exps);
+  rowExpSums(m.data, 0, rows, n, maxs, sums, m.data);
+  assert.deepEqual(m.data, exps);
+  const k = Float64Array.from({ length: rows }, (_, i) => i - 2.5);
+  const c = Float64Array.from({ length: rows }, (_, i) => 0.5 * i);
+  m.scaleShift(rows, k, c);
+  for (let i = 0; i < rows * n; i++) {
+    const r = Math.floor(i / n);
+    assert.ok(Math.abs(m.data[i] - (exps[i] * k[r] + c[r])) <= 1e-6 * (1 + Math.abs(c[r])));
+  }
+  const y = m.slot(0);
+  y.set([-1, 0, -0, 2, NaN, 3, -5, 1e-30, -1e-30, 4, 5, 6, 7]);
+  m.relu(0, 13);
+  assert.deepEqual(
+    Array.from(y.subarray(0, 13)),
+    [0, 0, 0, 2, NaN, 3, 0, 1e-30, 0, 4, 5, 6, 7]
+      .map((v) => Math.fround(v)),
+  );
+  const dy = m.slot(1);
+  dy.fill(2);
+  dy[4] = 7;
+  m.reluGrad(1, 0);
+  assert.deepEqual(Array.from(dy.subarray(0, 13)), [0, 0, 0, 2, 0, 2, 0, 2, 0, 2, 2, 2, 2]);
+});
+
+Deno.test("SimdMatrix softmax rows (plain and causal) and their backward match the JS kernels", () => {
+  const rng = new Rng(25);
+  const [b, heads, tq, sk] = [2, 3, 5, 5];
+  const rows = b * heads * tq;
+  for (const causal of [false, true]) {
+    const m = new SimdMatrix(rows, sk, 1);
+    const x = Float32Array.from({ length: rows * sk }, () => (rng.next() - 0.5) * 8);
+    const dp = Float32Array.from({ length: rows * sk }, () => rng.next() - 0.5);
+    m.slot(0).set(x);
+    m.slot(1).set(dp);
+    const want = Float32Array.from(x);
+    maskedSoftmaxInPlace(want, b, heads, tq, sk, null, causal);
+    m.softmax(0, tq, causal);
+    assert.ok(worst(m.slot(0), want, 1e-6, 1e-7) <= 1, `softmax causal=${causal}`);
+    const wantGrad = Float32Array.from(dp);
+    softmaxBackwardInPlace(want, wantGrad, sk, 1);
+    m.softmaxGrad(0, 1);
+    assert.ok(worst(m.slot(1), wantGrad, 1e-5, 1e-7) <= 1, `softmax gradient causal=${causal}`);
+  }
+});
+
+Deno.test("the embedded SIMD module was built from the current _simd.wat", async () => {
+  const source = await Deno.readTextFile(
+    new URL("../../plugins/models/_simd.wat", import.meta.url),
+  );
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(source)),
+  );
+  const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  assert.equal(hex, SIMD_SOURCE_SHA256, "rebuild with: deno run --no-lock -A bench/simd/build.ts");
+});
+
+Deno.test("work-buffer pool: views and repeats are refused, sizes are kept apart", () => {
+  const a = takeBuffer(1234);
+  giveBuffer(a);
+  giveBuffer(a); // a repeat is ignored
+  giveBuffer(new Float32Array(4000).subarray(0, 1234)); // views are never pooled
+  const b = takeBuffer(1234);
+  const c = takeBuffer(1234);
+  assert.equal(b, a);
+  assert.notEqual(c, a);
+  assert.equal(c.length, 1234);
+  assert.equal(c.buffer.byteLength, 1234 * 4);
+  assert.equal(takeBuffer(17).length, 17);
 });
 
 Deno.test({ name: "blas: BackendInfo names OpenBLAS and its threads", ignore: noBlas }, () => {

@@ -692,3 +692,51 @@ Deno.test("attention dropout trains and leaves evaluation untouched", () => {
   policy.dispose();
   plain.dispose();
 });
+
+Deno.test("two forward passes on one tape: work buffers stay alive until their backward pass", () => {
+  const config = {
+    dModel: 16,
+    heads: 2,
+    ffn: 24,
+    encoderLayers: 1,
+    decoderLayers: 2,
+    dropout: 0,
+    shareEmbeddings: "all" as const,
+  };
+  const policy = (transformer.create(config, {} as never) as ModelFactory).build({
+    sourceVocab: VOCAB,
+    targetVocab: VOCAB,
+    specials,
+    valueHead: false,
+    seed: 5,
+  }) as TransformerPolicy;
+  const half1 = makeBatch(DATA.slice(0, 2), specials);
+  const half2 = makeBatch(DATA.slice(2), specials);
+  const loss = (b: typeof half1) =>
+    nllLoss(policy, b, { labelSmoothing: 0, training: false, average: "token" });
+  const mine = tf.variableGrads(() => {
+    const a = loss(half1);
+    // an inference pass in between recycles work buffers; it must not disturb the tape
+    tf.tidy(() => policy.tokenLogProbs(half2, { training: false }));
+    return tf.add(a, loss(half2)) as tf.Scalar;
+  }, policy.variables);
+  const theirs = tf.variableGrads(
+    () => tf.add(refLoss(policy, half1, config, 0), refLoss(policy, half2, config, 0)) as tf.Scalar,
+    policy.variables,
+  );
+  close([mine.value.dataSync()[0]], [theirs.value.dataSync()[0]], 1e-4, "loss");
+  for (const v of policy.variables) {
+    const a = Array.from(mine.grads[v.name].dataSync());
+    const b = Array.from(theirs.grads[v.name].dataSync());
+    const scale = Math.max(1e-3, ...b.map(Math.abs));
+    close(a.map((x) => x / scale), b.map((x) => x / scale), 2e-4, `grad ${v.name}`);
+  }
+  tf.dispose([
+    mine.value,
+    theirs.value,
+    ...Object.values(mine.grads),
+    ...Object.values(theirs.grads),
+  ]);
+  tf.dispose([...Object.values(half1), ...Object.values(half2)]);
+  policy.dispose();
+});
