@@ -439,9 +439,19 @@ async function runWorker(exe: string, args: string[]): Promise<{ code: number; p
     Deno.addSignalListener(signal, forward);
     return [signal, forward] as const;
   });
+  // If whatever started the launcher dies (e.g. `deno task` killed with SIGKILL), stop the
+  // worker too, so no experiment keeps writing unseen; it resumes with --resume.
+  const parent = Deno.ppid;
+  const watch = setInterval(() => {
+    if (Deno.ppid === parent) return;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, 500);
   try {
     return { code: (await child.status).code, pid: child.pid };
   } finally {
+    clearInterval(watch);
     for (const [signal, forward] of forwarders) Deno.removeSignalListener(signal, forward);
   }
 }

@@ -172,3 +172,40 @@ Deno.test("a second process cannot write a folder that a live process holds", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("killing what started the launcher (e.g. deno task) stops the experiment too", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "orphan_" });
+  try {
+    const file = join(dir, "crash.json");
+    await Deno.writeTextFile(file, JSON.stringify(MANIFEST));
+    const base = await taskArgs("exp");
+    const launcher = [
+      Deno.execPath(),
+      ...base.map((a) => /^cli\/.*\.ts$/.test(a) ? `${ROOT_DIR}/${a}` : a),
+    ];
+    const out = join(dir, "out");
+    // A shell stands in for `deno task`: it starts the launcher and waits for it.
+    const quoted = [...launcher, file, "--out", out].map((a) => `'${a}'`).join(" ");
+    const shell = new Deno.Command("sh", {
+      args: ["-c", `${quoted} 2> '${join(dir, "log")}'; true`],
+      cwd: ROOT_DIR,
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    // Wait until the experiment is under way, then kill the shell only.
+    for (let i = 0; i < 600; i++) {
+      const log = await Deno.readTextFile(join(dir, "log")).catch(() => "");
+      if (/bc: .*steps/.test(log)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    shell.kill("SIGKILL");
+    await shell.status;
+    // Within a few seconds nothing writes the folder any more: --resume takes the lock.
+    await new Promise((r) => setTimeout(r, 3000));
+    const resumed = await runTask("exp", [file, "--out", out, "--resume"]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.doesNotMatch(resumed.stderr, /being written by/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
