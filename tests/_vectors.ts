@@ -1,5 +1,6 @@
 /**
- * The shared sacreBLEU reference vectors (`../shared/testdata/`, beside the repository).
+ * The sacreBLEU reference vectors: the team's shared file, kept in `tests/fixtures/sacrebleu/` so
+ * the tests run from any clone (the shared copy beside the repository, when present, must equal it).
  *
  * @module
  */
@@ -20,6 +21,12 @@ export interface Vector {
 
 /** Where the vectors live. */
 export const VECTORS_URL = new URL(
+  "./fixtures/sacrebleu/sacrebleu_sentence_vectors.jsonl",
+  import.meta.url,
+);
+
+/** The shared copy beside the repository (may be absent). */
+export const SHARED_VECTORS_URL = new URL(
   "../../shared/testdata/sacrebleu_sentence_vectors.jsonl",
   import.meta.url,
 );

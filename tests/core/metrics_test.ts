@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadVectors } from "../_vectors.ts";
+import { loadVectors, SHARED_VECTORS_URL, VECTORS_URL } from "../_vectors.ts";
 import { chrfFromStats, chrfStats, corpusChrf, sentenceChrf } from "../../core/metrics/chrf.ts";
 import {
   addBleuStats,
@@ -17,7 +17,7 @@ function close(actual: number, expected: number, tolerance: number, what: string
   );
 }
 
-// Values from /work/shared/testdata/README.md (sacreBLEU 2.6.0 over all 22 pairs).
+// Values from the shared testdata README (sacreBLEU 2.6.0 over all 22 pairs).
 const CORPUS_CHRF = 65.01197994320272;
 const CORPUS_BLEU = 42.103408165500696;
 
@@ -35,6 +35,12 @@ Deno.test("sacreBLEU vectors: sentence chrF, chrF++ and BLEU match to 1e-4", asy
     );
     close(sentenceBleu(v.hypothesis, v.reference), v.bleu, 1e-4, `BLEU ${label}`);
   }
+});
+
+Deno.test("the vectors kept in tests/fixtures equal the shared copy when it is present", async () => {
+  const shared = await Deno.readTextFile(SHARED_VECTORS_URL).catch(() => undefined);
+  if (shared !== undefined) assert.equal(await Deno.readTextFile(VECTORS_URL), shared);
+  assert.equal((await loadVectors()).length, 22);
 });
 
 Deno.test("sacreBLEU vectors: corpus chrF and corpus BLEU match", async () => {
