@@ -12,7 +12,7 @@ import { clearUnitState } from "./resume.ts";
 
 /** Name of BC's resumable training state in its folder. */
 const TRAIN_STATE = "train_state";
-import { evaluatePolicy } from "./evaluate.ts";
+import { evaluatePolicy, limit } from "./evaluate.ts";
 import type { ModelFactory, Policy } from "./policy.ts";
 import { MetricsWriter } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
@@ -33,11 +33,6 @@ export function encodePairs(
     if (source.length < maxTokens && target.length < maxTokens) pairs.push({ source, target });
   }
   return pairs;
-}
-
-/** The first `size` examples (all when size is 0). */
-export function limit<T>(items: readonly T[], size: number): T[] {
-  return size > 0 ? items.slice(0, size) : [...items];
 }
 
 /** Everything the BC phase needs. */

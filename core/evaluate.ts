@@ -164,8 +164,8 @@ export async function finalEvaluation(
   seed: number,
   outputs?: string,
 ): Promise<Record<string, number>> {
-  const valid = settings.validSize > 0 ? splits.valid.slice(0, settings.validSize) : splits.valid;
-  const test = settings.testSize > 0 ? splits.test.slice(0, settings.testSize) : splits.test;
+  const valid = limit(splits.valid, settings.validSize);
+  const test = limit(splits.test, settings.testSize);
   const opts = { maxLen: settings.maxLen, batchSize: settings.batchSize };
   const greedyValid = await evaluatePolicy(policy, tokenizer, valid, reward, {
     ...opts,
@@ -213,8 +213,9 @@ async function writeOutputs(
   await writeFileAtomic(path, "source\treference\thypothesis\n" + lines.join(""));
 }
 
-function limit<T>(items: readonly T[], size: number): readonly T[] {
-  return size > 0 ? items.slice(0, size) : items;
+/** The first `size` items (all of them when size is 0). */
+export function limit<T>(items: readonly T[], size: number): T[] {
+  return size > 0 ? items.slice(0, size) : [...items];
 }
 
 /**

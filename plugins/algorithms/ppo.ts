@@ -69,7 +69,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
 import { definePlugin } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
-import { checkScores, evaluatePolicy, finalEvaluation, mean } from "../../core/evaluate.ts";
+import { checkScores, evaluatePolicy, finalEvaluation, limit, mean } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
 import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";
 import type { Policy, TokenBatch } from "../../core/policy.ts";
@@ -257,7 +257,7 @@ export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metr
     (sum, size) => sum + config.epochs * Math.ceil(size / config.minibatchSize),
     0,
   );
-  const valid = config.evalSize > 0 ? ctx.splits.valid.slice(0, config.evalSize) : ctx.splits.valid;
+  const valid = limit(ctx.splits.valid, config.evalSize);
   const models: Models = {
     policy: await ctx.bcPolicy({ valueHead: config.critic === "head" }),
     reference: await ctx.bcPolicy(),

@@ -8,7 +8,7 @@
  */
 
 import { definePlugin } from "../../core/plugin.ts";
-import { finalEvaluation, mean } from "../../core/evaluate.ts";
+import { finalEvaluation, limit, mean } from "../../core/evaluate.ts";
 import {
   distinctCount,
   grow,
@@ -167,9 +167,7 @@ export default definePlugin({
           maxLen: ctx.evaluation.maxLen,
           batchSize: ctx.evaluation.batchSize,
         };
-        const valid = config.improve.evalSize > 0
-          ? ctx.splits.valid.slice(0, config.improve.evalSize)
-          : ctx.splits.valid;
+        const valid = limit(ctx.splits.valid, config.improve.evalSize);
         const pool: GrowRow[] = [];
         let stepOffset = 0;
         let index = 0;
