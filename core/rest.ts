@@ -15,7 +15,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { dirname, join } from "node:path";
-import { DataError, UserError } from "./errors.ts";
+import { UserError } from "./errors.ts";
+import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { makeBatch } from "./batch.ts";
 import { evaluatePolicy, mean } from "./evaluate.ts";
 import type { GrowRow, Loss, LossInput, Policy } from "./policy.ts";
@@ -31,6 +32,8 @@ import type {
 } from "./types.ts";
 import { checkScores } from "./evaluate.ts";
 import type { Schedule } from "./optim.ts";
+
+export { readGrowFile, readLines, writeGrowFile } from "./grow_file.ts";
 
 /** Settings of the Grow step. */
 export interface GrowSettings {
@@ -101,96 +104,6 @@ export function growPath(dir: string, g: number): string {
   return join(dir, `grow_${g}.jsonl`);
 }
 
-function checkRow(row: unknown, where: string): GrowRow {
-  const r = row as GrowRow;
-  const ok = r !== null && typeof r === "object" && typeof r.source === "string" &&
-    typeof r.hypothesis === "string" && typeof r.reference === "string" &&
-    typeof r.reward === "number" && r.reward >= 0 && r.reward <= 1 && Array.isArray(r.tokens) &&
-    Array.isArray(r.logProbs) && r.tokens.length === r.logProbs.length &&
-    (r.origin === "sample" || r.origin === "reference");
-  if (!ok) throw new DataError(`${where}: not a valid Grow row`);
-  return r;
-}
-
-/**
- * Reads a Grow file, checking every row; a bad line is a DataError naming file and line.
- * The file is streamed line by line (never held whole as text).
- */
-export async function readGrowFile(path: string): Promise<GrowRow[]> {
-  const rows: GrowRow[] = [];
-  let lineNumber = 0;
-  for await (const line of readLines(path)) {
-    lineNumber++;
-    if (line === "") continue;
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(line);
-    } catch {
-      throw new DataError(
-        `${path}:${lineNumber}: not a JSON line (truncated or corrupt Grow file)`,
-      );
-    }
-    rows.push(checkRow(parsed, `${path}:${lineNumber}`));
-  }
-  return rows;
-}
-
-/** The lines of a UTF-8 text file, streamed (a final line without newline included). */
-export async function* readLines(path: string): AsyncGenerator<string> {
-  const file = await Deno.open(path, { read: true });
-  const decoder = new TextDecoder("utf-8", { fatal: true });
-  let pending = "";
-  try {
-    for await (const chunk of file.readable) {
-      pending += decoder.decode(chunk, { stream: true });
-      let newline = pending.indexOf("\n");
-      while (newline >= 0) {
-        yield pending.slice(0, newline);
-        pending = pending.slice(newline + 1);
-        newline = pending.indexOf("\n");
-      }
-    }
-    pending += decoder.decode();
-  } catch (error) {
-    if (error instanceof TypeError) throw new DataError(`${path}: not valid UTF-8`);
-    throw error;
-  } finally {
-    try {
-      file.close();
-    } catch {
-      // The stream already closed it.
-    }
-  }
-  if (pending !== "") yield pending;
-}
-
-/** Writes rows as JSON lines to a temporary file, then renames it (streamed in chunks). */
-export async function writeGrowFile(path: string, rows: Iterable<GrowRow>): Promise<void> {
-  const temp = `${path}.tmp-${Deno.pid}`;
-  const file = await Deno.open(temp, { write: true, create: true, truncate: true });
-  const encoder = new TextEncoder();
-  try {
-    let chunk = "";
-    for (const row of rows) {
-      chunk += JSON.stringify(row) + "\n";
-      if (chunk.length > 1 << 20) {
-        await writeAll(file, encoder.encode(chunk));
-        chunk = "";
-      }
-    }
-    if (chunk !== "") await writeAll(file, encoder.encode(chunk));
-    await file.sync();
-  } finally {
-    file.close();
-  }
-  await Deno.rename(temp, path);
-}
-
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await file.write(bytes.subarray(written));
-}
-
 /**
  * The batcher's view of stored output tokens: it appends EOS itself, so a final EOS is
  * dropped; outputs without one were cut off at the length limit and are marked `truncated`.
@@ -250,7 +163,7 @@ export async function grow(
     // settings and seed): check it, then copy it into this run's folder.
     const started = performance.now();
     const rows = await readGrowFile(shared);
-    await copyFileAtomic(shared, path);
+    await copyGrowFile(shared, path);
     ctx.log(`grow ${g}: copied the identical Grow set ${shared} (${rows.length} rows)`);
     await logGrow(rows, ctx, g, started);
     return rows;
@@ -312,7 +225,7 @@ export async function grow(
   await writeGrowFile(path, rows);
   if (shared !== undefined) {
     await Deno.mkdir(dirname(shared), { recursive: true });
-    await copyFileAtomic(path, shared);
+    await copyGrowFile(path, shared);
   }
   await logGrow(rows, ctx, g, started);
   return rows;
@@ -338,13 +251,6 @@ async function logGrow(
       (100 * mean(rows.map((r) => r.reward))).toFixed(2)
     }`,
   );
-}
-
-/** Copies a file through a temporary file and a rename, so `to` is never partial. */
-async function copyFileAtomic(from: string, to: string): Promise<void> {
-  const temp = `${to}.tmp-${Deno.pid}`;
-  await Deno.copyFile(from, temp);
-  await Deno.rename(temp, to);
 }
 
 /**
