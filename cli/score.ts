@@ -12,6 +12,7 @@ import { createRegistries } from "../core/registry.ts";
 import { createPlugin } from "../core/experiment.ts";
 import { checkScores, mean } from "../core/evaluate.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
+import { readLines as readDataLines } from "../plugins/data/_common.ts";
 import { runMain } from "./_main.ts";
 
 const HELP = `Usage: deno task score --reward NAME --hyp FILE [--ref FILE] [--src FILE] [options]
@@ -28,37 +29,22 @@ Options:
   --json           print {"scores": [...], "mean": m} instead of text
   -h, --help       show this help`;
 
-/** Reads a UTF-8 text file as lines (a final newline does not start another line). */
+/**
+ * Reads a UTF-8 text file as lines (a final newline does not start another line), streamed;
+ * only a regular file (or a symlink to one) is read, so a FIFO or a device is refused at once.
+ *
+ * @throws {DataError} starting with `--<flag>` and naming the file: missing, not a regular
+ *   file, not valid UTF-8, or CR-only line endings.
+ */
 export async function readLines(file: string, flag: string): Promise<string[]> {
-  let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(file);
+    return await readDataLines(file);
   } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound
-      ? "file not found"
-      : (error as Error).message;
-    throw new DataError(`--${flag} ${file}: ${reason}`);
-  }
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    let offset = 0;
-    // Find the first invalid byte for the message.
-    for (let end = 1; end <= bytes.length; end++) {
-      try {
-        new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, end), { stream: true });
-        offset = end;
-      } catch {
-        break;
-      }
+    if (error instanceof DataError) {
+      throw new DataError(`--${flag} ${error.message}`, { cause: error });
     }
-    throw new DataError(`--${flag} ${file}: not valid UTF-8 (near byte offset ${offset})`);
+    throw error;
   }
-  if (text.startsWith("\ufeff")) text = text.slice(1);
-  const lines = text.split(/\r?\n/);
-  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
-  return lines;
 }
 
 async function main(): Promise<number> {

@@ -33,6 +33,7 @@
  * @module
  */
 
+import { appendAll } from "../append.ts";
 import { NgramIndex, splitWords, usableReferences, WHITESPACE_RUN } from "./_text.ts";
 
 /** Options of chrF / chrF++. Every field defaults to sacreBLEU's `CHRF()` default. */
@@ -128,7 +129,7 @@ function segmentNgrams(text: string, o: Resolved, index: NgramIndex): Int32Array
   const grams = index.ngrams(chars, o.charOrder);
   if (o.wordOrder > 0) {
     const words = chrfWords(line).map((word) => index.wordSymbol(word));
-    grams.push(...index.ngrams(words, o.wordOrder));
+    appendAll(grams, index.ngrams(words, o.wordOrder));
   }
   return grams;
 }

@@ -24,6 +24,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import { appendAll } from "../../core/append.ts";
 
 /** Per-token rewards of one sampled sequence and its KL estimate to the reference. */
 export interface PenalisedRewards {
@@ -435,7 +436,7 @@ export class PositionBaseline {
       throw new RangeError(`PositionBaseline: momentum must be in [0, 1), got ${momentum}`);
     }
     this.momentum = momentum;
-    this.values.push(...values);
+    appendAll(this.values, values);
   }
 
   /** Baseline values for a sequence of `length` tokens. */

@@ -67,6 +67,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
+import { appendAll } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
 import { checkScores, evaluatePolicy, finalEvaluation, limit, mean } from "../../core/evaluate.ts";
@@ -683,7 +684,7 @@ function scoreRollout(
       item.oldLogProbs = logProbs[i];
       item.oldValues = values[i];
     });
-    refLogProbs.push(...perItem(out.refLogProbs, chunk));
+    appendAll(refLogProbs, perItem(out.refLogProbs, chunk));
     entropySum += out.entropy;
     tokenCount += out.tokens;
   }

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { appendAll } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import { finalEvaluation, limit, mean } from "../../core/evaluate.ts";
 import {
@@ -22,7 +23,16 @@ import {
 import type { GrowRow } from "../../core/policy.ts";
 import type { RunContext } from "../../core/types.ts";
 import { UserError } from "../../core/errors.ts";
-import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "../../core/resume.ts";
+import {
+  applyUnitState,
+  assignExtras,
+  checkMeta,
+  loadUnitState,
+  rewindMetrics,
+  saveUnitState,
+  type UnitState,
+  unitStateError,
+} from "../../core/resume.ts";
 import { hashText } from "../../core/experiment.ts";
 import { join } from "node:path";
 
@@ -49,6 +59,43 @@ function int(min: number, max: number, value: number, description: string) {
 
 function num(min: number, max: number, value: number, description: string) {
   return { type: "number", minimum: min, maximum: max, default: value, description };
+}
+
+/**
+ * Puts a Grow set into the Improve pool: after the sets before it with `accumulate`, in
+ * place of them otherwise. Any number of rows (a loop, not `push(...rows)`).
+ */
+export function addGrowSet(pool: GrowRow[], rows: readonly GrowRow[], accumulate: boolean): void {
+  if (!accumulate) pool.length = 0;
+  appendAll(pool, rows);
+}
+
+/**
+ * Checks a loaded ReST state's counters against the run's config: Grow and Improve steps done
+ * within the config, one step count per finished Improve step.
+ *
+ * @throws {UserError} naming the state file otherwise.
+ */
+function checkRestState(saved: UnitState, config: RestConfig): void {
+  checkMeta(saved, { "done.grow": "count", "done.index": "count", steps: "counts" });
+  const done = saved.meta.done as { grow: number; index: number };
+  const steps = saved.meta.steps as number[];
+  const improveSteps = config.growSteps * config.improveSteps;
+  const inGrow = done.index >= Math.max(0, done.grow - 1) * config.improveSteps &&
+    done.index <= done.grow * config.improveSteps;
+  if (done.grow > config.growSteps || done.index > improveSteps || !inGrow) {
+    throw unitStateError(
+      saved.file,
+      `it records Grow step ${done.grow} and Improve step ${done.index} as done, but the run ` +
+        `has ${config.growSteps} Grow and ${improveSteps} Improve steps`,
+    );
+  }
+  if (steps.length !== done.index) {
+    throw unitStateError(
+      saved.file,
+      `meta.steps has ${steps.length} entries, expected one per finished Improve step (${done.index})`,
+    );
+  }
 }
 
 export default definePlugin({
@@ -180,7 +227,8 @@ export default definePlugin({
         const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
         let done = { grow: 0, index: 0 };
         if (saved !== undefined) {
-          policy.load(saved.policy);
+          checkRestState(saved, config);
+          await applyUnitState(saved, () => policy.load(saved.policy));
           if (saved.extras.length > 0 && ctx.loss.variables.length === 0) {
             // Losses create their own variables on their first prepare (each Improve step
             // prepares again, so this call changes nothing else).
@@ -191,7 +239,7 @@ export default definePlugin({
               improveSteps: config.improveSteps,
             });
           }
-          assignExtras(ctx.loss.variables, saved.extras);
+          assignExtras(ctx.loss.variables, saved.extras, saved.file);
           await rewindMetrics(metricsPath, saved.meta);
           done = saved.meta.done as typeof done;
           ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`);
@@ -236,8 +284,7 @@ export default definePlugin({
               await save(g, index);
             }
             sampled += distinctCount(rows.filter((r) => r.origin === "sample"));
-            if (!config.accumulate) pool.length = 0;
-            pool.push(...rows);
+            addGrowSet(pool, rows, config.accumulate);
             previousTau = -Infinity;
             for (let i = 1; i <= config.improveSteps; i++) {
               index++;

@@ -33,6 +33,7 @@
 
 import { isAbsolute, join, resolve } from "node:path";
 import { DataError } from "../../core/errors.ts";
+import { checkRegularFile, describeEntry, readRegularFile } from "../../core/fs.ts";
 import type { JsonSchema } from "../../core/plugin.ts";
 import { hashString, Rng } from "../../core/random.ts";
 import type { Example, Splits } from "../../core/types.ts";
@@ -361,17 +362,33 @@ export function resolvePath(path: string, baseDir: string): string {
   return isAbsolute(path) ? path : resolve(baseDir, path);
 }
 
-/** Reads a file's bytes; a missing or unreadable file is a {@link DataError} naming it. */
-export async function readBytes(file: string, label = file): Promise<Uint8Array> {
-  try {
-    return await Deno.readFile(file);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) throw new DataError(`${label}: file not found`);
-    if (error instanceof Deno.errors.IsADirectory) {
-      throw new DataError(`${label}: is a folder, expected a file`);
-    }
-    throw new DataError(`${label}: cannot read: ${(error as Error).message}`);
-  }
+/**
+ * Reads a data file's bytes whole, after checking that it is a regular file (not a FIFO,
+ * socket, device or folder) of at most `maxBytes` bytes. `format` names the kind of file
+ * in the size message (".mo file").
+ *
+ * @throws {DataError} naming the file and what it is, or its size and the limit.
+ */
+export async function readDataFile(
+  file: string,
+  maxBytes: number,
+  format: string,
+): Promise<Uint8Array> {
+  const size = await checkRegularFile(file, { error: DataError });
+  if (size > maxBytes) throw tooLargeError(file, size, maxBytes, format);
+  return await readRegularFile(file, { error: DataError });
+}
+
+/** The error for a file over the size limit of a format that is read whole. */
+export function tooLargeError(
+  file: string,
+  size: number,
+  maxBytes: number,
+  format: string,
+): DataError {
+  return new DataError(
+    `${file}: is ${size} bytes, more than the limit of ${maxBytes} bytes for a ${format} (it is read whole); split it into smaller files`,
+  );
 }
 
 /**
@@ -430,16 +447,130 @@ export function decodeUtf8(bytes: Uint8Array, label: string): string {
   }
 }
 
-/** Splits a text into lines (`\n` or `\r\n`); a final newline does not start another line. */
-export function splitLines(text: string): string[] {
-  const lines = text.split(/\r?\n/);
-  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
-  return lines;
+/** Longest line the line readers accept, in bytes: 256 MiB (a longer one is a {@link DataError}). */
+export const MAX_LINE_BYTES = 256 * 2 ** 20;
+
+/** The error for a file whose lines end in a bare carriage return. */
+function crOnlyError(label: string): DataError {
+  return new DataError(
+    `${label}: uses CR-only line endings (old Mac style: lines end in a carriage return without a line feed); convert them to LF, e.g. with: tr '\\r' '\\n' < FILE > FILE.new`,
+  );
 }
 
-/** Reads a UTF-8 text file as lines; errors are {@link DataError}s naming the file. */
+/**
+ * Throws when the first line of `text` holds a carriage return that does not end it, i.e.
+ * the file uses CR-only (old Mac) line endings. A stray CR later in a file is left alone.
+ *
+ * @throws {DataError} naming `label` and saying how to convert the line endings.
+ */
+export function checkNotCrOnly(text: string, label: string): void {
+  const lf = text.indexOf("\n");
+  const cr = text.indexOf("\r");
+  if (cr < 0 || (lf >= 0 && cr > lf)) return;
+  if (lf >= 0 && cr === lf - 1) return; // the CRLF ending line 1
+  throw crOnlyError(label);
+}
+
+function joinChunks(chunks: readonly Uint8Array[], total: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
+
+/**
+ * Calls `onLine(line, lineNumber)` for every line of a UTF-8 text file, in order, reading
+ * the file in chunks so that its size is limited only by what the caller keeps (it is never
+ * held whole as one string). Lines end at `\n` or `\r\n`; a final newline does not start
+ * another line; a leading BOM is dropped. Only regular files (or symlinks to them) are
+ * opened: a FIFO, socket, device or folder is refused before anything is read.
+ *
+ * @throws {DataError} naming the file when it is missing or not a regular file, when it is
+ *   not valid UTF-8 (line and byte offset), uses CR-only line endings, or has a line longer
+ *   than {@link MAX_LINE_BYTES}.
+ */
+export async function forEachLine(
+  file: string,
+  onLine: (line: string, lineNumber: number) => void,
+): Promise<void> {
+  await checkRegularFile(file, { error: DataError });
+  let handle: Deno.FsFile;
+  try {
+    handle = await Deno.open(file, { read: true });
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw error;
+    }
+    throw new DataError(`${file}: cannot read file: ${(error as Error).message}`);
+  }
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let lineNumber = 1;
+  let offset = 0; // byte offset of the block being decoded
+  const emit = (block: Uint8Array, final: boolean) => {
+    let text: string;
+    try {
+      text = decoder.decode(block);
+    } catch {
+      const bad = Math.max(0, invalidUtf8Offset(block));
+      throw new DataError(
+        `${file}:${lineNumber + lineOfOffset(block, bad) - 1}: not valid UTF-8 (byte offset ${
+          offset + bad
+        })`,
+      );
+    }
+    if (offset === 0) {
+      if (text.startsWith("\ufeff")) text = text.slice(1);
+      checkNotCrOnly(text, file);
+    }
+    offset += block.length;
+    const lines = text.split("\n");
+    const last = lines.length - 1; // "" after a final newline, else an unterminated line
+    for (let i = 0; i < last; i++) {
+      const line = lines[i];
+      onLine(line.endsWith("\r") ? line.slice(0, -1) : line, lineNumber++);
+    }
+    if (final && lines[last] !== "") onLine(lines[last], lineNumber++);
+  };
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  try {
+    for await (const chunk of handle.readable) {
+      const lf = chunk.lastIndexOf(0x0a);
+      if (lf < 0) {
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes > MAX_LINE_BYTES) {
+          if (lineNumber === 1 && pending.some((c) => c.includes(0x0d))) throw crOnlyError(file);
+          throw new DataError(
+            `${file}:${lineNumber}: line is longer than ${MAX_LINE_BYTES} bytes (no line feed found); expected a text file with one item per line`,
+          );
+        }
+        continue;
+      }
+      pending.push(chunk.subarray(0, lf + 1));
+      emit(joinChunks(pending, pendingBytes + lf + 1), false);
+      pending = [chunk.subarray(lf + 1)];
+      pendingBytes = chunk.length - lf - 1;
+    }
+    emit(joinChunks(pending, pendingBytes), true);
+  } finally {
+    try {
+      handle.close();
+    } catch {
+      // The stream already closed it.
+    }
+  }
+}
+
+/** Reads a UTF-8 text file as lines with {@link forEachLine} (same checks and errors). */
 export async function readLines(file: string): Promise<string[]> {
-  return splitLines(decodeUtf8(await readBytes(file), file));
+  const lines: string[] = [];
+  await forEachLine(file, (line) => lines.push(line));
+  return lines;
 }
 
 const GLOB_CHARS = /[*?[]/;
@@ -485,6 +616,23 @@ function hasExtension(name: string, extensions: readonly string[]): boolean {
   return extensions.some((e) => name.toLowerCase().endsWith(e));
 }
 
+/**
+ * The error for a matched path that is neither a regular file nor a folder (a FIFO, a
+ * socket, a device): it is reported, never opened (reading it could block forever).
+ */
+function notAFileError(
+  path: string,
+  info: Deno.FileInfo,
+  extensions: readonly string[],
+  where = "",
+): DataError {
+  return new DataError(
+    `${path}: is ${describeEntry(info)}${where}, expected a regular ${
+      extensions.join("/")
+    } file or a folder`,
+  );
+}
+
 /** All files under a folder (recursively) whose names end with one of `extensions`. */
 async function filesUnder(
   dir: string,
@@ -493,7 +641,10 @@ async function filesUnder(
 ): Promise<void> {
   for (const entry of await readDirSorted(dir)) {
     if (entry.info.isDirectory) await filesUnder(entry.path, extensions, out);
-    else if (entry.info.isFile && hasExtension(entry.name, extensions)) {
+    else if (hasExtension(entry.name, extensions)) {
+      if (!entry.info.isFile) {
+        throw notAFileError(entry.path, entry.info, extensions, ` (found in folder ${dir})`);
+      }
       out.push(entry.path);
     }
   }
@@ -525,6 +676,7 @@ async function matchGlob(
     if (rest.length === 0) {
       if (info.isFile) out.push(path);
       else if (info.isDirectory) await filesUnder(path, extensions, out);
+      else throw notAFileError(path, info, extensions);
     } else if (info.isDirectory) await matchGlob(path, rest, extensions, out);
     return;
   }
@@ -532,8 +684,11 @@ async function matchGlob(
   for (const entry of await readDirSorted(dir)) {
     if (!regex.test(entry.name)) continue;
     if (rest.length === 0) {
-      if (entry.info.isFile && hasExtension(entry.name, extensions)) out.push(entry.path);
-      else if (entry.info.isDirectory) await filesUnder(entry.path, extensions, out);
+      if (entry.info.isDirectory) await filesUnder(entry.path, extensions, out);
+      else if (hasExtension(entry.name, extensions)) {
+        if (!entry.info.isFile) throw notAFileError(entry.path, entry.info, extensions);
+        out.push(entry.path);
+      }
     } else if (entry.info.isDirectory) {
       await matchGlob(entry.path, rest, extensions, out);
     }
@@ -548,6 +703,9 @@ async function matchGlob(
  * end with one of `extensions` match a pattern, and a matched folder stands for
  * every such file under it; a path without wildcards naming a file is taken
  * whatever its extension. Relative patterns resolve against `baseDir`.
+ *
+ * A matched entry that is neither a regular file nor a folder (a FIFO, a socket, a device)
+ * is an error, never opened or silently skipped.
  *
  * @example
  * ```ts ignore
@@ -565,8 +723,10 @@ export async function expandGlob(
   const out: string[] = [];
   if (firstGlob < 0) {
     const info = await statOrNull(absolute);
-    if (info?.isFile) out.push(absolute);
-    else if (info?.isDirectory) await filesUnder(absolute, extensions, out);
+    if (info === null) return out;
+    if (info.isFile) out.push(absolute);
+    else if (info.isDirectory) await filesUnder(absolute, extensions, out);
+    else throw notAFileError(absolute, info, extensions);
     return out;
   }
   const root = "/" + segments.slice(0, firstGlob).join("/");
@@ -579,8 +739,9 @@ export async function expandGlob(
  * them ending in one of `extensions`) and glob patterns (see {@link expandGlob}),
  * relative to `baseDir`. Files keep the order of `paths`; each expansion is sorted.
  *
- * @throws {DataError} when `paths` is empty, a plain path does not exist, a glob or
- *   folder matches no file. A file matched twice is read once.
+ * @throws {DataError} when `paths` is empty, a plain path does not exist or is neither a
+ *   file nor a folder (a FIFO, a socket, a device), a glob or folder matches no file, or a
+ *   matched entry is not a regular file. A file matched twice is read once.
  */
 export async function expandPaths(
   paths: readonly string[],
@@ -603,6 +764,9 @@ export async function expandPaths(
       const info = await statOrNull(absolute);
       if (info === null) {
         throw new DataError(`${absolute}: file not found (from ${option} "${path}")`);
+      }
+      if (!info.isFile && !info.isDirectory) {
+        throw notAFileError(absolute, info, extensions, ` (from ${option} "${path}")`);
       }
     }
     const matched = await expandGlob(path, baseDir, extensions);

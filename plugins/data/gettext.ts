@@ -14,20 +14,28 @@
  *
  * The header entry (empty `msgid`) is always skipped, as are untranslated entries.
  *
+ * Only regular files (or symlinks to them) are read: a FIFO, a socket or a device is
+ * refused with an error naming it. Catalogs are read whole, so their size is limited:
+ * {@link MAX_PO_BYTES} for `.po`, {@link MAX_MO_BYTES} for `.mo`. A `.po` file with CR-only
+ * (old Mac) line endings is an error saying so.
+ *
  * @module
  */
 
+import { appendAll } from "../../core/append.ts";
 import { DataError } from "../../core/errors.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Example } from "../../core/types.ts";
 import {
+  checkNotCrOnly,
   commonConfigSchema,
   type CommonDataConfig,
   decodeUtf8,
   expandPaths,
   finishSplits,
-  readBytes,
+  readDataFile,
   smokeConfig,
+  tooLargeError,
 } from "./_common.ts";
 
 /** One catalog entry (the header included). */
@@ -250,7 +258,10 @@ export function parsePoText(text: string, file: string, headerOnly = false): Cat
         );
       }
       if (line.startsWith("#,")) {
-        entry.flags.push(...line.slice(2).split(",").map((f) => f.trim()).filter((f) => f !== ""));
+        for (const flag of line.slice(2).split(",")) {
+          const trimmed = flag.trim();
+          if (trimmed !== "") entry.flags.push(trimmed);
+        }
       }
       // "#~" (obsolete), "#|" (previous), "#." "#:" and translator comments are skipped.
       continue;
@@ -372,6 +383,7 @@ function decoderFor(charset: string, file: string): TextDecoder {
 export function parsePo(bytes: Uint8Array, file: string): Catalog {
   // The syntax is ASCII, so a byte-transparent single-byte decoding finds the header.
   const latin = new TextDecoder("iso-8859-1").decode(bytes);
+  checkNotCrOnly(latin, file);
   const charset = headerCharset(parsePoText(latin, file, true));
   let text: string;
   if (isUtf8Label(charset)) {
@@ -511,17 +523,41 @@ export function parseMo(bytes: Uint8Array, file: string): Catalog {
 }
 
 /**
+ * Largest `.po` file read, in bytes: 500 MiB. A `.po` file is decoded whole into one
+ * string, and a JavaScript string holds at most about 512 Mi characters.
+ */
+export const MAX_PO_BYTES = 500 * 2 ** 20;
+
+/**
+ * Largest `.mo` file read, in bytes: 2 GiB. A `.mo` file is read whole into memory (its
+ * strings are decoded one by one); its offsets are 32-bit.
+ */
+export const MAX_MO_BYTES = 2 * 2 ** 30;
+
+/**
  * Reads a `.po` or `.mo` catalog (chosen by the extension, or by the `.mo` magic
- * number for other names).
+ * number for other names). Only regular files (or symlinks to them) are read, of at most
+ * {@link MAX_PO_BYTES} (`.po`) or {@link MAX_MO_BYTES} (`.mo`) bytes.
  *
- * @throws {DataError} when the file is missing, unreadable or corrupt.
+ * @throws {DataError} when the file is missing, not a regular file (a FIFO, a socket,
+ *   a device, a folder), too large, unreadable or corrupt.
  */
 export async function readCatalog(file: string): Promise<Catalog> {
-  const bytes = await readBytes(file);
   const lower = file.toLowerCase();
-  const looksMo = lower.endsWith(".mo") || lower.endsWith(".gmo") ||
-    (!lower.endsWith(".po") && !lower.endsWith(".pot") && bytes.length >= 4 &&
+  const named = lower.endsWith(".po") || lower.endsWith(".pot")
+    ? "po"
+    : lower.endsWith(".mo") || lower.endsWith(".gmo")
+    ? "mo"
+    : undefined;
+  const bytes = named === "po"
+    ? await readDataFile(file, MAX_PO_BYTES, ".po file")
+    : await readDataFile(file, MAX_MO_BYTES, named === "mo" ? ".mo file" : "gettext catalog");
+  const looksMo = named === "mo" ||
+    (named === undefined && bytes.length >= 4 &&
       [0x950412de, 0xde120495].includes(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0)));
+  if (!looksMo && bytes.length > MAX_PO_BYTES) {
+    throw tooLargeError(file, bytes.length, MAX_PO_BYTES, ".po file");
+  }
   return looksMo ? parseMo(bytes, file) : parsePo(bytes, file);
 }
 
@@ -685,7 +721,7 @@ export async function readCatalogPairs(
   const pairs: Example[] = [];
   for (const file of files) {
     const catalog = await readCatalog(file);
-    pairs.push(...catalogPairs(catalog.entries, options, stats, seen));
+    appendAll(pairs, catalogPairs(catalog.entries, options, stats, seen));
   }
   return { files, pairs, stats };
 }

@@ -14,7 +14,7 @@ import {
   type CommonDataConfig,
   expandPaths,
   finishSplits,
-  readLines,
+  forEachLine,
   smokeConfig,
 } from "./_common.ts";
 
@@ -42,22 +42,26 @@ function getField(value: unknown, path: string): unknown {
   return current;
 }
 
-/** Reads the pairs of one JSONL file. */
-export async function readJsonl(file: string, config: JsonlConfig): Promise<Example[]> {
-  const lines = await readLines(file);
-  const pairs: Example[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    if (line.trim() === "") continue;
+/**
+ * Reads the pairs of one JSONL file (streamed line by line), appending them to `pairs`,
+ * which is returned.
+ */
+export async function readJsonl(
+  file: string,
+  config: JsonlConfig,
+  pairs: Example[] = [],
+): Promise<Example[]> {
+  await forEachLine(file, (line, lineNumber) => {
+    if (line.trim() === "") return;
     let row: unknown;
     try {
       row = JSON.parse(line);
     } catch (error) {
-      throw new DataError(`${file}:${i + 1}: not valid JSON: ${(error as Error).message}`);
+      throw new DataError(`${file}:${lineNumber}: not valid JSON: ${(error as Error).message}`);
     }
     if (row === null || typeof row !== "object" || Array.isArray(row)) {
       throw new DataError(
-        `${file}:${i + 1}: expected a JSON object, got ${JSON.stringify(row).slice(0, 40)}`,
+        `${file}:${lineNumber}: expected a JSON object, got ${JSON.stringify(row).slice(0, 40)}`,
       );
     }
     const source = getField(row, config.sourceField);
@@ -68,16 +72,16 @@ export async function readJsonl(file: string, config: JsonlConfig): Promise<Exam
       ? [config.referenceField, reference]
       : undefined;
     if (bad !== undefined) {
-      if (config.skipBadRows) continue;
+      if (config.skipBadRows) return;
       const [field, value] = bad;
       throw new DataError(
-        `${file}:${i + 1}: field "${field}" is ${
+        `${file}:${lineNumber}: field "${field}" is ${
           value === undefined ? "missing" : `not a string (${JSON.stringify(value)})`
         }`,
       );
     }
     pairs.push({ source: source as string, reference: reference as string });
-  }
+  });
   return pairs;
 }
 
@@ -126,7 +130,7 @@ export default definePlugin<"data", JsonlConfig>({
       async load() {
         const files = await expandPaths(config.paths, deps.baseDir, [".jsonl"]);
         const pairs: Example[] = [];
-        for (const file of files) pairs.push(...await readJsonl(file, config));
+        for (const file of files) await readJsonl(file, config, pairs);
         const label = files.length === 1 ? files[0] : `jsonl (${files.length} files)`;
         const { train, valid, test } = finishSplits(pairs, config, label);
         return { train, valid, test };

@@ -14,7 +14,7 @@ import {
   type CommonDataConfig,
   expandPaths,
   finishSplits,
-  readLines,
+  forEachLine,
   smokeConfig,
 } from "./_common.ts";
 
@@ -32,25 +32,30 @@ export interface TsvConfig extends CommonDataConfig {
   skipBadRows: boolean;
 }
 
-/** Reads the pairs of one TSV file. */
-export async function readTsv(file: string, config: TsvConfig): Promise<Example[]> {
-  const lines = await readLines(file);
+/**
+ * Reads the pairs of one TSV file (streamed line by line), appending them to `pairs`, which
+ * is returned.
+ */
+export async function readTsv(
+  file: string,
+  config: TsvConfig,
+  pairs: Example[] = [],
+): Promise<Example[]> {
   const need = Math.max(config.sourceColumn, config.referenceColumn) + 1;
-  const pairs: Example[] = [];
-  for (let i = config.header ? 1 : 0; i < lines.length; i++) {
-    const line = lines[i];
-    if (line.trim() === "") continue;
+  await forEachLine(file, (line, lineNumber) => {
+    if (config.header && lineNumber === 1) return;
+    if (line.trim() === "") return;
     const cells = line.split("\t");
     if (cells.length < need) {
-      if (config.skipBadRows) continue;
+      if (config.skipBadRows) return;
       throw new DataError(
-        `${file}:${i + 1}: has ${cells.length} tab-separated column${
+        `${file}:${lineNumber}: has ${cells.length} tab-separated column${
           cells.length === 1 ? "" : "s"
         }, but sourceColumn=${config.sourceColumn} and referenceColumn=${config.referenceColumn} need ${need}`,
       );
     }
     pairs.push({ source: cells[config.sourceColumn], reference: cells[config.referenceColumn] });
-  }
+  });
   return pairs;
 }
 
@@ -107,7 +112,7 @@ export default definePlugin<"data", TsvConfig>({
         }
         const files = await expandPaths(config.paths, deps.baseDir, [".tsv"]);
         const pairs: Example[] = [];
-        for (const file of files) pairs.push(...await readTsv(file, config));
+        for (const file of files) await readTsv(file, config, pairs);
         const label = files.length === 1 ? files[0] : `tsv (${files.length} files)`;
         const { train, valid, test } = finishSplits(pairs, config, label);
         return { train, valid, test };

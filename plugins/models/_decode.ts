@@ -16,6 +16,7 @@
  */
 
 import type * as tf from "@tensorflow/tfjs-core";
+import { appendAll } from "../../core/append.ts";
 import type { Rng } from "../../core/random.ts";
 import type { SpecialIds } from "../../core/types.ts";
 import { addInto, fastExp, layerNormForward, rowMax, splitHeads, sumExp } from "./_kernels.ts";
@@ -461,7 +462,7 @@ export class StepDecoder {
     if (moved.length === 0) return;
     const tmp = new Float32Array(moved.length * heads * span);
     const caches: Float32Array[] = [];
-    for (let l = 0; l < this.#model.decoder.length; l++) caches.push(...this.#cache(l));
+    for (let l = 0; l < this.#model.decoder.length; l++) appendAll(caches, this.#cache(l));
     for (const cache of caches) {
       moved.forEach((i, k) => {
         for (let h = 0; h < heads; h++) {

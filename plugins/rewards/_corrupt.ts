@@ -20,6 +20,7 @@
  * @module
  */
 
+import { appendAll } from "../../core/append.ts";
 import type { Rng } from "../../core/random.ts";
 
 /** The corruption kinds, in a fixed order. */
@@ -86,8 +87,8 @@ export function repeatWords(text: string, rng: Rng): string {
   const times = 1 + rng.int(3);
   const piece = ws.slice(start, start + span);
   const out = ws.slice(0, start + span);
-  for (let i = 0; i < times; i++) out.push(...piece);
-  out.push(...ws.slice(start + span));
+  for (let i = 0; i < times; i++) appendAll(out, piece);
+  appendAll(out, ws.slice(start + span));
   return out.join(" ");
 }
 

@@ -75,7 +75,7 @@ Deno.test("score: user errors exit 2 with a message naming the problem", async (
       [["--reward", "chrf", "--hyp", hyp], /compares with references: give --ref FILE/],
       [
         ["--reward", "chrf", "--hyp", latin1, "--ref", latin1],
-        /not valid UTF-8 \(near byte offset 2\)/,
+        /--hyp .*latin1\.txt:1: not valid UTF-8 \(byte offset 2\)/,
       ],
       [
         ["--reward", "chrf", "--config", "{bad", "--hyp", hyp, "--ref", ref],
