@@ -19,28 +19,46 @@ import { describePlan, runExperiment } from "../core/experiment.ts";
 import { renderTable, writeReport } from "../core/report.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { loadBlas } from "../plugins/backends/_blas_ffi.ts";
-import { EXIT_USER, runMain } from "./_main.ts";
+import { EXIT_USER, exitProcess, runMain } from "./_main.ts";
+import { PluginError } from "../core/plugin_guard.ts";
+import { setNpmCacheDir } from "../plugins/backends/_tfjs.ts";
 import { onProgressTick } from "../core/progress.ts";
-import { HELP, parseExpArgs, type WorkerSandbox } from "./exp.ts";
+import { completionLine, HELP, parseExpArgs, type WorkerSandbox } from "./exp.ts";
 
 /** What a denied operation means here, appended to Deno's own message. */
 const SANDBOX_HINT = "`deno task exp` runs without network access, reads only the project, " +
   "the manifest's folder and the data and plugin files it names, and writes only to the " +
   "output folder and data/ (README.md, Permissions)";
 
+/** Deno's wording of a denied permission (a dynamic `import()` throws it as a TypeError). */
+const DENIAL_MESSAGE = /^Requires [\w-]+ access to /;
+
 /** The Deno permission error in `error` or its chain of causes, if any. */
 export function permissionDenial(error: unknown): Error | undefined {
   for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     if (e instanceof Deno.errors.NotCapable) return e;
+    if (e instanceof TypeError && DENIAL_MESSAGE.test(e.message)) return e;
   }
   return undefined;
 }
 
-/** A user error that reports a permission denial without a stack trace. */
-function denialError(denial: Error): UserError {
-  return new UserError(`permission denied: ${denial.message.split("\n")[0]}; ${SANDBOX_HINT}`, {
-    cause: denial,
-  });
+/**
+ * A user error that reports a permission denial without a stack trace, naming the plugin
+ * that asked when a plugin did.
+ */
+export function denialError(denial: Error, error?: unknown): UserError {
+  let plugin = "";
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof PluginError) {
+      plugin = ` (by ${e.origin.kind} plugin "${e.origin.name}", ${e.origin.file}, in ` +
+        `${e.method}() during ${e.step})`;
+      break;
+    }
+  }
+  return new UserError(
+    `permission denied: ${denial.message.split("\n")[0]}${plugin}; ${SANDBOX_HINT}`,
+    { cause: denial },
+  );
 }
 
 /**
@@ -49,6 +67,7 @@ function denialError(denial: Error): UserError {
  * cannot load native code. Returns why OpenBLAS could not be opened, if it could not.
  */
 function prepareSandbox(sandbox: WorkerSandbox): Error | undefined {
+  if (sandbox.npmCache !== undefined) setNpmCacheDir(sandbox.npmCache);
   let failure: Error | undefined;
   if (sandbox.preloadBlas !== undefined) {
     try {
@@ -71,7 +90,44 @@ function exitNow(code: number): never {
       Deno.removeSync(lockFile);
     }
   } catch { /* no lock, or not ours */ }
-  Deno.exit(code);
+  exitProcess(code);
+}
+
+/** The launcher's completion token, read from standard input before any plugin code runs. */
+let completionToken: string | undefined;
+
+async function readCompletionToken(): Promise<string> {
+  const text = await new Response(Deno.stdin.readable).text();
+  const token = text.trim();
+  if (!/^[0-9a-f-]{36}$/.test(token)) {
+    throw new UserError(
+      "the experiment worker is started by `deno task exp`; run that instead (no completion " +
+        "token on standard input)",
+    );
+  }
+  return token;
+}
+
+/** Tells the launcher that the work is done (see `completionLine` in cli/exp.ts). */
+function reportCompletion(): void {
+  if (completionToken !== undefined) console.log(completionLine(completionToken));
+}
+
+/**
+ * Replaces `Deno.exit` for plugin code: a plugin ending the process would end the experiment
+ * with nothing reported, so the call throws instead, naming the code it was called with.
+ */
+function forbidExit(): void {
+  Object.defineProperty(Deno, "exit", {
+    value: (code?: number): never => {
+      throw new UserError(
+        `plugin code tried to end the experiment's process (Deno.exit(${code ?? ""}), ` +
+          "process.exit() or close()): plugins must throw an error (or return) instead",
+      );
+    },
+    writable: false,
+    configurable: false,
+  });
 }
 
 async function main(args: string[]): Promise<number> {
@@ -85,7 +141,9 @@ async function main(args: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
+  if (sandbox?.completionToken) completionToken = await readCompletionToken();
   const blasFailure = sandbox === undefined ? undefined : prepareSandbox(sandbox);
+  if (sandbox !== undefined) forbidExit();
   try {
     const registries = createRegistries(builtinPlugins);
     const manifest = await loadManifest(parsed.manifest, registries, {
@@ -96,6 +154,7 @@ async function main(args: string[]): Promise<number> {
     });
     if (parsed.dryRun) {
       console.log(describePlan(manifest, parsed.out));
+      reportCompletion();
       return 0;
     }
     console.error(describePlan(manifest, parsed.out));
@@ -114,10 +173,11 @@ async function main(args: string[]): Promise<number> {
     const report = await writeReport(result.dir);
     console.log(renderTable(report.report));
     console.error(`done: ${result.dir} (report: ${join(result.dir, "table1.md")})`);
+    reportCompletion();
     return 0;
   } catch (error) {
     const denial = permissionDenial(error);
-    if (denial !== undefined) throw denialError(denial);
+    if (denial !== undefined) throw denialError(denial, error);
     throw error;
   }
 }
@@ -128,7 +188,7 @@ if (import.meta.main) {
     const denial = permissionDenial(event.reason);
     if (denial === undefined) return;
     event.preventDefault();
-    console.error(`exp: error: ${denialError(denial).message}`);
+    console.error(`exp: error: ${denialError(denial, event.reason).message}`);
     exitNow(EXIT_USER);
   });
   // When the launcher dies (even by SIGKILL) the worker stops too, instead of writing on

@@ -13,6 +13,14 @@ import { UserError } from "../core/errors.ts";
 export const EXIT_USER = 2;
 /** Exit code for an internal failure. */
 export const EXIT_INTERNAL = 1;
+/** Exit code for an interrupted command (Ctrl-C, SIGTERM). */
+export const EXIT_INTERRUPTED = 130;
+
+/**
+ * `Deno.exit` as it was when this module loaded, before any plugin code could replace it
+ * (the experiment worker replaces it so that a plugin calling it is reported).
+ */
+export const exitProcess: (code?: number) => never = Deno.exit.bind(Deno);
 
 /** Whether an error was caused by the user's input (exit 2, no stack trace). */
 export function isUserError(error: unknown): boolean {
@@ -51,7 +59,7 @@ export async function runMain(name: string, main: () => Promise<number | void>):
       code = EXIT_INTERNAL;
     }
   }
-  Deno.exit(code);
+  exitProcess(code);
 }
 
 /** Parses a non-negative integer flag, or throws a UserError naming the flag. */

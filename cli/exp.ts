@@ -13,10 +13,10 @@
  */
 
 import { parseArgs } from "node:util";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../core/errors.ts";
-import { EXIT_INTERNAL, parseIntegerFlag, runMain } from "./_main.ts";
+import { EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, parseIntegerFlag, runMain } from "./_main.ts";
 
 /** The `--help` text. */
 export const HELP = `Usage: deno task exp <manifest.json> [options]
@@ -126,6 +126,22 @@ export interface WorkerSandbox {
   preloadBlas?: { libraryPath: string; required: boolean };
   /** Give up FFI permission after the preload, so plugins get none. */
   revokeFfi: boolean;
+  /**
+   * Deno's npm package cache (where the wasm backend finds its `.wasm` files), given here so
+   * that the worker needs no environment variables to find it.
+   */
+  npmCache?: string;
+  /**
+   * The worker reads a secret token from its standard input before any plugin code runs and
+   * prints {@link completionLine} of it when the experiment has finished; an exit without
+   * that line (a plugin calling `Deno.exit(0)`) is never reported as success.
+   */
+  completionToken: boolean;
+}
+
+/** The line the worker prints on standard output when it has finished its work. */
+export function completionLine(token: string): string {
+  return `\u001e exp-complete ${token}`;
 }
 
 /** Everything {@link sandboxPlan} needs to know about the machine and the command. */
@@ -165,24 +181,29 @@ export interface SandboxPlan {
   worker: WorkerSandbox;
 }
 
-/** Environment variables the backends read to find Deno's npm cache. */
-const WORKER_ENV = ["DENO_DIR", "HOME", "XDG_CACHE_HOME", "USERPROFILE", "LOCALAPPDATA"];
-
 type Json = Record<string, unknown>;
 
 function isObject(value: unknown): value is Json {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
-/** Every `"module"` string anywhere in the manifest (user plugin files). */
-function modulePaths(value: unknown, out: string[] = []): string[] {
-  if (Array.isArray(value)) {
-    for (const item of value) modulePaths(item, out);
-  } else if (isObject(value)) {
-    if (typeof value.module === "string" && value.module !== "") out.push(value.module);
-    for (const item of Object.values(value)) modulePaths(item, out);
+/**
+ * Every `"module"` string anywhere in the manifest (user plugin files). Iterative, so that a
+ * pathologically nested manifest cannot overflow the stack here (the worker reports it).
+ */
+function modulePaths(root: unknown): string[] {
+  const out: string[] = [];
+  const stack: unknown[] = [root];
+  while (stack.length > 0) {
+    const value = stack.pop();
+    if (Array.isArray(value)) {
+      for (const item of value) stack.push(item);
+    } else if (isObject(value)) {
+      if (typeof value.module === "string" && value.module !== "") out.push(value.module);
+      for (const item of Object.values(value)) stack.push(item);
+    }
   }
-  return out;
+  return out.reverse();
 }
 
 /** The part of a path before its first wildcard segment (the folder a glob searches). */
@@ -237,8 +258,8 @@ function unique(paths: string[]): string[] {
  *   code runs and then gives FFI up; for `tensorflow`, and `auto` when a tfjs-node copy is
  *   installed, only the folders holding its native addon (kept, as it loads later); none
  *   for `cpu`, `wasm`, a backend from a user module, or `--dry-run`;
- * - env: the variables that locate Deno's cache; sys: `statfs` (the free-space check
- *   before a Grow step); net, run and import: nothing.
+ * - env: none (the npm cache's location is passed in the sandbox argument); sys: `statfs`
+ *   (the free-space check before a Grow step); net, run and import: nothing.
  */
 export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
   const { args, cwd, root, raw } = inputs;
@@ -249,7 +270,11 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
   const write = args.dryRun ? [] : unique([args.out, join(root, "data")]);
 
   const backend = backendOf(args, raw);
-  const worker: WorkerSandbox = { revokeFfi: false };
+  const worker: WorkerSandbox = {
+    revokeFfi: false,
+    completionToken: true,
+    ...(inputs.npmCache ? { npmCache: inputs.npmCache } : {}),
+  };
   let ffi: SandboxPlan["ffi"] = [];
   let addons: string[] = [];
   if (!args.dryRun) {
@@ -286,7 +311,7 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
   return {
     read,
     write,
-    env: WORKER_ENV,
+    env: [],
     sys: ["statfs"],
     ffi,
     modules,
@@ -366,11 +391,104 @@ async function denoInfo(exe: string): Promise<{ npmCache?: string; version?: str
   }
 }
 
+/** The largest manifest the launcher reads (the worker applies the manifest's own limits). */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+
 async function readRaw(file: string): Promise<unknown> {
   try {
+    // Only a regular file: a FIFO or a device would block or never end (the worker says why).
+    const info = await Deno.stat(file);
+    if (!info.isFile || info.size > MAX_MANIFEST_BYTES) return undefined;
     return JSON.parse(await Deno.readTextFile(file));
   } catch {
     return undefined; // the worker reports a missing or malformed manifest
+  }
+}
+
+/**
+ * Entries of the project that hold code or configuration that the launcher, the worker or a
+ * later run executes: the output folder may not lie inside them.
+ */
+const PROJECT_CODE = [
+  ".ci",
+  ".git",
+  "bench",
+  "cli",
+  "core",
+  "deno.json",
+  "deno.lock",
+  "experiments",
+  "mod.ts",
+  "node_modules",
+  "plugins",
+  "tests",
+];
+
+/** `path` with symlinks resolved, also when its last parts do not exist yet. */
+export function realPath(path: string): string {
+  const rest: string[] = [];
+  let dir = resolve(path);
+  for (;;) {
+    try {
+      return join(Deno.realPathSync(dir), ...rest.reverse());
+    } catch {
+      const parent = dirname(dir);
+      if (parent === dir) return resolve(path);
+      rest.push(basename(dir));
+      dir = parent;
+    }
+  }
+}
+
+/** Whether `inner` is `outer` or lies below it (both absolute and normalised). */
+function within(inner: string, outer: string): boolean {
+  const rel = relative(outer, inner);
+  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+}
+
+/**
+ * Checks that plugins, which may write anywhere in the output folder, cannot change code that
+ * runs later: the output folder must not contain (or be) the project, a plugin module's folder
+ * or Deno's cache, nor lie inside the project's code or Deno's cache; and no plugin module may
+ * lie in a folder the worker can write.
+ *
+ * @throws {UserError} naming the folders and what to do instead.
+ */
+export function checkOutputFolder(inputs: SandboxInputs, modules: readonly string[]): void {
+  const out = realPath(inputs.args.out);
+  const root = realPath(inputs.root);
+  const refuse = (why: string): never => {
+    throw new UserError(
+      `--out ${inputs.args.out}: ${why}; plugins may write anywhere in the output folder, so it ` +
+        "must hold no code that runs later: choose a folder of its own (the default is runs/)",
+    );
+  };
+  if (within(root, out)) refuse(`the output folder contains the project (${root})`);
+  for (const entry of PROJECT_CODE) {
+    if (within(out, join(root, entry))) {
+      refuse(`the output folder lies inside the project's ${entry}`);
+    }
+  }
+  if (inputs.npmCache !== undefined) {
+    const cache = realPath(inputs.npmCache);
+    if (within(cache, out) || within(out, cache)) {
+      refuse(`the output folder overlaps Deno's package cache (${cache})`);
+    }
+  }
+  const writable = [out, realPath(join(inputs.root, "data"))];
+  for (const module of modules) {
+    const folder = realPath(dirname(module));
+    if (within(folder, out)) {
+      refuse(`the output folder contains the plugin module folder ${folder}`);
+    }
+    const file = realPath(module);
+    if (writable.some((w) => within(file, w))) {
+      throw new UserError(
+        `plugin module ${module} lies in a folder the experiment may write (${
+          writable.find((w) => within(file, w))
+        }): move it elsewhere, so that no run can change the code a later run executes`,
+      );
+    }
   }
 }
 
@@ -416,18 +534,67 @@ const SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
   ? ["SIGINT", "SIGBREAK"]
   : ["SIGINT", "SIGTERM", "SIGHUP"];
 
+/** How the worker process ended. */
+interface WorkerEnd {
+  /** Its exit code (128 + n when a signal ended it). */
+  code: number;
+  /** The signal that ended it, if one did. */
+  signal: Deno.Signal | null;
+  /** Its process id. */
+  pid: number;
+  /** Whether it printed the completion line (it finished its work). */
+  completed: boolean;
+  /** Whether the launcher was interrupted (and passed the signal on). */
+  interrupted: boolean;
+}
+
 /**
- * Runs the worker with inherited stdio; resolves to its exit code and process id. A signal to the
+ * Copies the worker's standard output to ours, line by line, holding back the completion
+ * line; resolves to whether that line was seen.
+ */
+async function relayOutput(stream: ReadableStream<Uint8Array>, token: string): Promise<boolean> {
+  const marker = completionLine(token);
+  const encoder = new TextEncoder();
+  const write = (text: string) => {
+    const bytes = encoder.encode(text);
+    for (let done = 0; done < bytes.length;) done += Deno.stdout.writeSync(bytes.subarray(done));
+  };
+  let completed = false;
+  let pending = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    pending += chunk;
+    let newline = pending.indexOf("\n");
+    while (newline >= 0) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      if (line === marker) completed = true;
+      else write(`${line}\n`);
+      newline = pending.indexOf("\n");
+    }
+  }
+  if (pending === marker) completed = true;
+  else if (pending !== "") write(pending);
+  return completed;
+}
+
+/**
+ * Runs the worker, its standard error inherited and its standard output relayed (see
+ * {@link relayOutput}); its standard input carries the completion token. A signal to the
  * launcher (Ctrl-C, SIGTERM, a closed terminal) is passed on to the worker; a second one
  * kills it outright, so an interrupted experiment never keeps running on its own.
  */
-async function runWorker(exe: string, args: string[]): Promise<{ code: number; pid: number }> {
+async function runWorker(exe: string, args: string[]): Promise<WorkerEnd> {
+  const token = crypto.randomUUID();
   const child = new Deno.Command(exe, {
     args,
-    stdin: "inherit",
-    stdout: "inherit",
+    stdin: "piped",
+    stdout: "piped",
     stderr: "inherit",
   }).spawn();
+  const relayed = relayOutput(child.stdout, token);
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(`${token}\n`)).catch(() => {});
+  await writer.close().catch(() => {});
   let received = 0;
   const forwarders = SIGNALS.map((signal) => {
     const forward = () => {
@@ -449,11 +616,64 @@ async function runWorker(exe: string, args: string[]): Promise<{ code: number; p
     } catch { /* already gone */ }
   }, 500);
   try {
-    return { code: (await child.status).code, pid: child.pid };
+    const status = await child.status;
+    const completed = await relayed;
+    return {
+      code: status.code,
+      signal: status.signal,
+      pid: child.pid,
+      completed,
+      interrupted: received > 0,
+    };
   } finally {
     clearInterval(watch);
     for (const [signal, forward] of forwarders) Deno.removeSignalListener(signal, forward);
   }
+}
+
+/** Deno's exit code for an unstable API used without its `--unstable-*` flag. */
+const DENO_UNSTABLE_EXIT = 70;
+
+/**
+ * The launcher's exit code for how the worker ended: only 0 (finished: exit 0 and the
+ * completion line), 1 (a fault of the framework), 2 (the user's input or plugins) or 130
+ * (interrupted). Anything else is explained on standard error.
+ */
+export function exitCodeFor(end: WorkerEnd, userModules: boolean): number {
+  const say = (text: string) => console.error(`exp: error: ${text}`);
+  if (end.interrupted) return EXIT_INTERRUPTED;
+  if (end.code === 0) {
+    if (end.completed) return 0;
+    say(
+      "the experiment stopped before finishing its work (its process exited with code 0 but " +
+        "never reported completion): " +
+        (userModules ? "a plugin may have called Deno.exit(), process.exit() or close(); " : "") +
+        "finished runs are kept, continue with --resume",
+    );
+    return userModules ? EXIT_USER : EXIT_INTERNAL;
+  }
+  if (end.code === EXIT_USER || end.code === EXIT_INTERNAL) return end.code;
+  if (end.code === EXIT_INTERRUPTED) return EXIT_INTERRUPTED;
+  if (end.code === DENO_UNSTABLE_EXIT) {
+    say(
+      "Deno stopped the experiment (exit code 70): a plugin used an unstable Deno API (see " +
+        "the message above); `deno task exp` runs without unstable features",
+    );
+    return EXIT_USER;
+  }
+  if (end.signal !== null) {
+    say(
+      `the experiment's process was killed by ${end.signal}` +
+        (end.signal === "SIGKILL" ? " (out of memory, or killed from outside)" : "") +
+        "; finished work is kept, continue with --resume",
+    );
+    return EXIT_INTERNAL;
+  }
+  say(
+    `the experiment's process ended with exit code ${end.code} (see the messages above); ` +
+      "finished work is kept, continue with --resume",
+  );
+  return EXIT_INTERNAL;
 }
 
 async function main(): Promise<number> {
@@ -472,14 +692,16 @@ async function main(): Promise<number> {
   }
   const cwd = Deno.cwd();
   const raw = await readRaw(resolve(cwd, args.manifest));
-  const plan = sandboxPlan({
+  const inputs: SandboxInputs = {
     args,
     cwd,
     root: PROJECT_ROOT,
     raw,
     ...(info.npmCache ? { npmCache: info.npmCache } : {}),
     exists,
-  });
+  };
+  const plan = sandboxPlan(inputs);
+  checkOutputFolder(inputs, plan.modules);
   const config = join(PROJECT_ROOT, "deno.json");
   // The child may load only cached modules (no network through imports), so fetch the
   // framework's modules and the static imports of the manifest's plugin modules first.
@@ -494,7 +716,7 @@ async function main(): Promise<number> {
     // Failures are reported by the worker, with the manifest path of the module.
     await capture(exe, ["cache", "--quiet", `--config=${config}`, ...present]);
   }
-  const { code, pid } = await runWorker(exe, [
+  const end = await runWorker(exe, [
     "run",
     `--config=${config}`,
     "--cached-only",
@@ -504,8 +726,8 @@ async function main(): Promise<number> {
     ...Deno.args,
   ]);
   const lock = lockPath(args, raw);
-  if (lock !== undefined && code !== 0) await releaseLock(exe, lock, pid);
-  return code;
+  if (lock !== undefined && end.code !== 0) await releaseLock(exe, lock, end.pid);
+  return exitCodeFor(end, plan.modules.length > 0);
 }
 
 if (import.meta.main) await runMain("exp", main);

@@ -66,6 +66,22 @@ function runTickHook(): void {
   tickHook();
 }
 
+let activity = "the experiment's set-up";
+
+/**
+ * Names what the experiment is doing now ("loading data", "run rest: grow 1"), for error
+ * messages that say which step a plugin failed in.
+ */
+export function setActivity(label: string): void {
+  activity = label;
+}
+
+/** What the experiment is doing now (see {@link setActivity}). */
+export function currentActivity(): string {
+  return activity;
+}
+
+/** Starts a progress display for `total` units of work labelled `label`. */
 export function startProgress(
   label: string,
   total: number,

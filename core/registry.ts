@@ -81,6 +81,11 @@ export class Registry<K extends PluginKind = PluginKind> {
     this.#origins.set(plugin.name, origin);
   }
 
+  /** Where the plugin of this name came from: `"built-in"` or its module file. */
+  origin(name: string): string | undefined {
+    return this.#origins.get(name);
+  }
+
   /** Whether a plugin of this name is registered. */
   has(name: string): boolean {
     return this.#plugins.has(name);

@@ -515,7 +515,7 @@ Deno.test("hostile: a user reward returning NaN or values outside [0, 1] is a us
     assertUserError(
       r,
       new RegExp(
-        `${plugin}: reward plugin "bad_reward" returned NaN for row 0; rewards must be numbers in \\[0, 1\\] \\(source ".*", hypothesis ".*"\\)`,
+        `reward plugin "bad_reward" \\(${plugin}\\) failed in score\\(\\) during run bad: returned NaN for row 0; rewards must be numbers in \\[0, 1\\] \\(source ".*", hypothesis ".*"\\)`,
       ),
     );
     const good = join(dir, "runs/hostile/good");
@@ -563,7 +563,7 @@ Deno.test("hostile: a user reward returning NaN or values outside [0, 1] is a us
       await assert.rejects(() => model.score(rows), (error: unknown) => {
         assert.ok(error instanceof UserError, String(error));
         assert.ok(
-          error.message.startsWith(`${plugin}: reward plugin "bad_reward" `),
+          error.message.startsWith(`reward plugin "bad_reward" (${plugin}) failed in score() `),
           error.message,
         );
         assert.match(error.message, pattern);

@@ -3,6 +3,11 @@
  * a typed, bounds-checked `sgemm` wrapper. Used by the `blas` backend and
  * usable by any other code that wants a fast single-precision matrix product.
  *
+ * Safety by construction: the native symbols never leave this module. Plugin code runs after
+ * the experiment worker has given up FFI permission, but a symbol bound before that would
+ * still be callable; so the only way in is {@link BlasLibrary.gemm} (and {@link sgemm}), which
+ * check every size against the arrays first.
+ *
  * Needs `--allow-ffi`. On Debian/Ubuntu the library comes from
  * `apt-get install libopenblas0-pthread`.
  *
@@ -27,6 +32,8 @@ const CBLAS_ROW_MAJOR = 101;
 const CBLAS_NO_TRANS = 111;
 const CBLAS_TRANS = 112;
 const MAX_INT32 = 0x7fffffff;
+/** More threads than any machine has; OpenBLAS caps to its build's maximum anyway. */
+const MAX_THREADS = 4096;
 
 /** The symbols we bind; everything but `cblas_sgemm` is optional (absent from reference BLAS). */
 const SYMBOLS = {
@@ -60,7 +67,12 @@ export const BLAS_INSTALL_HINT: string =
   "`dnf install openblas-threads` on Fedora, `brew install openblas` on macOS), " +
   'or set the blas backend\'s "libraryPath" to a libopenblas.so';
 
-/** A loaded CBLAS library (normally OpenBLAS). */
+/**
+ * A loaded CBLAS library (normally OpenBLAS). It holds no native handle that code outside
+ * this module can reach: the `cblas_sgemm` symbol stays private, and {@link BlasLibrary.gemm}
+ * checks every size, stride and offset against the arrays (read through the engine's own
+ * typed-array accessors, which a subclass cannot override) before the native call.
+ */
 export interface BlasLibrary {
   /** The path or soname the library was opened from. */
   readonly path: string;
@@ -73,27 +85,30 @@ export interface BlasLibrary {
   /** The number of threads the library uses now (1 when it cannot say). */
   threads(): number;
   /**
-   * The raw `cblas_sgemm` binding, without any checks: wrong sizes corrupt memory.
-   * Prefer {@link sgemm}.
+   * `C = alpha op(A) op(B) + beta C` on row-major matrices that start at element offsets
+   * `aOff`, `bOff`, `cOff` of their arrays, with row strides `lda`, `ldb`, `ldc`.
+   *
+   * @throws {RangeError} when a size, stride or offset does not fit its array.
+   * @throws {TypeError} when an operand is not a Float32Array.
    */
-  readonly cblasSgemm: (
-    order: number,
-    transA: number,
-    transB: number,
+  gemm(
+    transA: boolean,
+    transB: boolean,
     m: number,
     n: number,
     k: number,
     alpha: number,
     a: Float32Array,
+    aOff: number,
     lda: number,
     b: Float32Array,
+    bOff: number,
     ldb: number,
     beta: number,
     c: Float32Array,
+    cOff: number,
     ldc: number,
-  ) => void;
-  /** Unloads the library; later calls through this object crash, so only call it at exit. */
-  close(): void;
+  ): void;
 }
 
 /**
@@ -138,31 +153,66 @@ function open(path: string): BlasLibrary {
   if (cached) return cached;
   const lib = Deno.dlopen(path, SYMBOLS);
   const s = lib.symbols;
+  const sgemmSymbol = s.cblas_sgemm;
   const setNum = s.openblas_set_num_threads;
   const getNum = s.openblas_get_num_threads;
   let description = "CBLAS (not OpenBLAS)";
   const configPtr = s.openblas_get_config ? s.openblas_get_config() : null;
   if (configPtr !== null) description = Deno.UnsafePointerView.getCString(configPtr);
-  const library: BlasLibrary = {
+  const library: BlasLibrary = Object.freeze({
     path,
     description,
     isOpenBlas: setNum !== null,
     setThreads(threads: number) {
-      if (!Number.isInteger(threads) || threads < 1) {
-        throw new RangeError(`BLAS threads must be a positive integer, got ${threads}`);
+      if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
+        throw new RangeError(
+          `BLAS threads must be an integer in [1, ${MAX_THREADS}], got ${threads}`,
+        );
       }
       if (setNum) setNum(threads);
     },
     threads() {
       return getNum ? getNum() : 1;
     },
-    cblasSgemm: s.cblas_sgemm as BlasLibrary["cblasSgemm"],
-    close() {
-      cache.delete(path);
-      if (defaultLibrary === library) defaultLibrary = undefined;
-      lib.close();
+    gemm(
+      transA: boolean,
+      transB: boolean,
+      m: number,
+      n: number,
+      k: number,
+      alpha: number,
+      a: Float32Array,
+      aOff: number,
+      lda: number,
+      b: Float32Array,
+      bOff: number,
+      ldb: number,
+      beta: number,
+      c: Float32Array,
+      cOff: number,
+      ldc: number,
+    ): void {
+      checkedGemm(
+        sgemmSymbol,
+        transA === true,
+        transB === true,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        aOff,
+        lda,
+        b,
+        bOff,
+        ldb,
+        beta,
+        c,
+        cOff,
+        ldc,
+      );
     },
-  };
+  });
   cache.set(path, library);
   return library;
 }
@@ -252,39 +302,12 @@ export interface SgemmArgs {
   ldc?: number;
 }
 
-function checkDim(name: string, value: number): void {
-  if (!Number.isInteger(value) || value < 0 || value > MAX_INT32) {
-    throw new RangeError(`sgemm: ${name} must be an integer in [0, 2^31), got ${value}`);
-  }
-}
-
-function checkMatrix(
-  name: string,
-  array: Float32Array,
-  rows: number,
-  cols: number,
-  ld: number,
-): void {
-  checkDim(`ld${name.toLowerCase()}`, ld);
-  if (ld < Math.max(1, cols)) {
-    throw new RangeError(
-      `sgemm: ld${name.toLowerCase()}=${ld} is less than ${name}'s ${cols} columns`,
-    );
-  }
-  if (rows > 0 && cols > 0 && (rows - 1) * ld + cols > array.length) {
-    throw new RangeError(
-      `sgemm: ${name} needs ${(rows - 1) * ld + cols} elements (${rows}x${cols}, stride ${ld}), ` +
-        `has ${array.length}`,
-    );
-  }
-}
-
 /**
  * Single-precision matrix product through CBLAS, row-major:
- * `C = alpha * op(A) * op(B) + beta * C`. The typed arrays are passed to the
- * library without copying (their byte offsets are honoured, so subarrays work).
- * Every size is checked against the arrays first, so a wrong argument throws
- * instead of corrupting memory.
+ * `C = alpha * op(A) * op(B) + beta * C`, with named arguments and default strides; see
+ * {@link BlasLibrary.gemm} for the positional form. The typed arrays are passed to the
+ * library without copying. Every size is checked against the arrays first, so a wrong
+ * argument throws instead of corrupting memory.
  *
  * @param args the matrices, sizes and options.
  * @param lib the library; defaults to {@link loadBlas}().
@@ -295,29 +318,152 @@ export function sgemm(args: SgemmArgs, lib: BlasLibrary = loadBlas()): void {
   const { m, n, k, a, b, c } = args;
   const transA = args.transA ?? false;
   const transB = args.transB ?? false;
-  const alpha = args.alpha ?? 1;
-  const beta = args.beta ?? 0;
-  checkDim("m", m);
-  checkDim("n", n);
-  checkDim("k", k);
   const lda = args.lda ?? Math.max(1, transA ? m : k);
   const ldb = args.ldb ?? Math.max(1, transB ? k : n);
   const ldc = args.ldc ?? Math.max(1, n);
-  if (transA) checkMatrix("A", a, k, m, lda);
-  else checkMatrix("A", a, m, k, lda);
-  if (transB) checkMatrix("B", b, n, k, ldb);
-  else checkMatrix("B", b, k, n, ldb);
-  checkMatrix("C", c, m, n, ldc);
+  lib.gemm(
+    transA,
+    transB,
+    m,
+    n,
+    k,
+    args.alpha ?? 1,
+    a,
+    0,
+    lda,
+    b,
+    0,
+    ldb,
+    args.beta ?? 0,
+    c,
+    0,
+    ldc,
+  );
+}
+
+// The engine's own typed-array accessors, taken before any plugin code runs: a subclass or
+// a patched prototype cannot make an array look longer than it is to the checks below.
+const apply = Reflect.apply;
+const TYPED_ARRAY_PROTO = Object.getPrototypeOf(Float32Array.prototype);
+const F32 = Float32Array;
+const isSafeInteger = Number.isSafeInteger;
+function intrinsicGetter(key: PropertyKey): (this: unknown) => unknown {
+  return Object.getOwnPropertyDescriptor(TYPED_ARRAY_PROTO, key)!.get! as (
+    this: unknown,
+  ) => unknown;
+}
+const tagOf = intrinsicGetter(Symbol.toStringTag);
+const lengthOf = intrinsicGetter("length");
+const bufferOf = intrinsicGetter("buffer");
+const byteOffsetOf = intrinsicGetter("byteOffset");
+
+/** The element count of a genuine Float32Array (read through the intrinsic accessors). */
+function floatLength(name: string, array: unknown): number {
+  if (apply(tagOf, array, []) !== "Float32Array") {
+    throw new TypeError(`gemm: ${name} must be a Float32Array`);
+  }
+  return apply(lengthOf, array, []) as number;
+}
+
+/** A fresh view of `array` from element `offset` on, built with the original constructor. */
+function viewFrom(array: Float32Array, offset: number, length: number): Float32Array {
+  const buffer = apply(bufferOf, array, []) as ArrayBufferLike;
+  const byteOffset = apply(byteOffsetOf, array, []) as number;
+  return new F32(buffer, byteOffset + offset * 4, length - offset);
+}
+
+function checkDim(name: string, value: unknown): number {
+  if (typeof value !== "number" || !isSafeInteger(value) || value < 0 || value > MAX_INT32) {
+    throw new RangeError(`gemm: ${name} must be an integer in [0, 2^31), got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Checks one operand stored `rows` x `cols` at `offset` with row stride `ld`; returns its length. */
+function checkOperand(
+  name: string,
+  array: Float32Array,
+  offset: number,
+  rows: number,
+  cols: number,
+  ld: number,
+): number {
+  const length = floatLength(name, array);
+  checkDim(`${name} offset`, offset);
+  checkDim(`ld${name.toLowerCase()}`, ld);
+  if (ld < Math.max(1, cols)) {
+    throw new RangeError(
+      `gemm: ld${name.toLowerCase()}=${ld} is less than ${name}'s ${cols} columns`,
+    );
+  }
+  if (rows > 0 && cols > 0 && offset + (rows - 1) * ld + cols > length) {
+    throw new RangeError(
+      `gemm: ${name} needs ${offset + (rows - 1) * ld + cols} elements (${rows}x${cols}, ` +
+        `stride ${ld}, offset ${offset}), has ${length}`,
+    );
+  }
+  return length;
+}
+
+type SgemmSymbol = (
+  order: number,
+  transA: number,
+  transB: number,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: Float32Array,
+  lda: number,
+  b: Float32Array,
+  ldb: number,
+  beta: number,
+  c: Float32Array,
+  ldc: number,
+) => void;
+
+/** Checks every argument of a product against its arrays, then calls `cblas_sgemm`. */
+function checkedGemm(
+  symbol: SgemmSymbol,
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: Float32Array,
+  aOff: number,
+  lda: number,
+  b: Float32Array,
+  bOff: number,
+  ldb: number,
+  beta: number,
+  c: Float32Array,
+  cOff: number,
+  ldc: number,
+): void {
+  checkDim("m", m);
+  checkDim("n", n);
+  checkDim("k", k);
+  if (typeof alpha !== "number" || typeof beta !== "number") {
+    throw new TypeError("gemm: alpha and beta must be numbers");
+  }
+  const aLength = transA
+    ? checkOperand("A", a, aOff, k, m, lda)
+    : checkOperand("A", a, aOff, m, k, lda);
+  const bLength = transB
+    ? checkOperand("B", b, bOff, n, k, ldb)
+    : checkOperand("B", b, bOff, k, n, ldb);
+  const cLength = checkOperand("C", c, cOff, m, n, ldc);
   if (m === 0 || n === 0) return;
+  const cv = cOff === 0 ? c : viewFrom(c, cOff, cLength);
   if (k === 0) {
     for (let i = 0; i < m; i++) {
-      const row = c.subarray(i * ldc, i * ldc + n);
-      if (beta === 0) row.fill(0);
-      else if (beta !== 1) { for (let j = 0; j < n; j++) row[j] *= beta; }
+      for (let j = 0; j < n; j++) cv[i * ldc + j] = beta === 0 ? 0 : cv[i * ldc + j] * beta;
     }
     return;
   }
-  lib.cblasSgemm(
+  symbol(
     CBLAS_ROW_MAJOR,
     transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
     transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
@@ -325,12 +471,12 @@ export function sgemm(args: SgemmArgs, lib: BlasLibrary = loadBlas()): void {
     n,
     k,
     alpha,
-    a,
+    aOff === 0 ? a : viewFrom(a, aOff, aLength),
     lda,
-    b,
+    bOff === 0 ? b : viewFrom(b, bOff, bLength),
     ldb,
     beta,
-    c,
+    cv,
     ldc,
   );
 }

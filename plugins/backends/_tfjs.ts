@@ -104,6 +104,17 @@ export function errorMessage(err: unknown): string {
   return String(err);
 }
 
+let npmCacheDir: string | undefined;
+
+/**
+ * Tells {@link findPackageDirs} where Deno's npm cache is (`deno info --json`'s `npmCache`),
+ * so that it needs no environment variables: the experiment worker, which may read none,
+ * gets the folder from its launcher.
+ */
+export function setNpmCacheDir(dir: string): void {
+  npmCacheDir = dir;
+}
+
 /** Deno's cache folder: `$DENO_DIR`, else the platform default. */
 export function denoDir(): string | undefined {
   const env = (key: string) => {
@@ -184,8 +195,9 @@ export function findPackageDirs(name: string, version?: string): string[] {
     }
   }
   const cacheRoot = denoDir();
-  if (cacheRoot) {
-    const pkgRoot = `${cacheRoot}/npm/registry.npmjs.org/${name}`;
+  const npmCache = npmCacheDir ?? (cacheRoot ? `${cacheRoot}/npm` : undefined);
+  if (npmCache) {
+    const pkgRoot = `${npmCache}/registry.npmjs.org/${name}`;
     try {
       for (const entry of Deno.readDirSync(pkgRoot)) {
         if (entry.isDirectory && (!version || entry.name === version)) {

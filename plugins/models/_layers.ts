@@ -93,10 +93,6 @@ export function matmul(
   return out;
 }
 
-const ROW_MAJOR = 101;
-const NO_TRANS = 111;
-const TRANS = 112;
-
 function matData(m: Mat): Float32Array {
   return m instanceof tf.Tensor ? values(m) : m.data;
 }
@@ -161,13 +157,10 @@ function blasProduct(
     if (beta === 0) c.fill(0);
     return c;
   }
-  const ta = transA ? TRANS : NO_TRANS;
-  const tb = transB ? TRANS : NO_TRANS;
   const lda = transA ? m : k;
   const ldb = transB ? k : n;
-  const sgemm = lib.cblasSgemm;
   if (batchB === 1 && !transA && batchA === batch) {
-    sgemm(ROW_MAJOR, ta, tb, batch * m, n, k, 1, av, lda, bv, ldb, beta, c, n);
+    lib.gemm(false, transB, batch * m, n, k, 1, av, 0, lda, bv, 0, ldb, beta, c, 0, n);
     return c;
   }
   const aSize = m * k;
@@ -176,22 +169,7 @@ function blasProduct(
   for (let i = 0; i < batch; i++) {
     const ao = batchA === 1 ? 0 : i * aSize;
     const bo = batchB === 1 ? 0 : i * bSize;
-    sgemm(
-      ROW_MAJOR,
-      ta,
-      tb,
-      m,
-      n,
-      k,
-      1,
-      ao === 0 ? av : av.subarray(ao),
-      lda,
-      bo === 0 ? bv : bv.subarray(bo),
-      ldb,
-      beta,
-      c.subarray(i * cSize, (i + 1) * cSize),
-      n,
-    );
+    lib.gemm(transA, transB, m, n, k, 1, av, ao, lda, bv, bo, ldb, beta, c, i * cSize, n);
   }
   return c;
 }
@@ -452,32 +430,7 @@ function gemmAt(
   cOff: number,
   ldc: number,
 ): void {
-  const aRows = transA ? k : m;
-  const aCols = transA ? m : k;
-  const bRows = transB ? n : k;
-  const bCols = transB ? k : n;
-  if (
-    aOff + (aRows - 1) * lda + aCols > a.length || bOff + (bRows - 1) * ldb + bCols > b.length ||
-    cOff + (m - 1) * ldc + n > c.length
-  ) {
-    throw new RangeError("gemm: a strided operand runs past its buffer");
-  }
-  lib.cblasSgemm(
-    ROW_MAJOR,
-    transA ? TRANS : NO_TRANS,
-    transB ? TRANS : NO_TRANS,
-    m,
-    n,
-    k,
-    alpha,
-    aOff === 0 ? a : a.subarray(aOff),
-    lda,
-    bOff === 0 ? b : b.subarray(bOff),
-    ldb,
-    beta,
-    cOff === 0 ? c : c.subarray(cOff),
-    ldc,
-  );
+  lib.gemm(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
 }
 
 /** {@link attention} on OpenBLAS, every head read from and written to the strided rows. */

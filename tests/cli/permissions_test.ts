@@ -148,6 +148,9 @@ function probeModule(targets: { file: string; write: string; read: string }): st
         await attempt("run", () => new Deno.Command("true").output());
         await attempt("ffi", () => Deno.dlopen("libc.so.6", {}));
         await attempt("env", () => Deno.env.get("PATH"));
+        await attempt("home", () => Deno.env.get("HOME"));
+        await attempt("cache", () => Deno.env.get("XDG_CACHE_HOME"));
+        await attempt("deno_dir", () => Deno.env.get("DENO_DIR"));
         // Computed, so that no tool can fetch it ahead of time.
         await attempt("import", () => import(["https://deno.land/x", "no_such_module/mod.ts"].join("/")));
         await Deno.writeTextFile(${JSON.stringify(targets.file)}, JSON.stringify(results));`);
@@ -184,6 +187,10 @@ for (const backend of ["cpu", "auto"]) {
       assert.match(probe.run, /Requires run access/);
       assert.match(probe.ffi, /Requires ffi access/);
       assert.match(probe.env, /Requires env access to "PATH"/);
+      // No environment variable at all: not even those that locate Deno's cache.
+      assert.match(probe.home, /Requires env access to "HOME"/);
+      assert.match(probe.cache, /Requires env access to "XDG_CACHE_HOME"/);
+      assert.match(probe.deno_dir, /Requires env access to "DENO_DIR"/);
       assert.match(probe.import, /not found in cache|Requires import access/);
       assert.equal(await exists(join(dir, "beside_manifest.txt")), false);
       const metrics = await Deno.readTextFile(
@@ -245,13 +252,17 @@ Deno.test("exp: data named by the manifest outside its folder (through a glob) i
   }
 });
 
-Deno.test("exp: an internal failure in a plugin still exits 1 with its stack", async () => {
+Deno.test("exp: a failure inside a user plugin is the plugin's (exit 2, named), not the framework's", async () => {
   const s = await setup("perm_internal", rewardModule(`throw new Error("probe exploded");`));
   try {
     const r = await runTask("exp", [s.file, "--smoke", "--out", s.out], { cwd: s.dir });
-    assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, /exp: internal error/);
-    assert.match(r.stderr, /probe exploded/);
+    assert.equal(r.code, 2, r.stderr);
+    assert.doesNotMatch(r.stderr, /internal error/);
+    assert.match(
+      r.stderr,
+      /^exp: error: reward plugin "probe" \(.*reward\.ts\) failed in score\(\) during run baselines, baselines: probe exploded$/m,
+    );
+    assert.ok(!hasStackTrace(r.stderr), r.stderr);
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
@@ -331,6 +342,7 @@ Deno.test("sandboxPlan: read, write and FFI follow the manifest, the backend and
     "/cache/npm",
   ]);
   assert.deepEqual(plan.write, ["/home/u/out", "/repo/data"]);
+  assert.deepEqual(plan.env, [], "plugins read no environment variables");
   assert.deepEqual(plan.ffi, []);
   assert.deepEqual(plan.modules, ["/home/u/plugins/r.ts", "/home/u/exp/losses/l.ts"]);
   const flags = permissionFlags(plan);
@@ -358,6 +370,8 @@ Deno.test("sandboxPlan: only backends that use OpenBLAS get FFI, given up before
   assert.deepEqual(blas.worker, {
     preloadBlas: { libraryPath: "", required: true },
     revokeFfi: true,
+    completionToken: true,
+    npmCache: "/cache/npm",
   });
   assert.ok(permissionFlags(blas).includes("--allow-ffi"));
 
