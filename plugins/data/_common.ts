@@ -237,9 +237,14 @@ export function finishSplits(
     capped: 0,
     kept: 0,
   };
+  // Kept pairs, and their sources as groups: the pairs of one source always share a split.
+  // One Map lookup per pair, no per-pair key strings: this scales to millions of pairs.
   const kept: Example[] = [];
-  const seenPairs = new Set<string>();
-  const seenSources = new Set<string>();
+  const groupOfPair: number[] = [];
+  const groupIds = new Map<string, number>();
+  const groupSources: string[] = [];
+  const groupSizes: number[] = [];
+  const groupReferences: (string | Set<string>)[] = []; // for dedup "pair"
   for (const pair of pairs) {
     stats.read++;
     let source = normalizeText(pair.source, config);
@@ -263,43 +268,49 @@ export function finishSplits(
       stats.ratio++;
       continue;
     }
-    if (config.dedup === "pair") {
-      const key = `${source}\u0000${reference}`;
-      if (seenPairs.has(key)) {
-        stats.duplicates++;
-        continue;
-      }
-      seenPairs.add(key);
+    let group = groupIds.get(source);
+    if (group === undefined) {
+      group = groupSources.length;
+      groupIds.set(source, group);
+      groupSources.push(source);
+      groupSizes.push(0);
+      groupReferences.push(reference);
     } else if (config.dedup === "source") {
-      if (seenSources.has(source)) {
+      stats.duplicates++;
+      continue;
+    } else if (config.dedup === "pair") {
+      const seen = groupReferences[group];
+      if (seen === reference || (typeof seen !== "string" && seen.has(reference))) {
         stats.duplicates++;
         continue;
       }
-      seenSources.add(source);
+      if (typeof seen === "string") groupReferences[group] = new Set([seen, reference]);
+      else seen.add(reference);
     }
+    groupSizes[group]++;
+    groupOfPair.push(group);
     kept.push({ source, reference });
   }
   if (kept.length === 0) {
     throw new DataError(`${label}: no pairs left after filtering: ${describeStats(stats, config)}`);
   }
 
-  // Group pair indexes by source, order the sources by their seeded hash key.
-  const groups = new Map<string, number[]>();
-  kept.forEach((p, i) => {
-    const group = groups.get(p.source);
-    if (group === undefined) groups.set(p.source, [i]);
-    else group.push(i);
+  // Order the sources by their seeded hash key (ties by the text).
+  const keys = new Uint32Array(groupSources.length);
+  for (let g = 0; g < keys.length; g++) keys[g] = splitKey(groupSources[g], config.seed);
+  const ordered = Array.from(keys.keys()).sort((a, b) => {
+    if (keys[a] !== keys[b]) return keys[a] - keys[b];
+    const sa = groupSources[a];
+    const sb = groupSources[b];
+    return sa < sb ? -1 : sa > sb ? 1 : 0;
   });
-  const ordered = [...groups.keys()]
-    .map((source) => ({ source, key: splitKey(source, config.seed) }))
-    .sort((a, b) => a.key - b.key || (a.source < b.source ? -1 : a.source > b.source ? 1 : 0));
 
   let total = kept.length;
   if (config.maxPairs > 0 && total > config.maxPairs) {
     let taken = 0;
     let cut = 0;
     while (cut < ordered.length && taken < config.maxPairs) {
-      const n = groups.get(ordered[cut].source)!.length;
+      const n = groupSizes[ordered[cut]];
       if (taken + n > config.maxPairs && taken > 0) break;
       taken += n;
       cut++;
@@ -316,26 +327,26 @@ export function finishSplits(
       `${label}: validSize ${config.validSize} and testSize ${config.testSize} ask for ${validWanted} + ${testWanted} pairs, but only ${total} are left after filtering, leaving none for training; use smaller sizes or fractions`,
     );
   }
-  const splitOf = new Int8Array(kept.length).fill(-1); // -1 dropped, 0 train, 1 valid, 2 test
+  const splitOf = new Int8Array(groupSources.length).fill(-1); // -1 dropped, 0 train, 1 valid, 2 test
   let valid = 0;
   let test = 0;
-  for (const { source } of ordered) {
-    const members = groups.get(source)!;
+  for (const group of ordered) {
     let split = 0;
     if (valid < validWanted) {
       split = 1;
-      valid += members.length;
+      valid += groupSizes[group];
     } else if (test < testWanted) {
       split = 2;
-      test += members.length;
+      test += groupSizes[group];
     }
-    for (const i of members) splitOf[i] = split;
+    splitOf[group] = split;
   }
   const result: Splits = { train: [], valid: [], test: [] };
   const targets = [result.train, result.valid, result.test];
-  kept.forEach((p, i) => {
-    if (splitOf[i] >= 0) targets[splitOf[i]].push(p);
-  });
+  for (let i = 0; i < kept.length; i++) {
+    const split = splitOf[groupOfPair[i]];
+    if (split >= 0) targets[split].push(kept[i]);
+  }
   if (result.train.length === 0) {
     throw new DataError(
       `${label}: the training split is empty (${total} pairs, ${valid} valid, ${test} test); use smaller validSize/testSize`,
