@@ -7,7 +7,12 @@
  */
 
 import { join } from "node:path";
-import { hasCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import {
+  hasCheckpoint,
+  loadPolicyCheckpoint,
+  removeCheckpoint,
+  saveCheckpoint,
+} from "./checkpoint.ts";
 import { clearUnitState } from "./resume.ts";
 
 /** Name of BC's resumable training state in its folder. */
@@ -87,8 +92,7 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   const dir = join(ctx.experimentDir, "shared", ctx.folder ?? "bc");
   const policy = buildPolicy(ctx.factory, ctx.tokenizer, ctx.seed);
   if (await hasCheckpoint(dir, "policy")) {
-    const { state } = await loadCheckpoint(dir, "policy");
-    policy.load(state);
+    await loadPolicyCheckpoint(policy, dir, "policy");
     ctx.log(`bc: loaded ${join(dir, "policy.json")}`);
     return policy;
   }
@@ -146,8 +150,7 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   progress.done();
   saved ||= await hasCheckpoint(dir, "best");
   if (saved) {
-    const { state } = await loadCheckpoint(dir, "best");
-    policy.load(state);
+    await loadPolicyCheckpoint(policy, dir, "best");
   }
   await saveCheckpoint(dir, "policy", policy.save(), {
     steps: result.steps,

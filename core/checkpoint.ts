@@ -11,7 +11,8 @@
 
 import { join } from "node:path";
 import { UserError } from "./errors.ts";
-import type { PolicyState } from "./policy.ts";
+import { readRegularFile, readRegularText } from "./fs.ts";
+import type { Policy, PolicyState } from "./policy.ts";
 import { exists, writeFileAtomic } from "./run.ts";
 
 /** SHA-256 of bytes, as hex. */
@@ -19,6 +20,9 @@ export async function sha256Hex(bytes: Uint8Array): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
+
+/** Largest index file read (its weight list grows with the number of tensors, not their size). */
+const INDEX_MAX_BYTES = 64 << 20;
 
 interface CheckpointIndex {
   format: "rest-policy";
@@ -65,8 +69,66 @@ export async function saveCheckpoint(
   if (old !== file) await Deno.remove(join(dir, old)).catch(() => {});
 }
 
+/** Reads an index file as JSON (no shape check): for replacing or removing a checkpoint. */
 async function readIndex(path: string): Promise<CheckpointIndex> {
-  return JSON.parse(await Deno.readTextFile(path));
+  return JSON.parse(await readRegularText(path, { maxBytes: INDEX_MAX_BYTES }));
+}
+
+/** What to do about a bad checkpoint: deleting its index makes the framework recompute it. */
+function recomputeHint(jsonPath: string): string {
+  return `delete ${jsonPath} to recompute it (that part of the work starts over)`;
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** The first thing wrong with a parsed index, in words, or undefined when it is well formed. */
+function indexProblem(index: unknown): string | undefined {
+  if (index === null || typeof index !== "object" || Array.isArray(index)) {
+    return "not a JSON object";
+  }
+  const i = index as Record<string, unknown>;
+  if (i.format !== "rest-policy" || i.version !== 1) {
+    return `not a policy checkpoint (format ${JSON.stringify(i.format)}, version ${
+      JSON.stringify(i.version)
+    }; expected "rest-policy", 1)`;
+  }
+  if (i.config === null || typeof i.config !== "object" || Array.isArray(i.config)) {
+    return "config must be an object";
+  }
+  if (!isCount(i.bytes) || i.bytes % 4 !== 0) {
+    return `bytes must be a whole number of float32 values (got ${JSON.stringify(i.bytes)})`;
+  }
+  if (typeof i.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(i.sha256)) {
+    return "sha256 must be 64 hex digits";
+  }
+  if (
+    i.file !== undefined && (typeof i.file !== "string" || !/^[A-Za-z0-9_.-]+\.bin$/.test(i.file))
+  ) {
+    return `file must name a .bin file in the same folder (got ${JSON.stringify(i.file)})`;
+  }
+  if (
+    i.meta !== undefined && (i.meta === null || typeof i.meta !== "object" || Array.isArray(i.meta))
+  ) {
+    return "meta must be an object";
+  }
+  if (!Array.isArray(i.weights)) return "weights must be an array";
+  const values = i.bytes / 4;
+  for (const [k, w] of (i.weights as unknown[]).entries()) {
+    const entry = w as Record<string, unknown>;
+    if (
+      entry === null || typeof entry !== "object" || typeof entry.name !== "string" ||
+      !Array.isArray(entry.shape) || !entry.shape.every(isCount) || !isCount(entry.offset)
+    ) {
+      return `weights[${k}] must be {name: string, shape: integers >= 0, offset: integer >= 0}`;
+    }
+    const size = (entry.shape as number[]).reduce((a, b) => a * b, 1);
+    if (entry.offset + size > values) {
+      return `weights[${k}] (${entry.name}) lies outside the ${values} values of the weights file`;
+    }
+  }
+  return undefined;
 }
 
 /** Deletes checkpoint `<dir>/<name>` (its .json first, then its weights); absent is fine. */
@@ -89,38 +151,69 @@ export async function loadCheckpoint(
   name: string,
 ): Promise<{ state: PolicyState; meta: Record<string, unknown> }> {
   const jsonPath = join(dir, `${name}.json`);
-  let index: CheckpointIndex;
+  const text = await readRegularText(jsonPath, {
+    what: "checkpoint index",
+    maxBytes: INDEX_MAX_BYTES,
+  });
+  let parsed: unknown;
   try {
-    index = await readIndex(jsonPath);
-  } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound ? "not found" : "not valid JSON";
-    throw new UserError(`checkpoint ${jsonPath}: ${reason}`);
-  }
-  if (
-    index === null || typeof index !== "object" || index.format !== "rest-policy" ||
-    index.version !== 1 || !Array.isArray(index.weights) ||
-    (index.file !== undefined && !/^[A-Za-z0-9_.-]+\.bin$/.test(index.file))
-  ) {
-    throw new UserError(`checkpoint ${jsonPath}: not a policy checkpoint (format/version)`);
-  }
-  const binPath = join(dir, index.file ?? `${name}.bin`);
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(binPath);
+    parsed = JSON.parse(text);
   } catch {
-    throw new UserError(`checkpoint ${binPath}: missing (its index ${jsonPath} exists)`);
+    throw new UserError(
+      `checkpoint ${jsonPath}: not valid JSON (truncated or corrupt); ${recomputeHint(jsonPath)}`,
+    );
   }
+  const problem = indexProblem(parsed);
+  if (problem !== undefined) {
+    throw new UserError(`checkpoint ${jsonPath}: ${problem}; ${recomputeHint(jsonPath)}`);
+  }
+  const index = parsed as CheckpointIndex;
+  const binPath = join(dir, index.file ?? `${name}.bin`);
+  if (!(await exists(binPath))) {
+    throw new UserError(
+      `checkpoint ${binPath}: missing (its index ${jsonPath} exists); ${recomputeHint(jsonPath)}`,
+    );
+  }
+  const bytes = await readRegularFile(binPath, { what: "checkpoint weights file" });
   if (bytes.byteLength !== index.bytes) {
     throw new UserError(
-      `checkpoint ${binPath}: ${bytes.byteLength} bytes, expected ${index.bytes} (truncated?)`,
+      `checkpoint ${binPath}: ${bytes.byteLength} bytes, expected ${index.bytes} (truncated?); ${
+        recomputeHint(jsonPath)
+      }`,
     );
   }
   if (await sha256Hex(bytes) !== index.sha256) {
-    throw new UserError(`checkpoint ${binPath}: checksum mismatch (the file is corrupt)`);
+    throw new UserError(
+      `checkpoint ${binPath}: checksum mismatch (the file is corrupt); ${recomputeHint(jsonPath)}`,
+    );
   }
   const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
   return {
     state: { config: index.config, weights: index.weights, data },
     meta: index.meta ?? {},
   };
+}
+
+/**
+ * Loads checkpoint `<dir>/<name>` into `policy`; weights that do not fit the policy's model
+ * are a {@link UserError} naming the checkpoint. Returns the checkpoint's metadata.
+ */
+export async function loadPolicyCheckpoint(
+  policy: Policy,
+  dir: string,
+  name: string,
+): Promise<Record<string, unknown>> {
+  const { state, meta } = await loadCheckpoint(dir, name);
+  try {
+    policy.load(state);
+  } catch (error) {
+    if (error instanceof UserError) throw error;
+    const jsonPath = join(dir, `${name}.json`);
+    throw new UserError(
+      `checkpoint ${jsonPath}: its weights do not fit this experiment's model (${
+        (error as Error).message
+      }); ${recomputeHint(jsonPath)}`,
+    );
+  }
+  return meta;
 }

@@ -8,6 +8,7 @@
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
+import { readRegularText } from "./fs.ts";
 import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
 import type {
   PluginDefinition,
@@ -128,6 +129,33 @@ export function describePlan(manifest: ResolvedManifest, out: string): string {
   return lines.join("\n");
 }
 
+/**
+ * Loads the experiment's saved tokenizer state.
+ *
+ * @throws {UserError} naming the file when it is not a regular file, not valid JSON or not a
+ *   state the tokenizer accepts.
+ */
+async function loadTokenizerFile(tokenizer: Tokenizer, file: string): Promise<void> {
+  const text = await readRegularText(file, { what: "tokenizer state", maxBytes: 1 << 30 });
+  const fix = "delete it to train the tokenizer again from the same data and settings";
+  let state: unknown;
+  try {
+    state = JSON.parse(text);
+  } catch {
+    throw new UserError(`${file}: not valid JSON (truncated or corrupt); ${fix}`);
+  }
+  try {
+    tokenizer.load(state);
+  } catch (error) {
+    if (
+      error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+    ) throw error;
+    throw new UserError(
+      `${file}: not a valid tokenizer state (${(error as Error).message}); ${fix}`,
+    );
+  }
+}
+
 /** Trains the shared tokenizer, or reloads it from the experiment folder. */
 async function prepareTokenizer(
   tokenizer: Tokenizer,
@@ -136,7 +164,7 @@ async function prepareTokenizer(
   log: (message: string) => void,
 ): Promise<void> {
   if (await exists(file)) {
-    tokenizer.load(JSON.parse(await Deno.readTextFile(file)));
+    await loadTokenizerFile(tokenizer, file);
     log(`tokenizer: reloaded ${file}`);
     return;
   }

@@ -36,7 +36,8 @@
 
 import { basename, join, resolve } from "node:path";
 import { UserError } from "./errors.ts";
-import { readMetrics, writeFileAtomic } from "./run.ts";
+import { readRegularText } from "./fs.ts";
+import { readMetrics, summaryProblem, writeFileAtomic } from "./run.ts";
 import { type ChartSpec, hasDrawablePoints, lineChart, stackedCharts } from "./svg.ts";
 
 /** How seed variants of a row are named: `<row>@seed<k>`. */
@@ -244,7 +245,7 @@ export const REPORT_FILES = {
 // Reading run folders
 
 async function readJsonFile(path: string): Promise<unknown> {
-  const text = await Deno.readTextFile(path);
+  const text = await readRegularText(path, { maxBytes: 64 << 20 });
   try {
     return JSON.parse(text);
   } catch (error) {
@@ -256,9 +257,11 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** Whether anything exists at `path` (what it is is checked when it is read). */
 async function fileExists(path: string): Promise<boolean> {
   try {
-    return (await Deno.stat(path)).isFile;
+    await Deno.stat(path);
+    return true;
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return false;
     throw error;
@@ -366,8 +369,9 @@ export async function loadRuns(experimentDir: string): Promise<RunData[]> {
     let summary: Record<string, unknown> | undefined;
     if (await fileExists(summaryPath)) {
       const parsed = await readJsonFile(summaryPath);
-      if (!isObject(parsed)) throw new UserError(`${summaryPath}: expected a JSON object`);
-      summary = parsed;
+      const problem = summaryProblem(parsed);
+      if (problem !== undefined) throw new UserError(`${summaryPath}: ${problem}`);
+      summary = parsed as Record<string, unknown>;
     }
     const parsedName = parseRunName(name);
     const seed = typeof manifest.seed === "number" ? manifest.seed : parsedName.seed;

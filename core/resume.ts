@@ -14,8 +14,12 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import { join } from "node:path";
 import { hasCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { UserError } from "./errors.ts";
+import { checkRegularFile, readRegularText } from "./fs.ts";
 import type { Policy, PolicyState } from "./policy.ts";
+import { exists } from "./run.ts";
 
 const EXTRA = "extra/";
 
@@ -27,6 +31,8 @@ export interface UnitState {
   extras: Float32Array[];
   /** Counters and settings saved with the state. */
   meta: Record<string, unknown>;
+  /** The state's index file (`<dir>/<name>.json`), for messages. */
+  file: string;
 }
 
 /** Byte length of a file (0 when it does not exist). */
@@ -77,35 +83,183 @@ export async function saveUnitState(
  */
 export async function loadUnitState(dir: string, name: string): Promise<UnitState | undefined> {
   if (!(await hasCheckpoint(dir, name))) return undefined;
+  const file = join(dir, `${name}.json`);
   const { state, meta } = await loadCheckpoint(dir, name);
   const own = state.weights.filter((w) => !w.name.startsWith(EXTRA));
-  const extras = state.weights
-    .filter((w) => w.name.startsWith(EXTRA))
-    .sort((a, b) => Number(a.name.slice(EXTRA.length)) - Number(b.name.slice(EXTRA.length)))
+  const extraEntries = state.weights.filter((w) => w.name.startsWith(EXTRA));
+  const position = (w: { name: string }) => Number(w.name.slice(EXTRA.length));
+  const numbered = extraEntries.every((w) => /^\d+$/.test(w.name.slice(EXTRA.length))) &&
+    new Set(extraEntries.map(position)).size === extraEntries.length;
+  if (!numbered) {
+    throw unitStateError(file, "its extra tensors are not numbered extra/0, extra/1, ...");
+  }
+  const extras = extraEntries
+    .sort((a, b) => position(a) - position(b))
     .map((w) => state.data.slice(w.offset, w.offset + w.shape.reduce((x, y) => x * y, 1)));
-  return { policy: { config: state.config, weights: own, data: state.data }, extras, meta };
+  return { policy: { config: state.config, weights: own, data: state.data }, extras, meta, file };
 }
 
-/** Truncates `metrics.jsonl` to the length recorded in a unit state's meta. */
+/**
+ * A {@link UserError} about a unit state file: names it, says what is wrong and how to go on
+ * (delete it and that part of the run starts over).
+ */
+export function unitStateError(file: string, problem: string): UserError {
+  return new UserError(
+    `${file}: ${problem}; the resume state is corrupt or from another version: delete it to ` +
+      `redo that part of the run from its start, or start without --resume in a new --out folder`,
+  );
+}
+
+/** Kinds of meta fields checked by {@link checkMeta}; a trailing `?` also accepts null. */
+export type MetaKind =
+  | "count"
+  | "number"
+  | "number?"
+  | "counts"
+  | "numbers"
+  | "object"
+  | "object?";
+
+function hasKind(value: unknown, kind: MetaKind): boolean {
+  if (value === null && kind.endsWith("?")) return true;
+  const isCount = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  switch (kind) {
+    case "count":
+      return isCount(value);
+    case "number":
+    case "number?":
+      return typeof value === "number";
+    case "counts":
+      return Array.isArray(value) && value.every(isCount);
+    case "numbers":
+      return Array.isArray(value) && value.every((v) => typeof v === "number");
+    case "object":
+    case "object?":
+      return typeof value === "object" && value !== null && !Array.isArray(value);
+  }
+}
+
+/**
+ * Checks the fields of a unit state's meta: `fields` maps dotted paths (`done.grow`) to their
+ * kind. A path through a null value is accepted when its kind ends in `?`.
+ *
+ * @throws {UserError} naming the state file, the field, its value and the expected kind.
+ */
+export function checkMeta(saved: UnitState, fields: Record<string, MetaKind>): void {
+  for (const [path, kind] of Object.entries(fields)) {
+    let value: unknown = saved.meta;
+    for (const key of path.split(".")) {
+      if (value === null && kind.endsWith("?")) break;
+      value = typeof value === "object" && value !== null
+        ? (value as Record<string, unknown>)[key]
+        : undefined;
+    }
+    if (!hasKind(value, kind)) {
+      const shown = value === undefined ? "missing" : JSON.stringify(value)?.slice(0, 80);
+      throw unitStateError(saved.file, `meta.${path} is ${shown}, expected ${describeKind(kind)}`);
+    }
+  }
+}
+
+function describeKind(kind: MetaKind): string {
+  const base = {
+    count: "an integer >= 0",
+    number: "a number",
+    counts: "an array of integers >= 0",
+    numbers: "an array of numbers",
+    object: "an object",
+  }[kind.replace("?", "") as "count"];
+  return kind.endsWith("?") ? `${base} or null` : base;
+}
+
+/**
+ * Applies a loaded unit state with `apply` (loading the weights, optimizer moments,
+ * counters): a mismatch found there (weights that do not fit the model, tensors of the wrong
+ * size) is reported as a {@link UserError} naming the state file, not as an internal error.
+ */
+export async function applyUnitState<T>(
+  saved: UnitState,
+  apply: () => T | Promise<T>,
+): Promise<T> {
+  try {
+    return await apply();
+  } catch (error) {
+    if (
+      error instanceof UserError || error instanceof Deno.errors.NotCapable ||
+      error instanceof Deno.errors.PermissionDenied
+    ) throw error;
+    throw unitStateError(saved.file, `it does not fit this run (${(error as Error).message})`);
+  }
+}
+
+/**
+ * Truncates `metrics.jsonl` to the length recorded in a unit state's meta (dropping what the
+ * unfinished unit logged) and checks what is kept.
+ *
+ * @throws {UserError} naming the file when it is not a regular file, shorter than recorded
+ *   (truncated) or holds a line that is not a JSON object (corrupt).
+ */
 export async function rewindMetrics(path: string, meta: Record<string, unknown>): Promise<void> {
   const bytes = meta.metricsBytes;
-  if (typeof bytes !== "number") return;
-  const size = await fileSize(path);
+  if (bytes === undefined) return;
+  const fix = "restore it, or start the run again without --resume in a new --out folder";
+  if (typeof bytes !== "number" || !Number.isSafeInteger(bytes) || bytes < 0) {
+    throw new UserError(
+      `the resume state beside ${path} records a metrics length of ${JSON.stringify(bytes)}, ` +
+        `not a byte count; ${fix}`,
+    );
+  }
+  const size = bytes === 0 && !(await exists(path))
+    ? 0
+    : await checkRegularFile(path, { what: "metrics log" });
+  if (size < bytes) {
+    throw new UserError(
+      `${path}: ${size} bytes, but the run's resume state recorded ${bytes}: the metrics log ` +
+        `was truncated; ${fix}`,
+    );
+  }
   if (size > bytes) await Deno.truncate(path, bytes);
+  if (bytes > 0) checkMetricsText(path, await readRegularText(path, { what: "metrics log" }), fix);
 }
 
-/** Assigns saved values to variables (same order and sizes as when saved). */
-export function assignExtras(variables: readonly tf.Variable[], values: readonly Float32Array[]) {
+/**
+ * Checks that every non-empty line of a metrics log is a JSON object.
+ *
+ * @throws {UserError} naming the file and line otherwise, with `fix` (what to do).
+ */
+export function checkMetricsText(path: string, text: string, fix: string): void {
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i].trim() === "") continue;
+    let record: unknown;
+    try {
+      record = JSON.parse(lines[i]);
+    } catch {
+      record = undefined;
+    }
+    if (record === null || typeof record !== "object" || Array.isArray(record)) {
+      throw new UserError(`${path}:${i + 1}: not a JSON object (corrupt metrics log); ${fix}`);
+    }
+  }
+}
+
+/**
+ * Assigns saved values to variables (same order and sizes as when saved). With `file`, a
+ * mismatch is a {@link UserError} naming that state file.
+ */
+export function assignExtras(
+  variables: readonly tf.Variable[],
+  values: readonly Float32Array[],
+  file?: string,
+) {
+  const fail = (problem: string) =>
+    file === undefined ? new RangeError(problem) : unitStateError(file, problem);
   if (variables.length !== values.length) {
-    throw new RangeError(
-      `saved state has ${values.length} extra tensors, expected ${variables.length}`,
-    );
+    throw fail(`saved state has ${values.length} extra tensors, expected ${variables.length}`);
   }
   variables.forEach((v, i) => {
     if (values[i].length !== v.size) {
-      throw new RangeError(
-        `saved extra tensor ${i} has ${values[i].length} values, expected ${v.size}`,
-      );
+      throw fail(`saved extra tensor ${i} has ${values[i].length} values, expected ${v.size}`);
     }
     tf.tidy(() => v.assign(tf.tensor(values[i], v.shape, "float32")));
   });

@@ -7,7 +7,8 @@
 
 import { join } from "node:path";
 import { UserError } from "./errors.ts";
-import type { Metrics, MetricsLog } from "./types.ts";
+import { checkRegularFile, readRegularText } from "./fs.ts";
+import type { Metrics, MetricsLog, RunSummary } from "./types.ts";
 
 /** Writes a file atomically: a temporary file in the same folder, then a rename. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
@@ -37,6 +38,7 @@ export async function exists(path: string): Promise<boolean> {
 export class MetricsWriter implements MetricsLog {
   /** The metrics file. */
   readonly path: string;
+  #checked = false;
 
   /** Creates a writer for `path` (the file is created on the first record). */
   constructor(path: string) {
@@ -48,6 +50,11 @@ export class MetricsWriter implements MetricsLog {
    * keys must be namespaced (`grow/...`, `eval/...`).
    */
   async log(record: Metrics, step?: number): Promise<void> {
+    if (!this.#checked) {
+      // A FIFO or a folder in its place would block or fail the first append: name it.
+      if (await exists(this.path)) await checkRegularFile(this.path, { what: "metrics log" });
+      this.#checked = true;
+    }
     const line: Record<string, unknown> = {};
     if (step !== undefined) line.step = step;
     line.time = new Date().toISOString();
@@ -61,21 +68,35 @@ export class MetricsWriter implements MetricsLog {
   }
 }
 
-/** Reads a `metrics.jsonl` file into records. */
+/**
+ * Reads a `metrics.jsonl` file into records.
+ *
+ * @throws {UserError} naming the file when it is not a regular file, and the line when one is
+ *   not a JSON object.
+ */
 export async function readMetrics(path: string): Promise<Record<string, unknown>[]> {
-  const text = await Deno.readTextFile(path);
+  const text = await readRegularText(path, { what: "metrics log" });
   const records: Record<string, unknown>[] = [];
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
     if (lines[i].trim() === "") continue;
+    let record: unknown;
     try {
-      records.push(JSON.parse(lines[i]));
+      record = JSON.parse(lines[i]);
     } catch {
-      throw new UserError(`${path}:${i + 1}: not a JSON line`);
+      throw new UserError(
+        `${path}:${i + 1}: not a JSON line (truncated or corrupt metrics log); ${METRICS_FIX}`,
+      );
     }
+    if (record === null || typeof record !== "object" || Array.isArray(record)) {
+      throw new UserError(`${path}:${i + 1}: expected a JSON object per line; ${METRICS_FIX}`);
+    }
+    records.push(record as Record<string, unknown>);
   }
   return records;
 }
+
+const METRICS_FIX = "restore the file, or delete the run's folder and run it again";
 
 /** The state of a run folder when a run starts. */
 export type RunState = "new" | "resumed" | "complete";
@@ -92,6 +113,7 @@ export interface RunFolder {
 
 const RESOLVED = "manifest.resolved.json";
 const SUMMARY = "summary.json";
+const METRICS = "metrics.jsonl";
 
 /**
  * Opens (creating) the folder of one run and writes `manifest.resolved.json`.
@@ -115,7 +137,8 @@ export async function openRunFolder(
         `run folder ${dir} already exists; pass --resume to continue it, or --out DIR to write elsewhere`,
       );
     }
-    const previous = await Deno.readTextFile(join(dir, RESOLVED)).catch(() => undefined);
+    await checkStateFiles(dir);
+    const previous = await readResolved(join(dir, RESOLVED));
     if (previous !== undefined && previous !== text) {
       throw new UserError(
         `cannot resume ${dir}: the manifest changed since the run started ` +
@@ -129,7 +152,38 @@ export async function openRunFolder(
   if (state === "new" || !(await exists(join(dir, RESOLVED)))) {
     await writeFileAtomic(join(dir, RESOLVED), text);
   }
-  return { dir, state, metrics: new MetricsWriter(join(dir, "metrics.jsonl")) };
+  return { dir, state, metrics: new MetricsWriter(join(dir, METRICS)) };
+}
+
+/**
+ * Refuses a resumed run folder whose state files exist but are not regular files (a FIFO,
+ * a folder, ...), before anything reads or appends to them (which would hang or fail).
+ */
+async function checkStateFiles(dir: string): Promise<void> {
+  for (const name of [RESOLVED, SUMMARY, METRICS]) {
+    const path = join(dir, name);
+    if (await exists(path)) await checkRegularFile(path, { what: name });
+  }
+}
+
+/**
+ * The stored resolved manifest of a run, or undefined when there is none.
+ *
+ * @throws {UserError} naming the file when it is not valid JSON (truncated or corrupt).
+ */
+async function readResolved(path: string): Promise<string | undefined> {
+  if (!(await exists(path))) return undefined;
+  const text = await readRegularText(path, { what: RESOLVED, maxBytes: 64 << 20 });
+  try {
+    JSON.parse(text);
+  } catch {
+    throw new UserError(
+      `${path}: not valid JSON (truncated or corrupt); delete it to have it written again ` +
+        `from the manifest (the run is then resumed as that manifest says), or start without ` +
+        `--resume in a new --out folder`,
+    );
+  }
+  return text;
 }
 
 /** Marks a run complete by writing its summary. */
@@ -137,9 +191,43 @@ export async function writeRunSummary(dir: string, summary: unknown): Promise<vo
   await writeFileAtomic(join(dir, SUMMARY), JSON.stringify(summary, null, 2) + "\n");
 }
 
-/** Reads a completed run's summary. */
-export async function readRunSummary(dir: string): Promise<unknown> {
-  return JSON.parse(await Deno.readTextFile(join(dir, SUMMARY)));
+/**
+ * Reads a completed run's summary: a JSON object whose `metrics` maps names to numbers (or
+ * null for a value that was not finite).
+ *
+ * @throws {UserError} naming the file when it is not a regular file, not valid JSON or not of
+ *   that shape.
+ */
+export async function readRunSummary(dir: string): Promise<RunSummary> {
+  const path = join(dir, SUMMARY);
+  const text = await readRegularText(path, { what: "run summary", maxBytes: 64 << 20 });
+  const fix = "delete it and run again with --resume to recompute it";
+  let summary: unknown;
+  try {
+    summary = JSON.parse(text);
+  } catch {
+    throw new UserError(`${path}: not valid JSON (truncated or corrupt); ${fix}`);
+  }
+  const problem = summaryProblem(summary);
+  if (problem !== undefined) throw new UserError(`${path}: ${problem}; ${fix}`);
+  return summary as RunSummary;
+}
+
+/** The first thing wrong with a parsed summary, in words, or undefined. */
+export function summaryProblem(summary: unknown): string | undefined {
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(summary)) return "expected a JSON object";
+  if (!isObject(summary.metrics)) return "expected an object `metrics` of final metrics";
+  for (const [key, value] of Object.entries(summary.metrics)) {
+    if (typeof value !== "number" && value !== null) {
+      return `metrics.${key} is ${JSON.stringify(value)?.slice(0, 80)}, expected a number`;
+    }
+  }
+  if (summary.seconds !== undefined && typeof summary.seconds !== "number") {
+    return `seconds is ${JSON.stringify(summary.seconds)?.slice(0, 80)}, expected a number`;
+  }
+  return undefined;
 }
 
 /**

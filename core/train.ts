@@ -13,7 +13,30 @@ import type { Policy, TokenBatch } from "./policy.ts";
 import { Rng } from "./random.ts";
 import type { Metrics, MetricsLog, Progress } from "./types.ts";
 import { makeBatch } from "./batch.ts";
-import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "./resume.ts";
+import {
+  applyUnitState,
+  assignExtras,
+  checkMeta,
+  loadUnitState,
+  type MetaKind,
+  rewindMetrics,
+  saveUnitState,
+} from "./resume.ts";
+
+/** The counters of a training state and their kinds (checked when it is loaded). */
+const TRAIN_STATE_FIELDS: Record<string, MetaKind> = {
+  step: "count",
+  epoch: "count",
+  consumed: "count",
+  bestScore: "number?",
+  bestStep: "count",
+  sinceBest: "count",
+  tokens: "count",
+  windowTokens: "count",
+  windowLoss: "number",
+  windowSteps: "count",
+  adamStep: "count",
+};
 
 /** One training pair as token ids (no BOS/EOS: the batcher adds them). */
 export interface TokenPair {
@@ -174,14 +197,17 @@ export async function trainLoop<P extends TokenPair>(
   if (cp !== undefined) {
     const saved = await loadUnitState(cp.dir, cp.name);
     if (saved !== undefined) {
+      checkMeta(saved, TRAIN_STATE_FIELDS);
       const m = saved.meta as Record<string, number>;
-      policy.load(saved.policy);
       const adam = saved.extras.length - extraVariables.length;
-      assignExtras(extraVariables, saved.extras.slice(adam));
-      optimizer.restore({
-        step: m.adamStep,
-        m: saved.extras.slice(0, adam / 2),
-        v: saved.extras.slice(adam / 2, adam),
+      await applyUnitState(saved, () => {
+        policy.load(saved.policy);
+        assignExtras(extraVariables, saved.extras.slice(adam), saved.file);
+        optimizer.restore({
+          step: m.adamStep,
+          m: saved.extras.slice(0, adam / 2),
+          v: saved.extras.slice(adam / 2, adam),
+        });
       });
       ({ step, epoch, consumed, bestScore, bestStep, sinceBest, tokens } = m);
       ({ windowTokens, windowLoss, windowSteps } = m);

@@ -76,7 +76,16 @@ import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/
 import type { Policy, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
-import { assignExtras, loadUnitState, rewindMetrics, saveUnitState } from "../../core/resume.ts";
+import {
+  applyUnitState,
+  assignExtras,
+  checkMeta,
+  loadUnitState,
+  rewindMetrics,
+  saveUnitState,
+  type UnitState,
+  unitStateError,
+} from "../../core/resume.ts";
 import { disposeBatch, lengthBuckets, systemMetrics, type TokenPair } from "../../core/train.ts";
 import type { Example, Metrics, RunContext } from "../../core/types.ts";
 import {
@@ -322,6 +331,47 @@ interface LoopState {
   best: { score: number; rollout: number } | null;
 }
 
+/**
+ * Checks a loaded PPO state: the counters of {@link LoopState} with their types, no more
+ * rollout batches than planned, and the saved tensors (`tensors` for the Adam moments and the
+ * value network, one more for the best weights once a best is recorded).
+ *
+ * @throws {UserError} naming the state file otherwise.
+ */
+function checkPpoState(saved: UnitState, rollouts: number, tensors: number): void {
+  checkMeta(saved, {
+    adamStep: "count",
+    "progress.rollouts": "count",
+    "progress.step": "count",
+    "progress.samplesUsed": "count",
+    "progress.sourcesDrawn": "count",
+    "progress.rewardSum": "number",
+    "progress.klCoef": "number",
+    "progress.baseline": "numbers",
+    "progress.normaliser": "object?",
+    "progress.normaliser.mean": "number?",
+    "progress.normaliser.std": "number?",
+    "progress.distinct": "numbers",
+    "progress.best": "object?",
+    "progress.best.score": "number?",
+    "progress.best.rollout": "number?",
+  });
+  const progress = saved.meta.progress as LoopState;
+  if (progress.rollouts > rollouts) {
+    throw unitStateError(
+      saved.file,
+      `it records ${progress.rollouts} rollout batches as done, but the run plans ${rollouts}`,
+    );
+  }
+  const expected = progress.best === null ? [tensors, tensors + 1] : [tensors + 1];
+  if (!expected.includes(saved.extras.length)) {
+    throw unitStateError(
+      saved.file,
+      `it holds ${saved.extras.length} extra tensors, expected ${expected.join(" or ")}`,
+    );
+  }
+}
+
 /** A 53-bit hash of a string (two FNV-1a variants): distinct-sample counting without the strings. */
 function hash53(text: string): number {
   let a = 0x811c9dc5;
@@ -373,16 +423,31 @@ async function loop(
   // from the seed and the rollout or step number).
   const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
   if (saved !== undefined) {
+    checkPpoState(saved, plan.length, 2 * variables.length + valueNetVariables.length);
     const meta = saved.meta as unknown as { progress: LoopState; adamStep: number };
-    policy.load(saved.policy);
     const n = variables.length;
-    optimizer.restore({
-      step: meta.adamStep,
-      m: saved.extras.slice(0, n),
-      v: saved.extras.slice(n, 2 * n),
+    await applyUnitState(saved, () => {
+      policy.load(saved.policy);
+      optimizer.restore({
+        step: meta.adamStep,
+        m: saved.extras.slice(0, n),
+        v: saved.extras.slice(n, 2 * n),
+      });
+      assignExtras(
+        valueNetVariables,
+        saved.extras.slice(2 * n, 2 * n + valueNetVariables.length),
+        saved.file,
+      );
     });
-    assignExtras(valueNetVariables, saved.extras.slice(2 * n, 2 * n + valueNetVariables.length));
     bestData = saved.extras[2 * n + valueNetVariables.length];
+    const weightCount = saved.policy.data.length -
+      saved.extras.reduce((sum, e) => sum + e.length, 0);
+    if (bestData !== undefined && bestData.length !== weightCount) {
+      throw unitStateError(
+        saved.file,
+        `its best weights hold ${bestData.length} values, the policy ${weightCount}`,
+      );
+    }
     Object.assign(p, meta.progress);
     await rewindMetrics(metricsPath, saved.meta);
     ctx.log(`resumed after rollout batch ${p.rollouts} of ${plan.length}`);

@@ -398,10 +398,10 @@ class LearnedReward implements RewardModel {
   }
 
   #describe(): string {
-    const h = this.#meta.heldOut as { pearson?: number; kendall?: number } | undefined;
-    return h === undefined
-      ? ""
-      : ` (held-out Pearson ${format(h.pearson ?? NaN)}, Kendall ${format(h.kendall ?? NaN)})`;
+    const h = this.#meta.heldOut as { pearson?: unknown; kendall?: unknown } | null | undefined;
+    if (h === undefined || h === null || typeof h !== "object") return "";
+    const value = (x: unknown) => typeof x === "number" ? x : NaN;
+    return ` (held-out Pearson ${format(value(h.pearson))}, Kendall ${format(value(h.kendall))})`;
   }
 
   #install(model: QeModel, tokenizer: Tokenizer): void {
