@@ -266,6 +266,34 @@ Deno.test("moses: two aligned files; CRLF lines; a line-count mismatch names bot
   );
 });
 
+Deno.test("data: CR-only (old Mac) line endings are named, in every text format", async () => {
+  await withTempDir(async (dir) => {
+    const files: [string, string][] = [
+      ["mac.tsv", "Hallo\tHello\rWelt\tWorld\rJa\tYes\r"],
+      ["mac.jsonl", '{"source":"a","reference":"b"}\r{"source":"c","reference":"d"}\r'],
+      ["mac.en", "One\rTwo\rThree\r"],
+      ["mac.po", 'msgid ""\rmsgstr ""\r\rmsgid "Open"\rmsgstr "Öffnen"\r'],
+      // CR-only lines, then an LF added at the end (as some editors do)
+      ["end.tsv", "Hallo\tHello\rWelt\tWorld\n"],
+    ];
+    for (const [name, text] of files) await Deno.writeTextFile(join(dir, name), text);
+    const crOnly = (name: string) =>
+      new RegExp(`^${join(dir, name)}: uses CR-only line endings.*convert them to LF`);
+    await rejectsData(load(tsv, { paths: ["mac.tsv"] }, dir), crOnly("mac.tsv"));
+    await rejectsData(load(jsonl, { paths: ["mac.jsonl"] }, dir), crOnly("mac.jsonl"));
+    await rejectsData(
+      load(moses, { source: "mac.en", reference: "mac.en" }, dir),
+      crOnly("mac.en"),
+    );
+    await rejectsData(load(gettext, { paths: ["mac.po"] }, dir), crOnly("mac.po"));
+    await rejectsData(load(tsv, { paths: ["end.tsv"] }, dir), crOnly("end.tsv"));
+    // CRLF and a stray CR after the first line are read as before.
+    await Deno.writeTextFile(join(dir, "ok.tsv"), "Hallo\tHello\r\nWelt\tWor\rld\r\nJa\tYes");
+    const ok = all(await load(tsv, { paths: ["ok.tsv"], ...NO_SPLIT }, dir));
+    assert.deepEqual(ok.map((p) => p.reference), ["Hello", "Wor ld", "Yes"]);
+  });
+});
+
 // --- gettext: parsing ------------------------------------------------------------------
 
 const APP_PO = join(FIXTURES, "gettext/de/app.po");
