@@ -19,6 +19,9 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { ManifestError, type ManifestProblem, UserError } from "./errors.ts";
 import { scoresProblem } from "./evaluate.ts";
+import { checkRegularFile } from "./fs.ts";
+import { EXPERIMENT_FOLDER_ENTRIES, folderNameProblem, reservedEntry } from "./layout.ts";
+import { escapePointer, lineAndColumn, scanJsonText } from "./manifest_text.ts";
 import {
   definePlugin,
   type JsonSchema,
@@ -84,6 +87,7 @@ export function envelopeSchema(): JsonSchema {
       experiment: {
         type: "string",
         pattern: NAME_PATTERN,
+        maxLength: 255,
         description: "Experiment name; outputs go to <out>/<experiment>/.",
       },
       description: { type: "string", description: "Free text describing the experiment." },
@@ -114,7 +118,14 @@ export function envelopeSchema(): JsonSchema {
           additionalProperties: false,
           required: ["name", "algorithm"],
           properties: {
-            name: { type: "string", pattern: NAME_PATTERN, description: "Run name (unique)." },
+            name: {
+              type: "string",
+              pattern: NAME_PATTERN,
+              maxLength: 255,
+              description: "Run name (unique, also up to letter case); it names the run's " +
+                "folder, so it may not be one of the experiment folder's own entries " +
+                `(${EXPERIMENT_FOLDER_ENTRIES.join(", ")}).`,
+            },
             description: { type: "string", description: "Free text describing the run." },
             label: {
               type: "string",
@@ -324,10 +335,6 @@ function show(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
-function escapePointer(key: string): string {
-  return key.replaceAll("~", "~0").replaceAll("/", "~1");
-}
-
 function pointerGet(data: unknown, pointer: string): unknown {
   if (pointer === "") return data;
   let current: unknown = data;
@@ -341,194 +348,53 @@ function pointerGet(data: unknown, pointer: string): unknown {
 
 /**
  * Parses JSON text, turning syntax errors into a ManifestError with line and column. A
- * leading byte-order mark is ignored.
+ * leading byte-order mark is ignored. The text is scanned before it is parsed, so that
+ * duplicate keys (which JSON.parse would resolve silently), nesting deeper than
+ * {@link MAX_MANIFEST_DEPTH} and more than {@link MAX_MANIFEST_VALUES} values are reported
+ * with their JSON pointers, in linear time and without recursion.
+ *
+ * @throws {ManifestError} listing what the scan found.
  */
 export function parseManifestText(text: string, file: string): unknown {
   const body = text.startsWith("\ufeff") ? text.slice(1) : text;
+  const scan = scanJsonText(body, { maxDepth: MAX_MANIFEST_DEPTH, maxValues: MAX_MANIFEST_VALUES });
+  if (scan.syntax !== undefined) {
+    const { line, column } = lineAndColumn(body, scan.syntax.offset);
+    throw new ManifestError(file, [{
+      path: "",
+      message: `invalid JSON: ${scan.syntax.reason} (line ${line}, column ${column})`,
+    }]);
+  }
+  if (scan.problems.length > 0) throw new ManifestError(file, capped(scan.problems));
   try {
     return JSON.parse(body);
   } catch (error) {
-    const found = jsonSyntaxError(body);
-    let message: string;
-    if (found === undefined) {
-      // Not expected: the scanner accepts exactly what JSON.parse accepts.
-      message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, " ");
-    } else {
-      const before = body.slice(0, found.offset);
-      const line = before.split("\n").length;
-      const column = found.offset - before.lastIndexOf("\n");
-      message = `${found.reason} (line ${line}, column ${column})`;
-    }
+    // Not expected: the scanner accepts exactly what JSON.parse accepts.
+    const message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, " ");
     throw new ManifestError(file, [{ path: "", message: `invalid JSON: ${message}` }]);
   }
 }
 
-const JSON_NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
-
 /**
- * Finds the first JSON syntax error in `text`: its offset and a short reason, or undefined
- * when the text is valid JSON. Iterative, so deep nesting cannot overflow the stack.
+ * Reads and parses a manifest file. Only a regular file (or a symlink to one) of at most
+ * {@link MAX_MANIFEST_BYTES} is read: a FIFO, socket, device or folder is refused at once,
+ * naming what it is, instead of hanging or reading forever.
+ *
+ * @throws {ManifestError} when the file is missing, not a regular file, too large, not
+ *   UTF-8, or not valid JSON (see {@link parseManifestText}).
  */
-export function jsonSyntaxError(text: string): { offset: number; reason: string } | undefined {
-  const closers: string[] = [];
-  // What comes next: a value, an object key, the colon after a key, or what follows a value.
-  let expect: "value" | "key" | "colon" | "after" = "value";
-  let justOpened = false;
-  let afterComma = false;
-  let i = 0;
-  const n = text.length;
-  const fail = (offset: number, reason: string) => ({ offset, reason });
-  // What stands at `offset`, for messages, and advice about common mistakes there.
-  const what = (offset: number): string => {
-    if (offset >= n) return "the end of the text";
-    const ch = String.fromCodePoint(text.codePointAt(offset)!);
-    if (ch === '"') return `'"'`;
-    if (/^[\x21-\x7e]$/.test(ch)) return `"${ch}"`;
-    return `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
-  };
-  const hint = (offset: number): string => {
-    if (offset >= n) return "; is the file truncated?";
-    if (/^-?(NaN|Infinity)/.test(text.slice(offset, offset + 9))) {
-      return "; NaN and Infinity are not JSON numbers, write a finite number";
-    }
-    if (text[offset] === "'") return "; strings and keys must be in double quotes";
-    if (text[offset] === "/") return "; comments are not allowed in JSON";
-    return "";
-  };
-  const unexpected = (offset: number) =>
-    fail(offset, `unexpected ${what(offset).replace(/^the /, "")}${hint(offset)}`);
-  const expected = (offset: number, wanted: string) =>
-    fail(offset, `expected ${wanted}, got ${what(offset)}${hint(offset)}`);
-  const skipSpace = () => {
-    while (i < n && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")) {
-      i++;
-    }
-  };
-  const readString = (): { offset: number; reason: string } | undefined => {
-    const start = i;
-    i++;
-    while (i < n) {
-      const code = text.charCodeAt(i);
-      if (code === 0x22) {
-        i++;
-        return undefined;
-      }
-      if (code < 0x20) {
-        return fail(i, "control character inside a string (write it as \\n, \\t, ...)");
-      }
-      if (code === 0x5c) {
-        const next = text[i + 1];
-        if (next === "u") {
-          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) {
-            return fail(i, "\\u must be followed by four hex digits");
-          }
-          i += 6;
-        } else if (next !== undefined && '"\\/bfnrt'.includes(next)) i += 2;
-        else return fail(i, `invalid escape \\${next ?? ""} in a string`);
-      } else i++;
-    }
-    return fail(start, "unterminated string (missing closing quote)");
-  };
-
-  for (;;) {
-    skipSpace();
-    if (i >= n) {
-      if (expect === "after" && closers.length === 0) return undefined;
-      return unexpected(n);
-    }
-    const ch = text[i];
-    if (expect === "after") {
-      if (closers.length === 0) return expected(i, "nothing after the end of the document");
-      if (ch === ",") {
-        i++;
-        expect = closers[closers.length - 1] === "}" ? "key" : "value";
-        afterComma = true;
-        continue;
-      }
-      if (ch === closers[closers.length - 1]) {
-        closers.pop();
-        i++;
-        continue;
-      }
-      return expected(i, closers[closers.length - 1] === "}" ? '"," or "}"' : '"," or "]"');
-    }
-    if (expect === "colon") {
-      if (ch !== ":") return expected(i, '":" after an object key');
-      i++;
-      expect = "value";
-      continue;
-    }
-    const opened = justOpened;
-    const comma = afterComma;
-    justOpened = false;
-    afterComma = false;
-    if (expect === "key") {
-      if (ch === "}" && opened) {
-        closers.pop();
-        i++;
-        expect = "after";
-        continue;
-      }
-      if (ch === "}" && comma) return fail(i, 'trailing comma before "}"');
-      if (ch !== '"') {
-        return expected(i, "an object key in double quotes");
-      }
-      const bad = readString();
-      if (bad !== undefined) return bad;
-      expect = "colon";
-      continue;
-    }
-    // expect === "value"
-    if (ch === "]" && opened) {
-      closers.pop();
-      i++;
-      expect = "after";
-      continue;
-    }
-    if (ch === "]" && comma) return fail(i, 'trailing comma before "]"');
-    if (ch === "{" || ch === "[") {
-      closers.push(ch === "{" ? "}" : "]");
-      i++;
-      expect = ch === "{" ? "key" : "value";
-      justOpened = true;
-      continue;
-    }
-    if (ch === '"') {
-      const bad = readString();
-      if (bad !== undefined) return bad;
-      expect = "after";
-      continue;
-    }
-    JSON_NUMBER.lastIndex = i;
-    const number = JSON_NUMBER.exec(text);
-    if (number !== null && number[0] !== "-") {
-      i += number[0].length;
-      expect = "after";
-      continue;
-    }
-    const literal = ["true", "false", "null"].find((word) => text.startsWith(word, i));
-    if (literal !== undefined) {
-      i += literal.length;
-      expect = "after";
-      continue;
-    }
-    return unexpected(i);
-  }
-}
-
-/** Reads and parses a manifest file; a missing file is a ManifestError. */
 export async function readManifestFile(file: string): Promise<unknown> {
   let bytes: Uint8Array;
   try {
+    await checkRegularFile(file, { what: "manifest", maxBytes: MAX_MANIFEST_BYTES });
     bytes = await Deno.readFile(file);
   } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound
-      ? "file not found"
-      : error instanceof Deno.errors.IsADirectory
-      ? "is a folder, expected a JSON file"
-      : error instanceof Error
-      ? error.message
-      : String(error);
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw error; // reported as a permission error by the CLI
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    // checkRegularFile's messages start with the path, which ManifestError already names.
+    const reason = message.startsWith(`${file}: `) ? message.slice(file.length + 2) : message;
     throw new ManifestError(file, [{ path: "", message: `cannot read manifest: ${reason}` }]);
   }
   let text: string;
@@ -792,12 +658,44 @@ class Resolver {
     const nestedOk = await this.#resolveNested(plugin.configSchema, copy, `${path}/config`);
     if (!valid || !nestedOk) return undefined;
     let finalConfig = copy;
-    if (this.smoke && plugin.smoke !== undefined) finalConfig = plugin.smoke(copy);
+    if (this.smoke && plugin.smoke !== undefined) {
+      // The user's config was checked above, before scaling; the scaled one is checked too,
+      // so that --smoke never runs (or hides) an invalid config.
+      finalConfig = plugin.smoke(structuredClone(copy));
+      if (!this.#checkSmoked(plugin, validate, finalConfig, path)) return undefined;
+    }
     const resolved: ResolvedPluginRef = { kind, name: plugin.name, config: finalConfig };
     if (module !== undefined) {
       resolved.module = isAbsolute(module) ? module : resolve(this.baseDir, module);
     }
     return { ref: resolved, plugin };
+  }
+
+  /** Validates a config scaled by the plugin's `smoke`; false (with problems) when invalid. */
+  #checkSmoked(
+    plugin: PluginDefinition,
+    validate: ValidateFunction,
+    config: Record<string, unknown>,
+    path: string,
+  ): boolean {
+    const problems: ManifestProblem[] = [];
+    if (!validate(structuredClone(config))) {
+      for (const error of validate.errors ?? []) {
+        problems.push(formatAjvError(error, `${path}/config`, config));
+      }
+    } else if (plugin.check !== undefined) {
+      for (const problem of plugin.check(config)) {
+        problems.push({ path: `${path}/config${problem.path}`, message: problem.message });
+      }
+    }
+    for (const problem of problems) {
+      this.problem(
+        problem.path,
+        `under --smoke, ${plugin.kind} plugin "${plugin.name}" scaled this config into an ` +
+          `invalid one: ${problem.message}`,
+      );
+    }
+    return problems.length === 0;
   }
 
   /** Replaces nested plugin references (schema nodes marked with x-plugin-kind) in place. */
@@ -836,31 +734,74 @@ class Resolver {
 /** Deepest nesting of arrays and objects a manifest may have (real ones stay below 10). */
 export const MAX_MANIFEST_DEPTH = 64;
 
+/** Most values a manifest may hold (real ones hold a few hundred). */
+export const MAX_MANIFEST_VALUES = 100_000;
+
+/** Largest manifest file read, in bytes (16 MiB; real ones are a few KiB). */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+
+/** Most problems listed in one ManifestError; the rest are counted. */
+export const MAX_LISTED_PROBLEMS = 50;
+
+/** `problems`, cut to {@link MAX_LISTED_PROBLEMS} with a last line counting the others. */
+function capped(problems: ManifestProblem[]): ManifestProblem[] {
+  if (problems.length <= MAX_LISTED_PROBLEMS) return problems;
+  const more = problems.length - MAX_LISTED_PROBLEMS;
+  return [
+    ...problems.slice(0, MAX_LISTED_PROBLEMS),
+    { path: "", message: `... and ${more} more problem${more === 1 ? "" : "s"}` },
+  ];
+}
+
 /**
  * The JSON pointer of the first array or object nested deeper than `limit` levels, or
  * undefined. Iterative, so a hostile document cannot overflow the stack here.
  */
 export function tooDeepPath(value: unknown, limit = MAX_MANIFEST_DEPTH): string | undefined {
+  return shapeProblem(value, limit, Infinity)?.path;
+}
+
+/**
+ * The first place where a parsed manifest is nested deeper than `maxDepth` or passes
+ * `maxValues` values, or undefined. Iterative and stops at the first problem, so that a
+ * hostile in-memory document costs neither stack nor time (texts are checked before
+ * parsing by {@link parseManifestText}).
+ */
+function shapeProblem(
+  value: unknown,
+  maxDepth: number,
+  maxValues: number,
+): ManifestProblem | undefined {
   const stack: { value: unknown; path: string; depth: number }[] = [{ value, path: "", depth: 0 }];
+  let values = 0;
   while (stack.length > 0) {
     const { value: node, path, depth } = stack.pop()!;
+    if (++values > maxValues) {
+      return {
+        path,
+        message: `the manifest holds more than ${maxValues} values (numbers, strings, ...); ` +
+          `a manifest describes an experiment, put data in data files`,
+      };
+    }
     if (node === null || typeof node !== "object") continue;
-    if (depth >= limit) return path;
-    for (const [key, child] of Object.entries(node)) {
-      stack.push({ value: child, path: `${path}/${escapePointer(key)}`, depth: depth + 1 });
+    if (depth >= maxDepth) return { path, message: `nested more than ${maxDepth} levels deep` };
+    const keys = Object.keys(node);
+    // Pushed in reverse, so that the walk (and the place reported) follows document order.
+    for (let k = keys.length - 1; k >= 0; k--) {
+      const key = keys[k];
+      stack.push({
+        value: (node as Record<string, unknown>)[key],
+        path: `${path}/${escapePointer(key)}`,
+        depth: depth + 1,
+      });
     }
   }
   return undefined;
 }
 
-function checkDepth(raw: unknown, file: string): void {
-  const deep = tooDeepPath(raw);
-  if (deep !== undefined) {
-    throw new ManifestError(file, [{
-      path: deep,
-      message: `nested more than ${MAX_MANIFEST_DEPTH} levels deep`,
-    }]);
-  }
+function checkShape(raw: unknown, file: string): void {
+  const problem = shapeProblem(raw, MAX_MANIFEST_DEPTH, MAX_MANIFEST_VALUES);
+  if (problem !== undefined) throw new ManifestError(file, [problem]);
 }
 
 /**
@@ -894,6 +835,76 @@ function numberProblems(value: unknown, known: readonly ManifestProblem[]): Mani
   return out.reverse();
 }
 
+/** `name`, cut to 40 characters for messages. */
+function shortName(name: string): string {
+  return JSON.stringify(name.length > 40 ? `${name.slice(0, 37)}...` : name);
+}
+
+/**
+ * Problems with the names that become folders, found before anything runs: the
+ * experiment's name, and each run's folder name (`<name>@seed<k>` when `seeds` > 1) that
+ * is not a valid folder name, is too long for the file system, is the name of a file or
+ * folder the framework writes in the experiment folder ({@link EXPERIMENT_FOLDER_ENTRIES}),
+ * or equals another run's folder name up to letter case. Names the envelope already
+ * rejected (`isBad`) are skipped.
+ */
+function folderProblems(
+  data: Record<string, unknown>,
+  isBad: (path: string) => boolean,
+): ManifestProblem[] {
+  const problems: ManifestProblem[] = [];
+  if (typeof data.experiment === "string" && !isBad("/experiment")) {
+    const problem = folderNameProblem(data.experiment);
+    if (problem !== undefined) problems.push({ path: "/experiment", message: problem });
+  }
+  const seeds = typeof data.seeds === "number" ? data.seeds : 1;
+  const runs = Array.isArray(data.runs) ? data.runs : [];
+  // Run folders by their lower-case name (macOS and Windows ignore letter case).
+  const taken = new Map<string, { index: number; folder: string }>();
+  for (let i = 0; i < runs.length; i++) {
+    const name = (runs[i] as Record<string, unknown> | null)?.name;
+    const path = `/runs/${i}/name`;
+    if (typeof name !== "string" || isBad(path)) continue;
+    const folders = seeds > 1
+      ? Array.from({ length: seeds }, (_, k) => `${name}@seed${k + 1}`)
+      : [name];
+    const message = runFolderProblem(name, folders, i, taken);
+    if (message !== undefined) problems.push({ path, message });
+  }
+  return problems;
+}
+
+/** What is wrong with the folders of run `index` named `name`, or undefined; claims them. */
+function runFolderProblem(
+  name: string,
+  folders: string[],
+  index: number,
+  taken: Map<string, { index: number; folder: string }>,
+): string | undefined {
+  const invalid = folderNameProblem(name);
+  if (invalid !== undefined) return invalid;
+  const longest = folders[folders.length - 1];
+  const tooLong = folderNameProblem(longest);
+  if (tooLong !== undefined) return `its folder ${shortName(longest)} ${tooLong}`;
+  for (const folder of folders) {
+    const entry = reservedEntry(folder);
+    if (entry !== undefined) {
+      return `${shortName(folder)} is reserved: the experiment folder holds the framework's ` +
+        `own ${JSON.stringify(entry)} (reserved names: ${EXPERIMENT_FOLDER_ENTRIES.join(", ")})`;
+    }
+    const other = taken.get(folder.toLowerCase());
+    if (other !== undefined && other.index !== index) {
+      return other.folder === folder
+        ? `duplicate run name ${shortName(name)} (also /runs/${other.index})`
+        : `run folder ${shortName(folder)} differs from /runs/${other.index}'s ` +
+          `${shortName(other.folder)} only in letter case, which file systems such as ` +
+          `macOS's and Windows' ignore; rename one`;
+    }
+  }
+  for (const folder of folders) taken.set(folder.toLowerCase(), { index, folder });
+  return undefined;
+}
+
 let envelopeValidator: ValidateFunction | undefined;
 
 /**
@@ -909,7 +920,7 @@ export async function resolveManifest(
   const file = options.file ?? "<manifest>";
   const baseDir = options.baseDir ??
     (options.file === undefined ? Deno.cwd() : dirname(resolve(options.file)));
-  checkDepth(raw, file);
+  checkShape(raw, file);
   const data = structuredClone(raw) as Record<string, unknown>;
   if (data !== null && typeof data === "object" && !Array.isArray(data)) {
     if (options.seed !== undefined) data.seed = options.seed;
@@ -945,24 +956,12 @@ export async function resolveManifest(
 
   const runs: ResolvedRun[] = [];
   const rawRuns = Array.isArray(data.runs) ? data.runs as Record<string, unknown>[] : [];
-  const seenNames = new Map<string, number>();
   let modelReported = false;
   const seed = typeof data.seed === "number" ? data.seed : 1;
   for (let i = 0; i < rawRuns.length; i++) {
     const run = rawRuns[i];
     const path = `/runs/${i}`;
     if (run === null || typeof run !== "object" || Array.isArray(run)) continue;
-    if (typeof run.name === "string") {
-      const first = seenNames.get(run.name);
-      if (run.name === "shared") {
-        resolver.problem(
-          `${path}/name`,
-          `"shared" is reserved (the experiment's shared BC checkpoint and reward models)`,
-        );
-      } else if (first !== undefined) {
-        resolver.problem(`${path}/name`, `duplicate run name "${run.name}" (also /runs/${first})`);
-      } else seenNames.set(run.name, i);
-    }
     if (run.algorithm === undefined || isBad(`${path}/algorithm`)) continue;
     const algorithm = await resolver.resolve("algorithm", run.algorithm, `${path}/algorithm`);
     const sections: Partial<Record<keyof typeof RUN_PLUGINS, ResolvedPluginRef>> = {};
@@ -1019,10 +1018,11 @@ export async function resolveManifest(
   }
 
   problems.push(...resolver.problems);
+  problems.push(...folderProblems(data, isBad));
   problems.push(...numberProblems(data, problems));
   if (problems.length > 0) {
     problems.sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
-    throw new ManifestError(file, problems);
+    throw new ManifestError(file, capped(problems));
   }
   return {
     file,
@@ -1057,7 +1057,7 @@ export async function resolvePluginRef(
   label: string,
   baseDir: string = Deno.cwd(),
 ): Promise<ResolvedPluginRef> {
-  checkDepth(ref, label);
+  checkShape(ref, label);
   const resolver = new Resolver(registries, baseDir, false);
   const result = await resolver.resolve(kind, ref, "");
   const problems = [...resolver.problems];

@@ -122,12 +122,19 @@ export interface PluginDefinition<K extends PluginKind = PluginKind, C = any> {
   /** Algorithms only: which run sections they require or accept. Others are rejected. */
   uses?: Partial<Record<RunSection, SectionUse>>;
   /**
-   * Optional: checks that need more than the schema (relations between options). Returns
-   * problems whose `path` is a JSON pointer inside the config (e.g. `/vocabSize`); the
-   * manifest reports them like schema errors.
+   * Optional: checks that need more than the schema, i.e. relations between options (a
+   * transformer's `heads` must divide `dModel`, a schedule's `end` must not be below its
+   * `start`). Called during validation (also under `--dry-run`) with the config after it
+   * passed the schema and got its defaults, and again on the config that `smoke` returns.
+   * Returns problems whose `path` is a JSON pointer inside the config (e.g. `/heads`) and
+   * whose `message` says what is expected; the manifest reports them like schema errors,
+   * e.g. `/model/config/heads: must divide dModel (64) ...`. An empty list means valid.
    */
   check?: (config: C) => { path: string; message: string }[];
-  /** Optional: scales budgets in a (defaults-filled) config down for `--smoke`. */
+  /**
+   * Optional: scales budgets in a valid, defaults-filled config down for `--smoke`. The
+   * result must be valid too: it is validated against the schema and `check` again.
+   */
   smoke?: (config: C) => C;
   /** Builds the instance. */
   create(config: C, deps: PluginDeps): PluginInstances[K] | Promise<PluginInstances[K]>;
@@ -194,6 +201,11 @@ export function definePlugin<K extends PluginKind, C>(
   const problems = schemaProblems(configSchema, "configSchema");
   if (problems.length > 0) throw new TypeError(`${label}: ${problems.join("; ")}`);
   if (typeof create !== "function") throw new TypeError(`${label}: create must be a function`);
+  for (const hook of ["check", "smoke"] as const) {
+    if (definition[hook] !== undefined && typeof definition[hook] !== "function") {
+      throw new TypeError(`${label}: ${hook} must be a function when given`);
+    }
+  }
   if (definition.uses !== undefined && kind !== "algorithm") {
     throw new TypeError(`${label}: only algorithm plugins declare "uses"`);
   }

@@ -15,7 +15,7 @@ import { resolveManifest, resolvePluginRef } from "../core/manifest.ts";
 import type { PluginDefinition } from "../core/plugin.ts";
 import { createRegistries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import { type CliResult, hasStackTrace, ROOT_DIR, runTask } from "./_cli.ts";
+import { type CliResult, hasStackTrace, ROOT_DIR, runTask, spawnTask } from "./_cli.ts";
 
 const MO_FIXTURE = join(ROOT_DIR, "tests/fixtures/data/gettext/mo/app.mo");
 
@@ -288,6 +288,115 @@ Deno.test("hostile: deep nesting and huge strings give a short message, not a st
     );
     assertUserError(huge, /\/reward: unknown reward plugin "x+\.\.\.\n$/);
     assert.ok(huge.stderr.length < 1000, `${huge.stderr.length} characters of error`);
+  });
+});
+
+/** Runs `deno task exp <file> --dry-run`, killing it if it has not ended within `seconds`. */
+async function dryRunWithin(dir: string, file: string, seconds: number, ...args: string[]) {
+  const child = await spawnTask(
+    "exp",
+    [file, "--out", join(dir, "runs"), "--dry-run", ...args],
+    { cwd: dir },
+  );
+  const timer = setTimeout(() => child.kill("SIGKILL"), seconds * 1000);
+  const output = await child.output();
+  clearTimeout(timer);
+  const decoder = new TextDecoder();
+  const r = {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+  assert.notEqual(output.signal, "SIGKILL", `still running after ${seconds}s: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /Maximum call stack/);
+  return r;
+}
+
+Deno.test("hostile: 100,000 levels of nesting and 200,000 numbers exit 2 at once", async () => {
+  await withTempDir(async (dir) => {
+    const valid = JSON.stringify(baselinesManifest({ name: "synthetic" }));
+    const depth = 100_000;
+    const cases: [string, RegExp][] = [
+      [
+        valid.replace('"seed":1', `"seed":${"[".repeat(depth)}${"]".repeat(depth)}`),
+        /\/seed(\/0){63}: nested more than 64 levels deep\n$/,
+      ],
+      [
+        valid.replace('"seed":1', `"seed":${'{"a":'.repeat(depth)}1${"}".repeat(depth)}`),
+        /\/seed(\/a){63}: nested more than 64 levels deep\n$/,
+      ],
+      [
+        valid.replace(
+          '"seed":1',
+          `"seed":1,"junk":[${Array.from({ length: 200_000 }, (_, i) => i)}]`,
+        ),
+        /\/junk\/\d+: the manifest holds more than 100000 values/,
+      ],
+    ];
+    for (const [text, pattern] of cases) {
+      const file = join(dir, "m.json");
+      await Deno.writeTextFile(file, text);
+      const r = await dryRunWithin(dir, file, 60);
+      assertUserError(r, pattern);
+      assert.ok(r.stderr.length < 2000, `${r.stderr.length} characters of error`);
+    }
+  });
+});
+
+Deno.test("hostile: a FIFO, a folder or an oversized file as the manifest exits 2 naming it", async () => {
+  await withTempDir(async (dir) => {
+    const fifo = join(dir, "fifo.json");
+    assert.ok((await new Deno.Command("mkfifo", { args: [fifo] }).output()).success);
+    const big = join(dir, "big.json");
+    const handle = await Deno.open(big, { write: true, create: true });
+    await handle.truncate(17 * 1024 * 1024); // sparse
+    handle.close();
+    const cases: [string, RegExp][] = [
+      [
+        fifo,
+        /fifo\.json: [\s\S]*is a FIFO \(named pipe\), expected the manifest to be a regular file/,
+      ],
+      [dir, /is a folder, expected the manifest to be a regular file/],
+      [big, /big\.json: [\s\S]*manifest is 17825792 bytes, more than the limit of 16777216/],
+    ];
+    for (const [file, pattern] of cases) {
+      assertUserError(await dryRunWithin(dir, file, 60), pattern);
+    }
+  });
+});
+
+Deno.test("hostile: duplicate keys exit 2 naming the object's path and both lines", async () => {
+  await withTempDir(async (dir) => {
+    const text = JSON.stringify(baselinesManifest({ name: "synthetic" }), null, 2)
+      .replace('"vocabSize": 300', '"vocabSize": 300,\n      "vocabSize": 8000');
+    const r = await exp(dir, text, "--dry-run");
+    assertUserError(
+      r,
+      /\/tokenizer\/config: duplicate key "vocabSize" on line 12 \(also on line 11\)/,
+    );
+  });
+});
+
+Deno.test("hostile: heads not dividing dModel is found by --dry-run, with or without --smoke", async () => {
+  await withTempDir(async (dir) => {
+    const manifest = tinyModelManifest([{ name: "bc", algorithm: "bc" }]);
+    (manifest.model.config as Record<string, unknown>).heads = 3;
+    for (const args of [["--dry-run"], ["--dry-run", "--smoke"]]) {
+      const r = await exp(dir, manifest, ...args);
+      assertUserError(r, /\/model\/config\/heads: must divide dModel \(16\)/);
+    }
+  });
+});
+
+Deno.test("hostile: a run named like a report file is refused before any training", async () => {
+  await withTempDir(async (dir) => {
+    const manifest = baselinesManifest({ name: "synthetic" });
+    manifest.runs = [{ name: "table1.md", algorithm: "baselines" }];
+    const r = await exp(dir, manifest, "--dry-run");
+    assertUserError(r, /\/runs\/0\/name: "table1\.md" is reserved/);
+    const full = await exp(dir, manifest);
+    assertUserError(full, /\/runs\/0\/name: "table1\.md" is reserved/);
+    await assert.rejects(Deno.stat(join(dir, "runs", "hostile", "tokenizer.json")));
   });
 });
 

@@ -858,6 +858,15 @@ export default definePlugin({
       },
     },
   },
+  check(partial: Partial<TransformerConfig>) {
+    // The same rule checkConfig enforces when a policy is built, reported at validation.
+    const config = { ...TRANSFORMER_DEFAULTS, ...partial };
+    return config.dModel % config.heads === 0 ? [] : [{
+      path: "/heads",
+      message: `must divide dModel (${config.dModel}) so that every head gets ` +
+        `dModel / heads dimensions (got ${config.heads})`,
+    }];
+  },
   smoke: smokeConfig,
   create(config: Partial<TransformerConfig>): ModelFactory {
     const resolved = { ...TRANSFORMER_DEFAULTS, ...config };

@@ -1008,14 +1008,34 @@ export default definePlugin({
     },
   },
   check(config: BpeConfig) {
+    const problems: { path: string; message: string }[] = [];
     const minimum = minimumVocabSize(config);
-    return config.vocabSize >= minimum ? [] : [{
-      path: "/vocabSize",
-      message:
-        `must be at least ${minimum} (4 specials, ${config.userSpecials.length} user specials${
-          config.byteFallback ? ", 256 byte-fallback tokens" : ""
-        } and the word marker) (got ${config.vocabSize})`,
-    }];
+    if (config.vocabSize < minimum) {
+      problems.push({
+        path: "/vocabSize",
+        message:
+          `must be at least ${minimum} (4 specials, ${config.userSpecials.length} user specials${
+            config.byteFallback ? ", 256 byte-fallback tokens" : ""
+          } and the word marker) (got ${config.vocabSize})`,
+      });
+    }
+    // The rules checkConfig enforces when the tokenizer is created, reported at validation.
+    config.userSpecials.forEach((special, i) => {
+      if (SPECIAL_PIECES.includes(special)) {
+        problems.push({
+          path: `/userSpecials/${i}`,
+          message: `${JSON.stringify(special)} is a built-in special token (${
+            SPECIAL_PIECES.join(" ")
+          })`,
+        });
+      } else if (special.includes(WORD_MARKER)) {
+        problems.push({
+          path: `/userSpecials/${i}`,
+          message: `${JSON.stringify(special)} contains the word marker ${WORD_MARKER} (U+2581)`,
+        });
+      }
+    });
+    return problems;
   },
   smoke: (config: BpeConfig): BpeConfig => ({
     ...config,

@@ -285,7 +285,7 @@ Deno.test("JSON syntax errors name line and column; missing files are reported",
   );
   await assert.rejects(
     () => loadManifest("/nonexistent/m.json", registries()),
-    /\/nonexistent\/m\.json: 1 problem\n {2}\/: cannot read manifest: file not found/,
+    /\/nonexistent\/m\.json: 1 problem\n {2}\/: cannot read manifest: manifest not found/,
   );
 });
 
