@@ -4,6 +4,7 @@
  * @module
  */
 
+import { maxOf } from "./append.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import type { Policy, TokenBatch } from "./policy.ts";
 import type { SpecialIds } from "./types.ts";
@@ -20,8 +21,8 @@ export function makeBatch(
 ): TokenBatch {
   if (pairs.length === 0) throw new RangeError("makeBatch: no pairs");
   const b = pairs.length;
-  const s = Math.max(...pairs.map((p) => p.source.length)) + 1;
-  const t = Math.max(...pairs.map((p) => p.target.length)) + 1;
+  const s = maxOf(pairs.map((p) => p.source.length)) + 1;
+  const t = maxOf(pairs.map((p) => p.target.length)) + 1;
   const source = new Int32Array(b * s).fill(specials.pad);
   const targetIn = new Int32Array(b * t).fill(specials.pad);
   const targetOut = new Int32Array(b * t).fill(specials.pad);

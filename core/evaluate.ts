@@ -5,6 +5,7 @@
  * @module
  */
 
+import { maxOf } from "./append.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
@@ -239,7 +240,7 @@ export async function bestOfN(
   },
 ): Promise<Record<string, number>> {
   if (examples.length === 0 || options.ns.length === 0) return {};
-  const most = Math.max(...options.ns);
+  const most = maxOf(options.ns);
   const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
     n: most,
     temperature: options.temperature,

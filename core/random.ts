@@ -76,3 +76,23 @@ function hashSeed(seed: number): number {
   z = Math.imul(z ^ (z >>> 12), 0x297a2d39);
   return (z ^ (z >>> 15)) | 0;
 }
+
+/**
+ * A seeded uniform sample of `count` items without replacement, in their original order
+ * (0 or at least `items.length`: all of them). Grow and the PPO baseline draw their training
+ * sources this way, so that a budget below the whole training split still covers every part
+ * of it (a corpus kept in file order would otherwise be grown from its first files only).
+ */
+export function sampleInOrder<T>(items: readonly T[], count: number, seed: number): T[] {
+  if (count <= 0 || count >= items.length) return [...items];
+  const rng = new Rng(seed).fork("sources");
+  const chosen = new Uint8Array(items.length);
+  // Floyd's algorithm: `count` distinct indices with `count` draws.
+  for (let j = items.length - count; j < items.length; j++) {
+    const t = rng.int(j + 1);
+    chosen[chosen[t] ? j : t] = 1;
+  }
+  const out: T[] = [];
+  for (let i = 0; i < items.length; i++) if (chosen[i]) out.push(items[i]);
+  return out;
+}

@@ -23,6 +23,8 @@
  * @module
  */
 
+import { maxOf, minOf } from "./append.ts";
+
 /** One line of a chart: a name for the legend and its (x, y) points. */
 export interface Series {
   /** Shown in the legend (and in each point's hover title). */
@@ -174,7 +176,7 @@ function fitXAxis(spec: ChartSpec, min: number, max: number, width: number): Axi
     const axis = spec.xScale === "log2"
       ? log2Axis(min, max, target)
       : linearAxis(min, max, target, spec.integerX ?? false);
-    const widest = Math.max(...axis.ticks.map((t) => textWidth(t.label, FONT)));
+    const widest = maxOf(axis.ticks.map((t) => textWidth(t.label, FONT)));
     const spacing = width / Math.max(1, axis.ticks.length - 1);
     if (axis.ticks.length <= 1 || widest + 8 <= spacing) return axis;
   }
@@ -228,16 +230,16 @@ function renderPanel(spec: ChartSpec): Panel {
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   // The log axis works on exponents already; fitXAxis wants the original values.
-  const xMin = Math.min(...xs), xMax = Math.max(...xs);
+  const xMin = minOf(xs), xMax = maxOf(xs);
   const xAxis = spec.xScale === "log2"
     ? fitXAxis(spec, 2 ** xMin, 2 ** xMax, plotWidth)
     : fitXAxis(spec, xMin, xMax, plotWidth);
-  const yAxis = linearAxis(Math.min(...ys), Math.max(...ys), Math.max(3, plotHeight / 50), false);
+  const yAxis = linearAxis(minOf(ys), maxOf(ys), Math.max(3, plotHeight / 50), false);
 
-  const yTickWidth = Math.max(...yAxis.ticks.map((t) => textWidth(t.label, FONT)));
+  const yTickWidth = maxOf(yAxis.ticks.map((t) => textWidth(t.label, FONT)));
   const left = 10 + LABEL_FONT + 10 + yTickWidth + 8;
   const top = 14 + TITLE_FONT + 14;
-  const legendWidth = LEGEND_SWATCH + 8 + Math.max(...legendNames.map((n) => textWidth(n, FONT)));
+  const legendWidth = LEGEND_SWATCH + 8 + maxOf(legendNames.map((n) => textWidth(n, FONT)));
   const right = 24 + legendWidth + 12;
   const bottom = 8 + FONT + 12 + LABEL_FONT + 10;
   const width = Math.max(left + plotWidth + right, textWidth(spec.title, TITLE_FONT) + 20);
@@ -375,7 +377,7 @@ export function lineChart(spec: ChartSpec): string {
 export function stackedCharts(specs: readonly ChartSpec[], title: string): string {
   if (specs.length === 0) throw new RangeError("stackedCharts: no charts");
   const panels = specs.map(renderPanel);
-  const width = Math.max(...panels.map((p) => p.width));
+  const width = maxOf(panels.map((p) => p.width));
   let y = 0;
   const parts: string[] = [];
   for (const panel of panels) {

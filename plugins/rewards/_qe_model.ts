@@ -34,6 +34,7 @@
  * @module
  */
 
+import { maxOf } from "../../core/append.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 // Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
@@ -289,7 +290,7 @@ export class QeModel {
       source: item.source.slice(0, maxTokens),
       hypothesis: item.hypothesis.slice(0, maxTokens),
     }));
-    const len = Math.max(...cut.map((c) => c.source.length + c.hypothesis.length + 2));
+    const len = maxOf(cut.map((c) => c.source.length + c.hypothesis.length + 2));
     const ids = new Int32Array(b * len).fill(pad);
     const keyMask = new Uint8Array(b * len);
     const segments = new Float32Array(b * len * 2);
