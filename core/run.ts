@@ -243,6 +243,7 @@ export async function acquireLock(
   log: (message: string) => void = () => {},
 ): Promise<() => Promise<void>> {
   const path = join(dir, ".lock");
+  if (await exists(path)) await checkRegularFile(path, { what: "lock file" });
   const file = await Deno.open(path, { read: true, write: true, create: true });
   if (!(await file.tryLock(true))) {
     let holder = "another process";

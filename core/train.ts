@@ -21,6 +21,7 @@ import {
   type MetaKind,
   rewindMetrics,
   saveUnitState,
+  unitStateError,
 } from "./resume.ts";
 
 /** The counters of a training state and their kinds (checked when it is loaded). */
@@ -219,6 +220,12 @@ export async function trainLoop<P extends TokenPair>(
           settings.batchSize,
           derive(`${hooks.prefix}/batches/${epoch}`),
         );
+        if (consumed > batches.length) {
+          throw unitStateError(
+            saved.file,
+            `meta.consumed is ${consumed}, more than the ${batches.length} batches of an epoch`,
+          );
+        }
         batches.length -= consumed;
       }
       hooks.progress?.tick(step);
