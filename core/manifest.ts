@@ -17,6 +17,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
+import { appendAll } from "./append.ts";
 import { ManifestError, type ManifestProblem, UserError } from "./errors.ts";
 import { scoresProblem } from "./evaluate.ts";
 import { checkRegularFile } from "./fs.ts";
@@ -942,8 +943,14 @@ export async function resolveManifest(
 
   // Step 2: plugin references (only those whose envelope part is well-formed).
   const resolver = new Resolver(registries, baseDir, options.smoke ?? false);
-  const badPaths = new Set(problems.map((p) => p.path));
-  const isBad = (path: string) => [...badPaths].some((p) => p === path || p.startsWith(`${path}/`));
+  // A path is bad when it has a problem or holds one: every problem's path and its prefixes.
+  const badPaths = new Set<string>();
+  for (const { path } of problems) {
+    for (let end = path.length; end > 0; end = path.lastIndexOf("/", end - 1)) {
+      badPaths.add(path.slice(0, end));
+    }
+  }
+  const isBad = (path: string) => badPaths.has(path);
 
   const top: Partial<Record<keyof typeof TOP_LEVEL_PLUGINS, ResolvedPluginRef>> = {};
   for (const [key, spec] of Object.entries(TOP_LEVEL_PLUGINS)) {
@@ -1017,9 +1024,9 @@ export async function resolveManifest(
     }
   }
 
-  problems.push(...resolver.problems);
-  problems.push(...folderProblems(data, isBad));
-  problems.push(...numberProblems(data, problems));
+  appendAll(problems, resolver.problems);
+  appendAll(problems, folderProblems(data, isBad));
+  appendAll(problems, numberProblems(data, problems));
   if (problems.length > 0) {
     problems.sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
     throw new ManifestError(file, capped(problems));
@@ -1061,7 +1068,7 @@ export async function resolvePluginRef(
   const resolver = new Resolver(registries, baseDir, false);
   const result = await resolver.resolve(kind, ref, "");
   const problems = [...resolver.problems];
-  problems.push(...numberProblems(ref, problems));
+  appendAll(problems, numberProblems(ref, problems));
   if (result === undefined || problems.length > 0) throw new ManifestError(label, problems);
   return result.ref;
 }

@@ -160,17 +160,30 @@ export interface ResolvedPluginRef {
 
 const NAME_PATTERN = /^[a-z][a-z0-9_]*$/;
 
-/** Checks that every property of an object schema has `description` and `default`, recursively. */
+/**
+ * Checks that every property of an object schema has `description` and `default`, at any
+ * depth. Iterative, so that a pathologically nested schema cannot overflow the stack.
+ */
 function schemaProblems(schema: JsonSchema, path: string): string[] {
   const problems: string[] = [];
-  if (schema.type !== "object" || typeof schema.properties !== "object") return problems;
-  for (const [key, prop] of Object.entries(schema.properties as Record<string, JsonSchema>)) {
-    const where = `${path}/${key}`;
-    if (typeof prop.description !== "string" || prop.description.length === 0) {
-      problems.push(`${where} has no description`);
+  const stack: { schema: JsonSchema; path: string }[] = [{ schema, path }];
+  while (stack.length > 0) {
+    const node = stack.pop()!;
+    if (node.schema?.type !== "object" || typeof node.schema.properties !== "object") continue;
+    const entries = Object.entries(node.schema.properties as Record<string, JsonSchema>);
+    // Pushed in reverse, so that problems are listed in the order of the properties.
+    for (let k = entries.length - 1; k >= 0; k--) {
+      stack.push({ schema: entries[k][1], path: `${node.path}/${entries[k][0]}` });
     }
-    if (!("default" in prop)) problems.push(`${where} has no default`);
-    problems.push(...schemaProblems(prop, where));
+    for (const [key, prop] of entries) {
+      const where = `${node.path}/${key}`;
+      if (typeof prop?.description !== "string" || prop.description.length === 0) {
+        problems.push(`${where} has no description`);
+      }
+      if (prop === null || typeof prop !== "object" || !("default" in prop)) {
+        problems.push(`${where} has no default`);
+      }
+    }
   }
   return problems;
 }

@@ -333,3 +333,38 @@ Deno.test("names too long for the file system are refused, counting the seed suf
   assert.equal(long.length, 1);
   assert.match(long[0], /^\/experiment: must NOT have more than 255 characters/);
 });
+
+// --- size of the work ---------------------------------------------------------------------
+
+Deno.test("25,000 runs with bad names are reported in linear time, as a short list", async () => {
+  const raw = validManifest();
+  raw.runs = Array.from({ length: 25_000 }, (_, i) => ({ name: `-r${i}`, algorithm: "trainer" }));
+  const started = performance.now();
+  const problems = await problemsOf(() => resolveManifest(raw, createRegistries(fakePlugins)));
+  assert.ok(performance.now() - started < 4000, `took ${performance.now() - started} ms`);
+  assert.equal(problems.length, 51);
+  assert.equal(problems[50], ": ... and 49950 more problems");
+});
+
+Deno.test("definePlugin checks a schema nested 100,000 levels deep without recursion", () => {
+  let schema: Record<string, unknown> = { type: "object", properties: {} };
+  for (let i = 0; i < 100_000; i++) {
+    schema = {
+      type: "object",
+      description: "level",
+      default: {},
+      properties: { a: schema },
+    };
+  }
+  assert.throws(
+    () =>
+      definePlugin({
+        kind: "reward",
+        name: "deep",
+        summary: "Deep schema.",
+        configSchema: { type: "object", properties: { root: schema } },
+        create: () => ({ needsReference: false, score: () => Promise.resolve([]) }),
+      }),
+    (error: unknown) => error instanceof TypeError && /configSchema\/root/.test(error.message),
+  );
+});
