@@ -16,6 +16,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { dirname, join } from "node:path";
 import { UserError } from "./errors.ts";
+import { sampleInOrder } from "./random.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { makeBatch } from "./batch.ts";
 import { evaluatePolicy, mean } from "./evaluate.ts";
@@ -169,7 +170,9 @@ export async function grow(
     return rows;
   }
   const started = performance.now();
-  const examples = settings.sources > 0 ? sources.slice(0, settings.sources) : [...sources];
+  // A seeded uniform sample when the budget is below the training split (never its first
+  // rows: a corpus in file order would be grown from its first files only).
+  const examples = sampleInOrder(sources, settings.sources, seed);
   await checkDiskSpace(ctx.dir, estimateGrowBytes(examples, settings), `Grow step ${g}`);
   const rows: GrowRow[] = [];
   const chunkSize = Math.max(1, settings.batchSize);

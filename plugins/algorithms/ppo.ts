@@ -65,6 +65,7 @@
  * @module
  */
 
+import { sampleInOrder } from "../../core/random.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
 import { appendAll } from "../../core/append.ts";
@@ -259,7 +260,8 @@ export function rolloutPlan(budget: number, rolloutSize: number): number[] {
 /** Runs PPO for one run (the `ppo` plugin's `run`). */
 export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metrics: Metrics }> {
   const started = performance.now();
-  const pool = config.sources > 0 ? ctx.splits.train.slice(0, config.sources) : ctx.splits.train;
+  // Drawn like ReST's Grow sources: a seeded uniform sample, not the split's first rows.
+  const pool = sampleInOrder(ctx.splits.train, config.sources, ctx.seed * 1000 + 1);
   if (pool.length === 0) throw new UserError(`run ${ctx.run}: ppo has no training sources`);
   const budget = config.samples > 0 ? config.samples : DEFAULT_SAMPLES_PER_SOURCE * pool.length;
   const plan = rolloutPlan(budget, config.rolloutSize);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { sampleInOrder } from "../../core/random.ts";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
@@ -400,5 +401,19 @@ Deno.test("training keeps tf.memory().numTensors flat across steps and evaluatio
     policy.dispose();
     bc.dispose();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("Grow with a source budget grows a seeded uniform sample of the split, not its first rows", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  try {
+    const rows = await grow(policy, EXAMPLES, { ...GROW, sources: 5 }, ctx, 1, 21);
+    const grown = [...new Set(rows.map((r) => r.source))];
+    assert.equal(grown.length, 5);
+    assert.deepEqual(grown, sampleInOrder(EXAMPLES, 5, 21).map((e) => e.source));
+    assert.notDeepEqual(grown, WORDS.slice(0, 5), "not the first five sources");
+  } finally {
+    policy.dispose();
   }
 });
