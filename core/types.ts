@@ -27,6 +27,16 @@ export interface Splits {
   test: Example[];
 }
 
+/**
+ * The splits an experiment's runs see (made by core/splits.ts from a data plugin's): `valid`
+ * is the half of validation whose rewards are reported, `select` the disjoint half used for
+ * model selection; `test` holds no source that also occurs in training.
+ */
+export interface RunSplits extends Splits {
+  /** Validation pairs for model selection (early stopping, best checkpoint). */
+  select: Example[];
+}
+
 /** A data plugin: loads a corpus and splits it. */
 export interface DataSource {
   /** Loads, cleans, deduplicates, filters and splits the corpus. */
@@ -97,7 +107,7 @@ export interface RewardPrepareContext {
   /** A folder the reward owns, shared by every run of the experiment with the same config. */
   dir: string;
   /** The experiment's data. */
-  splits: Splits;
+  splits: RunSplits;
   /** The experiment's tokenizer. */
   tokenizer: Tokenizer;
   /** A new policy with the experiment's BC weights (the caller disposes it). */
@@ -134,19 +144,46 @@ export interface Backend {
   init(): Promise<BackendInfo>;
 }
 
+/** What a threshold schedule is given: the Improve step and the Grow set's rewards. */
+export interface ThresholdArgs {
+  /** Grow step (1-based). */
+  grow: number;
+  /** Improve step (1-based) within the Grow step. */
+  improve: number;
+  /** Number of Improve steps of the Grow step. */
+  improveSteps: number;
+  /** The Grow set's rewards (every row, before filtering). */
+  rewards: readonly number[];
+  /** The same rewards grouped by source. */
+  bySource: ReadonlyMap<string, readonly number[]>;
+}
+
+/** A schedule's threshold for one Improve step, with what it had to adjust and why. */
+export interface ThresholdDecision {
+  /** tau (global) or a map from source to tau (per source). */
+  tau: number | Map<string, number>;
+  /**
+   * One line per adjustment the schedule made to its configured value (raised above the
+   * previous step's tau, capped below the largest reward, a source whose rewards all tie
+   * judged by the global tau, ...), for the run's log; empty when none was needed.
+   */
+  notes: string[];
+  /** Counters of those adjustments (`threshold_capped`, ...), for the metrics log. */
+  metrics: Record<string, number>;
+}
+
 /** A threshold schedule: the reward threshold tau for Improve step `improve` of Grow step `grow`. */
 export interface ThresholdSchedule {
   /**
    * Returns tau (global) or a map from source to tau (per source).
    * `rewards` are the Grow set's rewards, `bySource` the same grouped by source.
    */
-  threshold(args: {
-    grow: number;
-    improve: number;
-    improveSteps: number;
-    rewards: readonly number[];
-    bySource: ReadonlyMap<string, readonly number[]>;
-  }): number | Map<string, number>;
+  threshold(args: ThresholdArgs): number | Map<string, number>;
+  /**
+   * Optional: the same tau as {@link ThresholdSchedule.threshold} with the notes and
+   * counters of every adjustment, so the caller can log why a step keeps what it keeps.
+   */
+  decide?(args: ThresholdArgs): ThresholdDecision;
 }
 
 /** A metrics record: namespaced keys (`grow/mean_reward`, `eval/chrf`, ...) to numbers. */
@@ -200,8 +237,8 @@ export interface RunContext {
   smoke: boolean;
   /** True under `--resume`: continue from the run folder's checkpoints. */
   resume: boolean;
-  /** The loaded data splits. */
-  splits: Splits;
+  /** The loaded data splits (validation cut into report and select halves). */
+  splits: RunSplits;
   /** The trained tokenizer. */
   tokenizer: Tokenizer;
   /** The run's reward model. */

@@ -3,12 +3,25 @@
  * source's rows, tau(x) = gamma_i * max(x) + (1 - gamma_i) * mean(x), with gamma rising over
  * the Improve steps (gamma 0 keeps rows above the source's mean, gamma near 1 only its best).
  *
+ * Every source keeps rows: a value at or above the source's largest reward (gamma = 1) is
+ * capped below it, keeping the source's best rows, and one not above the previous step's
+ * tau is raised (tau increases strictly; see `admissibleTaus` in `_common.ts`). A source
+ * whose rewards all tie (max = mean) is judged by the global tau gamma * max + (1 - gamma) *
+ * mean over all rewards: kept whole when its reward is above it. Adjustments are reported.
+ *
  * @module
  */
 
 import { definePlugin } from "../../core/plugin.ts";
-import type { ThresholdSchedule } from "../../core/types.ts";
-import { increasingProblems, meanOf, scheduleValue } from "./_common.ts";
+import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
+import {
+  decidePerSource,
+  increasingProblems,
+  maxOf,
+  meanOf,
+  type RawTau,
+  scheduleValue,
+} from "./_common.ts";
 
 /** Config of the `interpolate` schedule. */
 export interface InterpolateConfig {
@@ -30,22 +43,20 @@ export default definePlugin({
         items: { type: "number", minimum: 0, maximum: 1 },
         default: [0, 0.25, 0.5, 0.75],
         description: "gamma of Improve step i (non-decreasing); the last value repeats. " +
-          "Thresholds are never below the source's mean, so tau_1 >= mean holds by construction.",
+          "Thresholds are never below the source's mean, so tau_1 >= mean holds by construction; " +
+          "gamma = 1 keeps each source's best rows (tau capped below its largest reward), and " +
+          "a source whose rewards all tie is judged by the global gamma*max + (1-gamma)*mean.",
       },
     },
   },
   check: (config: InterpolateConfig) => increasingProblems(config.gammas, "gammas"),
   create(config: InterpolateConfig): ThresholdSchedule {
-    return {
-      threshold({ improve, bySource }) {
-        const gamma = scheduleValue(config.gammas, improve);
-        const map = new Map<string, number>();
-        for (const [source, values] of bySource) {
-          if (values.length === 0) continue;
-          map.set(source, gamma * Math.max(...values) + (1 - gamma) * meanOf(values));
-        }
-        return map;
-      },
+    const raw: RawTau = (improve, _steps, rewards) => {
+      if (rewards.length === 0) return 0;
+      const gamma = scheduleValue(config.gammas, improve);
+      return gamma * maxOf(rewards) + (1 - gamma) * meanOf(rewards);
     };
+    const decide = (args: ThresholdArgs) => decidePerSource(raw, args);
+    return { decide, threshold: (args) => decide(args).tau };
   },
 });

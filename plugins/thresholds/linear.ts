@@ -1,12 +1,15 @@
 /**
  * `linear`: tau rises linearly from `start` (Improve step 1) to `end` (the last Improve step).
+ * The value used is made admissible for the Grow set: strictly above the previous step's
+ * tau and strictly below the largest reward, so every step keeps rows (see
+ * `admissibleTaus` in `_common.ts`); each adjustment is reported.
  *
  * @module
  */
 
 import { definePlugin } from "../../core/plugin.ts";
-import type { ThresholdSchedule } from "../../core/types.ts";
-import { ABOVE_MEAN_PROPERTY, linearValue, meanOf } from "./_common.ts";
+import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
+import { ABOVE_MEAN_PROPERTY, decideGlobal, linearValue, meanOf, type RawTau } from "./_common.ts";
 
 /** Config of the `linear` schedule. */
 export interface LinearConfig {
@@ -38,7 +41,9 @@ export default definePlugin({
         minimum: 0,
         maximum: 1,
         default: 0.9,
-        description: "Threshold of the last Improve step (>= start).",
+        description: "Threshold of the last Improve step (>= start). Equal values, or values " +
+          "at or above the largest reward, are adjusted so tau increases strictly and stays " +
+          "below the largest reward (ReST: tau_1 < tau_2 < ..., Gulcehre et al. 2023).",
       },
       aboveMean: ABOVE_MEAN_PROPERTY,
     },
@@ -49,11 +54,11 @@ export default definePlugin({
       message: `must be >= start (${config.start}): schedules must increase (got ${config.end})`,
     }],
   create(config: LinearConfig): ThresholdSchedule {
-    return {
-      threshold({ improve, improveSteps, rewards }) {
-        const tau = linearValue(config.start, config.end, improve, improveSteps);
-        return config.aboveMean && rewards.length > 0 ? Math.max(tau, meanOf(rewards)) : tau;
-      },
+    const raw: RawTau = (improve, improveSteps, rewards) => {
+      const tau = linearValue(config.start, config.end, improve, improveSteps);
+      return config.aboveMean && rewards.length > 0 ? Math.max(tau, meanOf(rewards)) : tau;
     };
+    const decide = (args: ThresholdArgs) => decideGlobal(raw, args);
+    return { decide, threshold: (args) => decide(args).tau };
   },
 });

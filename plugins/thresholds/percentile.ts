@@ -3,16 +3,26 @@
  * (`perSource: false`) or separately for each source's rows (`perSource: true`, so every
  * source keeps its own best samples).
  *
+ * Ties: a percentile of saturated rewards (many rows at the maximum) equals the maximum and
+ * the strict filter `reward > tau` would keep nothing, so the value is capped below the
+ * largest reward (keeping the rows at the maximum), and raised above the previous step's
+ * tau when it does not increase (see `admissibleTaus` in `_common.ts`). Per source, a
+ * source whose rewards all tie is judged by the global percentile of the same step (kept
+ * whole when its reward is above it). Each adjustment is reported as a note and a counter.
+ *
  * @module
  */
 
 import { definePlugin } from "../../core/plugin.ts";
-import type { ThresholdSchedule } from "../../core/types.ts";
+import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
 import {
   ABOVE_MEAN_PROPERTY,
+  decideGlobal,
+  decidePerSource,
   increasingProblems,
   meanOf,
   percentile,
+  type RawTau,
   scheduleValue,
 } from "./_common.ts";
 
@@ -39,33 +49,30 @@ export default definePlugin({
         minItems: 1,
         items: { type: "number", minimum: 0, maximum: 100 },
         default: [50, 70, 80, 90],
-        description: "Percentile of the rewards used as tau_i for Improve step i (non-decreasing).",
+        description:
+          "Percentile of the rewards used as tau_i for Improve step i (non-decreasing; " +
+          "numpy's linear interpolation). A value at or above the largest reward is capped " +
+          "below it and one not above the previous tau is raised, so tau_1 < tau_2 < ... " +
+          "(Gulcehre et al. 2023) and every step keeps rows.",
       },
       perSource: {
         type: "boolean",
         default: false,
-        description:
-          "Percentiles of each source's own rows (a map source -> tau) instead of all rows.",
+        description: "Percentiles of each source's own rows (a map source -> tau) instead of " +
+          "all rows; a source whose rewards all tie is judged by the global percentile.",
       },
       aboveMean: ABOVE_MEAN_PROPERTY,
     },
   },
   check: (config: PercentileConfig) => increasingProblems(config.percentiles, "percentiles"),
   create(config: PercentileConfig): ThresholdSchedule {
-    const tauOf = (rewards: readonly number[], q: number) => {
-      const tau = percentile(rewards, q);
+    const raw: RawTau = (improve, _steps, rewards) => {
+      if (rewards.length === 0) return 0;
+      const tau = percentile(rewards, scheduleValue(config.percentiles, improve));
       return config.aboveMean ? Math.max(tau, meanOf(rewards)) : tau;
     };
-    return {
-      threshold({ improve, rewards, bySource }) {
-        const q = scheduleValue(config.percentiles, improve);
-        if (!config.perSource) return rewards.length > 0 ? tauOf(rewards, q) : 0;
-        const map = new Map<string, number>();
-        for (const [source, values] of bySource) {
-          if (values.length > 0) map.set(source, tauOf(values, q));
-        }
-        return map;
-      },
-    };
+    const decide = (args: ThresholdArgs) =>
+      config.perSource ? decidePerSource(raw, args) : decideGlobal(raw, args);
+    return { decide, threshold: (args) => decide(args).tau };
   },
 });
