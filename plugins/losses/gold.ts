@@ -6,14 +6,15 @@
  *
  *     w_t = clamp(p~(a_t | s_t), u, 1)                 p~: lagged copy of pi
  *     r_t = max(p_BC(a_t | s_t), c)                    GOLD-s
- *     r_t = max(log p_BC(a_t | s_t) - B / T_b, c)      GOLD-p
+ *     r_t = max(log p_BC(a_t | s_t) - B, c)            GOLD-p
  *     b_t = sum_{k=0..H} gamma^k r_{t+k}               positions past EOS count p_BC = 1
  *     L   = -sum_{b,t} w_t b_t log pi(a_t | s_t) / (number of target tokens)
  *
- * GOLD-p's baseline B is a sequence-level log-likelihood spread evenly over the row's T_b
- * tokens (default B = -60, so r_t = log p_BC + 60 / T_b): a row whose BC log-likelihood is
- * above -60 gets a positive return on average. Both variants are floored at c, as in the
- * authors' code, so the weights stay positive. The lagged copy p~ is cloned from pi when an
+ * GOLD-p's baseline B is subtracted from every token's log-probability, as in the authors'
+ * code (Pang & He 2021, `reward_type == 'logp'`: log(p_MLE) - q_baseline, then clamped at
+ * trunc_min; their scripts use q_baseline = -60), so r_t = log p_BC + 60 by default and a
+ * position past EOS (p_BC = 1) gets -B. Both variants are floored at c, as in the authors'
+ * code, so the weights stay positive; the importance weight w_t is per token too. The lagged copy p~ is cloned from pi when an
  * Improve step starts and re-synced every K optimizer steps.
  *
  * @module
@@ -26,13 +27,13 @@ import { prepared } from "./_common.ts";
 
 /** Config of the `gold` loss. */
 export interface GoldConfig {
-  /** `s`: r = max(p_BC, c); `p`: r = max(log p_BC - B / T, c). */
+  /** `s`: r = max(p_BC, c); `p`: r = max(log p_BC - B, c). */
   variant: "s" | "p";
   /** u: lower clamp of the importance weight p~(a|s). */
   minWeight: number;
   /** c: lower bound of the per-token reward. */
   minReward: number;
-  /** B: GOLD-p's sequence-level log-likelihood baseline (per token: B / T). */
+  /** B: GOLD-p's per-token log-likelihood baseline. */
   logBaseline: number;
   /** gamma: discount of the truncated return. */
   gamma: number;
@@ -73,7 +74,7 @@ export default definePlugin({
         enum: ["s", "p"],
         default: "s",
         description: "GOLD-s: per-token reward r_t = max(p_BC(a_t|s_t), c); GOLD-p: " +
-          "r_t = max(log p_BC(a_t|s_t) - B / T, c) (Pang & He 2021).",
+          "r_t = max(log p_BC(a_t|s_t) - B, c) (Pang & He 2021).",
       },
       minWeight: {
         type: "number",
@@ -93,8 +94,9 @@ export default definePlugin({
       logBaseline: {
         type: "number",
         default: -60,
-        description: "B: GOLD-p's baseline, a sequence log-likelihood spread over the row's " +
-          "T tokens: r_t = log p_BC(a_t|s_t) - B / T. Unused by GOLD-s.",
+        description: "B: GOLD-p's baseline, subtracted from every token's log-probability: " +
+          "r_t = max(log p_BC(a_t|s_t) - B, c), as in the authors' code (q_baseline, -60 in " +
+          "their scripts; Pang & He 2021). Unused by GOLD-s.",
       },
       gamma: {
         type: "number",
@@ -109,7 +111,7 @@ export default definePlugin({
         maximum: 1000,
         default: 5,
         description: "H: the return b_t sums the rewards of tokens t..t+H; positions past EOS " +
-          "count p_BC = 1 (r = 1 for GOLD-s, max(-B / T, c) for GOLD-p).",
+          "count p_BC = 1 (r = 1 for GOLD-s, max(-B, c) for GOLD-p).",
       },
       syncEvery: {
         type: "integer",
@@ -151,9 +153,11 @@ export default definePlugin({
           const start = i * width;
           let length = 0;
           while (length < width && mask[start + length] > 0) length++;
-          const perToken = config.logBaseline / Math.max(length, 1);
           const reward = (logP: number) =>
-            Math.max(config.variant === "s" ? Math.exp(logP) : logP - perToken, config.minReward);
+            Math.max(
+              config.variant === "s" ? Math.exp(logP) : logP - config.logBaseline,
+              config.minReward,
+            );
           const rewards = Array.from({ length }, (_, t) => reward(bcLogP[start + t]));
           const returns = truncatedReturns(rewards, reward(0), config.gamma, config.horizon);
           for (let t = 0; t < length; t++) {

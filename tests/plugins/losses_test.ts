@@ -377,7 +377,7 @@ function manualGold(
   lp.forEach((row, i) => {
     const len = row.length;
     const r = (l: number) =>
-      Math.max(options.variant === "s" ? Math.exp(l) : l - options.B / len, options.c);
+      Math.max(options.variant === "s" ? Math.exp(l) : l - options.B, options.c);
     row.forEach((l, t) => {
       let b = 0;
       for (let k = 0; k <= options.horizon; k++) {
@@ -421,6 +421,36 @@ Deno.test("gold: GOLD-s and GOLD-p against a manual computation, weights clamped
   disposeInput(input);
   policy.dispose();
   bcPolicy.dispose();
+});
+
+Deno.test("gold: GOLD-p subtracts the baseline from every token (authors' code), by hand", async () => {
+  // Uniform policies over 7 ids: log p = -log 7 at every token, p~ = 1/7 clamped to u = 0.2.
+  const policy = new TinyPolicy();
+  tf.tidy(() => {
+    policy.weight("output").assign(tf.zerosLike(policy.weight("output")));
+    policy.weight("bias").assign(tf.zerosLike(policy.weight("bias")));
+  });
+  const loss = await createLoss(gold, {
+    variant: "p",
+    minWeight: 0.2,
+    minReward: 0.1,
+    logBaseline: -60,
+    gamma: 1,
+    horizon: 1,
+  });
+  loss.prepare(context(policy, policy));
+  const input = makeInput([{ target: [4], reward: 1, sourceMean: 0 }]); // tokens 4, EOS
+  const l = -Math.log(7);
+  const r = l + 60; // per token (was l + 60 / 2 with the baseline spread over 2 tokens)
+  const b = [r + r, r + 60]; // horizon 1; past EOS p_BC = 1: log 1 + 60
+  const expected = -(0.2 * b[0] * l + 0.2 * b[1] * l) / 2;
+  const { value, records } = lossAndGrads(loss, input, policy.variables);
+  close(value, expected, 1e-5, "GOLD-p");
+  close(records.get("return")!, (b[0] + b[1]) / 2, 1e-5);
+  close(records.get("importance_weight")!, 0.2);
+  loss.dispose();
+  disposeInput(input);
+  policy.dispose();
 });
 
 Deno.test("gold: the lagged copy is re-synced every K optimizer steps and at prepare", async () => {
