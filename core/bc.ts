@@ -23,7 +23,7 @@ import { MetricsWriter } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type { BcSettings, EvalSettings } from "./sections.ts";
 import { nllLoss } from "./batch.ts";
-import type { Example, Progress, RewardModel, Splits, Tokenizer } from "./types.ts";
+import type { Example, Progress, RewardModel, RunSplits, Tokenizer } from "./types.ts";
 
 /** Encodes pairs, leaving out those longer than `maxTokens` on either side. */
 export function encodePairs(
@@ -49,7 +49,7 @@ export interface BcContext {
   /** The trained tokenizer. */
   tokenizer: Tokenizer;
   /** The data. */
-  splits: Splits;
+  splits: RunSplits;
   /** Reward used to pick the best checkpoint on validation. */
   reward: RewardModel;
   /** BC settings. */
@@ -107,7 +107,7 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
       ctx.splits.train.length - pairs.length
     } longer than ${ctx.settings.maxTokens} tokens left out), ${ctx.settings.steps} steps`,
   );
-  const valid = limit(ctx.splits.valid, ctx.settings.evalSize);
+  const valid = limit(ctx.splits.select, ctx.settings.evalSize);
   const progress = ctx.progress("bc", ctx.settings.steps, "steps");
   let saved = false;
   const result = await trainLoop(policy, pairs, ctx.settings, {

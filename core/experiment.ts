@@ -17,7 +17,9 @@ import type {
   PluginKind,
   ResolvedPluginRef,
 } from "./plugin.ts";
-import { startProgress } from "./progress.ts";
+import { setActivity, startProgress } from "./progress.ts";
+import { prepareSplits } from "./splits.ts";
+import { createGuarded } from "./plugin_guard.ts";
 import type { Registries, Registry } from "./registry.ts";
 import {
   acquireLock,
@@ -33,8 +35,8 @@ import type {
   BackendInfo,
   RewardModel,
   RunContext,
+  RunSplits,
   RunSummary,
-  Splits,
   Tokenizer,
 } from "./types.ts";
 import type { Policy, PolicyState } from "./policy.ts";
@@ -98,7 +100,13 @@ export async function createPlugin<K extends PluginKind>(
     ...deps,
     create: (nestedKind, nestedRef) => createPlugin(registries, nestedKind, nestedRef, deps),
   };
-  return await plugin.create(structuredClone(ref.config), fullDeps);
+  const config = structuredClone(ref.config);
+  const origin = (registries[kind] as Registry).origin(plugin.name);
+  if (origin === undefined || origin === "built-in") return await plugin.create(config, fullDeps);
+  return await createGuarded(
+    { kind, name: plugin.name, file: origin },
+    () => plugin.create(config, fullDeps),
+  );
 }
 
 /** Describes the resolved plan in a few human-readable lines. */
@@ -159,7 +167,7 @@ async function loadTokenizerFile(tokenizer: Tokenizer, file: string): Promise<vo
 /** Trains the shared tokenizer, or reloads it from the experiment folder. */
 async function prepareTokenizer(
   tokenizer: Tokenizer,
-  splits: Splits,
+  splits: RunSplits,
   file: string,
   log: (message: string) => void,
 ): Promise<void> {
@@ -208,21 +216,30 @@ async function runLocked(
 ): Promise<ExperimentResult> {
   const deps = baseDepsFor(manifest, manifest.seed, options.smoke, log);
 
+  setActivity("starting the backend");
   const backend = await createPlugin(registries, "backend", manifest.backend, deps);
   const backendInfo = await backend.init();
   log(
     `backend: ${backendInfo.name} (tfjs ${backendInfo.tfBackend}, ${backendInfo.threads} threads)`,
   );
 
+  setActivity("loading data");
   const data = await createPlugin(registries, "data", manifest.data, deps);
-  const splits = await data.load();
+  const prepared = prepareSplits(await data.load());
+  const splits = prepared.splits;
   log(
-    `data: ${splits.train.length} train / ${splits.valid.length} valid / ${splits.test.length} test pairs`,
+    `data: ${splits.train.length} train / ${splits.select.length} + ${splits.valid.length} ` +
+      `valid (selection + report) / ${splits.test.length} test pairs` +
+      (prepared.stats.testOverlap > 0
+        ? ` (${prepared.stats.testRemoved} of ${prepared.stats.testBefore} test pairs removed: ` +
+          `their source also occurs in training)`
+        : ""),
   );
   if (splits.train.length === 0) {
     throw new UserError(`data: the training split is empty (${manifest.file}, /data)`);
   }
 
+  setActivity("preparing the tokenizer");
   const tokenizer = await createPlugin(
     registries,
     "tokenizer",
@@ -259,7 +276,10 @@ async function runLocked(
         evaluation: manifest.evaluation,
         seed: bcSeed,
         log,
-        progress: (label, total, unit) => startProgress(label, total, unit),
+        progress: (label, total, unit) => {
+          setActivity(label);
+          return startProgress(label, total, unit);
+        },
       });
       state = policy.save();
       bcStates.set(bcSeed, state);
@@ -293,7 +313,7 @@ async function executeRun(
   registries: Registries,
   shared: {
     experimentDir: string;
-    splits: Splits;
+    splits: RunSplits;
     tokenizer: Tokenizer;
     options: ExperimentOptions;
     log: (message: string) => void;
@@ -327,12 +347,14 @@ async function executeRun(
     return await readRunSummary(dir) as RunSummary;
   }
   log(`run ${run.name}: ${folder.state === "resumed" ? "resuming" : "starting"} in ${dir}`);
+  setActivity(`run ${run.name}: set-up`);
   const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
   if (reward.prepare !== undefined) {
     const rewardDir = join(shared.experimentDir, "shared", "rewards", rewardFolderName(run.reward));
     await Deno.mkdir(rewardDir, { recursive: true });
+    setActivity(`run ${run.name}: preparing the reward`);
     await reward.prepare({
       dir: rewardDir,
       splits: shared.splits,
@@ -342,7 +364,10 @@ async function executeRun(
       seed: manifest.seed,
       smoke: options.smoke,
       metrics: new MetricsWriter(join(rewardDir, "metrics.jsonl")),
-      progress: (label, total, unit) => startProgress(`reward: ${label}`, total, unit),
+      progress: (label, total, unit) => {
+        setActivity(`run ${run.name}, reward ${label}`);
+        return startProgress(`reward: ${label}`, total, unit);
+      },
       log: (message) => log(`reward: ${message}`),
     });
   }
@@ -370,7 +395,10 @@ async function executeRun(
     metrics: folder.metrics,
     bcPolicy: (options) => shared.bcPolicy(run.bcSeed, options),
     evaluation: manifest.evaluation,
-    progress: (label, total, unit) => startProgress(`${run.name}: ${label}`, total, unit),
+    progress: (label, total, unit) => {
+      setActivity(`run ${run.name}, ${label}`);
+      return startProgress(`${run.name}: ${label}`, total, unit);
+    },
     log: (message) => log(`${run.name}: ${message}`),
   };
   if (run.loss) ctx.loss = await createPlugin(registries, "loss", run.loss, deps);
@@ -378,6 +406,7 @@ async function executeRun(
     ctx.threshold = await createPlugin(registries, "threshold", run.threshold, deps);
   }
   const started = performance.now();
+  setActivity(`run ${run.name}`);
   const summary = await algorithm.run(ctx);
   const seconds = (performance.now() - started) / 1000;
   await writeRunSummary(dir, { ...summary, backend: shared.backend.name, seconds });

@@ -624,7 +624,7 @@ Deno.test("hostile: a user reward returning NaN or values outside [0, 1] is a us
     assertUserError(
       r,
       new RegExp(
-        `reward plugin "bad_reward" \\(${plugin}\\) failed in score\\(\\) during run bad: returned NaN for row 0; rewards must be numbers in \\[0, 1\\] \\(source ".*", hypothesis ".*"\\)`,
+        `reward plugin "bad_reward" \\(${plugin}\\) failed in score\\(\\) during run bad, baselines: returned NaN for row 0; rewards must be numbers in \\[0, 1\\] \\(source ".*", hypothesis ".*"\\)`,
       ),
     );
     const good = join(dir, "runs/hostile/good");

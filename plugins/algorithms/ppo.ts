@@ -269,7 +269,7 @@ export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metr
     (sum, size) => sum + config.epochs * Math.ceil(size / config.minibatchSize),
     0,
   );
-  const valid = limit(ctx.splits.valid, config.evalSize);
+  const valid = limit(ctx.splits.select, config.evalSize);
   const models: Models = {
     policy: await ctx.bcPolicy({ valueHead: config.critic === "head" }),
     reference: await ctx.bcPolicy(),

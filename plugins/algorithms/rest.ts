@@ -214,7 +214,7 @@ export default definePlugin({
           maxLen: ctx.evaluation.maxLen,
           batchSize: ctx.evaluation.batchSize,
         };
-        const valid = limit(ctx.splits.valid, config.improve.evalSize);
+        const valid = limit(ctx.splits.select, config.improve.evalSize);
         const pool: GrowRow[] = [];
         let stepOffset = 0;
         let index = 0;

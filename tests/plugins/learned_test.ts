@@ -304,7 +304,7 @@ function context(setup: Setup, dir: string, logs: string[]): RewardPrepareContex
   let policies = 0;
   return {
     dir,
-    splits: setup.splits,
+    splits: { ...setup.splits, select: setup.splits.valid },
     tokenizer: setup.tokenizer,
     bcPolicy: () => {
       policies++;

@@ -344,7 +344,12 @@ function harness(seed = 3): Harness {
     seed,
     smoke: false,
     resume: false,
-    splits: { train: pairs, valid: pairs.slice(0, 4), test: pairs.slice(4) },
+    splits: {
+      train: pairs,
+      valid: pairs.slice(0, 4),
+      select: pairs.slice(0, 4),
+      test: pairs.slice(4),
+    },
     tokenizer: charTokenizer,
     reward: shareOfA,
     metrics: {
