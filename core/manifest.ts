@@ -14,6 +14,8 @@
  * @module
  */
 
+import { PluginError } from "./plugin_guard.ts";
+import { currentActivity } from "./progress.ts";
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -434,9 +436,8 @@ function checkedUserReward(
           const where = row === undefined
             ? ""
             : ` (source ${show(row.source)}, hypothesis ${show(row.hypothesis)})`;
-          throw new UserError(
-            `${file}: reward plugin "${plugin.name}" ${problem.message}${where}`,
-          );
+          const origin = { kind: "reward", name: plugin.name, file };
+          throw new PluginError(origin, "score", currentActivity(), `${problem.message}${where}`);
         }
         return scores;
       };
