@@ -9,6 +9,7 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
+import { SHARED_FOLDER, TOKENIZER_FILE } from "./layout.ts";
 import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
 import type {
   PluginDefinition,
@@ -246,7 +247,7 @@ async function runLocked(
     manifest.tokenizer,
     deps,
   );
-  await prepareTokenizer(tokenizer, splits, join(experimentDir, "tokenizer.json"), log);
+  await prepareTokenizer(tokenizer, splits, join(experimentDir, TOKENIZER_FILE), log);
 
   // Each BC policy (one per BC seed) is trained once, on first use, and shared by the runs
   // that start from it.
@@ -352,7 +353,12 @@ async function executeRun(
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
   if (reward.prepare !== undefined) {
-    const rewardDir = join(shared.experimentDir, "shared", "rewards", rewardFolderName(run.reward));
+    const rewardDir = join(
+      shared.experimentDir,
+      SHARED_FOLDER,
+      "rewards",
+      rewardFolderName(run.reward),
+    );
     await Deno.mkdir(rewardDir, { recursive: true });
     setActivity(`run ${run.name}: preparing the reward`);
     await reward.prepare({
@@ -375,7 +381,7 @@ async function executeRun(
     experiment: manifest.experiment,
     run: run.name,
     dir,
-    sharedDir: join(shared.experimentDir, "shared"),
+    sharedDir: join(shared.experimentDir, SHARED_FOLDER),
     fingerprint: hashText(JSON.stringify({
       data: manifest.data,
       tokenizer: manifest.tokenizer,
