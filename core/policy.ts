@@ -143,6 +143,13 @@ export interface GrowRow {
   logProbs: number[];
   /** `sample` (policy output) or `reference` (the original pair). */
   origin: "sample" | "reference";
+  /**
+   * Optional: the sampling temperature T of the Grow step, recorded when `logProbs` are the
+   * tempered log mu(a_t) = log softmax(logits_t / T)[a_t] of the distribution the samples
+   * were drawn from (references: the same, teacher-forced). Absent (Grow files written
+   * before it existed): `logProbs` are the untempered log pi(a_t) (T = 1).
+   */
+  temperature?: number;
 }
 
 /** What a loss sees for one batch of Grow rows (tensors are owned by the caller). */

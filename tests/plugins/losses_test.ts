@@ -47,6 +47,8 @@ interface Case {
   reward: number;
   sourceMean: number;
   behaviour?: number[];
+  /** Grow temperature recorded on the row (absent: an old Grow file). */
+  temperature?: number;
 }
 
 /** Builds a loss input; behaviour log-probs default to 0 (one per token, EOS included). */
@@ -66,6 +68,7 @@ function makeInput(cases: Case[]): LossInput {
     tokens: [...c.target, TINY_SPECIALS.eos],
     logProbs: c.behaviour ?? c.target.map(() => 0).concat(0),
     origin: "sample",
+    ...(c.temperature === undefined ? {} : { temperature: c.temperature }),
   }));
   return {
     batch,
@@ -253,11 +256,86 @@ Deno.test("offline_ppo: with pi = pi_b the ratio is 1 and the loss is -mean(A)",
   const entropies = dist.flatMap((row) => row.map((d) => -sum(d.map((l) => Math.exp(l) * l))));
   close(records.get("entropy")!, sum(entropies) / entropies.length);
 
-  // Normalised advantages have zero mean over tokens: the loss is then 0 at ratio 1.
+  // Normalised advantages are only rescaled by their std over tokens (signs kept): the loss
+  // at ratio 1 is -mean(A) / std(A) (it was 0, re-centred over the kept rows).
   const normalised = await createLoss(offlinePpo);
   normalised.prepare(context(policy, policy));
-  close(lossAndGrads(normalised, input, policy.variables).value, 0, 1e-5);
+  const mean = sum(advantages) / advantages.length;
+  const std = Math.sqrt(sum(advantages.map((a) => (a - mean) ** 2)) / advantages.length);
+  close(lossAndGrads(normalised, input, policy.variables).value, -mean / std, 1e-5);
   disposeInput(input);
+  policy.dispose();
+});
+
+Deno.test("offline_ppo: kept rows above their source's Grow mean all keep a positive advantage", async () => {
+  const policy = new TinyPolicy();
+  const probe = makeInput(CASES);
+  const lp = tokenLogProbs(policy, probe);
+  disposeInput(probe);
+  // Rows that passed a filter tau >= mean: every reward is above its source's mean.
+  const kept = [0.9, 0.7, 0.6].map((reward, i) => ({
+    ...CASES[i],
+    reward,
+    sourceMean: 0.5,
+    behaviour: lp[i],
+  }));
+  const input = makeInput(kept);
+  const loss = await createLoss(offlinePpo); // normalizeAdvantages: true
+  loss.prepare(context(policy, policy));
+  const { value, records } = lossAndGrads(loss, input, policy.variables);
+  // Re-centring over these rows made the 0.6 and 0.7 rows' tokens negative (5 of 9 tokens).
+  assert.equal(records.get("positive_advantage"), 1);
+  const a = kept.flatMap((c, i) => lp[i].map(() => c.reward - c.sourceMean));
+  const mean = sum(a) / a.length;
+  const std = Math.sqrt(sum(a.map((x) => (x - mean) ** 2)) / a.length);
+  close(value, -mean / std, 1e-5);
+  // A gradient step raises the log-probability of every kept row.
+  const before = tokenLogProbs(policy, input).map(sum);
+  sgdStep(loss, input, policy, 0.05);
+  tokenLogProbs(policy, input).map(sum).forEach((after, i) =>
+    assert.ok(after > before[i], `row ${i}: ${after} <= ${before[i]}`)
+  );
+  disposeInput(input);
+  policy.dispose();
+});
+
+Deno.test("offline_ppo: the ratio compares pi at the Grow temperature with the tempered mu", async () => {
+  const policy = new TinyPolicy({ scale: 2 });
+  const probe = makeInput(CASES);
+  // log mu(a_t) = log softmax(logits / T)[a_t], by hand from the full log-distributions.
+  const T = 0.5;
+  const dist = logDistributions(policy, probe);
+  const targets = probe.batch.targetOut.arraySync() as number[][];
+  const tempered = dist.map((row, i) =>
+    row.map((d, t) => {
+      const lse = Math.log(sum(d.map((l) => Math.exp(l / T))));
+      return d[targets[i][t]] / T - lse;
+    })
+  );
+  const untempered = tokenLogProbs(policy, probe);
+  disposeInput(probe);
+  const loss = await createLoss(offlinePpo, { normalizeAdvantages: false });
+  loss.prepare(context(policy, policy));
+  // Rows recording T hold log mu: at the Grow weights the ratio is exactly 1.
+  const input = makeInput(CASES.map((c, i) => ({ ...c, behaviour: tempered[i], temperature: T })));
+  const { records } = lossAndGrads(loss, input, policy.variables);
+  close(records.get("ratio")!, 1, 1e-5);
+  assert.equal(records.get("clip_fraction"), 0);
+  close(records.get("behaviour_kl")!, 0, 1e-5);
+  assert.equal(records.get("untempered_rows"), 0);
+  disposeInput(input);
+  // The untempered pi over the tempered mu is not 1 (the old ratio): most tokens clipped.
+  const ratios = flat(untempered).map((l, k) => Math.exp(l - flat(tempered)[k]));
+  assert.ok(ratios.some((r) => Math.abs(r - 1) > 0.2), `${ratios}`);
+  // Old Grow rows (no temperature) hold untempered log-probs: T = 1 keeps their ratio at 1.
+  const old = makeInput(CASES.map((c, i) => ({ ...c, behaviour: untempered[i] })));
+  const oldRecords = lossAndGrads(loss, old, policy.variables).records;
+  close(oldRecords.get("ratio")!, 1, 1e-5);
+  assert.equal(oldRecords.get("untempered_rows"), 1);
+  disposeInput(old);
+  const bad = makeInput([{ ...CASES[0], temperature: -1 }]);
+  assert.throws(() => lossAndGrads(loss, bad, policy.variables), /temperature must be a positive/);
+  disposeInput(bad);
   policy.dispose();
 });
 
