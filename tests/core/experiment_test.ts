@@ -35,7 +35,12 @@ Deno.test("an experiment writes one folder per run with its resolved manifest an
     assert.equal(resolved.seed, 9);
     assert.equal(resolved.algorithm.name, "evaluate_only");
     assert.ok(await Deno.stat(join(out, "unit/tokenizer.json")));
-    assert.ok(logs.some((l) => l.startsWith("data: 2 train / 2 valid / 2 test pairs")));
+    assert.ok(
+      logs.some((l) =>
+        l.startsWith("data: 2 train / 1 + 1 valid (selection + report) / 2 test pairs")
+      ),
+      logs.join("\n"),
+    );
 
     // Running again without --resume refuses to touch the existing folder.
     await assert.rejects(
