@@ -8,10 +8,26 @@
  *     D~      = the half of the batch's real tokens with the largest A_t
  *     psi_t   = exp(A_t / eta) / sum_{D~} exp(A / eta)            on D~, no gradient
  *     L_pi    = -sum_{D~} psi_t log pi(a_t | s_t)
- *     L_eta   = eta * eps_eta + eta * log(mean_{D~} exp(A / eta)) eta = softplus(raw) + 1e-8
+ *     L_eta   = eta * eps_eta + eta * log(mean_{D~} exp(A / eta))
+ *     L_alpha = alpha * mean_t KL(pi_old(.|s_t) || pi(.|s_t))      pi_old: the pre-Improve-step policy
+ *               + alpha * (eps_alpha - sg(mean_t KL(pi_old || pi)))
  *     L_KL    = lambda * mean_t KL(pi_BC(.|s_t) || pi(.|s_t))      lambda: start -> end, log-linear
  *     L_V     = valueCoef * 0.5 * mean_t (V(s_t) - R)^2
- *     L       = L_pi + L_eta + L_KL + L_V
+ *     L       = L_pi + L_alpha + L_KL + L_V   (+ L_eta, minimised over eta alone)
+ *
+ * The Lagrange multipliers eta (temperature) and alpha (trust region) are V-MPO's, as in
+ * rlax's `vmpo_loss`: eta keeps KL(psi || uniform on D~) near eps_eta, alpha keeps the
+ * policy within eps_alpha of pi_old, a frozen copy of the policy taken when each Improve
+ * step starts (re-synced every `trustRegionSyncEvery` optimizer steps when > 0, V-MPO's
+ * target network). They are not trained by the policy's optimiser, whose small learning
+ * rate (5e-4, decaying) left eta near its start while the advantages spread about 0.1, so
+ * psi stayed nearly uniform. Each has its own Adam on its logarithm, step size
+ * `multiplierLearningRate`, applied after every optimizer step with the exact gradients
+ * dL_eta/d eta = eps_eta - KL(psi || uniform) and dL_alpha/d alpha = eps_alpha - KL; eta
+ * starts at `etaInit`, or (0, the default) at the standard deviation of the advantages of
+ * the first batch's real tokens (a data-driven start at the scale of A). Their state
+ * (values and Adam moments) is one variable in `variables`, so checkpoints keep it; it
+ * gets no gradient from the trainer.
  *
  * The critic V (option `critic`):
  * - `value_head`: the policy's own value head (`forward(...).values`), trained by L_V.
@@ -46,8 +62,18 @@ import {
 export interface BvmpoConfig {
   /** eps_eta: bound of KL(psi || uniform on D~) enforced by the temperature loss. */
   epsEta: number;
-  /** Initial temperature eta. */
+  /** Initial temperature eta (0: the std of the first batch's advantages). */
   etaInit: number;
+  /** Whether to add V-MPO's trust region to the pre-Improve-step policy. */
+  trustRegion: boolean;
+  /** eps_alpha: bound of mean_t KL(pi_old || pi). */
+  epsAlpha: number;
+  /** Initial alpha. */
+  alphaInit: number;
+  /** Re-sync pi_old every this many optimizer steps (0: only when an Improve step starts). */
+  trustRegionSyncEvery: number;
+  /** Adam step size of log eta and log alpha. */
+  multiplierLearningRate: number;
   /** lambda at the first optimizer step of an Improve step. */
   klStart: number;
   /** lambda after `klAnnealSteps` optimizer steps. */
@@ -130,6 +156,102 @@ function criticFeatures(bcLogits: tf.Tensor3D, input: LossInput): tf.Tensor3D {
   ], 2) as tf.Tensor3D;
 }
 
+/**
+ * Length of the multipliers' state vector: [log eta, m, v, log alpha, m, v, Adam step,
+ * initialised flag]. Kept in one variable so checkpoints save it with the loss.
+ */
+const MULTIPLIER_STATE = 8;
+
+/** Adam's moment decay rates and epsilon (Kingma & Ba 2015 defaults). */
+const ADAM = { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
+
+/**
+ * eta and alpha from the state; on first use, sets log eta to log(etaInit) or, for
+ * etaInit 0, to the log of the standard deviation of the real tokens' advantages (at least
+ * 1e-3), and log alpha to log(alphaInit).
+ */
+function readMultipliers(
+  state: tf.Variable,
+  config: BvmpoConfig,
+  advantages: ArrayLike<number>,
+  mask: ArrayLike<number>,
+): { eta: number; alpha: number } {
+  const s = Float64Array.from(state.dataSync());
+  if (s[7] === 0) {
+    const eta = config.etaInit > 0 ? config.etaInit : Math.max(stdOf(advantages, mask), 1e-3);
+    s.fill(0);
+    s[0] = Math.log(eta);
+    s[3] = Math.log(config.alphaInit);
+    s[7] = 1;
+    tf.tidy(() => state.assign(tf.tensor1d(Float32Array.from(s))));
+  }
+  return { eta: Math.exp(s[0]), alpha: Math.exp(s[3]) };
+}
+
+/** Standard deviation of the values where mask > 0 (0 when none). */
+function stdOf(values: ArrayLike<number>, mask: ArrayLike<number>): number {
+  let n = 0;
+  let sum = 0;
+  for (let i = 0; i < values.length; i++) {
+    if (mask[i] > 0) {
+      n++;
+      sum += values[i];
+    }
+  }
+  if (n === 0) return 0;
+  const mean = sum / n;
+  let sq = 0;
+  for (let i = 0; i < values.length; i++) if (mask[i] > 0) sq += (values[i] - mean) ** 2;
+  return Math.sqrt(sq / n);
+}
+
+/**
+ * V-MPO's temperature loss on the kept advantages, L_eta = eta * eps + eta * log mean
+ * exp(A / eta), and KL(psi || uniform) = E_psi[A] / eta - log mean exp(A / eta), so that
+ * dL_eta / d eta = eps - KL(psi || uniform).
+ */
+export function temperatureLoss(
+  kept: readonly number[],
+  eta: number,
+  eps: number,
+): { loss: number; klUniform: number } {
+  if (kept.length === 0) return { loss: eta * eps, klUniform: 0 };
+  let max = -Infinity;
+  for (const a of kept) if (a > max) max = a;
+  let sum = 0;
+  let weighted = 0;
+  for (const a of kept) {
+    const w = Math.exp((a - max) / eta);
+    sum += w;
+    weighted += w * a;
+  }
+  const logMeanExp = max / eta + Math.log(sum / kept.length);
+  return {
+    loss: eta * eps + eta * logMeanExp,
+    klUniform: Math.max(weighted / sum / eta - logMeanExp, 0),
+  };
+}
+
+/** One Adam step on log eta and log alpha with the gradients `grads` (in log space). */
+function stepMultipliers(
+  state: tf.Variable,
+  grads: { eta: number; alpha: number },
+  lr: number,
+): void {
+  const s = Float64Array.from(state.dataSync());
+  const t = s[6] + 1;
+  s[6] = t;
+  const { beta1, beta2, epsilon } = ADAM;
+  for (const [offset, g] of [[0, grads.eta], [3, grads.alpha]] as const) {
+    s[offset + 1] = beta1 * s[offset + 1] + (1 - beta1) * g;
+    s[offset + 2] = beta2 * s[offset + 2] + (1 - beta2) * g * g;
+    const mHat = s[offset + 1] / (1 - beta1 ** t);
+    const vHat = s[offset + 2] / (1 - beta2 ** t);
+    s[offset] -= lr * mHat / (Math.sqrt(vHat) + epsilon);
+  }
+  tf.tidy(() => state.assign(tf.tensor1d(Float32Array.from(s))));
+}
+
 /** The `bvmpo` loss plugin. */
 export default definePlugin({
   kind: "loss",
@@ -150,10 +272,50 @@ export default definePlugin({
       },
       etaInit: {
         type: "number",
+        minimum: 0,
+        default: 0,
+        description: "Initial temperature eta. 0: the standard deviation of A over the first " +
+          "batch's real tokens (psi = softmax(A / eta) then starts neither uniform nor " +
+          "one-hot whatever the reward scale); V-MPO (Song et al. 2019) starts at 1, which " +
+          "with advantages spread about 0.1 makes psi nearly uniform.",
+      },
+      trustRegion: {
+        type: "boolean",
+        default: true,
+        description: "Add V-MPO's trust region L_alpha = alpha * mean_t KL(pi_old || pi) + " +
+          "alpha * (eps_alpha - sg(KL)), pi_old the policy when the Improve step started " +
+          "(Song et al. 2019, Eq. 5; rlax vmpo_loss's kl_constraints). Costs one more " +
+          "forward pass per batch and one frozen copy of the policy.",
+      },
+      epsAlpha: {
+        type: "number",
         exclusiveMinimum: 0,
-        default: 1,
-        description: "Initial temperature eta (learned; eta = softplus(raw) + 1e-8). V-MPO " +
-          "initialises it at 1.",
+        default: 0.01,
+        description: "eps_alpha: bound of mean_t KL(pi_old(.|s_t) || pi(.|s_t)) per Improve " +
+          "step; V-MPO uses 0.005-0.01 for discrete actions (Song et al. 2019).",
+      },
+      alphaInit: {
+        type: "number",
+        exclusiveMinimum: 0,
+        default: 5,
+        description: "Initial Lagrange multiplier alpha of the trust region (V-MPO: 5).",
+      },
+      trustRegionSyncEvery: {
+        type: "integer",
+        minimum: 0,
+        default: 0,
+        description: "pi_old is copied from the policy when each Improve step starts and, " +
+          "when > 0, every this many optimizer steps (V-MPO's target-network period, 100 in " +
+          "Song et al. 2019); 0: the whole Improve step stays within eps_alpha of its start.",
+      },
+      multiplierLearningRate: {
+        type: "number",
+        exclusiveMinimum: 0,
+        default: 0.01,
+        description: "Step size of the Adam (beta 0.9, 0.999) that updates log eta and " +
+          "log alpha after each optimizer step with dL_eta/d eta = eps_eta - KL(psi || " +
+          "uniform) and dL_alpha/d alpha = eps_alpha - KL(pi_old || pi); separate from the " +
+          "policy's learning rate so the multipliers track their constraints.",
       },
       klStart: {
         type: "number",
@@ -203,19 +365,20 @@ export default definePlugin({
   },
   create(config: BvmpoConfig, deps: PluginDeps): Loss {
     // Created at the first prepare (once the backend is set up); kept across Improve steps.
-    // eta = softplus(raw) + 1e-8, so raw starts at log(exp(etaInit) - 1).
-    let own: { rawEta: tf.Variable; critic: tf.Variable[] } | undefined;
-    let policies: { policy: Policy; bc: Policy } | undefined;
+    let own: { state: tf.Variable; critic: tf.Variable[] } | undefined;
+    let policies: { policy: Policy; bc: Policy; old?: Policy } | undefined;
     let useValueHead = false;
     let steps = 0;
+    // Gradients of the multipliers' losses from the last compute, applied by afterStep.
+    let pending: { eta: number; alpha: number } | undefined;
     return {
       get variables() {
         if (own === undefined) return [];
-        return useValueHead ? [own.rawEta] : [own.rawEta, ...own.critic];
+        return useValueHead ? [own.state] : [own.state, ...own.critic];
       },
       prepare(ctx) {
         own ??= {
-          rawEta: tf.tidy(() => tf.variable(tf.scalar(Math.log(Math.expm1(config.etaInit))))),
+          state: tf.tidy(() => tf.variable(tf.zeros([MULTIPLIER_STATE]))),
           critic: createCritic(config.criticHidden, deps.seed),
         };
         if (config.critic === "value_head" && !ctx.policy.hasValueHead) {
@@ -226,12 +389,22 @@ export default definePlugin({
         }
         useValueHead = config.critic === "value_head" ||
           (config.critic === "auto" && ctx.policy.hasValueHead);
-        policies = { policy: ctx.policy, bc: ctx.bcPolicy };
+        let old = policies?.old;
+        if (config.trustRegion) {
+          if (old === undefined || policies?.policy !== ctx.policy) {
+            old?.dispose();
+            old = ctx.policy.clone();
+          } else {
+            old.copyWeightsFrom(ctx.policy);
+          }
+        }
+        policies = { policy: ctx.policy, bc: ctx.bcPolicy, old };
         steps = 0;
+        pending = undefined;
       },
       compute(input: LossInput, record): tf.Scalar {
-        const { policy, bc } = prepared(policies, "bvmpo");
-        const { rawEta, critic } = own!;
+        const { policy, bc, old } = prepared(policies, "bvmpo");
+        const { state, critic } = own!;
         const { batch } = input;
         const mask = batch.targetMask;
         const { logits, values } = policy.forward(batch, { training: true });
@@ -251,38 +424,63 @@ export default definePlugin({
         }
 
         // E-step on plain numbers (no gradient): top half of A = R - V, psi = softmax(A / eta).
-        const eta = tf.add(tf.softplus(rawEta), 1e-8);
         const advantages = tf.sub(reward, value).dataSync();
-        const { psi, kept } = topHalfWeights(advantages, mask.dataSync(), read(eta));
+        const maskValues = mask.dataSync();
+        const multipliers = readMultipliers(state, config, advantages, maskValues);
+        const { eta, alpha } = multipliers;
+        const { psi, kept } = topHalfWeights(advantages, maskValues, eta);
+        const etaStats = temperatureLoss(kept, eta, config.epsEta);
 
-        // M-step: weighted NLL, temperature, KL to pi_BC, value regression.
+        // M-step: weighted NLL, trust region to pi_old, KL to pi_BC, value regression.
         const logP = pickTokens(tf.logSoftmax(logits), batch.targetOut);
         const policyLoss = tf.neg(tf.sum(tf.mul(tf.tensor2d(psi, mask.shape), logP)));
-        const keptA = tf.tensor1d(kept.length > 0 ? kept : [0]);
-        const logMeanExp = tf.sub(tf.logSumExp(tf.div(keptA, eta)), Math.log(keptA.size));
-        const etaLoss = tf.add(tf.mul(eta, config.epsEta), tf.mul(eta, logMeanExp));
         const lambda = klWeight(steps, config.klStart, config.klEnd, config.klAnnealSteps);
         const kl = maskedMean(klFromLogits(bcLogits, logits), mask);
         const valueLoss = tf.mul(maskedMean(tf.square(tf.sub(value, reward)), mask), 0.5);
+        const terms: tf.Tensor[] = [
+          policyLoss,
+          tf.mul(kl, lambda),
+          tf.mul(valueLoss, config.valueCoef),
+        ];
+        let trustKl = 0;
+        if (old !== undefined) {
+          const oldLogits = old.forward(batch, { training: false }).logits;
+          const klOld = maskedMean(klFromLogits(oldLogits, logits), mask);
+          trustKl = read(klOld);
+          terms.push(tf.mul(klOld, alpha));
+          record("trust_kl", trustKl);
+          record("alpha", alpha);
+        }
+        // Gradients of L_eta and of alpha * (eps_alpha - KL) with respect to log eta, log alpha.
+        pending = {
+          eta: eta * (config.epsEta - etaStats.klUniform),
+          alpha: old === undefined ? 0 : alpha * (config.epsAlpha - trustKl),
+        };
 
-        record("eta", read(eta));
+        record("eta", eta);
+        record("eta_loss", etaStats.loss);
+        record("psi_kl", etaStats.klUniform);
         record("kl", read(kl));
         record("kl_weight", lambda);
         record("value_loss", read(valueLoss));
         record("policy_loss", read(policyLoss));
-        return tf.addN([
-          policyLoss,
-          etaLoss,
-          tf.mul(kl, lambda),
-          tf.mul(valueLoss, config.valueCoef),
-        ]) as tf.Scalar;
+        return tf.addN(terms) as tf.Scalar;
       },
       afterStep() {
         steps++;
+        if (own !== undefined && pending !== undefined) {
+          stepMultipliers(own.state, pending, config.multiplierLearningRate);
+        }
+        pending = undefined;
+        const sync = config.trustRegionSyncEvery;
+        if (policies?.old !== undefined && sync > 0 && steps % sync === 0) {
+          policies.old.copyWeightsFrom(policies.policy);
+        }
       },
       dispose() {
-        if (own !== undefined) tf.dispose([own.rawEta, ...own.critic]);
+        if (own !== undefined) tf.dispose([own.state, ...own.critic]);
         own = undefined;
+        policies?.old?.dispose();
         policies = undefined;
       },
     };

@@ -636,9 +636,16 @@ Deno.test("bvmpo: loss against a manual computation; eta's gradient is eps - KL(
   const theirs = logDistributions(bcPolicy, input);
   const epsEta = 0.1;
   const eta = 0.5;
-  const loss = await createLoss(bvmpo, { critic: "features", etaInit: eta, epsEta });
+  const lr = 0.01;
+  const loss = await createLoss(bvmpo, {
+    critic: "features",
+    etaInit: eta,
+    epsEta,
+    trustRegion: false,
+    multiplierLearningRate: lr,
+  });
   loss.prepare(context(policy, bcPolicy));
-  const [rawEta, ...critic] = loss.variables;
+  const [state, ...critic] = loss.variables;
   assert.equal(critic.length, 4);
 
   // The critic's output starts at 0, so V(s_t) = the source's mean reward.
@@ -659,43 +666,120 @@ Deno.test("bvmpo: loss against a manual computation; eta's gradient is eps - KL(
     ...policy.variables,
     ...loss.variables,
   ]);
-  close(value, policyLoss + etaLoss + kl + valueLoss, 1e-5, "loss");
+  // eta is not in the policy's graph: L_eta is minimised by its own optimiser.
+  close(value, policyLoss + kl + valueLoss, 1e-5, "loss");
   close(records.get("eta")!, eta, 1e-6);
+  close(records.get("eta_loss")!, etaLoss, 1e-5);
   close(records.get("kl")!, kl);
   close(records.get("value_loss")!, valueLoss);
-
-  // d L / d raw = (eps - KL(psi || uniform on D~)) * sigmoid(raw).
   const n = policy.variables.length;
+  assert.equal(grads[n], undefined, "the multipliers' state gets no gradient from the trainer");
+  // The critic learns from the value loss.
+  assert.ok(grads[n + 4]!.some((g) => g !== 0), "critic output bias gets a gradient");
+
+  // KL(psi || uniform on D~), and eta's first Adam step: log eta moves by lr against the
+  // sign of dL_eta / d eta = eps - KL.
   const psiKept = kept.map((a) => Math.exp(a / eta) / sum(kept.map((b) => Math.exp(b / eta))));
   const klUniform = sum(psiKept.map((p) => p * Math.log(p * kept.length)));
-  const raw = rawEta.dataSync()[0];
-  const expected = (epsEta - klUniform) * (1 / (1 + Math.exp(-raw)));
-  close(grads[n]![0], expected, 1e-4, "eta gradient");
-  // The critic learns from the value loss.
-  assert.ok(grads[n + 3]!.some((g) => g !== 0), "critic output bias gets a gradient");
+  close(records.get("psi_kl")!, klUniform, 1e-5);
+  loss.afterStep(1);
+  const expected = eta * Math.exp(-lr * Math.sign(epsEta - klUniform));
+  close(Math.exp(state.dataSync()[0]), expected, 1e-5, "eta after one step");
   loss.dispose();
 
-  // Equal advantages: psi is uniform, KL = 0, so eta's gradient is +eps (eta shrinks).
-  const flatCases = CASES.map((c) => ({ ...c, reward: 0.5, sourceMean: 0.2 }));
-  const equal = makeInput(flatCases);
-  const small = await createLoss(bvmpo, { critic: "features", etaInit: 2, epsEta });
-  small.prepare(context(policy, bcPolicy));
-  const g1 = lossAndGrads(small, equal, small.variables).grads[0]![0];
-  assert.ok(g1 > 0, `gradient ${g1} > 0`);
-  small.dispose();
-  disposeInput(equal);
-  // Widely spread advantages at a small eta: KL > eps, so eta's gradient is negative (eta grows).
-  const spread = makeInput(CASES.map((c, i) => ({ ...c, reward: [1, 0, 0.5][i], sourceMean: 0 })));
-  const cold = await createLoss(bvmpo, { critic: "features", etaInit: 0.05, epsEta });
-  cold.prepare(context(policy, bcPolicy));
-  const g2 = lossAndGrads(cold, spread, cold.variables).grads[0]![0];
-  assert.ok(g2 < 0, `gradient ${g2} < 0`);
-  cold.dispose();
-  disposeInput(spread);
+  // Equal advantages: psi is uniform, KL = 0 < eps, so eta shrinks.
+  const etaAfterStep = async (cases: Case[], etaInit: number) => {
+    const l = await createLoss(bvmpo, { critic: "features", etaInit, epsEta, trustRegion: false });
+    l.prepare(context(policy, bcPolicy));
+    const inp = makeInput(cases);
+    tf.tidy(() => l.compute(inp, () => {})).dispose();
+    l.afterStep(1);
+    const after = Math.exp(l.variables[0].dataSync()[0]);
+    l.dispose();
+    disposeInput(inp);
+    return after;
+  };
+  const equal = CASES.map((c) => ({ ...c, reward: 0.5, sourceMean: 0.2 }));
+  assert.ok((await etaAfterStep(equal, 2)) < 2, "eta shrinks");
+  // Widely spread advantages at a small eta: KL > eps, so eta grows.
+  const spread = CASES.map((c, i) => ({ ...c, reward: [1, 0, 0.5][i], sourceMean: 0 }));
+  assert.ok((await etaAfterStep(spread, 0.05)) > 0.05, "eta grows");
 
   disposeInput(input);
   policy.dispose();
   bcPolicy.dispose();
+});
+
+Deno.test("bvmpo: eta starts at the std of A and tracks eps_eta at its own step size", async () => {
+  const policy = new TinyPolicy();
+  // A = R - m(x) per token: 0.4 (4 tokens), -0.3 (2), 0.2 (3).
+  const input = makeInput(CASES);
+  const a = [0.4, 0.4, 0.4, 0.4, -0.3, -0.3, 0.2, 0.2, 0.2];
+  const mean = sum(a) / a.length;
+  const std = Math.sqrt(sum(a.map((x) => (x - mean) ** 2)) / a.length);
+  const loss = await createLoss(bvmpo, { critic: "features", trustRegion: false });
+  loss.prepare(context(policy, policy));
+  const etaNow = () => {
+    let eta = NaN;
+    tf.tidy(() => loss.compute(input, (k, v) => k === "eta" && (eta = v) && 0)).dispose();
+    return eta;
+  };
+  close(etaNow(), std, 1e-5, "data-driven start");
+  // With eta = 1 and advantages spread ~0.3, psi is nearly uniform (KL < eps = 0.1): the
+  // policy's Adam at 5e-4 moved eta by at most 0.15 in 300 steps; its own step size 0.01
+  // moves log eta by about 0.01 per step.
+  const fixed = await createLoss(bvmpo, { critic: "features", trustRegion: false, etaInit: 1 });
+  fixed.prepare(context(policy, policy));
+  let eta = 1;
+  for (let step = 1; step <= 60; step++) {
+    tf.tidy(() => fixed.compute(input, (k, v) => k === "eta" && (eta = v) && 0)).dispose();
+    fixed.afterStep(step);
+  }
+  assert.ok(eta < 0.6, `eta ${eta} should fall well below 1`);
+  fixed.dispose();
+  loss.dispose();
+  disposeInput(input);
+  policy.dispose();
+});
+
+Deno.test("bvmpo: trust region alpha * KL(pi_old || pi) to the pre-Improve-step policy", async () => {
+  const policy = new TinyPolicy();
+  const input = makeInput(CASES);
+  const loss = await createLoss(bvmpo, { critic: "features", epsAlpha: 0.001, alphaInit: 5 });
+  const records = () => lossAndGrads(loss, input, policy.variables);
+  loss.prepare(context(policy, policy));
+  const at0 = records();
+  close(at0.records.get("trust_kl")!, 0, 1e-7, "pi_old is the policy at prepare");
+  close(at0.records.get("alpha")!, 5, 1e-6);
+  const oldDist = logDistributions(policy, input);
+  tf.tidy(() =>
+    policy.weight("bias").assign(
+      tf.add(policy.weight("bias"), tf.tensor1d([0, 0, 0, 0, 0.8, -0.5, 0.3])),
+    )
+  );
+  const newDist = logDistributions(policy, input);
+  const kls = oldDist.flatMap((row, i) =>
+    row.map((d, t) => sum(d.map((l, v) => Math.exp(l) * (l - newDist[i][t][v]))))
+  );
+  const kl = sum(kls) / kls.length;
+  const moved = records();
+  close(moved.records.get("trust_kl")!, kl, 1e-5);
+  // The trust-region term adds alpha * KL to the loss: compare with it switched off.
+  const without = await createLoss(bvmpo, { critic: "features", trustRegion: false });
+  without.prepare(context(policy, policy));
+  const plain = lossAndGrads(without, input, policy.variables).value;
+  close(moved.value - plain, 5 * kl, 1e-4, "alpha * KL");
+  without.dispose();
+  // KL > eps_alpha: alpha grows after the step.
+  loss.afterStep(1);
+  const alpha = records().records.get("alpha")!;
+  close(alpha, 5 * Math.exp(0.01), 1e-5, "alpha after one step");
+  // A new Improve step takes a new pi_old.
+  loss.prepare(context(policy, policy));
+  close(records().records.get("trust_kl")!, 0, 1e-7);
+  loss.dispose();
+  disposeInput(input);
+  policy.dispose();
 });
 
 Deno.test("bvmpo: the value head is used when present; its own critic is then not trained", async () => {
@@ -703,7 +787,7 @@ Deno.test("bvmpo: the value head is used when present; its own critic is then no
   const plain = new TinyPolicy();
   const auto = await createLoss(bvmpo);
   auto.prepare(context(withHead, plain));
-  assert.equal(auto.variables.length, 1, "only eta");
+  assert.equal(auto.variables.length, 1, "only the multipliers' state");
   const input = makeInput(CASES);
   const values = tf.tidy(() => withHead.forward(input.batch, { training: false }).values!);
   const lp = tokenLogProbs(withHead, input);
@@ -714,7 +798,7 @@ Deno.test("bvmpo: the value head is used when present; its own critic is then no
   close(records.get("value_loss")!, 0.5 * sum(sq) / sq.length);
   assert.ok(grads.at(-1)!.some((g) => g !== 0), "the value head's bias gets a gradient");
   auto.prepare(context(plain, plain));
-  assert.equal(auto.variables.length, 5, "eta and the critic");
+  assert.equal(auto.variables.length, 5, "the multipliers' state and the critic");
   const forced = await createLoss(bvmpo, { critic: "value_head" });
   assert.throws(() => forced.prepare(context(plain, plain)), /value head/);
   auto.dispose();
