@@ -3,6 +3,16 @@
  * training pairs, shared by every run of an experiment. The result is the checkpoint
  * `<out>/<experiment>/shared/bc/policy.{json,bin}`; later runs (and `--resume`) load it.
  *
+ * Model selection and early stopping: every `evalEvery` steps the policy decodes the
+ * selection half of validation (`splits.select`, at most `evalSize` pairs) greedily, and the
+ * score is the corpus chrF of those outputs against the references, whatever the manifest's
+ * reward (the reward is logged beside it as `eval/reward`). chrF is the reference metric low-
+ * resource MT selects on, it cannot be gamed the way a learned reward can, and it makes
+ * every manifest's BC checkpoint comparable. Training stops when chrF has not improved for
+ * `patience` evaluations in a row ("to convergence"), or at `steps` (a cap); the weights of
+ * the best evaluation are kept. The curve is `eval/chrf` in `shared/bc/metrics.jsonl` and
+ * the report draws it (`bc_curve.svg`).
+ *
  * @module
  */
 
@@ -50,7 +60,7 @@ export interface BcContext {
   tokenizer: Tokenizer;
   /** The data. */
   splits: RunSplits;
-  /** Reward used to pick the best checkpoint on validation. */
+  /** Reward logged at each evaluation (`eval/reward`); selection is on corpus chrF. */
   reward: RewardModel;
   /** BC settings. */
   settings: BcSettings;
@@ -102,12 +112,14 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   // without one it restarts from scratch, so its partial log is cleared.
   if (!(await hasCheckpoint(dir, TRAIN_STATE))) await Deno.remove(metrics.path).catch(() => {});
   const pairs = encodePairs(ctx.tokenizer, ctx.splits.train, ctx.settings.maxTokens);
+  const valid = limit(ctx.splits.select, ctx.settings.evalSize);
   ctx.log(
     `bc: ${pairs.length} training pairs (${
       ctx.splits.train.length - pairs.length
-    } longer than ${ctx.settings.maxTokens} tokens left out), ${ctx.settings.steps} steps`,
+    } longer than ${ctx.settings.maxTokens} tokens left out), at most ${ctx.settings.steps} ` +
+      `steps, stopping after ${ctx.settings.patience} evaluations every ` +
+      `${ctx.settings.evalEvery} steps without a better selection chrF (${valid.length} pairs)`,
   );
-  const valid = limit(ctx.splits.select, ctx.settings.evalSize);
   const progress = ctx.progress("bc", ctx.settings.steps, "steps");
   let saved = false;
   const result = await trainLoop(policy, pairs, ctx.settings, {
@@ -127,8 +139,9 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
         maxLen: ctx.evaluation.maxLen,
         batchSize: ctx.evaluation.batchSize,
       });
+      // Select on corpus chrF (0-100) of the selection split, not on the reward.
       return {
-        score: evaluation.reward,
+        score: evaluation.chrf,
         metrics: {
           "eval/reward": evaluation.reward,
           "eval/chrf": evaluation.chrf,
@@ -155,14 +168,14 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   await saveCheckpoint(dir, "policy", policy.save(), {
     steps: result.steps,
     bestStep: result.bestStep,
-    bestScore: result.bestScore,
+    bestChrf: result.bestScore,
     tokensPerSecond: result.tokensPerSecond,
   });
   await clearUnitState(dir, TRAIN_STATE);
   await removeCheckpoint(dir, "best");
   ctx.log(
-    `bc: ${result.steps} steps (${result.stopped}), best validation reward ${
-      (100 * result.bestScore).toFixed(2)
+    `bc: ${result.steps} steps (${result.stopped}), best selection chrF ${
+      result.bestScore.toFixed(2)
     } at step ${result.bestStep}, ${result.tokensPerSecond.toFixed(0)} target tokens/s`,
   );
   return policy;

@@ -26,7 +26,9 @@
  *   against N on a log2 axis, with a second panel for the picks' chrF against the
  *   references (`bon/valid_chrf@N`) when it was logged;
  * - `ppo_training.svg`: PPO's reward (`ppo/reward`) and KL (`ppo/kl`) over training, two
- *   panels, one line per run.
+ *   panels, one line per run;
+ * - `bc_curve.svg`: BC's validation curve (selection chrF and reward per step) from
+ *   `shared/bc/metrics.jsonl` (core/report/bc_curve.ts).
  *
  * Rewards are shown x100, like the paper. Lines of rows with several seeds are the
  * per-point means over the seeds.
@@ -39,6 +41,7 @@ import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
 import { readMetrics, summaryProblem, writeFileAtomic } from "./run.ts";
 import { type ChartSpec, hasDrawablePoints, lineChart, stackedCharts } from "./svg.ts";
+import { BC_CURVE_FILE, bcCurveFigure } from "./report/bc_curve.ts";
 
 /** How seed variants of a row are named: `<row>@seed<k>`. */
 export const SEED_SUFFIX: RegExp = /^(.+)@seed(\d+)$/;
@@ -239,6 +242,7 @@ export const REPORT_FILES = {
   grow: "fig4_grow_reward.svg",
   bestOfN: "fig6_best_of_n.svg",
   ppo: "ppo_training.svg",
+  bcCurve: BC_CURVE_FILE,
 } as const;
 
 // ---------------------------------------------------------------------------------------
@@ -657,6 +661,9 @@ export function buildFigures(runs: readonly RunData[]): {
 export async function buildReport(experimentDir: string): Promise<Report> {
   const runs = await loadRuns(experimentDir);
   const { figures, skipped } = buildFigures(runs);
+  const bcCurve = await bcCurveFigure(experimentDir);
+  if (bcCurve !== undefined && "svg" in bcCurve) figures.push(bcCurve);
+  else if (bcCurve !== undefined) skipped.push(bcCurve);
   return {
     experiment: runs.find((r) => r.experiment !== undefined)?.experiment ??
       basename(resolve(experimentDir)),

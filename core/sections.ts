@@ -14,7 +14,7 @@ export interface BcSettings extends TrainSettings {
   labelSmoothing: number;
   /** Pairs whose source or target exceeds this many tokens are left out of training. */
   maxTokens: number;
-  /** Validation pairs used for the periodic evaluation (0: all). */
+  /** Selection-split pairs used for the periodic chrF evaluation (0: all). */
   evalSize: number;
   /** Seconds between saved training states (for `--resume`). */
   checkpointSeconds: number;
@@ -47,9 +47,19 @@ export const BC_SCHEMA: JsonSchema = {
   type: "object",
   additionalProperties: false,
   default: {},
-  description: "Behaviour cloning (supervised NLL training) shared by every run.",
+  description:
+    "Behaviour cloning (supervised NLL training) shared by every run. Trained to convergence: " +
+    "every evalEvery steps the policy decodes the selection half of validation greedily and is " +
+    "scored by corpus chrF (whatever the reward); training stops once chrF has not improved " +
+    "for patience evaluations, or at steps, and keeps the best evaluation's weights.",
   properties: {
-    steps: integer(0, 10_000_000, 3000, "Maximum optimizer steps."),
+    steps: integer(
+      0,
+      10_000_000,
+      3000,
+      "Cap on optimizer steps; BC normally stops earlier, by patience. A run that reaches the " +
+        "cap was still improving: raise it.",
+    ),
     batchSize: integer(1, 65536, 32, "Sentence pairs per batch."),
     learningRate: {
       type: "number",
@@ -71,12 +81,19 @@ export const BC_SCHEMA: JsonSchema = {
       default: 1,
       description: "Global gradient-norm clip (0: off).",
     },
-    evalEvery: integer(0, 10_000_000, 250, "Evaluate on validation every this many steps."),
+    evalEvery: integer(
+      0,
+      10_000_000,
+      250,
+      "Evaluate (corpus chrF of greedy output on the selection split) every this many steps " +
+        "(0: only at the end).",
+    ),
     patience: integer(
       0,
       1000,
       4,
-      "Stop after this many evaluations without improvement (0: never).",
+      "Stop after this many evaluations in a row without a higher selection chrF (0: never; " +
+        "train to the steps cap).",
     ),
     labelSmoothing: {
       type: "number",
@@ -86,7 +103,12 @@ export const BC_SCHEMA: JsonSchema = {
       description: "Label smoothing of the NLL.",
     },
     maxTokens: integer(1, 4096, 64, "Leave out training pairs longer than this (tokens)."),
-    evalSize: integer(0, 10_000_000, 300, "Validation pairs for periodic evaluation (0: all)."),
+    evalSize: integer(
+      0,
+      10_000_000,
+      300,
+      "Pairs of the selection split (half of validation) for the periodic evaluation (0: all).",
+    ),
     checkpointSeconds: integer(
       0,
       86400,
