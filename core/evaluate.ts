@@ -1,11 +1,15 @@
 /**
  * Evaluation: average reward of outputs (with checks on what rewards return) and of a
- * policy's decoded outputs, with corpus chrF/BLEU against references.
+ * policy's decoded outputs, with corpus chrF/BLEU against references; the sequence-level
+ * KL to the BC policy; and the one count of distinct training samples every algorithm
+ * reports ({@link DistinctSamples}).
  *
  * @module
  */
 
+import * as tf from "@tensorflow/tfjs-core";
 import { maxOf } from "./append.ts";
+import { makeBatch } from "./batch.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
@@ -149,12 +153,29 @@ export async function evaluatePolicy(
   };
 }
 
+/** What {@link finalEvaluation} needs besides the policy and the data. */
+export interface FinalEvaluationOptions {
+  /**
+   * The BC policy the algorithm started from, for `eval/valid_kl_bc` (the BC algorithm
+   * passes its own policy: its KL is 0 by definition, and computed the same way).
+   */
+  bcPolicy: Policy;
+  /** Where to write the test translations as TSV (none when absent). */
+  outputs?: string;
+}
+
 /**
- * The final evaluation every policy-training algorithm reports: greedy reward on validation
- * and test, the reward of temperature samples on validation, and corpus chrF/BLEU of greedy
- * output on test against the references (and, with `outputs`, writes the test translations
- * there as TSV). Keys: `eval/valid_reward`,
- * `eval/valid_reward_sample`, `eval/test_reward`, `eval/test_chrf`, `eval/test_bleu`.
+ * The final evaluation every policy-training algorithm reports, on the report split
+ * (`splits.valid`, first `validSize` pairs) and the test split (first `testSize` pairs):
+ *
+ * - `eval/valid_reward`: mean reward of greedy outputs (the paper's Table 1 metric);
+ * - `eval/valid_reward_sample`: mean reward of one sample per source at the evaluation
+ *   temperature;
+ * - `eval/valid_kl_bc`: KL(pi || pi_BC) per sequence, estimated from one sample per source
+ *   at temperature 1 (see {@link sequenceKl});
+ * - `eval/test_reward`, `eval/test_chrf`, `eval/test_bleu`: greedy outputs on test, their
+ *   reward and corpus chrF/BLEU against the references (written as TSV to `outputs`);
+ * - `bon/...`: Best-of-N on the report split when the settings ask for it.
  */
 export async function finalEvaluation(
   policy: Policy,
@@ -163,7 +184,7 @@ export async function finalEvaluation(
   splits: { valid: readonly Example[]; test: readonly Example[] },
   settings: EvalSettings,
   seed: number,
-  outputs?: string,
+  options: FinalEvaluationOptions,
 ): Promise<Record<string, number>> {
   const valid = limit(splits.valid, settings.validSize);
   const test = limit(splits.test, settings.testSize);
@@ -176,11 +197,17 @@ export async function finalEvaluation(
     ...opts,
     decode: { mode: "sample", temperature: settings.temperature, seed },
   });
+  const kl = await sequenceKl(policy, options.bcPolicy, tokenizer, valid, {
+    ...opts,
+    seed: seed + 4099,
+  });
   const greedyTest = await evaluatePolicy(policy, tokenizer, test, reward, {
     ...opts,
     decode: { mode: "greedy" },
   });
-  if (outputs !== undefined) await writeOutputs(outputs, test, greedyTest.hypotheses);
+  if (options.outputs !== undefined) {
+    await writeOutputs(options.outputs, test, greedyTest.hypotheses);
+  }
   const bon = settings.bestOfN.length === 0 ? {} : await bestOfN(
     policy,
     tokenizer,
@@ -191,11 +218,116 @@ export async function finalEvaluation(
   return {
     "eval/valid_reward": greedyValid.reward,
     "eval/valid_reward_sample": sampledValid.reward,
+    "eval/valid_kl_bc": kl,
     "eval/test_reward": greedyTest.reward,
     "eval/test_chrf": greedyTest.chrf,
     "eval/test_bleu": greedyTest.bleu,
     ...bon,
   };
+}
+
+/**
+ * A Monte-Carlo estimate of the sequence-level KL(pi || ref) in nats: one output y ~ pi per
+ * example's source, sampled at temperature 1 without truncation (the policy's own
+ * distribution, so the estimate is unbiased), and the mean over examples of
+ * sum_t [log pi(y_t | y_<t, x) - log ref(y_t | y_<t, x)], both teacher-forced (dropout off).
+ * An output cut off at `maxLen` counts its tokens without an end. NaN for no examples.
+ */
+export async function sequenceKl(
+  policy: Policy,
+  reference: Policy,
+  tokenizer: Tokenizer,
+  examples: readonly Example[],
+  options: { maxLen: number; batchSize: number; seed: number },
+): Promise<number> {
+  if (examples.length === 0) return NaN;
+  const sources = examples.map((e) => tokenizer.encode(e.source, "source"));
+  const samples = await policy.sample(sources, {
+    n: 1,
+    temperature: 1,
+    topK: 0,
+    topP: 1,
+    seed: options.seed,
+    maxLen: options.maxLen,
+    batchSize: options.batchSize,
+  });
+  const eos = policy.specials.eos;
+  const pairs = samples.map((row, i) => {
+    const tokens = row[0].tokens;
+    // The batcher appends EOS itself; an output without one was cut off at maxLen.
+    return tokens.at(-1) === eos
+      ? { source: sources[i], target: tokens.slice(0, -1) }
+      : { source: sources[i], target: tokens, truncated: true };
+  });
+  const own = sequenceLogProbs(policy, pairs, options.batchSize);
+  const ref = reference === policy ? own : sequenceLogProbs(reference, pairs, options.batchSize);
+  return mean(own.map((lp, i) => lp - ref[i]));
+}
+
+/** log p(target | source) of each pair under `policy` (teacher-forced, no dropout), batched. */
+function sequenceLogProbs(
+  policy: Policy,
+  pairs: readonly { source: number[]; target: number[]; truncated?: boolean }[],
+  batchSize: number,
+): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < pairs.length; i += batchSize) {
+    const chunk = pairs.slice(i, i + batchSize);
+    const sums = tf.tidy(() => {
+      const batch = makeBatch(chunk, policy.specials);
+      const logProbs = policy.tokenLogProbs(batch, { training: false });
+      return tf.sum(tf.mul(logProbs, batch.targetMask), 1).arraySync() as number[];
+    });
+    for (const s of sums) out.push(s);
+  }
+  return out;
+}
+
+/**
+ * The one count of distinct samples every algorithm reports as `train/distinct_samples`
+ * (Table 1's "Distinct samples"): distinct (source, output) pairs *sampled from a policy
+ * for training* over the whole run, each counted once however often it was drawn (in one
+ * Grow step, across Grow steps, or across PPO rollout batches). References are not samples:
+ * ReST's Grow sets add them, but they are not counted; BC samples nothing and counts 0.
+ *
+ * Pairs are kept as 53-bit hashes (two FNV-1a variants), so the count and a resumable state
+ * ({@link DistinctSamples.hashes}) stay small; among 10^7 pairs the chance of any collision
+ * (which would make the count one too small) is about 0.6%.
+ */
+export class DistinctSamples {
+  #seen: Set<number>;
+
+  /** A counter, optionally restored from {@link DistinctSamples.hashes}. */
+  constructor(hashes: Iterable<number> = []) {
+    this.#seen = new Set(hashes);
+  }
+
+  /** Counts the pair (source, output) if it has not been seen. */
+  add(source: string, output: string): void {
+    this.#seen.add(hash53(`${source}\u0000${output}`));
+  }
+
+  /** Number of distinct pairs seen. */
+  get size(): number {
+    return this.#seen.size;
+  }
+
+  /** The hashes of the pairs seen (for a resume state). */
+  hashes(): number[] {
+    return [...this.#seen];
+  }
+}
+
+/** A 53-bit hash of a string (two FNV-1a variants). */
+export function hash53(text: string): number {
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 13);
+  }
+  return (b >>> 11) * 4294967296 + (a >>> 0);
 }
 
 /**

@@ -7,7 +7,7 @@
 
 import { join } from "node:path";
 import { definePlugin } from "../../core/plugin.ts";
-import { finalEvaluation } from "../../core/evaluate.ts";
+import { DistinctSamples, finalEvaluation } from "../../core/evaluate.ts";
 import type { RunContext } from "../../core/types.ts";
 
 export default definePlugin({
@@ -29,11 +29,12 @@ export default definePlugin({
               ctx.splits,
               ctx.evaluation,
               ctx.seed,
-              join(ctx.dir, "test_outputs.tsv"),
+              // KL(pi_BC || pi_BC) = 0: computed like every other row's, as a check.
+              { bcPolicy: policy, outputs: join(ctx.dir, "test_outputs.tsv") },
             )),
-            // BC trains on the training pairs (distinct after the data plugin's dedup) and
-            // takes no optimizer step after BC.
-            "train/distinct_samples": ctx.splits.train.length,
+            // BC trains on the references only: it samples nothing (see DistinctSamples),
+            // and takes no optimizer step after BC.
+            "train/distinct_samples": new DistinctSamples().size,
             "train/gradient_steps": 0,
           };
           await ctx.metrics.log(metrics, 0);

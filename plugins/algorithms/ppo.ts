@@ -22,7 +22,8 @@
  * measured and the best weights are kept, like the `rest` algorithm's Improve steps; the
  * run reports the same final metrics as `rest` (`eval/...`, `train/distinct_samples`,
  * `train/gradient_steps`) plus `train/samples`, the sampled outputs actually used
- * (`train/distinct_samples` counts distinct (source, output) pairs by a 53-bit hash).
+ * (`train/distinct_samples` counts distinct (source, output) pairs, as every algorithm does:
+ * core/evaluate.ts `DistinctSamples`).
  *
  * After every rollout batch the run saves a resumable state (`ppo_state` in the run folder:
  * weights, Adam moments, the best weights so far and the counters); `--resume` continues
@@ -71,7 +72,14 @@ import { join } from "node:path";
 import { appendAll } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
-import { checkScores, evaluatePolicy, finalEvaluation, limit, mean } from "../../core/evaluate.ts";
+import {
+  checkScores,
+  DistinctSamples,
+  evaluatePolicy,
+  finalEvaluation,
+  limit,
+  mean,
+} from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
 import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";
 import type { Policy, TokenBatch } from "../../core/policy.ts";
@@ -374,18 +382,6 @@ function checkPpoState(saved: UnitState, rollouts: number, tensors: number): voi
   }
 }
 
-/** A 53-bit hash of a string (two FNV-1a variants): distinct-sample counting without the strings. */
-function hash53(text: string): number {
-  let a = 0x811c9dc5;
-  let b = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    a = Math.imul(a ^ c, 0x01000193);
-    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 13);
-  }
-  return (b >>> 11) * 4294967296 + (a >>> 0);
-}
-
 async function loop(
   ctx: RunContext,
   config: PpoConfig,
@@ -462,7 +458,7 @@ async function loop(
     const extras: (tf.Tensor | Float32Array)[] = [...adam.m, ...adam.v, ...valueNetVariables];
     if (bestData !== undefined) extras.push(bestData);
     await saveUnitState(ctx.dir, STATE, policy, extras, {
-      progress: { ...p, distinct: [...distinct] },
+      progress: { ...p, distinct: distinct.hashes() },
       adamStep: adam.step,
       rollouts: plan.length,
     }, metricsPath);
@@ -478,7 +474,7 @@ async function loop(
   const baseline = config.critic === "baseline"
     ? new PositionBaseline(config.baselineMomentum, p.baseline)
     : undefined;
-  const distinct = new Set<number>(p.distinct);
+  const distinct = new DistinctSamples(p.distinct);
   const encodedSources = new Map<string, number[]>();
   const encode = (source: string) => {
     let ids = encodedSources.get(source);
@@ -565,7 +561,7 @@ async function loop(
     items.forEach((item, i) => (item.score = scores[i]));
     p.samplesUsed += items.length;
     for (const item of items) {
-      distinct.add(hash53(`${item.example.source}\u0000${item.hypothesis}`));
+      distinct.add(item.example.source, item.hypothesis);
     }
     p.rewardSum += scores.reduce((a, b) => a + b, 0);
     if (p.normaliser === null) {
@@ -677,7 +673,7 @@ async function loop(
       ctx.splits,
       ctx.evaluation,
       ctx.seed,
-      join(ctx.dir, "test_outputs.tsv"),
+      { bcPolicy: models.reference, outputs: join(ctx.dir, "test_outputs.tsv") },
     )),
     "train/distinct_samples": distinct.size,
     "train/samples": p.samplesUsed,

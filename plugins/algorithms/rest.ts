@@ -9,9 +9,8 @@
 
 import { appendAll } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
-import { finalEvaluation, limit, mean } from "../../core/evaluate.ts";
+import { DistinctSamples, finalEvaluation, limit, mean } from "../../core/evaluate.ts";
 import {
-  distinctCount,
   grow,
   growPath,
   type GrowSettings,
@@ -218,7 +217,8 @@ export default definePlugin({
         const pool: GrowRow[] = [];
         let stepOffset = 0;
         let index = 0;
-        let sampled = 0;
+        // Distinct policy samples over all Grow steps (references not counted).
+        const sampled = new DistinctSamples();
         let previousTau = -Infinity;
         // Resume: the state saved after the last finished unit (a Grow step or an Improve
         // step) gives the weights, the loss's variables and the counters; metrics.jsonl is
@@ -283,7 +283,7 @@ export default definePlugin({
               );
               await save(g, index);
             }
-            sampled += distinctCount(rows.filter((r) => r.origin === "sample"));
+            for (const r of rows) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
             addGrowSet(pool, rows, config.accumulate);
             previousTau = -Infinity;
             for (let i = 1; i <= config.improveSteps; i++) {
@@ -327,9 +327,9 @@ export default definePlugin({
               ctx.splits,
               ctx.evaluation,
               ctx.seed,
-              join(ctx.dir, "test_outputs.tsv"),
+              { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
             )),
-            "train/distinct_samples": sampled,
+            "train/distinct_samples": sampled.size,
             "train/gradient_steps": stepOffset,
             "train/grow_mean_reward": pool.length ? mean(pool.map((r) => r.reward)) : NaN,
           };
