@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
-import { SHARED_FOLDER, TOKENIZER_FILE } from "./layout.ts";
+import { SHARED_FOLDER, SPLITS_FILE, TOKENIZER_FILE } from "./layout.ts";
 import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
 import type {
   PluginDefinition,
@@ -239,6 +239,8 @@ async function runLocked(
   if (splits.train.length === 0) {
     throw new UserError(`data: the training split is empty (${manifest.file}, /data)`);
   }
+  // What the report's footnote on removed test pairs and the validation halves reads.
+  await writeFileAtomic(join(experimentDir, SPLITS_FILE), JSON.stringify(prepared.stats) + "\n");
 
   setActivity("preparing the tokenizer");
   const tokenizer = await createPlugin(

@@ -6,7 +6,9 @@
  * @module
  */
 
-import { REPORT_FILES } from "./report.ts";
+import { REPORT_FILES, SPLITS_FILE } from "./report.ts";
+
+export { SPLITS_FILE };
 
 /** The shared tokenizer, trained once per experiment. */
 export const TOKENIZER_FILE = "tokenizer.json";
@@ -19,13 +21,15 @@ export const LOCK_FILE = ".lock";
 
 /**
  * Every name the framework gives an entry of the experiment folder: the tokenizer, the
- * shared folder, the lock, and the report's tables and figures (core/report.ts). Files are
+ * shared folder, the lock, the record of the splits ({@link SPLITS_FILE}) and the report's
+ * tables and figures (core/report.ts). Files are
  * written atomically through a temporary sibling `<name>.tmp-<pid>-<id>`.
  */
 export const EXPERIMENT_FOLDER_ENTRIES: readonly string[] = [
   TOKENIZER_FILE,
   SHARED_FOLDER,
   LOCK_FILE,
+  SPLITS_FILE,
   ...Object.values(REPORT_FILES),
 ];
 

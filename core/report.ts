@@ -16,6 +16,12 @@
  * A run's values: the last finite value of each key in its `metrics.jsonl`, overridden
  * by the final metrics in `summary.json`; wall time is `summary.json`'s `seconds`.
  *
+ * The experiment folder's `splits.json` ({@link SPLITS_FILE}, written by `deno task exp`
+ * when it loads the data) gives the footnote on the splits: how many test pairs were
+ * removed because their source occurs in training, and the validation halves used for
+ * model selection and for the report. Rows trained with another reward than the others
+ * (the oracle row: ReST on chrF against the references) are named in a footnote.
+ *
  * Figures (each skipped, with a note in `table1.md`, when no run logged its data):
  *
  * - `fig3_improve_reward.svg` (the paper's Figure 3): validation reward after each
@@ -40,6 +46,7 @@ import { basename, join, resolve } from "node:path";
 import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
 import { readMetrics, summaryProblem, writeFileAtomic } from "./run.ts";
+import type { SplitStats } from "./splits.ts";
 import { type ChartSpec, hasDrawablePoints, lineChart, stackedCharts } from "./svg.ts";
 import { BC_CURVE_FILE, bcCurveFigure } from "./report/bc_curve.ts";
 
@@ -66,6 +73,10 @@ export interface RunData {
   dir: string;
   /** A readable label of the algorithm and its main settings, e.g. "ReST (G=1, I=4)". */
   algorithm: string;
+  /** The run's reward (from its resolved manifest): plugin name and name + config as JSON. */
+  reward?: { name: string; key: string };
+  /** The run's evaluation temperature (`evaluation.temperature` of its manifest). */
+  evalTemperature?: number;
   /** Whether `summary.json` exists. */
   complete: boolean;
   /** The records of `metrics.jsonl` (empty when the file does not exist). */
@@ -99,7 +110,16 @@ export const COLUMNS: readonly Column[] = [
     scale: 100,
     digits: 2,
     description:
-      "mean reward-model score of the final policy's greedy translations of the validation sources, x100 (`eval/valid_reward`); the paper's Table 1 metric",
+      "mean reward-model score of the final policy's greedy translations of the report split's sources, x100 (`eval/valid_reward`); the paper's Table 1 metric",
+  },
+  {
+    key: "sampled_reward_x100",
+    title: "Sampled reward (x100)",
+    metric: "eval/valid_reward_sample",
+    scale: 100,
+    digits: 2,
+    description:
+      "the same for one sample per source at the evaluation temperature (`evaluation.temperature`), x100 (`eval/valid_reward_sample`): what the policy's distribution earns, not only its mode",
   },
   {
     key: "distinct_samples",
@@ -108,7 +128,16 @@ export const COLUMNS: readonly Column[] = [
     scale: 1,
     digits: 0,
     description:
-      "distinct (source, sample) pairs the algorithm generated for training, over all Grow steps or PPO iterations; for BC, the training pairs (`train/distinct_samples`)",
+      "distinct (source, output) pairs sampled from a policy for training over the whole run, each counted once however often it was drawn (in one Grow step, across Grow steps or across PPO rollout batches), counted the same way for every row; references are not samples, so BC, which trains on the references only, has 0 (`train/distinct_samples`)",
+  },
+  {
+    key: "kl_bc",
+    title: "KL to BC (nats)",
+    metric: "eval/valid_kl_bc",
+    scale: 1,
+    digits: 2,
+    description:
+      "KL(pi || pi_BC) per sequence on the report split: one output y ~ pi per source at temperature 1, averaging sum_t [log pi(y_t | ...) - log pi_BC(y_t | ...)] (a Monte-Carlo estimate; 0 for BC by definition, computed the same way) (`eval/valid_kl_bc`)",
   },
   {
     key: "test_reward_x100",
@@ -116,7 +145,8 @@ export const COLUMNS: readonly Column[] = [
     metric: "eval/test_reward",
     scale: 100,
     digits: 2,
-    description: "the same average reward on the held-out test sources, x100 (`eval/test_reward`)",
+    description:
+      "mean reward of the greedy translations of the test sources, x100 (`eval/test_reward`)",
   },
   {
     key: "test_chrf",
@@ -176,6 +206,8 @@ export interface TableRow {
   seeds: (number | null)[];
   /** The runs without `summary.json`. */
   incomplete: string[];
+  /** The distinct rewards of its runs (see {@link RunData.reward}). */
+  rewards: { name: string; key: string }[];
   /** Cells by column key; null when no run has the value. */
   values: Record<string, Cell | null>;
 }
@@ -210,6 +242,10 @@ export interface Report {
   columns: readonly Column[];
   /** Table rows, in the order the rows started running. */
   rows: TableRow[];
+  /** The experiment's split counts from {@link SPLITS_FILE}; null when it has none. */
+  splits: SplitStats | null;
+  /** The evaluation temperatures of the runs (normally one). */
+  temperatures: number[];
   /** Figures drawn. */
   figures: Figure[];
   /** Figures skipped for lack of data. */
@@ -228,6 +264,13 @@ export const PAPER_TABLE1: readonly { algorithm: string; reward: number; distinc
   { algorithm: "ReST (G=2, I=3)", reward: 83.1, distinct: "32M" },
   { algorithm: "Online PPO", reward: 71.6, distinct: "24M" },
 ];
+
+/**
+ * The experiment folder's record of how its splits were prepared (core/splits.ts
+ * `SplitStats` as JSON), written by `deno task exp` when it loads the data; the report's
+ * footnote on removed test pairs and the validation halves reads it.
+ */
+export const SPLITS_FILE = "splits.json";
 
 const RESOLVED = "manifest.resolved.json";
 const SUMMARY = "summary.json";
@@ -295,6 +338,42 @@ export function algorithmLabel(manifest: Record<string, unknown>): string {
     default:
       return name;
   }
+}
+
+/** A run's reward from its resolved manifest: the plugin name, and name + config as a key. */
+function rewardOf(manifest: Record<string, unknown>): { name: string; key: string } | undefined {
+  const reward = manifest.reward;
+  if (!isObject(reward) || typeof reward.name !== "string") return undefined;
+  return { name: reward.name, key: JSON.stringify([reward.name, reward.config ?? {}]) };
+}
+
+/** A run's evaluation temperature from its resolved manifest. */
+function evalTemperatureOf(manifest: Record<string, unknown>): number | undefined {
+  const evaluation = manifest.evaluation;
+  return isObject(evaluation) && finite(evaluation.temperature)
+    ? evaluation.temperature
+    : undefined;
+}
+
+/**
+ * Reads the experiment's {@link SPLITS_FILE}; null when there is none (an experiment run
+ * before it was written).
+ *
+ * @throws {UserError} when it is not JSON or lacks a count (the message names the file).
+ */
+export async function loadSplitStats(experimentDir: string): Promise<SplitStats | null> {
+  const path = join(resolve(experimentDir), SPLITS_FILE);
+  if (!(await fileExists(path))) return null;
+  const parsed = await readJsonFile(path);
+  const keys = ["testOverlap", "testRemoved", "testBefore", "select", "report"] as const;
+  const bad = keys.find((k) =>
+    !isObject(parsed) || !Number.isInteger(parsed[k]) || (parsed[k] as number) < 0
+  );
+  if (bad !== undefined) {
+    throw new UserError(`${path}: expected a non-negative integer "${bad}"`);
+  }
+  const stats = parsed as Record<string, number>;
+  return Object.fromEntries(keys.map((k) => [k, stats[k]])) as unknown as SplitStats;
 }
 
 /** The last finite number logged for each key, then the summary's final metrics on top. */
@@ -386,6 +465,10 @@ export async function loadRuns(experimentDir: string): Promise<RunData[]> {
       ...(seed !== undefined ? { seed } : {}),
       dir: runDir,
       algorithm: algorithmLabel(manifest),
+      ...(rewardOf(manifest) !== undefined ? { reward: rewardOf(manifest) } : {}),
+      ...(evalTemperatureOf(manifest) !== undefined
+        ? { evalTemperature: evalTemperatureOf(manifest) }
+        : {}),
       complete: summary !== undefined,
       records,
       values: finalValues(records, summary),
@@ -465,6 +548,10 @@ export function tabulate(runs: readonly RunData[]): TableRow[] {
       runs: list.map((r) => r.name),
       seeds: list.map((r) => r.seed ?? null),
       incomplete: list.filter((r) => !r.complete).map((r) => r.name),
+      rewards: [
+        ...new Map(list.flatMap((r) => r.reward === undefined ? [] : [[r.reward.key, r.reward]]))
+          .values(),
+      ],
       values,
     });
   }
@@ -670,6 +757,10 @@ export async function buildReport(experimentDir: string): Promise<Report> {
     dir: resolve(experimentDir),
     columns: COLUMNS,
     rows: tabulate(runs),
+    splits: await loadSplitStats(experimentDir),
+    temperatures: [
+      ...new Set(runs.flatMap((r) => r.evalTemperature === undefined ? [] : [r.evalTemperature])),
+    ].sort((a, b) => a - b),
     figures,
     skipped,
   };
@@ -720,6 +811,100 @@ export function renderTable(report: Report): string {
   return markdownTable(header, body);
 }
 
+/** `12,345` without depending on the locale. */
+function count(value: number): string {
+  return formatNumber(value, 0);
+}
+
+/** The note on how the splits were prepared, from {@link SPLITS_FILE}. */
+function splitNotes(splits: SplitStats | null): string[] {
+  if (splits === null) {
+    return [
+      `The experiment folder has no ${SPLITS_FILE} (written by \`deno task exp\` since the ` +
+      "test split is filtered): how many test sources also occur in training is not recorded.",
+    ];
+  }
+  const rule = "compared case-folded, whitespace collapsed, trailing punctuation stripped";
+  const kept = splits.testBefore - splits.testRemoved;
+  const test = splits.testOverlap === 0
+    ? `0 of ${count(splits.testBefore)} test pairs removed: no test source occurs in ` +
+      `training (${rule}).`
+    : splits.testRemoved > 0
+    ? `${count(splits.testRemoved)} of ${count(splits.testBefore)} test pairs removed: their ` +
+      `source occurs in training (${rule}); the test columns use the other ${count(kept)}.`
+    : `All ${count(splits.testBefore)} test pairs have a source that occurs in training ` +
+      `(${rule}); they were kept, since none would be left, so the test columns measure ` +
+      "strings seen in training.";
+  return [
+    test,
+    `Validation is cut in two by a hash of each source: ${count(splits.select)} pairs for ` +
+    "model selection (BC's early stopping, ReST's Improve steps, PPO's best checkpoint) and " +
+    `${count(splits.report)} for the report; the average and sampled reward and the KL ` +
+    "columns use the report half (up to `evaluation.validSize` of its pairs; 0: all), which " +
+    "no run selected on.",
+  ];
+}
+
+/** The reward most rows use (ties: the first row's), or undefined when no row names one. */
+function mainReward(rows: readonly TableRow[]): { name: string; key: string } | undefined {
+  const counts = new Map<string, { reward: { name: string; key: string }; n: number }>();
+  for (const row of rows) {
+    for (const reward of row.rewards) {
+      const entry = counts.get(reward.key) ?? { reward, n: 0 };
+      entry.n++;
+      counts.set(reward.key, entry);
+    }
+  }
+  let best: { reward: { name: string; key: string }; n: number } | undefined;
+  for (const entry of counts.values()) if (best === undefined || entry.n > best.n) best = entry;
+  return best?.reward;
+}
+
+/** The note naming rows trained with another reward than the others (the oracle row). */
+function rewardNotes(rows: readonly TableRow[]): string[] {
+  const main = mainReward(rows);
+  if (main === undefined) return [];
+  const others = rows.filter((row) => row.rewards.some((r) => r.key !== main.key));
+  if (others.length === 0) {
+    return [`Every row is scored (ReST and PPO also trained) with the \`${main.name}\` reward.`];
+  }
+  const named = others.map((row) => {
+    const names = row.rewards.filter((r) => r.key !== main.key).map((r) =>
+      r.name === main.name ? `${r.name}, another config` : r.name
+    );
+    return `${markdownEscape(rowLabel(row))} (\`${names.join("`, `")}\`)`;
+  });
+  return [
+    `Rows are scored (ReST and PPO also trained) with the \`${main.name}\` reward, except ` +
+    `${named.join(", ")}: there the average, sampled and test reward columns are in that ` +
+    "row's own reward and not comparable with the other rows'; compare through the KL, test " +
+    "chrF and test BLEU columns. A row trained on chrF against the references is an oracle, " +
+    "the upper bound of what Improve achieves with a reward that measures the target itself: " +
+    "if it gains test chrF where the other rows lose it, the reward model is the weak link, " +
+    "not Improve.",
+  ];
+}
+
+/** The table's footnotes: splits, rewards, the sampling temperature and distinct samples. */
+export function tableNotes(report: Report): string[] {
+  const t = report.temperatures;
+  const temperature = t.length === 0 ? [] : [
+    `Sampled reward: one sample per source at temperature ${t.join(", ")}` +
+    (t.length > 1
+      ? " (the runs' evaluation temperatures differ)."
+      : " (the evaluation temperature).") +
+    " The KL column samples at temperature 1.",
+  ];
+  return [
+    ...splitNotes(report.splits),
+    ...rewardNotes(report.rows),
+    ...temperature,
+    "Distinct samples are counted one way for every row: distinct (source, output) pairs " +
+    "sampled from a policy for training over the whole run, references not counted. BC " +
+    "samples nothing and shows 0 (the paper's BC row lists 16M).",
+  ];
+}
+
 /** The full `table1.md`: our table, the paper's, a legend and the list of figures. */
 export function renderMarkdown(report: Report): string {
   const paper = markdownTable(
@@ -735,7 +920,7 @@ export function renderMarkdown(report: Report): string {
     "(G: Grow steps, I: Improve steps per Grow step).",
     "- **Seeds**: the seed of each run in the row.",
     ...report.columns.map((c) => `- **${c.title}**: ${c.description}.`),
-    "- `–`: not logged by this run (e.g. BC has no samples or gradient steps after BC).",
+    "- `–`: not logged by the row's runs (e.g. runs made before the column existed).",
     "",
     "The test chrF and BLEU against reference translations stand in for the paper's human " +
     "evaluation: a reward model can be over-optimised (the reward rises while the " +
@@ -752,6 +937,8 @@ export function renderMarkdown(report: Report): string {
     `\`deno task report ${report.dir}\`.`,
     "",
     renderTable(report),
+    "",
+    ...tableNotes(report).map((note) => `- ${note}`),
     "",
     "## Columns",
     "",
@@ -810,6 +997,8 @@ export function renderJson(report: Report): unknown {
       "sample standard deviation (n - 1) over the runs that have the value",
     columns: report.columns,
     rows: report.rows,
+    splits: report.splits,
+    notes: tableNotes(report),
     figures: report.figures.map((f) => ({ file: f.file, title: f.title })),
     skippedFigures: report.skipped,
     paper: {

@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
+import { reservedEntry } from "../../core/layout.ts";
 import {
   buildReport,
   loadRuns,
+  loadSplitStats,
   meanStd,
   parseRunName,
   renderCsv,
+  SPLITS_FILE,
   writeReport,
 } from "../../core/report.ts";
 import { escapeXml, lineChart, niceTicks, stackedCharts } from "../../core/svg.ts";
@@ -110,6 +113,7 @@ Deno.test("loadRuns: run folders are those with manifest.resolved.json; seeds an
     "rest_g1_i4@seed1",
     "rest_g1_i4@seed2",
     "rest_g2_i3",
+    "rest_oracle",
   ]);
   const byName = new Map(runs.map((r) => [r.name, r]));
   assert.equal(byName.get("rest_g1_i4@seed2")!.row, "rest_g1_i4");
@@ -117,6 +121,10 @@ Deno.test("loadRuns: run folders are those with manifest.resolved.json; seeds an
   assert.equal(byName.get("rest_g2_i3")!.algorithm, "ReST (G=2, I=3)");
   assert.equal(byName.get("bc_only")!.algorithm, "BC (G=0, I=0)");
   assert.equal(byName.get("ppo")!.algorithm, "Online PPO");
+  assert.equal(byName.get("rest_oracle")!.algorithm, "ReST (G=1, I=4), oracle reward (chrF)");
+  assert.equal(byName.get("rest_oracle")!.reward?.name, "chrf");
+  assert.equal(byName.get("ppo")!.reward?.name, "learned");
+  assert.equal(byName.get("ppo")!.evalTemperature, 0.8);
   assert.ok(runs.every((r) => r.complete));
   assert.equal(byName.get("ppo")!.values["summary/seconds"], 30);
 });
@@ -131,6 +139,7 @@ Deno.test("buildReport: Table 1 rows in run order, means and sample std over see
     "rest_g1_i4",
     "rest_g2_i3",
     "ppo",
+    "rest_oracle",
   ]);
   const row = report.rows[2];
   assert.deepEqual(row.runs, ["rest_g1_i4@seed1", "rest_g1_i4@seed2"]);
@@ -141,6 +150,10 @@ Deno.test("buildReport: Table 1 rows in run order, means and sample std over see
   assert.equal(row.values.avg_reward_x100?.n, 2);
   close(row.values.distinct_samples?.mean, 1010, "distinct mean");
   close(row.values.distinct_samples?.std, 10 * Math.SQRT2, "distinct std");
+  close(row.values.sampled_reward_x100?.mean, 73, "sampled reward mean");
+  close(row.values.sampled_reward_x100?.std, Math.SQRT2, "sampled reward std");
+  close(row.values.kl_bc?.mean, 4.5, "KL mean");
+  close(row.values.kl_bc?.std, Math.SQRT1_2, "KL std");
   close(row.values.test_reward_x100?.mean, 72, "test reward mean");
   close(row.values.test_reward_x100?.std, 2 * Math.SQRT2, "test reward std");
   close(row.values.test_chrf?.mean, 50.5, "chrF mean");
@@ -153,7 +166,9 @@ Deno.test("buildReport: Table 1 rows in run order, means and sample std over see
   const bc = report.rows[0];
   close(bc.values.avg_reward_x100?.mean, 65.2, "BC reward");
   assert.equal(bc.values.avg_reward_x100?.std, null);
-  assert.equal(bc.values.distinct_samples, null, "BC logs no distinct samples");
+  // BC samples nothing: counted the same way as every other row, it is 0, not missing.
+  assert.deepEqual(bc.values.distinct_samples, { mean: 0, std: null, n: 1 });
+  assert.deepEqual(bc.values.kl_bc, { mean: 0, std: null, n: 1 });
   assert.equal(bc.values.gradient_steps, null);
   const ppo = report.rows[4];
   close(ppo.values.avg_reward_x100?.mean, 71.6, "PPO reward");
@@ -183,10 +198,16 @@ Deno.test("writeReport: table1.md/csv/json hold our table, the paper's, a legend
     assert.match(md, /^# Table 1: report_fixture$/m);
     assert.match(
       md,
-      /^\| rest_g1_i4 +\| ReST \(G=1, I=4\) +\| 1, 2 +\| 77\.00 ± 1\.41 +\| 1,010 ± 14 +\| 72\.00 ± 2\.83 +\| 50\.50 ± 0\.71 +\| 23\.50 ± 0\.71 +\| 400 ± 0 +\| 13\.0 ± 0\.7 +\|$/m,
+      /^\| rest_g1_i4 +\| ReST \(G=1, I=4\) +\| 1, 2 +\| 77\.00 ± 1\.41 +\| 73\.00 ± 1\.41 +\| 1,010 ± 14 +\| 4\.50 ± 0\.71 +\| 72\.00 ± 2\.83 +\| 50\.50 ± 0\.71 +\| 23\.50 ± 0\.71 +\| 400 ± 0 +\| 13\.0 ± 0\.7 +\|$/m,
     );
-    assert.match(md, /^\| bc_only +\| BC \(G=0, I=0\) +\| 1 +\| 65\.20 +\| – +\|/m);
-    assert.match(md, /^\| rest_g2_i3 .*\| 82\.00 +\| 2,010 +\|.*\| 600 +\| 25\.3 +\|$/m);
+    assert.match(
+      md,
+      /^\| bc_only +\| BC \(G=0, I=0\) +\| 1 +\| 65\.20 +\| 60\.10 +\| 0 +\| 0\.00 +\|/m,
+    );
+    assert.match(
+      md,
+      /^\| rest_g2_i3 .*\| 82\.00 +\| 79\.00 +\| 2,010 +\| 7\.25 +\|.*\| 600 +\| 25\.3 +\|$/m,
+    );
     // The paper's numbers, kept apart from ours and labelled as reported.
     assert.match(md, /## The paper's Table 1, for orientation/);
     assert.match(md, /As reported in the paper/);
@@ -199,29 +220,41 @@ Deno.test("writeReport: table1.md/csv/json hold our table, the paper's, a legend
     assert.doesNotMatch(md, /skipped/);
 
     const csv = (await Deno.readTextFile(join(dir, "table1.csv"))).trimEnd().split("\n");
-    assert.equal(csv.length, 6);
+    assert.equal(csv.length, 7);
     assert.equal(
       csv[0],
-      "run,algorithm,seeds,incomplete,avg_reward_x100,avg_reward_x100_std,distinct_samples," +
-        "distinct_samples_std,test_reward_x100,test_reward_x100_std,test_chrf,test_chrf_std," +
-        "test_bleu,test_bleu_std,gradient_steps,gradient_steps_std,wall_time_s,wall_time_s_std",
+      "run,algorithm,seeds,incomplete,avg_reward_x100,avg_reward_x100_std,sampled_reward_x100," +
+        "sampled_reward_x100_std,distinct_samples,distinct_samples_std,kl_bc,kl_bc_std," +
+        "test_reward_x100,test_reward_x100_std,test_chrf,test_chrf_std,test_bleu,test_bleu_std," +
+        "gradient_steps,gradient_steps_std,wall_time_s,wall_time_s_std",
     );
-    assert.equal(csv[1], 'bc_only,"BC (G=0, I=0)",1,false,65.2,,,,64.1,,48.3,,21.7,,,,3.2,');
+    assert.equal(
+      csv[1],
+      'bc_only,"BC (G=0, I=0)",1,false,65.2,,60.1,,0,,0,,64.1,,48.3,,21.7,,,,3.2,',
+    );
     const rest = csv[3].split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/);
     assert.equal(rest[0], "rest_g1_i4");
     assert.equal(rest[2], "1;2");
     close(Number(rest[4]), 77, "csv mean");
     close(Number(rest[5]), Math.SQRT2, "csv std");
-    assert.equal(rest[16], "13");
+    assert.equal(rest[20], "13");
 
     const json = JSON.parse(await Deno.readTextFile(join(dir, "table1.json")));
     assert.equal(json.experiment, "report_fixture");
-    assert.equal(json.rows.length, 5);
+    assert.equal(json.rows.length, 6);
     assert.equal(json.rows[2].row, "rest_g1_i4");
     close(json.rows[2].values.test_reward_x100.std, 2 * Math.SQRT2, "json std");
     assert.equal(json.rows[0].values.gradient_steps, null);
     assert.equal(json.columns[0].metric, "eval/valid_reward");
     assert.equal(json.paper.rows.length, 5);
+    assert.deepEqual(json.splits, {
+      testOverlap: 12,
+      testRemoved: 12,
+      testBefore: 512,
+      select: 148,
+      report: 152,
+    });
+    assert.ok(json.notes.some((n: string) => n.startsWith("12 of 512 test pairs removed")));
     assert.equal(json.figures.length, 4);
     assert.deepEqual(json.skippedFigures, []);
   } finally {
@@ -451,4 +484,88 @@ Deno.test("deno task report: prints the table and writes the files; exit 2 on us
     await done();
     await Deno.remove(empty, { recursive: true });
   }
+});
+
+Deno.test("Table 1 footnotes: removed test pairs, the oracle row, the temperature, distinct samples", async () => {
+  const { dir, done } = await fixtureCopy();
+  try {
+    const { markdown: md, report } = await writeReport(dir);
+    // The oracle (ReST on chrF against the references) is a row of its own, labelled as such.
+    assert.equal(report.rows[5].row, "rest_oracle");
+    assert.match(
+      md,
+      /^\| rest_oracle +\| ReST \(G=1, I=4\), oracle reward \(chrF\) +\| 1 +\| 58\.00 +\| 55\.00 +\| 990 +\| 3\.00 +\| 57\.00 +\| 56\.00 +\|/m,
+    );
+    const notes = md.slice(md.indexOf("| rest_oracle"), md.indexOf("## Columns"));
+    assert.match(
+      notes,
+      /^- 12 of 512 test pairs removed: their source occurs in training \(compared case-folded, whitespace collapsed, trailing punctuation stripped\); the test columns use the other 500\.$/m,
+    );
+    assert.match(notes, /148 pairs for model selection .* and 152 for the report/);
+    assert.match(
+      notes,
+      /^- Rows are scored \(ReST and PPO also trained\) with the `learned` reward, except rest_oracle \(`chrf`\): there the average, sampled and test reward columns are in that row's own reward/m,
+    );
+    assert.match(notes, /one sample per source at temperature 0\.8 \(the evaluation temperature\)/);
+    assert.match(
+      notes,
+      /Distinct samples are counted one way for every row: distinct \(source, output\)/,
+    );
+    assert.match(
+      md,
+      /\*\*KL to BC \(nats\)\*\*: KL\(pi \|\| pi_BC\) per sequence on the report split/,
+    );
+    assert.match(md, /\*\*Sampled reward \(x100\)\*\*: the same for one sample per source/);
+  } finally {
+    await done();
+  }
+});
+
+Deno.test("Table 1 footnotes: splits.json missing, every test source seen, or corrupt", async () => {
+  const { dir, done } = await fixtureCopy();
+  try {
+    await Deno.remove(join(dir, SPLITS_FILE));
+    let { markdown } = await writeReport(dir);
+    assert.match(markdown, /^- The experiment folder has no splits\.json/m);
+    assert.equal(await loadSplitStats(dir), null);
+
+    // A toy corpus whose test sources all occur in training: kept, and the note says so.
+    const all = { testOverlap: 5, testRemoved: 0, testBefore: 5, select: 1, report: 1 };
+    await Deno.writeTextFile(join(dir, SPLITS_FILE), JSON.stringify(all));
+    ({ markdown } = await writeReport(dir));
+    assert.match(markdown, /^- All 5 test pairs have a source that occurs in training .* kept/m);
+
+    const none = { testOverlap: 0, testRemoved: 0, testBefore: 1234, select: 3, report: 4 };
+    await Deno.writeTextFile(join(dir, SPLITS_FILE), JSON.stringify(none));
+    ({ markdown } = await writeReport(dir));
+    assert.match(markdown, /^- 0 of 1,234 test pairs removed: no test source occurs in training/m);
+
+    await Deno.writeTextFile(join(dir, SPLITS_FILE), JSON.stringify({ ...none, select: -1 }));
+    await assert.rejects(
+      loadSplitStats(dir),
+      (e: unknown) =>
+        e instanceof UserError && e.message.includes(join(dir, SPLITS_FILE)) &&
+        /"select"/.test(e.message),
+    );
+  } finally {
+    await done();
+  }
+});
+
+Deno.test("Table 1 footnotes: one reward for every row is said once; splits.json is reserved", async () => {
+  const { dir, done } = await fixtureCopy();
+  try {
+    await Deno.remove(join(dir, "rest_oracle"), { recursive: true });
+    const { markdown } = await writeReport(dir);
+    assert.match(
+      markdown,
+      /^- Every row is scored \(ReST and PPO also trained\) with the `learned` reward\.$/m,
+    );
+    assert.doesNotMatch(markdown, /oracle/);
+  } finally {
+    await done();
+  }
+  // A run may not be named like the file the report reads.
+  assert.equal(reservedEntry("splits.json"), "splits.json");
+  assert.equal(reservedEntry("Splits.JSON"), "splits.json");
 });
