@@ -102,7 +102,14 @@ export const commonConfigSchema: Record<string, JsonSchema> = {
     type: "integer",
     minimum: 0,
     default: 0,
-    description: "Drop pairs where either side has more words than this; 0 = no limit.",
+    description:
+      "Drop pairs where either side has more words than this; 0 = no limit (the default: " +
+      "every pair is kept). A cap applies to every split, so set it from the decoding budget, " +
+      "not to speed up training: kept references should fit the evaluation's maxLen (in " +
+      "tokens: 1.9 BPE tokens per word for German LibreOffice strings with 4k pieces) and BC's " +
+      "maxTokens. LibreOffice en-de: 16 drops 1,751 of 18,946 " +
+      "distinct pairs (9%), 24 drops 728 (4%, 97.5% of the kept references under 32 tokens), " +
+      "32 drops 315 (2%).",
   },
   maxRatio: {
     type: "number",
