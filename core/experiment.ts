@@ -5,6 +5,7 @@
  * @module
  */
 
+import { hashText } from "./hash.ts";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
@@ -402,6 +403,7 @@ async function executeRun(
     reward,
     metrics: folder.metrics,
     bcPolicy: (options) => shared.bcPolicy(run.bcSeed, options),
+    bc: manifest.bc,
     evaluation: manifest.evaluation,
     progress: (label, total, unit) => {
       setActivity(`run ${run.name}, ${label}`);
@@ -433,15 +435,6 @@ const CHRF_SELECTION: RewardModel = {
 function rewardFolderName(ref: ResolvedPluginRef): string {
   const text = JSON.stringify({ name: ref.module ?? ref.name, config: ref.config });
   return `${ref.name.replace(/[^A-Za-z0-9_-]/g, "_")}-${hashText(text).slice(0, 8)}`;
-}
-
-/** A 64-bit FNV-1a hash of a string as 16 hex digits (a cache key, not a checksum). */
-export function hashText(text: string): string {
-  let h = 0xcbf29ce484222325n;
-  for (let i = 0; i < text.length; i++) {
-    h = ((h ^ BigInt(text.charCodeAt(i))) * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return h.toString(16).padStart(16, "0");
 }
 
 function baseDepsFor(

@@ -42,7 +42,8 @@ function checkRow(row: unknown, where: string): GrowRow {
     typeof r.hypothesis === "string" && typeof r.reference === "string" &&
     typeof r.reward === "number" && r.reward >= 0 && r.reward <= 1 && Array.isArray(r.tokens) &&
     Array.isArray(r.logProbs) && r.tokens.length === r.logProbs.length &&
-    (r.origin === "sample" || r.origin === "reference");
+    (r.origin === "sample" || r.origin === "reference") &&
+    (r.temperature === undefined || (typeof r.temperature === "number" && r.temperature > 0));
   if (!ok) throw new DataError(`${where}: not a valid Grow row`);
   return r;
 }

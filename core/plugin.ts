@@ -235,3 +235,13 @@ export function pluginDefaults(plugin: PluginDefinition): Record<string, unknown
     Object.entries(props).map(([key, prop]) => [key, structuredClone(prop.default)]),
   );
 }
+
+/** A config-schema integer in [min, max] with its default and description. */
+export function int(min: number, max: number, value: number, description: string): JsonSchema {
+  return { type: "integer", minimum: min, maximum: max, default: value, description };
+}
+
+/** A config-schema number in [min, max] with its default and description. */
+export function num(min: number, max: number, value: number, description: string): JsonSchema {
+  return { type: "number", minimum: min, maximum: max, default: value, description };
+}

@@ -176,6 +176,11 @@ export interface LossContext {
   improve: number;
   /** Number of Improve steps of this Grow step. */
   improveSteps: number;
+  /**
+   * The label smoothing BC was trained with: losses whose own setting is unset (null) keep
+   * it, so Improve does not silently change the objective's regularisation.
+   */
+  labelSmoothing?: number;
 }
 
 /**

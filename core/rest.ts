@@ -1,14 +1,24 @@
 /**
- * ReST (Gulcehre et al. 2023, Algorithm 1): Grow and Improve, read top to bottom.
+ * ReST (Gulcehre et al. 2023, Algorithm 1), read top to bottom: {@link runRest} is the whole
+ * algorithm, the `rest` plugin only its schema.
  *
- * - **Grow** (`grow`): for every training source, sample N outputs from the current policy,
- *   score each with the reward model, and store `{source, hypothesis, reference, reward,
- *   tokens, behaviour log-probs, origin}` in `grow_<g>.jsonl`, together with the original
- *   pairs (scored) unless `includeOriginal` is false. The file is written once and never
- *   changed.
- * - **Improve** (`improve`): keep rows with reward strictly above tau_i, then fine-tune the
- *   *current* weights with the loss plugin at a learning rate that decays per Improve step,
- *   evaluating the validation reward periodically and keeping the best checkpoint.
+ *     pi <- BC policy
+ *     for g = 1..G:
+ *       D_g <- Grow(pi): N samples per training source (temperature T), scored, plus the
+ *              original dataset D (every training pair, scored like the samples)
+ *       for i = 1..I:
+ *         pi <- Improve(pi, {rows of D_g with reward > tau_i}), tau_i strictly increasing,
+ *               keeping the best weights by reward on the selection split (the incoming
+ *               weights included)
+ *
+ * - **Grow** ({@link grow}): writes `grow_<g>.jsonl` (with its record, core/grow_file.ts) once;
+ *   a resumed run reads it back. Each row stores its tokens, the behaviour log-probabilities
+ *   log mu(a_t) of the distribution it was drawn from (softmax of logits / T) and T.
+ * - **Improve** ({@link improve}): filters by tau from the threshold schedule (references pass
+ *   through the filter, as in the paper, unless `references: "keep"`), then fine-tunes the
+ *   *current* weights for `epochs` passes over the kept rows (capped at `steps`) at a learning
+ *   rate that starts below BC's final one and decays with every Improve step of the run; the
+ *   rows are held compactly ({@link GrowPool}).
  *
  * @module
  */
@@ -17,9 +27,11 @@ import * as tf from "@tensorflow/tfjs-core";
 import { dirname, join } from "node:path";
 import { UserError } from "./errors.ts";
 import { sampleInOrder } from "./random.ts";
+import { maxOf } from "./append.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
+import { GrowPool } from "./grow_pool.ts";
 import { makeBatch } from "./batch.ts";
-import { evaluatePolicy, mean } from "./evaluate.ts";
+import { DistinctSamples, evaluatePolicy, finalEvaluation, limit, mean } from "./evaluate.ts";
 import type { GrowRow, Loss, LossInput, Policy } from "./policy.ts";
 import { exists } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
@@ -28,13 +40,29 @@ import type {
   MetricsLog,
   Progress,
   RewardModel,
+  RunContext,
+  RunSummary,
+  ThresholdDecision,
   ThresholdSchedule,
   Tokenizer,
 } from "./types.ts";
 import { checkScores } from "./evaluate.ts";
-import type { Schedule } from "./optim.ts";
+import { learningRate, type Schedule } from "./optim.ts";
+import type { BcSettings } from "./sections.ts";
+import {
+  applyUnitState,
+  assignExtras,
+  checkMeta,
+  loadUnitState,
+  rewindMetrics,
+  saveUnitState,
+  type UnitState,
+  unitStateError,
+} from "./resume.ts";
+import { hashText } from "./hash.ts";
 
 export { readGrowFile, readLines, writeGrowFile } from "./grow_file.ts";
+export { GrowPool } from "./grow_pool.ts";
 
 /** Settings of the Grow step. */
 export interface GrowSettings {
@@ -50,21 +78,23 @@ export interface GrowSettings {
   maxLen: number;
   /** Sources per decoding batch. */
   batchSize: number;
-  /** Add the original (source, reference) pairs, scored, to the Grow set. */
+  /** Add the original dataset D (every training pair, scored) to the Grow set. */
   includeOriginal: boolean;
-  /** Training sources used for Grow (0: all). */
+  /** Training sources sampled from (a seeded uniform sample; 0: all). */
   sources: number;
 }
 
 /** Settings of the Improve steps. */
 export interface ImproveSettings {
-  /** Optimizer steps per Improve step. */
+  /** Passes over the kept rows per Improve step. */
+  epochs: number;
+  /** Cap on the optimizer steps of one Improve step. */
   steps: number;
   /** Rows per batch. */
   batchSize: number;
-  /** Learning rate of Improve step 1. */
+  /** Learning rate of the run's first Improve step (0: half of BC's final rate). */
   learningRate: number;
-  /** Multiplier of the learning rate from one Improve step to the next. */
+  /** Multiplier of the learning rate from one Improve step to the next, over the whole run. */
   learningRateDecay: number;
   /** Warm-up steps of each Improve step. */
   warmupSteps: number;
@@ -72,13 +102,31 @@ export interface ImproveSettings {
   schedule: Schedule;
   /** Global gradient-norm clip (0: off). */
   clipNorm: number;
-  /** Evaluate on validation every this many steps (0: at the end of each Improve step). */
+  /** Evaluate on the selection split every this many steps (0: only before and after). */
   evalEvery: number;
-  /** Validation pairs for evaluation (0: all). */
+  /** Stop an Improve step after this many evaluations without improvement (0: never). */
+  patience: number;
+  /** Selection pairs for evaluation (0: all). */
   evalSize: number;
+  /** `filter`: references pass through the filter like samples (paper); `keep`: always kept. */
+  references: "filter" | "keep";
 }
 
-/** The pair of a Grow row as token ids, with the row. */
+/** Config of the `rest` algorithm. */
+export interface RestConfig {
+  /** Grow steps G. */
+  growSteps: number;
+  /** Improve steps I per Grow step. */
+  improveSteps: number;
+  /** Grow settings. */
+  grow: Omit<GrowSettings, "maxLen" | "batchSize">;
+  /** Improve settings. */
+  improve: ImproveSettings;
+  /** Train each Improve step on every Grow set so far, not only the latest. */
+  accumulate: boolean;
+}
+
+/** The pair of a Grow row as token ids, with the row's index in the pool. */
 export interface RowPair extends TokenPair {
   /** The row. */
   row: GrowRow;
@@ -98,6 +146,231 @@ export interface RestContext {
   progress(label: string, total: number, unit?: string): Progress;
   /** Log lines. */
   log(message: string): void;
+  /** BC's label smoothing, passed to the loss (default 0). */
+  labelSmoothing?: number;
+}
+
+/** Name of the run's resumable state (after each finished Grow or Improve step). */
+const STATE = "rest_state";
+
+/**
+ * Runs ReST for one run: Algorithm 1 from the BC policy to the final evaluation, resumable
+ * after every finished Grow and Improve step.
+ */
+export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunSummary> {
+  if (ctx.loss === undefined || ctx.threshold === undefined) {
+    throw new UserError(`run ${ctx.run}: rest needs a loss and a threshold section`);
+  }
+  const loss = ctx.loss;
+  const policy = await ctx.bcPolicy();
+  const bcPolicy = await ctx.bcPolicy();
+  const restCtx: RestContext = { ...ctx, labelSmoothing: ctx.bc.labelSmoothing };
+  const growSettings: GrowSettings = {
+    ...config.grow,
+    maxLen: ctx.evaluation.maxLen,
+    batchSize: ctx.evaluation.batchSize,
+  };
+  const improveSettings = {
+    ...config.improve,
+    learningRate: improveLearningRate(config.improve.learningRate, ctx.bc, ctx.log),
+    maxLen: ctx.evaluation.maxLen,
+    decodeBatchSize: ctx.evaluation.batchSize,
+  };
+  const select = limit(ctx.splits.select, config.improve.evalSize);
+  const resume = await resumeRest(ctx, config, policy, bcPolicy, loss);
+  const pool = new GrowPool();
+  const sampled = new DistinctSamples();
+  let index = 0;
+  try {
+    for (let g = 1; g <= config.growSteps; g++) {
+      const rows = g <= resume.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
+        policy,
+        ctx.splits.train,
+        growSettings,
+        restCtx,
+        g,
+        ctx.seed * 1000 + g,
+        g === 1 ? sharedGrowPath(ctx, growSettings) : undefined,
+      );
+      if (g > resume.done.grow) await resume.save(g, index);
+      if (!config.accumulate) pool.clear();
+      pool.addAll(rows);
+      for (const r of rows) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
+      for (let i = 1; i <= config.improveSteps; i++) {
+        index++;
+        if (index <= resume.done.index) continue;
+        const result = await improve(
+          policy,
+          bcPolicy,
+          pool,
+          loss,
+          ctx.threshold,
+          select,
+          improveSettings,
+          restCtx,
+          {
+            grow: g,
+            improve: i,
+            improveSteps: config.improveSteps,
+            index,
+            stepOffset: resume.stepOffset(),
+          },
+          ctx.seed * 1000 + index,
+        );
+        resume.steps.push(result.steps);
+        await resume.save(g, index);
+      }
+    }
+    const gradientSteps = resume.stepOffset();
+    const metrics = {
+      ...(await finalEvaluation(
+        policy,
+        ctx.tokenizer,
+        ctx.reward,
+        ctx.splits,
+        ctx.evaluation,
+        ctx.seed,
+        { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
+      )),
+      "train/distinct_samples": sampled.size,
+      "train/gradient_steps": gradientSteps,
+      "train/grow_mean_reward": pool.size > 0 ? mean(Array.from(pool.rewards())) : NaN,
+    };
+    await ctx.metrics.log(metrics, gradientSteps);
+    for (const [key, value] of Object.entries(metrics)) {
+      ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
+    }
+    return { metrics };
+  } finally {
+    policy.dispose();
+    bcPolicy.dispose();
+  }
+}
+
+/**
+ * The learning rate of the run's first Improve step: the configured one, or (0) half of BC's
+ * learning rate at its last step, so that Improve continues below where BC ended. An
+ * explicit rate at or above BC's final one is allowed but reported.
+ */
+export function improveLearningRate(
+  configured: number,
+  bc: Pick<BcSettings, "learningRate" | "warmupSteps" | "steps" | "schedule">,
+  log: (message: string) => void,
+): number {
+  const bcFinal = learningRate(Math.max(1, bc.steps), {
+    peak: bc.learningRate,
+    warmup: bc.warmupSteps,
+    total: bc.steps,
+    schedule: bc.schedule,
+  });
+  // A schedule that decays to 0 ends at 0: use its rate at 90 % of the way instead.
+  const reference = bcFinal > 0 ? bcFinal : learningRate(Math.max(1, Math.floor(0.9 * bc.steps)), {
+    peak: bc.learningRate,
+    warmup: bc.warmupSteps,
+    total: bc.steps,
+    schedule: bc.schedule,
+  });
+  if (configured > 0) {
+    if (configured >= reference) {
+      log(
+        `improve: learning rate ${configured} is not below BC's final ${
+          reference.toPrecision(3)
+        }: Improve will move further from BC than BC's last steps did`,
+      );
+    }
+    return configured;
+  }
+  return 0.5 * reference;
+}
+
+/** Where the first Grow set of runs that would grow the identical set is shared. */
+function sharedGrowPath(ctx: RunContext, settings: GrowSettings): string {
+  const key = hashText(JSON.stringify([ctx.fingerprint, settings, ctx.seed]));
+  return join(ctx.sharedDir, "grow", `grow_1-${key}.jsonl`);
+}
+
+/** What {@link resumeRest} restored, and how to save the next state. */
+interface RestResume {
+  /** Grow and Improve steps already done. */
+  done: { grow: number; index: number };
+  /** Optimizer steps of every finished Improve step. */
+  steps: number[];
+  /** Optimizer steps so far (the metrics' step axis). */
+  stepOffset(): number;
+  /** Saves the state after Grow step `grow` and Improve step `index` of the run. */
+  save(grow: number, index: number): Promise<void>;
+}
+
+/**
+ * Restores a resumed run's weights, loss variables and counters from its last saved state
+ * (rewinding metrics.jsonl to that moment); later units run again, identically.
+ */
+async function resumeRest(
+  ctx: RunContext,
+  config: RestConfig,
+  policy: Policy,
+  bcPolicy: Policy,
+  loss: Loss,
+): Promise<RestResume> {
+  const metricsPath = join(ctx.dir, "metrics.jsonl");
+  const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
+  let done = { grow: 0, index: 0 };
+  let steps: number[] = [];
+  if (saved !== undefined) {
+    checkRestState(saved, config);
+    await applyUnitState(saved, () => policy.load(saved.policy));
+    if (saved.extras.length > 0 && loss.variables.length === 0) {
+      // Losses create their own variables on their first prepare.
+      loss.prepare({ policy, bcPolicy, improve: 1, improveSteps: config.improveSteps });
+    }
+    assignExtras(loss.variables, saved.extras, saved.file);
+    await rewindMetrics(metricsPath, saved.meta);
+    done = saved.meta.done as typeof done;
+    steps = [...saved.meta.steps as number[]];
+    ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`);
+  } else if (ctx.resume) {
+    // Nothing finished yet: start over with an empty log (Grow files are reused).
+    await Deno.truncate(metricsPath, 0).catch(() => {});
+  }
+  return {
+    done,
+    steps,
+    stepOffset: () => steps.reduce((a, b) => a + b, 0),
+    save: (grow, index) =>
+      saveUnitState(ctx.dir, STATE, policy, loss.variables, {
+        done: { grow, index },
+        steps: steps.slice(0, index),
+        growSteps: config.growSteps,
+        improveSteps: config.improveSteps,
+      }, metricsPath),
+  };
+}
+
+/**
+ * Checks a loaded ReST state's counters against the run's config.
+ *
+ * @throws {UserError} naming the state file otherwise.
+ */
+function checkRestState(saved: UnitState, config: RestConfig): void {
+  checkMeta(saved, { "done.grow": "count", "done.index": "count", steps: "counts" });
+  const done = saved.meta.done as { grow: number; index: number };
+  const steps = saved.meta.steps as number[];
+  const improveSteps = config.growSteps * config.improveSteps;
+  const inGrow = done.index >= Math.max(0, done.grow - 1) * config.improveSteps &&
+    done.index <= done.grow * config.improveSteps;
+  if (done.grow > config.growSteps || done.index > improveSteps || !inGrow) {
+    throw unitStateError(
+      saved.file,
+      `it records Grow step ${done.grow} and Improve step ${done.index} as done, but the run ` +
+        `has ${config.growSteps} Grow and ${improveSteps} Improve steps`,
+    );
+  }
+  if (steps.length !== done.index) {
+    throw unitStateError(
+      saved.file,
+      `meta.steps has ${steps.length} entries, expected one per finished Improve step (${done.index})`,
+    );
+  }
 }
 
 /** Path of the Grow set of Grow step `g`. */
@@ -115,11 +388,15 @@ export function rowTarget(source: number[], tokens: readonly number[], eos: numb
     : { source, target: [...tokens], truncated: true };
 }
 
-/** Per-token log-probabilities of given outputs under `policy` (no gradient), batched. */
+/**
+ * Per-token log-probabilities of given outputs (no gradient), batched: log softmax(logits /
+ * T)[a_t], the distribution a sample at temperature T was drawn from (T = 1: the policy's own).
+ */
 export function scoreTokens(
   policy: Policy,
   pairs: readonly TokenPair[],
   batchSize: number,
+  temperature = 1,
 ): number[][] {
   const out: number[][] = [];
   for (let i = 0; i < pairs.length; i += batchSize) {
@@ -127,7 +404,13 @@ export function scoreTokens(
     const trimmed = chunk.map((p) => rowTarget(p.source, p.target, policy.specials.eos));
     const values = tf.tidy(() => {
       const batch = makeBatch(trimmed, policy.specials);
-      return policy.tokenLogProbs(batch, { training: false }).arraySync() as number[][];
+      if (temperature === 1) {
+        return policy.tokenLogProbs(batch, { training: false }).arraySync() as number[][];
+      }
+      const { logits } = policy.forward(batch, { training: false });
+      const logP = tf.logSoftmax(tf.div(logits, temperature)) as tf.Tensor3D;
+      const picked = tf.sum(tf.mul(logP, tf.oneHot(batch.targetOut, logP.shape[2])), -1);
+      return picked.arraySync() as number[][];
     });
     for (let j = 0; j < chunk.length; j++) {
       out.push(values[j].slice(0, chunk[j].target.length));
@@ -137,10 +420,13 @@ export function scoreTokens(
 }
 
 /**
- * Grow step `g`: samples, scores and stores the Grow set. When the file already exists (a
- * resumed run) it is read back instead: a finished Grow set is never recomputed. `shared`,
- * when given, is an experiment-level copy keyed by everything the set depends on: an
- * existing one is copied instead of sampling again, a new set is copied there.
+ * Grow step `g`: D_g = N samples per source (from a seeded uniform sample of `sources` when
+ * `settings.sources` is set) united with the original dataset D (every pair of `sources`,
+ * unless `includeOriginal` is false), every row scored by the reward and stored with its
+ * behaviour log-probabilities at the sampling temperature. When the file already exists (a
+ * resumed run) it is read back instead. `shared`, when given, is an experiment-level copy
+ * keyed by everything the set depends on: an existing one is copied instead of sampling
+ * again, a new set is copied there.
  */
 export async function grow(
   policy: Policy,
@@ -173,10 +459,15 @@ export async function grow(
   // A seeded uniform sample when the budget is below the training split (never its first
   // rows: a corpus in file order would be grown from its first files only).
   const examples = sampleInOrder(sources, settings.sources, seed);
-  await checkDiskSpace(ctx.dir, estimateGrowBytes(examples, settings), `Grow step ${g}`);
+  const originals = settings.includeOriginal ? sources : [];
+  await checkDiskSpace(
+    ctx.dir,
+    estimateGrowBytes(examples, originals, settings),
+    `Grow step ${g}`,
+  );
   const rows: GrowRow[] = [];
   const chunkSize = Math.max(1, settings.batchSize);
-  const progress = ctx.progress(`grow ${g}`, examples.length, "sources");
+  const progress = ctx.progress(`grow ${g}`, examples.length + originals.length, "sources");
   for (let start = 0; start < examples.length; start += chunkSize) {
     const chunk = examples.slice(start, start + chunkSize);
     const encoded = chunk.map((e) => ctx.tokenizer.encode(e.source, "source"));
@@ -189,39 +480,39 @@ export async function grow(
       batchSize: settings.batchSize,
       seed: seed + start,
     });
-    const pending: Omit<GrowRow, "reward">[] = [];
+    const pairs: TokenPair[] = [];
+    const pending: Omit<GrowRow, "reward" | "logProbs">[] = [];
     for (let i = 0; i < chunk.length; i++) {
       for (const s of samples[i]) {
+        pairs.push({ source: encoded[i], target: s.tokens });
         pending.push({
           source: chunk[i].source,
           hypothesis: ctx.tokenizer.decode(s.tokens, "target"),
           reference: chunk[i].reference,
           tokens: s.tokens,
-          logProbs: s.logProbs,
           origin: "sample",
+          temperature: settings.temperature,
         });
       }
     }
-    if (settings.includeOriginal) {
-      const pairs = chunk.map((e, i) => ({
-        source: encoded[i],
-        target: [...ctx.tokenizer.encode(e.reference, "target"), policy.specials.eos],
-      }));
-      const logProbs = scoreTokens(policy, pairs, settings.batchSize);
-      for (let i = 0; i < chunk.length; i++) {
-        pending.push({
-          source: chunk[i].source,
-          hypothesis: chunk[i].reference,
-          reference: chunk[i].reference,
-          tokens: pairs[i].target,
-          logProbs: logProbs[i],
-          origin: "reference",
-        });
-      }
-    }
-    const rewards = await ctx.reward.score(pending);
-    checkScores(rewards, pending.length);
-    for (let i = 0; i < pending.length; i++) rows.push({ ...pending[i], reward: rewards[i] });
+    await scoreRows(policy, pairs, pending, settings, ctx, rows);
+    progress.tick(chunk.length);
+  }
+  for (let start = 0; start < originals.length; start += chunkSize) {
+    const chunk = originals.slice(start, start + chunkSize);
+    const pairs = chunk.map((e) => ({
+      source: ctx.tokenizer.encode(e.source, "source"),
+      target: [...ctx.tokenizer.encode(e.reference, "target"), policy.specials.eos],
+    }));
+    const pending = chunk.map((e, i) => ({
+      source: e.source,
+      hypothesis: e.reference,
+      reference: e.reference,
+      tokens: pairs[i].target,
+      origin: "reference" as const,
+      temperature: settings.temperature,
+    }));
+    await scoreRows(policy, pairs, pending, settings, ctx, rows);
     progress.tick(chunk.length);
   }
   progress.done();
@@ -234,6 +525,26 @@ export async function grow(
   return rows;
 }
 
+/**
+ * Completes rows with their behaviour log-probabilities (teacher-forced at the Grow
+ * temperature) and rewards, appending them to `rows`.
+ */
+async function scoreRows(
+  policy: Policy,
+  pairs: readonly TokenPair[],
+  pending: readonly Omit<GrowRow, "reward" | "logProbs">[],
+  settings: GrowSettings,
+  ctx: RestContext,
+  rows: GrowRow[],
+): Promise<void> {
+  const logProbs = scoreTokens(policy, pairs, settings.batchSize, settings.temperature);
+  const rewards = await ctx.reward.score(pending);
+  checkScores(rewards, pending.length);
+  for (let i = 0; i < pending.length; i++) {
+    rows.push({ ...pending[i], logProbs: logProbs[i], reward: rewards[i] });
+  }
+}
+
 async function logGrow(
   rows: readonly GrowRow[],
   ctx: RestContext,
@@ -241,18 +552,21 @@ async function logGrow(
   started: number,
 ): Promise<void> {
   const sampleRows = rows.filter((r) => r.origin === "sample");
+  const referenceRows = rows.filter((r) => r.origin === "reference");
   await ctx.metrics.log({
     "grow/rows": rows.length,
     "grow/sample_rows": sampleRows.length,
+    "grow/reference_rows": referenceRows.length,
     "grow/mean_reward": mean(rows.map((r) => r.reward)),
     "grow/mean_sample_reward": mean(sampleRows.map((r) => r.reward)),
+    "grow/mean_reference_reward": mean(referenceRows.map((r) => r.reward)),
     "grow/distinct_samples": distinctCount(sampleRows),
     "grow/seconds": (performance.now() - started) / 1000,
   }, g);
   ctx.log(
-    `grow ${g}: ${rows.length} rows, mean reward ${
+    `grow ${g}: ${sampleRows.length} samples + ${referenceRows.length} references, mean reward ${
       (100 * mean(rows.map((r) => r.reward))).toFixed(2)
-    }`,
+    } (samples ${(100 * mean(sampleRows.map((r) => r.reward))).toFixed(2)})`,
   );
 }
 
@@ -260,12 +574,18 @@ async function logGrow(
  * A generous estimate of a Grow file's size: per row, the source and reference text twice
  * over (JSON escaping, the hypothesis), and ~24 bytes per token id and log-probability.
  */
-export function estimateGrowBytes(examples: readonly Example[], settings: GrowSettings): number {
-  let text = 0;
-  for (const e of examples) text += e.source.length + 2 * e.reference.length;
-  const perSource = settings.samplesPerSource + (settings.includeOriginal ? 1 : 0);
+export function estimateGrowBytes(
+  examples: readonly Example[],
+  originals: readonly Example[],
+  settings: Pick<GrowSettings, "samplesPerSource" | "maxLen">,
+): number {
   const tokens = Math.min(settings.maxLen, 64) * 24;
-  return Math.ceil(perSource * (2 * text + examples.length * (tokens + 160)));
+  const bytes = (list: readonly Example[], perSource: number) => {
+    let text = 0;
+    for (const e of list) text += e.source.length + 2 * e.reference.length;
+    return perSource * (2 * text + list.length * (tokens + 160));
+  };
+  return Math.ceil(bytes(examples, settings.samplesPerSource) + bytes(originals, 1));
 }
 
 /**
@@ -297,27 +617,37 @@ export function distinctCount(rows: readonly GrowRow[]): number {
   return new Set(rows.map((r) => `${r.source}\u0000${r.hypothesis}`)).size;
 }
 
-/** Rewards grouped by source. */
-export function rewardsBySource(rows: readonly GrowRow[]): Map<string, number[]> {
-  const map = new Map<string, number[]>();
-  for (const r of rows) {
-    const list = map.get(r.source);
-    if (list === undefined) map.set(r.source, [r.reward]);
-    else list.push(r.reward);
+/**
+ * Indices of the pool's rows kept by the filter: reward strictly above tau (a number, or a
+ * per-source map; sources missing from the map are dropped); with `keepReferences`, the
+ * original pairs are kept whatever their reward.
+ */
+export function filterPool(
+  pool: GrowPool,
+  tau: number | ReadonlyMap<string, number>,
+  keepReferences = false,
+): number[] {
+  const kept: number[] = [];
+  for (let i = 0; i < pool.size; i++) {
+    if (keepReferences && pool.origin(i) === "reference") {
+      kept.push(i);
+      continue;
+    }
+    const t = typeof tau === "number" ? tau : tau.get(pool.source(i));
+    if (t !== undefined && pool.reward(i) > t) kept.push(i);
   }
-  return map;
+  return kept;
 }
 
-/**
- * Keeps rows whose reward is strictly above the threshold (a number, or a per-source map;
- * sources missing from the map are dropped).
- */
-export function filterRows(rows: readonly GrowRow[], tau: number | Map<string, number>): GrowRow[] {
-  if (typeof tau === "number") return rows.filter((r) => r.reward > tau);
-  return rows.filter((r) => {
-    const t = tau.get(r.source);
-    return t !== undefined && r.reward > t;
-  });
+/** {@link filterPool} over an array of rows (returns the kept rows). */
+export function filterRows(
+  rows: readonly GrowRow[],
+  tau: number | ReadonlyMap<string, number>,
+  keepReferences = false,
+): GrowRow[] {
+  const pool = new GrowPool();
+  pool.addAll(rows);
+  return filterPool(pool, tau, keepReferences).map((i) => rows[i]);
 }
 
 /** Builds the loss input of a batch of Grow rows (inside the gradient tape). */
@@ -347,88 +677,120 @@ export interface ImproveResult {
   tau: number;
   /** Rows kept by the filter. */
   kept: number;
-  /** Best validation reward reached in this step. */
+  /** Best reward on the selection split (the incoming weights' included). */
   validReward: number;
+  /** Reward of the incoming weights on the selection split. */
+  incomingReward: number;
   /** Optimizer steps taken. */
   steps: number;
 }
 
+/** Where an Improve step is in the run. */
+export interface ImprovePosition {
+  /** Grow step (1-based). */
+  grow: number;
+  /** Improve step within the Grow step (1-based). */
+  improve: number;
+  /** Improve steps per Grow step. */
+  improveSteps: number;
+  /** 1-based index of this Improve step over the whole run (the learning rate decays by it). */
+  index: number;
+  /** Optimizer steps taken before this Improve step (the metrics' step axis). */
+  stepOffset: number;
+}
+
 /**
- * Improve step `i`: filters the Grow rows by tau_i and fine-tunes the current weights with
- * `loss`. The policy ends with the best weights seen in this step (by validation reward).
+ * Improve step `i`: filters the pool by tau_i and fine-tunes the current weights with
+ * `loss` for `epochs` passes over the kept rows (at most `steps` optimizer steps). The
+ * incoming weights are evaluated first, then every `evalEvery` steps and at the end; the
+ * policy ends with the best of them (by reward on `select`), so a harmful step changes
+ * nothing.
  */
 export async function improve(
   policy: Policy,
   bcPolicy: Policy,
-  rows: readonly GrowRow[],
+  pool: GrowPool,
   loss: Loss,
   threshold: ThresholdSchedule,
-  valid: readonly Example[],
+  select: readonly Example[],
   settings: ImproveSettings & { maxLen: number; decodeBatchSize: number },
   ctx: RestContext,
-  position: {
-    grow: number;
-    improve: number;
-    improveSteps: number;
-    /** 1-based index of this Improve step over the whole run. */
-    index: number;
-    /** Optimizer steps taken before this Improve step (the metrics' step axis). */
-    stepOffset: number;
-  },
+  position: ImprovePosition,
   seed: number,
 ): Promise<ImproveResult> {
   const started = performance.now();
-  const bySource = rewardsBySource(rows);
-  const tau = threshold.threshold({
+  const label = `improve ${position.grow}.${position.improve}`;
+  const bySource = pool.rewardsBySource();
+  const decision = decideThreshold(threshold, {
     grow: position.grow,
     improve: position.improve,
     improveSteps: position.improveSteps,
-    rewards: rows.map((r) => r.reward),
+    rewards: Array.from(pool.rewards()),
     bySource,
   });
-  const kept = filterRows(rows, tau);
+  for (const note of decision.notes) ctx.log(`${label}: ${note}`);
+  const kept = filterPool(pool, decision.tau, settings.references === "keep");
+  const tau = decision.tau;
   const tauValue = typeof tau === "number" ? tau : mean([...tau.values()]);
+  const keptReferences = kept.filter((i) => pool.origin(i) === "reference").length;
+  const counts = {
+    "improve/index": position.index,
+    "improve/grow": position.grow,
+    "improve/tau": tauValue,
+    "improve/rows_kept": kept.length,
+    "improve/samples_kept": kept.length - keptReferences,
+    "improve/references_kept": keptReferences,
+    ...Object.fromEntries(
+      Object.entries(decision.metrics).map(([k, v]) => [`improve/${k}`, v]),
+    ),
+  };
   if (kept.length === 0) {
-    ctx.log(`improve ${position.grow}.${position.improve}: no row has reward > tau; step skipped`);
-    await ctx.metrics.log(
-      { "improve/index": position.index, "improve/tau": tauValue, "improve/rows_kept": 0 },
-      position.stepOffset,
+    ctx.log(
+      `${label}: skipped: no row has reward > tau = ${tauValue.toFixed(4)} (largest reward ` +
+        `${maxOf(pool.rewards())})`,
     );
-    return { tau: tauValue, kept: 0, validReward: NaN, steps: 0 };
+    await ctx.metrics.log({ ...counts, "improve/skipped": 1 }, position.stepOffset);
+    return { tau: tauValue, kept: 0, validReward: NaN, incomingReward: NaN, steps: 0 };
   }
   const sourceMeans = new Map([...bySource].map(([s, v]) => [s, mean(v)]));
-  const pairs: RowPair[] = kept.map((row) => ({
-    ...rowTarget(ctx.tokenizer.encode(row.source, "source"), row.tokens, policy.specials.eos),
-    row,
-  }));
+  const pairs: RowPair[] = kept.map((i) => {
+    const row = pool.row(i);
+    return {
+      ...rowTarget(ctx.tokenizer.encode(row.source, "source"), row.tokens, policy.specials.eos),
+      row,
+    };
+  });
   loss.prepare({
     policy,
     bcPolicy,
     improve: position.improve,
     improveSteps: position.improveSteps,
+    labelSmoothing: ctx.labelSmoothing ?? 0,
   });
-  const lr = settings.learningRate * settings.learningRateDecay ** (position.improve - 1);
+  const lr = settings.learningRate * settings.learningRateDecay ** (position.index - 1);
+  const steps = Math.min(
+    settings.steps,
+    Math.max(1, Math.ceil(settings.epochs * kept.length / settings.batchSize)),
+  );
   const diagnostics = new Map<string, number[]>();
   const record = (name: string, value: number) => {
     const list = diagnostics.get(name);
     if (list === undefined) diagnostics.set(name, [value]);
     else list.push(value);
   };
-  let best: { score: number; state: ReturnType<Policy["save"]> } | undefined;
-  const progress = ctx.progress(
-    `improve ${position.grow}.${position.improve}`,
-    settings.steps,
-    "steps",
-  );
+  let best: { score: number; step: number; state: ReturnType<Policy["save"]> } | undefined;
+  let incomingReward = NaN;
+  const progress = ctx.progress(label, steps, "steps");
   const result = await trainLoop(policy, pairs, {
-    steps: settings.steps,
+    steps,
     batchSize: settings.batchSize,
     learningRate: lr,
-    warmupSteps: settings.warmupSteps,
+    warmupSteps: Math.min(settings.warmupSteps, steps),
     schedule: settings.schedule,
     clipNorm: settings.clipNorm,
     evalEvery: settings.evalEvery,
-    patience: 0,
+    patience: settings.patience,
+    evalAtStart: true,
   }, {
     prefix: "improve",
     metrics: ctx.metrics,
@@ -438,28 +800,29 @@ export async function improve(
     stepOffset: position.stepOffset,
     afterStep: (step) => loss.afterStep(step),
     loss: (batch, items) => loss.compute(lossInput(batch, items, sourceMeans), record),
-    evaluate: async () => {
-      const evaluation = await evaluatePolicy(policy, ctx.tokenizer, valid, ctx.reward, {
+    // No selection data (evalSize covering nothing): no selection, the trained weights stay.
+    evaluate: select.length === 0 ? undefined : async (step) => {
+      const evaluation = await evaluatePolicy(policy, ctx.tokenizer, select, ctx.reward, {
         decode: { mode: "greedy" },
         maxLen: settings.maxLen,
         batchSize: settings.decodeBatchSize,
       });
-      return { score: evaluation.reward, metrics: { "improve/valid_reward": evaluation.reward } };
+      if (step === 0) incomingReward = evaluation.reward;
+      return { score: evaluation.reward, metrics: { "improve/select_reward": evaluation.reward } };
     },
-    onBest: (_step, score) => {
-      best = { score, state: policy.save() };
+    onBest: (step, score) => {
+      best = { score, step, state: policy.save() };
       return Promise.resolve();
     },
   }, seed);
   progress.done();
   if (best !== undefined) policy.load(best.state);
   const summary: Record<string, number> = {
-    "improve/index": position.index,
-    "improve/grow": position.grow,
-    "improve/tau": tauValue,
-    "improve/rows_kept": kept.length,
-    "improve/mean_reward_kept": mean(kept.map((r) => r.reward)),
-    "improve/valid_reward": result.bestScore,
+    ...counts,
+    "improve/mean_reward_kept": mean(kept.map((i) => pool.reward(i))),
+    "improve/select_reward": result.bestScore,
+    "improve/incoming_select_reward": incomingReward,
+    "improve/best_step": result.bestStep,
     "improve/steps": result.steps,
     "improve/learning_rate": lr,
     "improve/seconds": (performance.now() - started) / 1000,
@@ -467,10 +830,26 @@ export async function improve(
   for (const [name, values] of diagnostics) summary[`improve/${name}`] = mean(values);
   await ctx.metrics.log(summary, position.stepOffset + result.steps);
   ctx.log(
-    `improve ${position.grow}.${position.improve}: tau ${
-      tauValue.toFixed(3)
-    }, kept ${kept.length}/${rows.length} rows, ` +
-      `validation reward ${(100 * result.bestScore).toFixed(2)}`,
+    `${label}: tau ${tauValue.toFixed(3)}, kept ${kept.length}/${pool.size} rows ` +
+      `(${kept.length - keptReferences} samples, ${keptReferences} references), ${result.steps} ` +
+      `steps; selection reward ${(100 * incomingReward).toFixed(2)} -> ${
+        (100 * result.bestScore).toFixed(2)
+      } (best at step ${result.bestStep}${result.bestStep === 0 ? ": incoming weights kept" : ""})`,
   );
-  return { tau: tauValue, kept: kept.length, validReward: result.bestScore, steps: result.steps };
+  return {
+    tau: tauValue,
+    kept: kept.length,
+    validReward: result.bestScore,
+    incomingReward,
+    steps: result.steps,
+  };
+}
+
+/** The schedule's decision for one Improve step (with its notes when it gives them). */
+function decideThreshold(
+  threshold: ThresholdSchedule,
+  args: Parameters<ThresholdSchedule["threshold"]>[0],
+): ThresholdDecision {
+  if (threshold.decide !== undefined) return threshold.decide(args);
+  return { tau: threshold.threshold(args), notes: [], metrics: {} };
 }

@@ -67,6 +67,11 @@ export interface TrainSettings {
   evalEvery: number;
   /** Stop after this many evaluations without improvement (0: never). */
   patience: number;
+  /**
+   * Also evaluate the incoming weights before the first step, so that they are a candidate
+   * for the best checkpoint (an Improve step that only makes things worse keeps them).
+   */
+  evalAtStart?: boolean;
 }
 
 /** What the loop calls back into. */
@@ -265,6 +270,8 @@ export async function trainLoop<P extends TokenPair>(
     return settings.patience > 0 && sinceBest >= settings.patience;
   };
 
+  const evaluatedAtStart = settings.evalAtStart === true && step === 0;
+  if (evaluatedAtStart) await evaluate();
   while (step < settings.steps) {
     if (batches.length === 0) {
       if (consumed > 0 || step > 0) epoch++;
@@ -356,7 +363,7 @@ export async function trainLoop<P extends TokenPair>(
       await saveState();
     }
   }
-  if (stopped === "steps") await evaluate();
+  if (stopped === "steps" && !(evaluatedAtStart && step === 0)) await evaluate();
   optimizer.dispose();
   const seconds = (performance.now() - started) / 1000;
   return {

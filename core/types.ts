@@ -7,7 +7,7 @@
  */
 
 import type { Loss, Policy } from "./policy.ts";
-import type { EvalSettings } from "./sections.ts";
+import type { BcSettings, EvalSettings } from "./sections.ts";
 
 /** A translation pair: the source sentence and its reference translation. */
 export interface Example {
@@ -255,6 +255,11 @@ export interface RunContext {
    * (e.g. PPO's critic). The caller owns it and disposes it.
    */
   bcPolicy(options?: { valueHead?: boolean }): Promise<Policy>;
+  /**
+   * The BC phase's settings (its learning-rate schedule and label smoothing, which Improve
+   * continues from).
+   */
+  bc: BcSettings;
   /** How policies are decoded for evaluation. */
   evaluation: EvalSettings;
   /** Starts a progress display (`unit` e.g. "pairs", "steps"). */

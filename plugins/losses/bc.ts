@@ -5,7 +5,7 @@
  *     L = -(1/N) sum_{b,t} log pi(y_{b,t} | x_b, y_{b,<t})
  *
  * with N the number of target tokens (`average: "token"`) or, per sequence, the mean over
- * rows of each row's summed NLL (`average: "sequence"`). Optional label smoothing.
+ * rows of each row's summed NLL (`average: "sequence"`). Label smoothing as BC's unless set.
  *
  * This file is the template for new losses: a config interface, a schema whose
  * descriptions are the documentation, and `create` returning a {@link Loss}.
@@ -21,8 +21,8 @@ import { prepared } from "./_common.ts";
 
 /** Config of the `bc` loss. */
 export interface BcLossConfig {
-  /** Label smoothing epsilon (0: plain NLL). */
-  labelSmoothing: number;
+  /** Label smoothing epsilon (0: plain NLL; null: BC's). */
+  labelSmoothing: number | null;
   /** `token`: mean over target tokens; `sequence`: mean over rows of per-row sums. */
   average: "token" | "sequence";
 }
@@ -37,13 +37,13 @@ export default definePlugin({
     additionalProperties: false,
     properties: {
       labelSmoothing: {
-        type: "number",
+        type: ["number", "null"],
         minimum: 0,
         maximum: 0.99,
-        default: 0,
+        default: null,
         description: "Label smoothing eps (Szegedy et al. 2016): the per-token loss is " +
-          "-(1 - eps) log pi(y_t) - eps * mean_v log pi(v); 0 gives the plain NLL of " +
-          "Gulcehre et al. 2023 (ReST).",
+          "-(1 - eps) log pi(y_t) - eps * mean_v log pi(v); null keeps the value BC was " +
+          "trained with (so Improve continues the same objective), 0 gives the plain NLL.",
       },
       average: {
         enum: ["token", "sequence"],
@@ -56,14 +56,16 @@ export default definePlugin({
   create(config: BcLossConfig): Loss {
     // The policy being trained, set by `prepare` before every Improve step.
     let policy: Policy | undefined;
+    let labelSmoothing = config.labelSmoothing ?? 0;
     return {
       variables: [],
       prepare(ctx) {
         policy = ctx.policy;
+        labelSmoothing = config.labelSmoothing ?? ctx.labelSmoothing ?? 0;
       },
       compute(input: LossInput): tf.Scalar {
         return nllLoss(prepared(policy, "bc"), input.batch, {
-          labelSmoothing: config.labelSmoothing,
+          labelSmoothing,
           average: config.average,
           training: true,
         });

@@ -11,10 +11,13 @@ import {
   estimateGrowBytes,
   filterRows,
   grow,
+  GrowPool,
   type GrowSettings,
   improve,
+  improveLearningRate,
   readGrowFile,
   type RestContext,
+  scoreTokens,
   writeGrowFile,
 } from "../../core/rest.ts";
 import { DataError, UserError } from "../../core/errors.ts";
@@ -82,6 +85,12 @@ Deno.test("a Grow file round-trips; truncation and bad rows are named with file 
 
 // A tiny copy task: the target is the source, character by character.
 const WORDS = ["abc", "bca", "cab", "acb", "bac", "cba", "aab", "bba", "cca", "abb"];
+function poolOf(rows: readonly GrowRow[]): GrowPool {
+  const pool = new GrowPool();
+  pool.addAll(rows);
+  return pool;
+}
+
 const EXAMPLES: Example[] = WORDS.map((w) => ({ source: w, reference: w }));
 const CHRF: RewardModel = {
   needsReference: true,
@@ -193,6 +202,7 @@ async function improveOnce(
   learningRate: number,
   index = 1,
   threshold?: ThresholdSchedule,
+  select: Example[] = [],
 ) {
   const loss = bcLoss.create(pluginDefaults(bcLoss) as never, {} as never) as Loss;
   const schedule = threshold ??
@@ -204,11 +214,14 @@ async function improveOnce(
     return await improve(
       policy,
       bc,
-      rows,
+      poolOf(rows),
       loss,
       schedule,
-      EXAMPLES.slice(0, 4),
+      select,
       {
+        epochs: 10,
+        patience: 0,
+        references: "filter",
         steps: 5,
         batchSize: 8,
         learningRate,
@@ -340,10 +353,11 @@ Deno.test("a shared Grow set is copied, checked, into another run's folder", asy
 
 Deno.test("the disk check refuses work that does not fit, naming both sizes", async () => {
   const examples = EXAMPLES.map((e) => ({ ...e, reference: e.reference.repeat(10) }));
-  const small = estimateGrowBytes(examples.slice(0, 2), GROW);
-  const large = estimateGrowBytes(examples, GROW);
+  const small = estimateGrowBytes(examples.slice(0, 2), examples.slice(0, 2), GROW);
+  const large = estimateGrowBytes(examples, examples, GROW);
   assert.ok(large > small && small > 0);
-  assert.ok(estimateGrowBytes(examples, { ...GROW, samplesPerSource: 30 }) > large);
+  assert.ok(estimateGrowBytes(examples, examples, { ...GROW, samplesPerSource: 30 }) > large);
+  assert.ok(estimateGrowBytes(examples, [], GROW) < large, "the original pairs count too");
   await checkDiskSpace(Deno.cwd(), 1024, "a tiny step");
   await assert.rejects(
     () => checkDiskSpace(Deno.cwd(), 2 ** 60, "Grow step 1"),
@@ -372,11 +386,14 @@ Deno.test("training keeps tf.memory().numTensors flat across steps and evaluatio
     await improve(
       policy,
       bc,
-      rows,
+      poolOf(rows),
       loss,
       schedule,
       EXAMPLES.slice(0, 3),
       {
+        epochs: 100,
+        patience: 0,
+        references: "filter",
         steps: 40,
         batchSize: 4,
         learningRate: 1e-3,
@@ -409,11 +426,205 @@ Deno.test("Grow with a source budget grows a seeded uniform sample of the split,
   const policy = build(1);
   try {
     const rows = await grow(policy, EXAMPLES, { ...GROW, sources: 5 }, ctx, 1, 21);
-    const grown = [...new Set(rows.map((r) => r.source))];
+    const samples = rows.filter((r) => r.origin === "sample");
+    const grown = [...new Set(samples.map((r) => r.source))];
     assert.equal(grown.length, 5);
     assert.deepEqual(grown, sampleInOrder(EXAMPLES, 5, 21).map((e) => e.source));
     assert.notDeepEqual(grown, WORDS.slice(0, 5), "not the first five sources");
   } finally {
     policy.dispose();
   }
+});
+
+Deno.test("Grow's D_g is the samples united with every training pair, scored, with tempered behaviour log-probs", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  try {
+    const rows = await grow(policy, EXAMPLES, { ...GROW, sources: 3 }, ctx, 1, 8);
+    const samples = rows.filter((r) => r.origin === "sample");
+    const references = rows.filter((r) => r.origin === "reference");
+    assert.equal(samples.length, 3 * GROW.samplesPerSource);
+    // D: every training pair, not only the three grown sources.
+    assert.deepEqual(references.map((r) => r.source), EXAMPLES.map((e) => e.source));
+    for (const r of references) assert.equal(r.reward, 1, "scored by the reward like samples");
+    // log mu(a_t) = log softmax(logits / T)[a_t], the distribution the samples came from.
+    const pairs = rows.map((r) => ({
+      source: ctx.tokenizer.encode(r.source, "source"),
+      target: r.tokens,
+    }));
+    const tempered = scoreTokens(policy, pairs, 4, GROW.temperature);
+    const plain = scoreTokens(policy, pairs, 4, 1);
+    for (let i = 0; i < rows.length; i++) {
+      assert.equal(rows[i].temperature, GROW.temperature);
+      for (let t = 0; t < rows[i].logProbs.length; t++) {
+        assert.ok(Math.abs(rows[i].logProbs[t] - tempered[i][t]) < 1e-4, `row ${i} token ${t}`);
+      }
+    }
+    assert.ok(rows.some((r, i) => r.logProbs.some((v, t) => Math.abs(v - plain[i][t]) > 1e-3)));
+  } finally {
+    policy.dispose();
+  }
+});
+
+/** A loss that drives the policy towards emitting token 4 everywhere (a harmful update). */
+function harmfulLoss(): Loss {
+  let policy: Policy | undefined;
+  return {
+    variables: [],
+    prepare(c) {
+      policy = c.policy;
+    },
+    compute(input) {
+      const logits = policy!.forward(input.batch, { training: true }).logits;
+      return tf.neg(tf.mean(tf.slice(tf.logSoftmax(logits), [0, 0, 4], [-1, -1, 1]))) as tf.Scalar;
+    },
+    afterStep() {},
+    dispose() {},
+  };
+}
+
+Deno.test("a harmful Improve step leaves the incoming weights selected (step 0 is a candidate)", async () => {
+  const { build, ctx, records } = await setup();
+  const policy = build(5);
+  try {
+    const bc = build(5);
+    const rows = await grow(policy, EXAMPLES, GROW, ctx, 1, 3);
+    // Give the policy some skill first, so that the harmful step has something to destroy.
+    await improveOnce(policy, bc, rows, ctx, 3e-2, 1, undefined, []);
+    await improveOnce(policy, bc, rows, ctx, 3e-2, 1, undefined, []);
+    const incoming = weights(policy);
+    const schedule = fixed.create({ ...pluginDefaults(fixed), values: [0] } as never, {} as never);
+    const result = await improve(
+      policy,
+      bc,
+      poolOf(rows),
+      harmfulLoss(),
+      schedule as ThresholdSchedule,
+      EXAMPLES,
+      {
+        epochs: 50,
+        steps: 30,
+        patience: 0,
+        references: "filter",
+        batchSize: 8,
+        learningRate: 0.05,
+        learningRateDecay: 1,
+        warmupSteps: 0,
+        schedule: "constant",
+        clipNorm: 0,
+        evalEvery: 10,
+        evalSize: 0,
+        maxLen: 8,
+        decodeBatchSize: 8,
+      },
+      ctx,
+      { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 },
+      9,
+    );
+    const summary = records.at(-1)!;
+    assert.equal(result.steps, 30, "it trained");
+    assert.equal(summary["improve/best_step"], 0, JSON.stringify(summary));
+    assert.equal(result.validReward, result.incomingReward);
+    assert.deepEqual(weights(policy), incoming, "the incoming weights are back in place");
+    bc.dispose();
+  } finally {
+    policy.dispose();
+  }
+});
+
+Deno.test("Improve's budget is epochs over the kept rows (capped), and references can be kept whatever their reward", async () => {
+  const { build, ctx, records } = await setup();
+  const policy = build(6);
+  const bc = policy.clone();
+  try {
+    const rows = [
+      ...EXAMPLES.map((e) => ({
+        ...row(e.source, 0.2, "reference"),
+        tokens: [4, 2],
+        logProbs: [-1, -1],
+      })),
+      ...EXAMPLES.map((e) => ({ ...row(e.source, 0.9), tokens: [5, 2], logProbs: [-1, -1] })),
+    ];
+    const settings = {
+      epochs: 2,
+      steps: 1000,
+      patience: 0,
+      references: "filter" as const,
+      batchSize: 4,
+      learningRate: 1e-3,
+      learningRateDecay: 1,
+      warmupSteps: 0,
+      schedule: "constant" as const,
+      clipNorm: 1,
+      evalEvery: 0,
+      evalSize: 0,
+      maxLen: 8,
+      decodeBatchSize: 8,
+    };
+    const schedule = { threshold: () => 0.5 } as ThresholdSchedule;
+    const loss = bcLoss.create(pluginDefaults(bcLoss) as never, {} as never) as Loss;
+    const position = { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 };
+    // 10 samples above tau, references filtered out: 2 epochs of 10 rows in batches of 4.
+    const filtered = await improve(
+      policy,
+      bc,
+      poolOf(rows),
+      loss,
+      schedule,
+      [],
+      settings,
+      ctx,
+      position,
+      1,
+    );
+    assert.equal(filtered.kept, 10);
+    assert.equal(filtered.steps, Math.ceil(2 * 10 / 4));
+    assert.equal(records.at(-1)!["improve/references_kept"], 0);
+    // "keep": the 10 references too; and the cap.
+    const kept = await improve(
+      policy,
+      bc,
+      poolOf(rows),
+      loss,
+      schedule,
+      [],
+      {
+        ...settings,
+        references: "keep",
+        steps: 7,
+      },
+      ctx,
+      position,
+      1,
+    );
+    assert.equal(kept.kept, 20);
+    assert.equal(kept.steps, 7, "capped at steps");
+    assert.equal(records.at(-1)!["improve/references_kept"], 10);
+    assert.equal(records.at(-1)!["improve/samples_kept"], 10);
+    loss.dispose();
+  } finally {
+    policy.dispose();
+    bc.dispose();
+  }
+});
+
+Deno.test("Improve's learning rate starts below BC's final one and decays over the whole run", () => {
+  const bc = {
+    learningRate: 2e-3,
+    warmupSteps: 400,
+    steps: 10000,
+    schedule: "inverse_sqrt" as const,
+  };
+  const logs: string[] = [];
+  const auto = improveLearningRate(0, bc, (m) => logs.push(m));
+  const bcFinal = 2e-3 * Math.sqrt(400 / 10000);
+  assert.ok(Math.abs(auto - 0.5 * bcFinal) < 1e-12, `${auto}`);
+  assert.equal(logs.length, 0);
+  assert.equal(improveLearningRate(1e-4, bc, (m) => logs.push(m)), 1e-4);
+  assert.equal(logs.length, 0);
+  assert.equal(improveLearningRate(1e-3, bc, (m) => logs.push(m)), 1e-3);
+  assert.match(logs[0], /not below BC's final/);
+  // A schedule that decays to zero: half of its rate at 90 % of the way.
+  const linear = improveLearningRate(0, { ...bc, schedule: "linear" }, () => {});
+  assert.ok(linear > 0 && linear < 2e-3 * 0.2);
 });

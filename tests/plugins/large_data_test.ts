@@ -15,9 +15,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../../core/plugin.ts";
 import type { GrowRow } from "../../core/policy.ts";
-import { growPath, readGrowFile, writeGrowFile } from "../../core/rest.ts";
+import { filterPool, growPath, GrowPool, readGrowFile, writeGrowFile } from "../../core/rest.ts";
 import type { Splits } from "../../core/types.ts";
-import { addGrowSet } from "../../plugins/algorithms/rest.ts";
 import gettext from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import tsv from "../../plugins/data/tsv.ts";
@@ -158,21 +157,25 @@ Deno.test("rest: a Grow pool of 500k rows from grow_1.jsonl, within the memory b
   await withTempDir(async (dir) => {
     const path = growPath(dir, 1);
     await writeGrowFile(path, growRows(GROW_ROWS));
-    const pool: GrowRow[] = [];
+    const pool = new GrowPool();
     const { result: rows, rssMb } = await measured(async () => {
       const rows = await readGrowFile(path);
-      addGrowSet(pool, rows, true);
+      pool.addAll(rows);
       return rows;
     });
     assert.equal(rows.length, GROW_ROWS);
-    assert.equal(pool.length, GROW_ROWS);
-    assert.deepEqual(pool[GROW_ROWS - 1], growRow(GROW_ROWS - 1));
+    assert.equal(pool.size, GROW_ROWS);
+    assert.deepEqual(pool.row(GROW_ROWS - 1), growRow(GROW_ROWS - 1));
     assert.ok(rssMb < POOL_RSS_MB, `resident set grew by ${rssMb.toFixed(0)} MB`);
+    // The filter and the per-source rewards of Improve over the whole pool.
+    assert.equal(filterPool(pool, 0.5).length, rows.filter((r) => r.reward > 0.5).length);
+    assert.equal(pool.rewardsBySource().size, 1000);
     // accumulate keeps the earlier set (1M rows), otherwise the new set replaces it.
-    addGrowSet(pool, rows, true);
-    assert.equal(pool.length, 2 * GROW_ROWS);
-    addGrowSet(pool, rows, false);
-    assert.equal(pool.length, GROW_ROWS);
-    assert.equal(pool[0], rows[0]);
+    pool.addAll(rows);
+    assert.equal(pool.size, 2 * GROW_ROWS);
+    pool.clear();
+    pool.addAll(rows);
+    assert.equal(pool.size, GROW_ROWS);
+    assert.deepEqual(pool.row(0), rows[0]);
   });
 });

@@ -217,6 +217,14 @@ Deno.test("bc: token and sequence averages of the NLL, label smoothing", async (
   );
   close(lossAndGrads(smoothed, input, policy.variables).value, sum(perToken) / perToken.length);
 
+  // Unset (the default), the loss keeps BC's label smoothing, given by Improve's prepare.
+  const inherited = await createLoss(bc);
+  inherited.prepare({ ...context(policy, policy), labelSmoothing: eps });
+  close(lossAndGrads(inherited, input, policy.variables).value, sum(perToken) / perToken.length);
+  const plain = await createLoss(bc, { labelSmoothing: 0 });
+  plain.prepare({ ...context(policy, policy), labelSmoothing: eps });
+  close(lossAndGrads(plain, input, policy.variables).value, -sum(flat(lp)) / flat(lp).length);
+
   disposeInput(input);
   policy.dispose();
 });

@@ -363,6 +363,20 @@ function harness(seed = 3): Harness {
       policy.load(state);
       return Promise.resolve(policy);
     },
+    bc: {
+      steps: 10,
+      batchSize: 4,
+      learningRate: 1e-3,
+      warmupSteps: 0,
+      schedule: "constant",
+      clipNorm: 1,
+      evalEvery: 0,
+      patience: 0,
+      labelSmoothing: 0,
+      maxTokens: 64,
+      evalSize: 0,
+      checkpointSeconds: 120,
+    },
     evaluation: {
       maxLen: 6,
       batchSize: 16,
@@ -507,7 +521,7 @@ Deno.test("ppo: the first update starts on-policy (ratio 1, nothing clipped at t
 
 Deno.test("ppo: without validation pairs the latest weights are kept", async () => {
   await withHarness(4, async ({ ctx }) => {
-    ctx.splits = { ...ctx.splits, valid: [] };
+    ctx.splits = { ...ctx.splits, valid: [], select: [] };
     const { metrics } = await runPpo(
       ctx,
       config({ samples: 3 * 8, rolloutSize: 8, minibatchSize: 8, epochs: 1, evalEvery: 1 }),
