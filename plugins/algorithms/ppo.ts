@@ -18,8 +18,9 @@
  * 4. **KL coefficient**: fixed, or adapted towards a target KL (Ziegler et al. 2019,
  *    Section 2.2).
  *
- * Every `evalEvery` rollout batches (and at the end) the greedy validation reward is
- * measured and the best weights are kept, like the `rest` algorithm's Improve steps; the
+ * Before the first rollout, every `evalEvery` rollout batches and at the end, the greedy
+ * reward on the selection split is measured and the best weights (BC's included) are kept,
+ * like the `rest` algorithm's Improve steps; the
  * run reports the same final metrics as `rest` (`eval/...`, `train/distinct_samples`,
  * `train/gradient_steps`) plus `train/samples`, the sampled outputs actually used
  * (`train/distinct_samples` counts distinct (source, output) pairs, as every algorithm does:
@@ -520,6 +521,9 @@ async function loop(
     }
   };
 
+  // The incoming (BC) weights are a candidate too, as in ReST's Improve steps: a baseline
+  // that only makes things worse keeps them.
+  if (p.rollouts === 0 && p.best === null && config.evalEvery > 0) await evaluate(0);
   for (let r = p.rollouts; r < plan.length; r++) {
     const rolloutStarted = performance.now();
     const size = plan[r];

@@ -458,7 +458,8 @@ Deno.test("ppo on an easy task: reward rises, metrics are logged, no tensor leak
     assert.ok(last > first + 0.4, `rollout rewards ${rewards.map((r) => r.toFixed(2))}`);
     // Periodic validation: after rollout batches 4, 8, 12 and at the end.
     const evals = records.filter((r) => r.record["ppo/valid_reward"] !== undefined);
-    assert.deepEqual(evals.map((r) => r.record["ppo/rollout"]), [4, 8, 12, 16]);
+    // The incoming BC weights first (rollout 0), then every 4 rollout batches.
+    assert.deepEqual(evals.map((r) => r.record["ppo/rollout"]), [0, 4, 8, 12, 16]);
     const bestValid = Math.max(...evals.map((r) => r.record["ppo/valid_reward"]));
     // The best weights are restored: the final greedy validation reward is the best one.
     close(summary.metrics["eval/valid_reward"], bestValid, 1e-9, "restored best");
