@@ -521,6 +521,14 @@ async function releaseLock(exe: string, path: string, pid: number): Promise<void
   await capture(exe, ["run", "--no-prompt", ...scope, UNLOCK, path, String(pid)]);
 }
 
+function isRegularFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 function exists(path: string): boolean {
   try {
     Deno.statSync(path);
@@ -711,7 +719,8 @@ async function main(): Promise<number> {
     console.error("exp: error: cannot fetch the framework's dependencies (see above)");
     return EXIT_INTERNAL;
   }
-  const present = plan.modules.filter(exists);
+  // Regular files only: `deno cache` on a FIFO would wait forever (the worker says why).
+  const present = plan.modules.filter(isRegularFile);
   if (present.length > 0) {
     // Failures are reported by the worker, with the manifest path of the module.
     await capture(exe, ["cache", "--quiet", `--config=${config}`, ...present]);

@@ -457,6 +457,9 @@ function checkedUserReward(
 let configAjv: Ajv | undefined;
 const configValidators = new WeakMap<PluginDefinition, ValidateFunction>();
 
+/** The largest plugin module file the resolver imports (source code, not data). */
+const MAX_MODULE_BYTES = 64 * 1024 * 1024;
+
 /** User plugin modules registered into each set of registries, by absolute file path. */
 const registeredModules = new WeakMap<Registries, Map<string, PluginDefinition>>();
 
@@ -505,9 +508,12 @@ class Resolver {
     const previous = loaded.get(file);
     if (previous !== undefined) return previous;
     try {
-      await Deno.stat(file);
-    } catch {
-      this.problem(`${path}/module`, `plugin module not found: ${file}`);
+      // Only a regular file: importing a FIFO or a device would block or never end.
+      await checkRegularFile(file, { what: "plugin module", maxBytes: MAX_MODULE_BYTES });
+    } catch (error) {
+      if (error instanceof Deno.errors.NotCapable) throw error;
+      const message = (error as Error).message.replace(`${file}: `, "");
+      this.problem(`${path}/module`, `${file}: ${message}`);
       return null;
     }
     let exports: Record<string, unknown>;

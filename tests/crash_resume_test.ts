@@ -113,7 +113,7 @@ Deno.test("SIGKILL at any point, then --resume, ends with the uninterrupted run'
     const rng = new Rng(11);
     const points: [string, RegExp][] = [
       ["during BC", /bc: .*steps/],
-      ["after a Grow step", /rest: grow 1: \d+ rows/],
+      ["after a Grow step", /rest: grow 1: \d+ samples \+ \d+ references/],
       ["during an Improve step", /rest: improve 1\.2/],
       ["during the second Grow step", /rest: grow 2/],
       ["during PPO", /run ppo: starting/],

@@ -612,6 +612,13 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
+/** Whether the folder link `path` resolves to `dir` itself or a folder above it. */
+async function linksToAncestor(path: string, dir: string): Promise<boolean> {
+  const target = await Deno.realPath(path);
+  const here = await Deno.realPath(dir);
+  return here === target || here.startsWith(target.endsWith("/") ? target : `${target}/`);
+}
+
 async function readDirSorted(
   dir: string,
 ): Promise<{ name: string; path: string; info: Deno.FileInfo }[]> {
@@ -620,7 +627,11 @@ async function readDirSorted(
     for await (const entry of Deno.readDir(dir)) {
       const path = join(dir, entry.name);
       const info = entry.isSymlink ? await statOrNull(path) : await Deno.stat(path);
-      if (info !== null) out.push({ name: entry.name, path, info });
+      if (info === null) continue;
+      // A link back to this folder or one above it would be walked forever: its files are
+      // read through the folder itself.
+      if (entry.isSymlink && info.isDirectory && await linksToAncestor(path, dir)) continue;
+      out.push({ name: entry.name, path, info });
     }
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return [];

@@ -451,3 +451,23 @@ Deno.test("createGuarded: errors from create and from methods (sync or async) na
   });
   await assert.rejects(() => policy.beam(), /failed in beam\(\) during run r: grow 2: a string$/);
 });
+
+Deno.test("exp: a FIFO named as a plugin module is refused at once (exit 2), not waited on", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "exp_sandbox_fifo_" });
+  try {
+    const file = join(dir, "m.json");
+    await Deno.writeTextFile(file, manifest("fifo_module"));
+    const made = await new Deno.Command("mkfifo", { args: [join(dir, "reward.ts")] }).output();
+    assert.ok(made.success);
+    const started = performance.now();
+    const r = await runTask("exp", [file, "--dry-run"], { cwd: dir });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /\/reward\/module: .*reward\.ts: is a FIFO \(named pipe\), expected the plugin module/,
+    );
+    assert.ok(performance.now() - started < 60_000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -252,7 +252,7 @@ export default definePlugin({ kind: "loss", name: "fake_loss", summary: "Clashes
     );
     const missing = await problemsOf(run({ module: "./nope.ts" }), opts);
     assert.deepEqual(missing, [
-      `/runs/0/loss/module: plugin module not found: ${join(dir, "nope.ts")}`,
+      `/runs/0/loss/module: ${join(dir, "nope.ts")}: plugin module not found`,
     ]);
     const noDefault = await problemsOf(run({ module: "./no_default.ts" }), opts);
     assert.match(noDefault[0], /must default-export a plugin definition/);

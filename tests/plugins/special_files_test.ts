@@ -236,3 +236,16 @@ Deno.test("gettext: catalogs over the size limit are refused before reading", as
     ]);
   });
 });
+
+Deno.test("data: a symlink loop inside a data folder is not walked forever; each file is read once", async () => {
+  await withTempDir(async (dir) => {
+    const corpus = join(dir, "corpus");
+    await Deno.mkdir(join(corpus, "sub"), { recursive: true });
+    const lines = Array.from({ length: 40 }, (_, i) => `source ${i}\tZiel ${i}`).join("\n");
+    await Deno.writeTextFile(join(corpus, "a.tsv"), lines + "\n");
+    await Deno.symlink("..", join(corpus, "sub", "loop"));
+    await Deno.symlink(corpus, join(corpus, "self"));
+    const splits = await load(tsv, { paths: ["corpus"], validSize: 0, testSize: 0 }, dir);
+    assert.equal(splits.train.length, 40);
+  });
+});
