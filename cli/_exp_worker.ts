@@ -22,7 +22,7 @@ import { loadBlas } from "../plugins/backends/_blas_ffi.ts";
 import { EXIT_USER, exitProcess, runMain } from "./_main.ts";
 import { PluginError } from "../core/plugin_guard.ts";
 import { setNpmCacheDir } from "../plugins/backends/_tfjs.ts";
-import { onProgressTick } from "../core/progress.ts";
+import { onProgressTick, setActivity } from "../core/progress.ts";
 import { completionLine, HELP, parseExpArgs, type WorkerSandbox } from "./exp.ts";
 
 /** What a denied operation means here, appended to Deno's own message. */
@@ -145,6 +145,7 @@ async function main(args: string[]): Promise<number> {
   const blasFailure = sandbox === undefined ? undefined : prepareSandbox(sandbox);
   if (sandbox !== undefined) forbidExit();
   try {
+    setActivity("validation of the manifest");
     const registries = createRegistries(builtinPlugins);
     const manifest = await loadManifest(parsed.manifest, registries, {
       ...(parsed.seed !== undefined ? { seed: parsed.seed } : {}),

@@ -351,7 +351,7 @@ async function executeRun(
     return await readRunSummary(dir) as RunSummary;
   }
   log(`run ${run.name}: ${folder.state === "resumed" ? "resuming" : "starting"} in ${dir}`);
-  setActivity(`run ${run.name}: set-up`);
+  setActivity(`run ${run.name}, set-up`);
   const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
@@ -363,7 +363,7 @@ async function executeRun(
       rewardFolderName(run.reward),
     );
     await Deno.mkdir(rewardDir, { recursive: true });
-    setActivity(`run ${run.name}: preparing the reward`);
+    setActivity(`run ${run.name}, preparing the reward`);
     await reward.prepare({
       dir: rewardDir,
       splits: shared.splits,

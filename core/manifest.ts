@@ -14,7 +14,7 @@
  * @module
  */
 
-import { PluginError } from "./plugin_guard.ts";
+import { guardDefinition, PluginError } from "./plugin_guard.ts";
 import { currentActivity } from "./progress.ts";
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { dirname, isAbsolute, resolve } from "node:path";
@@ -428,6 +428,14 @@ function checkedUserReward(
     ...plugin,
     async create(config, deps) {
       const model = await plugin.create(config, deps);
+      if (model === null || typeof model !== "object" || typeof model.score !== "function") {
+        throw new PluginError(
+          { kind: "reward", name: plugin.name, file },
+          "create",
+          currentActivity(),
+          "the object it returned has no score(); a reward plugin must provide score()",
+        );
+      }
       const score = async (rows: readonly RewardInput[]): Promise<number[]> => {
         const scores = await model.score(rows);
         const problem = scoresProblem(scores, rows.length);
@@ -539,6 +547,7 @@ class Resolver {
       this.problem(`${path}/module`, `${file}: ${(error as Error).message}`);
       return null;
     }
+    plugin = guardDefinition(plugin, file);
     if (plugin.kind === "reward") {
       plugin = checkedUserReward(plugin as PluginDefinition<"reward">, file);
     }

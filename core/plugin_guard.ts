@@ -120,15 +120,83 @@ export function guardInstance<T extends object>(
   });
 }
 
+/** The methods every instance of a plugin kind must have (what the framework calls). */
+const REQUIRED_METHODS: Record<string, readonly string[]> = {
+  backend: ["init"],
+  data: ["load"],
+  tokenizer: ["train", "encode", "decode", "save", "load", "vocabSize"],
+  model: ["build"],
+  reward: ["score"],
+  loss: ["prepare", "compute", "afterStep", "dispose"],
+  threshold: ["threshold"],
+  algorithm: ["run"],
+  executor: [],
+};
+
 /**
  * Creates an instance of a user plugin through `create`, attributing errors (from `create`
- * and later from the instance's methods) to the plugin.
+ * and later from the instance's methods) to the plugin. An instance that is not an object,
+ * or lacks a method its kind needs, is reported at once, naming what is missing.
  */
 export async function createGuarded<T>(
   origin: PluginOrigin,
   create: () => T | Promise<T>,
 ): Promise<T> {
   const instance = await guarded(origin, "create", create);
+  if (instance === null || typeof instance !== "object") {
+    throw new PluginError(
+      origin,
+      "create",
+      currentActivity(),
+      `it returned ${
+        instance === null ? "null" : typeof instance
+      }, expected a ${origin.kind} object`,
+    );
+  }
+  const required = REQUIRED_METHODS[origin.kind] ?? [];
+  const missing = required.filter((name) =>
+    typeof (instance as Record<string, unknown>)[name] !== "function"
+  );
+  if (missing.length > 0) {
+    throw new PluginError(
+      origin,
+      "create",
+      currentActivity(),
+      `the object it returned has no ${missing.map((m) => `${m}()`).join(", ")}; a ` +
+        `${origin.kind} plugin must provide ${required.map((m) => `${m}()`).join(", ")}`,
+    );
+  }
   if (!isPlainInstance(instance)) return instance;
   return guardInstance(instance, origin, origin.kind === "model" ? ["build"] : []);
+}
+
+/**
+ * A user plugin definition whose `check` and `smoke` hooks (run while the manifest is
+ * validated) attribute their errors to the plugin; a `check` must return an array.
+ */
+export function guardDefinition<
+  D extends {
+    kind: string;
+    name: string;
+    check?: (config: never) => unknown;
+    smoke?: (config: never) => unknown;
+  },
+>(definition: D, file: string): D {
+  const origin = { kind: definition.kind, name: definition.name, file };
+  const { check, smoke } = definition;
+  return {
+    ...definition,
+    ...(check === undefined ? {} : {
+      check: (config: never) => {
+        const problems = guarded(origin, "check", () => check(config));
+        if (!Array.isArray(problems)) {
+          throw new PluginError(origin, "check", currentActivity(), "it must return an array");
+        }
+        return problems;
+      },
+    }),
+    ...(smoke === undefined
+      ? {}
+      : { smoke: (config: never) => guarded(origin, "smoke", () => smoke(config)) }),
+  };
 }

@@ -471,3 +471,41 @@ Deno.test("exp: a FIFO named as a plugin module is refused at once (exit 2), not
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("exp: a user plugin's check() that throws, or an instance without its kind's methods, is the plugin's error (exit 2)", async () => {
+  const checkThrows = rewardModule("").replace(
+    "  create() {",
+    '  check() { throw new Error("check exploded"); },\n  create() {',
+  );
+  await withExperiment(checkThrows, async ({ dir, file }) => {
+    const r = await runTask("exp", [file, "--dry-run"], { cwd: dir });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /^exp: error: reward plugin "probe" \(.*reward\.ts\) failed in check\(\) during validation of the manifest: check exploded$/m,
+    );
+    assert.ok(!hasStackTrace(r.stderr), r.stderr);
+  });
+  const noScore = rewardModule("").replace(/async score\(rows\) \{[\s\S]*?\n      \},/, "");
+  assert.doesNotMatch(noScore, /score\(rows\)/);
+  await withExperiment(noScore, async ({ dir, file, out }) => {
+    const r = await runTask("exp", [file, "--smoke", "--out", out], { cwd: dir });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /failed in create\(\) during run baselines, set-up: the object it returned has no score\(\)/,
+    );
+  });
+});
+
+Deno.test("createGuarded: an instance missing its kind's methods, or not an object, is reported at once", async () => {
+  const origin = { kind: "loss", name: "mine", file: "/u/loss.ts" };
+  await assert.rejects(
+    () => createGuarded(origin, () => ({ variables: [], prepare() {}, dispose() {} })),
+    /failed in create\(\) .*: the object it returned has no compute\(\), afterStep\(\); a loss plugin must provide prepare\(\), compute\(\), afterStep\(\), dispose\(\)$/,
+  );
+  await assert.rejects(
+    () => createGuarded(origin, () => undefined as unknown as object),
+    /it returned undefined, expected a loss object/,
+  );
+});
