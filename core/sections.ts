@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { JsonSchema } from "./plugin.ts";
+import { int, type JsonSchema } from "./plugin.ts";
 import type { TrainSettings } from "./train.ts";
 
 /** Settings of the BC phase (the manifest's `bc` section). */
@@ -38,10 +38,6 @@ export interface EvalSettings {
   bestOfNSize: number;
 }
 
-function integer(min: number, max: number, value: number, description: string): JsonSchema {
-  return { type: "integer", minimum: min, maximum: max, default: value, description };
-}
-
 /** JSON Schema of the `bc` section; every field has a default. */
 export const BC_SCHEMA: JsonSchema = {
   type: "object",
@@ -53,14 +49,14 @@ export const BC_SCHEMA: JsonSchema = {
     "scored by corpus chrF (whatever the reward); training stops once chrF has not improved " +
     "for patience evaluations, or at steps, and keeps the best evaluation's weights.",
   properties: {
-    steps: integer(
+    steps: int(
       0,
       10_000_000,
       3000,
       "Cap on optimizer steps; BC normally stops earlier, by patience. A run that reaches the " +
         "cap was still improving: raise it.",
     ),
-    batchSize: integer(1, 65536, 32, "Sentence pairs per batch."),
+    batchSize: int(1, 65536, 32, "Sentence pairs per batch."),
     learningRate: {
       type: "number",
       exclusiveMinimum: 0,
@@ -68,7 +64,7 @@ export const BC_SCHEMA: JsonSchema = {
       default: 0.0007,
       description: "Peak learning rate (Adam).",
     },
-    warmupSteps: integer(0, 10_000_000, 300, "Linear warm-up steps."),
+    warmupSteps: int(0, 10_000_000, 300, "Linear warm-up steps."),
     schedule: {
       enum: ["constant", "linear", "cosine", "inverse_sqrt"],
       default: "inverse_sqrt",
@@ -81,14 +77,14 @@ export const BC_SCHEMA: JsonSchema = {
       default: 1,
       description: "Global gradient-norm clip (0: off).",
     },
-    evalEvery: integer(
+    evalEvery: int(
       0,
       10_000_000,
       250,
       "Evaluate (corpus chrF of greedy output on the selection split) every this many steps " +
         "(0: only at the end).",
     ),
-    patience: integer(
+    patience: int(
       0,
       1000,
       4,
@@ -102,14 +98,14 @@ export const BC_SCHEMA: JsonSchema = {
       default: 0.1,
       description: "Label smoothing of the NLL.",
     },
-    maxTokens: integer(1, 4096, 64, "Leave out training pairs longer than this (tokens)."),
-    evalSize: integer(
+    maxTokens: int(1, 4096, 64, "Leave out training pairs longer than this (tokens)."),
+    evalSize: int(
       0,
       10_000_000,
       300,
       "Pairs of the selection split (half of validation) for the periodic evaluation (0: all).",
     ),
-    checkpointSeconds: integer(
+    checkpointSeconds: int(
       0,
       86400,
       120,
@@ -126,10 +122,10 @@ export const EVAL_SCHEMA: JsonSchema = {
   default: {},
   description: "How policies are decoded and evaluated.",
   properties: {
-    maxLen: integer(1, 4096, 64, "Maximum output tokens when decoding."),
-    batchSize: integer(1, 65536, 64, "Sources per decoding batch."),
-    validSize: integer(0, 10_000_000, 0, "Validation pairs in final evaluations (0: all)."),
-    testSize: integer(0, 10_000_000, 0, "Test pairs in final evaluations (0: all)."),
+    maxLen: int(1, 4096, 64, "Maximum output tokens when decoding."),
+    batchSize: int(1, 65536, 64, "Sources per decoding batch."),
+    validSize: int(0, 10_000_000, 0, "Validation pairs in final evaluations (0: all)."),
+    testSize: int(0, 10_000_000, 0, "Test pairs in final evaluations (0: all)."),
     temperature: {
       type: "number",
       exclusiveMinimum: 0,
@@ -147,7 +143,7 @@ export const EVAL_SCHEMA: JsonSchema = {
         "the reward model's best of the first N; reported as bon/valid_reward@N (reward of " +
         "the pick) and bon/valid_chrf@N (corpus chrF of the picks against the references).",
     },
-    bestOfNSize: integer(0, 10_000_000, 200, "Validation pairs used for Best-of-N (0: all)."),
+    bestOfNSize: int(0, 10_000_000, 200, "Validation pairs used for Best-of-N (0: all)."),
   },
 };
 

@@ -71,7 +71,7 @@ import { sampleInOrder } from "../../core/random.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
 import { appendAll } from "../../core/append.ts";
-import { definePlugin } from "../../core/plugin.ts";
+import { definePlugin, int, num } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
 import {
   checkScores,
@@ -179,14 +179,6 @@ export interface PpoConfig {
 
 /** Sampled outputs per training source when `samples` is 0 (1.5 x a default Grow step). */
 export const DEFAULT_SAMPLES_PER_SOURCE = 6;
-
-function int(min: number, max: number, value: number, description: string) {
-  return { type: "integer", minimum: min, maximum: max, default: value, description };
-}
-
-function num(min: number, max: number, value: number, description: string) {
-  return { type: "number", minimum: min, maximum: max, default: value, description };
-}
 
 /** One sampled output of a rollout batch, with everything the update needs. */
 interface RolloutItem extends TokenPair {

@@ -45,7 +45,7 @@ import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
 import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
 import { Adam, clipByGlobalNorm, learningRate } from "../../core/optim.ts";
-import { definePlugin, type ResolvedPluginRef } from "../../core/plugin.ts";
+import { definePlugin, int, num, type ResolvedPluginRef } from "../../core/plugin.ts";
 import type { Policy } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
@@ -704,14 +704,6 @@ class LearnedReward implements RewardModel {
     }
     return t.steps;
   }
-}
-
-function int(min: number, max: number, value: number, description: string) {
-  return { type: "integer", minimum: min, maximum: max, default: value, description };
-}
-
-function num(min: number, max: number, value: number, description: string) {
-  return { type: "number", minimum: min, maximum: max, default: value, description };
 }
 
 function isLearnedRef(ref: unknown): boolean {
