@@ -12,7 +12,7 @@ import { createRegistries } from "../core/registry.ts";
 import { createPlugin } from "../core/experiment.ts";
 import { checkScores, mean } from "../core/evaluate.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import { readLines as readDataLines } from "../plugins/data/_common.ts";
+import { readLines as readDataLines } from "../core/lines.ts";
 import { runMain } from "./_main.ts";
 
 const HELP = `Usage: deno task score --reward NAME --hyp FILE [--ref FILE] [--src FILE] [options]

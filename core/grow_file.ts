@@ -15,6 +15,7 @@ import { createHash } from "node:crypto";
 import { basename } from "node:path";
 import { DataError } from "./errors.ts";
 import { checkRegularFile, readRegularText } from "./fs.ts";
+import { forEachLine } from "./lines.ts";
 import type { GrowRow } from "./policy.ts";
 import { writeFileAtomic } from "./run.ts";
 
@@ -126,14 +127,12 @@ export async function readGrowFile(path: string): Promise<GrowRow[]> {
   const rows: GrowRow[] = [];
   const hash = createHash("sha256");
   let bytes = 0;
-  let lineNumber = 0;
   const onChunk = (chunk: Uint8Array) => {
     hash.update(chunk);
     bytes += chunk.length;
   };
-  for await (const line of readLines(path, onChunk)) {
-    lineNumber++;
-    if (line === "") continue;
+  await forEachLine(path, (line, lineNumber) => {
+    if (line === "") return;
     let parsed: unknown;
     try {
       parsed = JSON.parse(line);
@@ -145,7 +144,7 @@ export async function readGrowFile(path: string): Promise<GrowRow[]> {
       );
     }
     rows.push(checkRow(parsed, `${path}:${lineNumber}`));
-  }
+  }, { onChunk });
   const sha256 = hash.digest("hex");
   const name = basename(path);
   if (rows.length !== record.rows || bytes !== record.bytes) {
@@ -164,42 +163,6 @@ export async function readGrowFile(path: string): Promise<GrowRow[]> {
     );
   }
   return rows;
-}
-
-/**
- * The lines of a UTF-8 text file, streamed (a final line without newline included);
- * `onChunk` sees every chunk of bytes as it is read.
- */
-export async function* readLines(
-  path: string,
-  onChunk: (chunk: Uint8Array) => void = () => {},
-): AsyncGenerator<string> {
-  const file = await Deno.open(path, { read: true });
-  const decoder = new TextDecoder("utf-8", { fatal: true });
-  let pending = "";
-  try {
-    for await (const chunk of file.readable) {
-      onChunk(chunk);
-      pending += decoder.decode(chunk, { stream: true });
-      let newline = pending.indexOf("\n");
-      while (newline >= 0) {
-        yield pending.slice(0, newline);
-        pending = pending.slice(newline + 1);
-        newline = pending.indexOf("\n");
-      }
-    }
-    pending += decoder.decode();
-  } catch (error) {
-    if (error instanceof TypeError) throw new DataError(`${path}: not valid UTF-8`);
-    throw error;
-  } finally {
-    try {
-      file.close();
-    } catch {
-      // The stream already closed it.
-    }
-  }
-  if (pending !== "") yield pending;
 }
 
 /**

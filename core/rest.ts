@@ -61,7 +61,7 @@ import {
 } from "./resume.ts";
 import { hashText } from "./hash.ts";
 
-export { readGrowFile, readLines, writeGrowFile } from "./grow_file.ts";
+export { readGrowFile, writeGrowFile } from "./grow_file.ts";
 export { GrowPool } from "./grow_pool.ts";
 
 /** Settings of the Grow step. */

@@ -24,15 +24,15 @@
 
 import { appendAll } from "../../core/append.ts";
 import { DataError } from "../../core/errors.ts";
+import { checkNotCrOnly, decodeUtf8 } from "../../core/lines.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Example } from "../../core/types.ts";
 import {
-  checkNotCrOnly,
   commonConfigSchema,
   type CommonDataConfig,
-  decodeUtf8,
   expandPaths,
   finishSplits,
+  pathsProperty,
   readDataFile,
   smokeConfig,
   tooLargeError,
@@ -736,13 +736,9 @@ export default definePlugin<"data", GettextConfig>({
     type: "object",
     additionalProperties: false,
     properties: {
-      paths: {
-        type: "array",
-        items: { type: "string" },
-        default: [],
-        description:
-          'Catalogs: .po/.mo files, folders (every .po and .mo file under them) or glob patterns with *, ? and ** (e.g. "../data/libreoffice/de/*.mo"), relative to the manifest\'s folder. Read in order, each expansion sorted. Required.',
-      },
+      paths: pathsProperty(
+        'Catalogs: .po/.mo files, folders (every .po and .mo file under them) or glob patterns with *, ? and ** (e.g. "../data/libreoffice/de/*.mo"), relative to the manifest\'s folder. Read in order, each expansion sorted. Required.',
+      ),
       includeFuzzy: {
         type: "boolean",
         default: false,

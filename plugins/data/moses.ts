@@ -6,13 +6,13 @@
  */
 
 import { DataError } from "../../core/errors.ts";
+import { readLines } from "../../core/lines.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Example } from "../../core/types.ts";
 import {
   commonConfigSchema,
   type CommonDataConfig,
   finishSplits,
-  readLines,
   resolvePath,
   smokeConfig,
 } from "./_common.ts";

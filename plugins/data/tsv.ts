@@ -7,6 +7,7 @@
  */
 
 import { DataError } from "../../core/errors.ts";
+import { forEachLine } from "../../core/lines.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Example } from "../../core/types.ts";
 import {
@@ -14,7 +15,7 @@ import {
   type CommonDataConfig,
   expandPaths,
   finishSplits,
-  forEachLine,
+  pathsProperty,
   smokeConfig,
 } from "./_common.ts";
 
@@ -68,13 +69,9 @@ export default definePlugin<"data", TsvConfig>({
     type: "object",
     additionalProperties: false,
     properties: {
-      paths: {
-        type: "array",
-        items: { type: "string" },
-        default: [],
-        description:
-          "TSV files, folders (every .tsv file under them) or glob patterns (*, ?, **), relative to the manifest's folder. Required.",
-      },
+      paths: pathsProperty(
+        "TSV files, folders (every .tsv file under them) or glob patterns (*, ?, **), relative to the manifest's folder. Required.",
+      ),
       sourceColumn: {
         type: "integer",
         minimum: 0,

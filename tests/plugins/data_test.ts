@@ -14,8 +14,8 @@ import {
   expandGlob,
   expandPaths,
   finishSplits,
-  invalidUtf8Offset,
 } from "../../plugins/data/_common.ts";
+import { invalidUtf8Offset } from "../../core/lines.ts";
 import gettext, {
   parseMo,
   parsePo,
