@@ -117,8 +117,11 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
     `bc: ${pairs.length} training pairs (${
       ctx.splits.train.length - pairs.length
     } longer than ${ctx.settings.maxTokens} tokens left out), at most ${ctx.settings.steps} ` +
-      `steps, stopping after ${ctx.settings.patience} evaluations every ` +
-      `${ctx.settings.evalEvery} steps without a better selection chrF (${valid.length} pairs)`,
+      `steps; selection chrF on ${valid.length} pairs every ${ctx.settings.evalEvery} steps, ${
+        ctx.settings.patience > 0
+          ? `stopping after ${ctx.settings.patience} evaluations without a higher one`
+          : "no early stopping"
+      }`,
   );
   const progress = ctx.progress("bc", ctx.settings.steps, "steps");
   let saved = false;
