@@ -8,22 +8,15 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { maxOf } from "./append.ts";
+import { maxOf, mean } from "./append.ts";
 import { makeBatch } from "./batch.ts";
+import { hash53 } from "./hash.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
 import type { Generation, Policy } from "./policy.ts";
 import type { EvalSettings } from "./sections.ts";
 import type { Example, RewardModel, Tokenizer } from "./types.ts";
-
-/** Mean of a list of numbers (NaN for an empty list). */
-export function mean(values: readonly number[]): number {
-  if (values.length === 0) return NaN;
-  let sum = 0;
-  for (const v of values) sum += v;
-  return sum / values.length;
-}
 
 /**
  * Scores `hypotheses` (one per example) with `reward` and checks every score is a
@@ -316,18 +309,6 @@ export class DistinctSamples {
   hashes(): number[] {
     return [...this.#seen];
   }
-}
-
-/** A 53-bit hash of a string (two FNV-1a variants). */
-export function hash53(text: string): number {
-  let a = 0x811c9dc5;
-  let b = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    a = Math.imul(a ^ c, 0x01000193);
-    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 13);
-  }
-  return (b >>> 11) * 4294967296 + (a >>> 0);
 }
 
 /**

@@ -14,7 +14,8 @@
 
 import { definePlugin } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
-import { mean, scoreOutputs } from "../../core/evaluate.ts";
+import { mean } from "../../core/append.ts";
+import { scoreOutputs } from "../../core/evaluate.ts";
 import type { Example, Metrics, RunContext, Tokenizer } from "../../core/types.ts";
 
 /** Config of the `baselines` algorithm. */

@@ -70,7 +70,7 @@
 import { sampleInOrder } from "../../core/random.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
-import { appendAll } from "../../core/append.ts";
+import { appendAll, mean } from "../../core/append.ts";
 import { definePlugin, int, num } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
 import {
@@ -79,7 +79,6 @@ import {
   evaluatePolicy,
   finalEvaluation,
   limit,
-  mean,
 } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
 import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";

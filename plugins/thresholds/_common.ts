@@ -7,6 +7,7 @@
  * @module
  */
 
+import { maxOf } from "../../core/append.ts";
 import type { JsonSchema } from "../../core/plugin.ts";
 import type { ThresholdArgs, ThresholdDecision } from "../../core/types.ts";
 
@@ -18,29 +19,6 @@ export const ABOVE_MEAN_PROPERTY: JsonSchema = {
     "Raise every threshold to at least the Grow set's mean reward (per source for per-source schedules), " +
     "so tau_1 >= mean as the paper requires; raising by a constant keeps the schedule increasing.",
 };
-
-/**
- * Mean of a non-empty list, clamped to [min, max] so rounding cannot put the mean of equal
- * values (0.7, 0.7, 0.7 sums to 2.0999999999999996) below them.
- */
-export function meanOf(values: readonly number[]): number {
-  let sum = 0;
-  let min = Infinity;
-  let max = -Infinity;
-  for (const v of values) {
-    sum += v;
-    if (v < min) min = v;
-    if (v > max) max = v;
-  }
-  return Math.min(Math.max(sum / values.length, min), max);
-}
-
-/** Largest value of a non-empty list (a loop: spreading a long list into Math.max overflows the stack). */
-export function maxOf(values: readonly number[]): number {
-  let max = -Infinity;
-  for (const v of values) if (v > max) max = v;
-  return max;
-}
 
 /** The q-th percentile (0-100) with linear interpolation between order statistics (numpy's default). */
 export function percentile(values: readonly number[], q: number): number {

@@ -8,13 +8,13 @@
  * @module
  */
 
+import { mean } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
 import {
   ABOVE_MEAN_PROPERTY,
   decideGlobal,
   increasingProblems,
-  meanOf,
   type RawTau,
   scheduleValue,
 } from "./_common.ts";
@@ -53,7 +53,7 @@ export default definePlugin({
   create(config: FixedConfig): ThresholdSchedule {
     const raw: RawTau = (improve, _steps, rewards) => {
       const tau = scheduleValue(config.values, improve);
-      return config.aboveMean && rewards.length > 0 ? Math.max(tau, meanOf(rewards)) : tau;
+      return config.aboveMean && rewards.length > 0 ? Math.max(tau, mean(rewards)) : tau;
     };
     const decide = (args: ThresholdArgs) => decideGlobal(raw, args);
     return { decide, threshold: (args) => decide(args).tau };

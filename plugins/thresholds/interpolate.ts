@@ -12,16 +12,10 @@
  * @module
  */
 
+import { maxOf, mean } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
-import {
-  decidePerSource,
-  increasingProblems,
-  maxOf,
-  meanOf,
-  type RawTau,
-  scheduleValue,
-} from "./_common.ts";
+import { decidePerSource, increasingProblems, type RawTau, scheduleValue } from "./_common.ts";
 
 /** Config of the `interpolate` schedule. */
 export interface InterpolateConfig {
@@ -54,7 +48,7 @@ export default definePlugin({
     const raw: RawTau = (improve, _steps, rewards) => {
       if (rewards.length === 0) return 0;
       const gamma = scheduleValue(config.gammas, improve);
-      return gamma * maxOf(rewards) + (1 - gamma) * meanOf(rewards);
+      return gamma * maxOf(rewards) + (1 - gamma) * mean(rewards);
     };
     const decide = (args: ThresholdArgs) => decidePerSource(raw, args);
     return { decide, threshold: (args) => decide(args).tau };

@@ -7,9 +7,10 @@
  * @module
  */
 
+import { mean } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
-import { ABOVE_MEAN_PROPERTY, decideGlobal, linearValue, meanOf, type RawTau } from "./_common.ts";
+import { ABOVE_MEAN_PROPERTY, decideGlobal, linearValue, type RawTau } from "./_common.ts";
 
 /** Config of the `linear` schedule. */
 export interface LinearConfig {
@@ -56,7 +57,7 @@ export default definePlugin({
   create(config: LinearConfig): ThresholdSchedule {
     const raw: RawTau = (improve, improveSteps, rewards) => {
       const tau = linearValue(config.start, config.end, improve, improveSteps);
-      return config.aboveMean && rewards.length > 0 ? Math.max(tau, meanOf(rewards)) : tau;
+      return config.aboveMean && rewards.length > 0 ? Math.max(tau, mean(rewards)) : tau;
     };
     const decide = (args: ThresholdArgs) => decideGlobal(raw, args);
     return { decide, threshold: (args) => decide(args).tau };

@@ -13,6 +13,7 @@
  * @module
  */
 
+import { mean } from "../../core/append.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import type { ThresholdArgs, ThresholdSchedule } from "../../core/types.ts";
 import {
@@ -20,7 +21,6 @@ import {
   decideGlobal,
   decidePerSource,
   increasingProblems,
-  meanOf,
   percentile,
   type RawTau,
   scheduleValue,
@@ -69,7 +69,7 @@ export default definePlugin({
     const raw: RawTau = (improve, _steps, rewards) => {
       if (rewards.length === 0) return 0;
       const tau = percentile(rewards, scheduleValue(config.percentiles, improve));
-      return config.aboveMean ? Math.max(tau, meanOf(rewards)) : tau;
+      return config.aboveMean ? Math.max(tau, mean(rewards)) : tau;
     };
     const decide = (args: ThresholdArgs) =>
       config.perSource ? decidePerSource(raw, args) : decideGlobal(raw, args);
