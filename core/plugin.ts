@@ -36,7 +36,8 @@
  * @module
  */
 
-import type { Loss, ModelFactory } from "./policy.ts";
+import type * as tf from "@tensorflow/tfjs-core";
+import type { Loss, LossContext, LossInput, ModelFactory } from "./policy.ts";
 import type {
   Backend,
   DataSource,
@@ -244,4 +245,107 @@ export function int(min: number, max: number, value: number, description: string
 /** A config-schema number in [min, max] with its default and description. */
 export function num(min: number, max: number, value: number, description: string): JsonSchema {
   return { type: "number", minimum: min, maximum: max, default: value, description };
+}
+
+/**
+ * What a loss declared with {@link defineLoss} implements: `compute`, and only what else it
+ * needs. The rest of {@link Loss} is supplied: no `variables`, nothing to do before an
+ * Improve step or after an optimizer step, nothing to dispose.
+ */
+export interface LossParts {
+  /**
+   * The scalar loss of a batch, inside the gradient tape (see {@link Loss.compute}). `ctx` is
+   * the context of the Improve step under way (`ctx.policy` is being trained, `ctx.bcPolicy`
+   * is the frozen BC policy), captured by `prepare` for it.
+   */
+  compute(
+    input: LossInput,
+    record: (name: string, value: number) => void,
+    ctx: LossContext,
+  ): tf.Scalar;
+  /** Extra trainable variables (default none); read each time the trainer asks. */
+  readonly variables?: tf.Variable[];
+  /** Called before each Improve step, before its context is handed to `compute`. */
+  prepare?(ctx: LossContext): void;
+  /** Called after every optimizer step. */
+  afterStep?(step: number): void;
+  /** Frees whatever the loss holds. */
+  dispose?(): void;
+}
+
+/** A loss plugin's definition for {@link defineLoss}: a plugin definition without `kind`. */
+export interface LossDefinition<C> extends Omit<PluginDefinition<"loss", C>, "kind" | "create"> {
+  /** Builds the loss's parts from its config. */
+  create(config: C, deps: PluginDeps): LossParts | Promise<LossParts>;
+}
+
+/**
+ * Declares a loss plugin whose `create` returns only its {@link LossParts}: at least
+ * `compute(input, record, ctx)`. The returned {@link Loss} captures each Improve step's
+ * context in `prepare` and passes it to `compute` (which throws a `TypeError` when called
+ * before any `prepare` or after `dispose`), and supplies the empty defaults of the rest.
+ *
+ * @example A loss that is only its formula: the mean NLL of the kept rows' tokens
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { defineLoss } from "./plugin.ts";
+ *
+ * const nll = defineLoss({
+ *   name: "plain_nll",
+ *   summary: "Mean negative log-likelihood of the kept rows' tokens.",
+ *   configSchema: { type: "object", additionalProperties: false, properties: {} },
+ *   create: () => ({
+ *     compute({ batch }, _record, { policy }) {
+ *       const logProbs = policy.tokenLogProbs(batch, { training: true });
+ *       return tf.neg(tf.div(tf.sum(logProbs), tf.sum(batch.targetMask))) as tf.Scalar;
+ *     },
+ *   }),
+ * });
+ * console.assert(nll.kind === "loss" && nll.name === "plain_nll");
+ * ```
+ *
+ * @throws {TypeError} like {@link definePlugin}.
+ */
+export function defineLoss<C>(definition: LossDefinition<C>): PluginDefinition<"loss", C> {
+  const { create, ...rest } = definition;
+  if (typeof create !== "function") {
+    throw new TypeError(`plugin ${JSON.stringify(rest.name)} (loss): create must be a function`);
+  }
+  return definePlugin<"loss", C>({
+    ...rest,
+    kind: "loss",
+    create(config, deps) {
+      const parts = create(config, deps);
+      return parts instanceof Promise
+        ? parts.then((p) => lossFromParts(rest.name, p))
+        : lossFromParts(rest.name, parts);
+    },
+  });
+}
+
+/** The full {@link Loss} around a loss's parts (see {@link defineLoss}). */
+function lossFromParts(name: string, parts: LossParts): Loss {
+  let context: LossContext | undefined;
+  return {
+    get variables() {
+      return parts.variables ?? [];
+    },
+    prepare(ctx) {
+      parts.prepare?.(ctx);
+      context = ctx;
+    },
+    compute(input, record) {
+      if (context === undefined) {
+        throw new TypeError(`loss "${name}": compute was called before prepare`);
+      }
+      return parts.compute(input, record, context);
+    },
+    afterStep(step) {
+      parts.afterStep?.(step);
+    },
+    dispose() {
+      context = undefined;
+      parts.dispose?.();
+    },
+  };
 }

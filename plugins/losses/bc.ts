@@ -8,16 +8,15 @@
  * rows of each row's summed NLL (`average: "sequence"`). Label smoothing as BC's unless set.
  *
  * This file is the template for new losses: a config interface, a schema whose
- * descriptions are the documentation, and `create` returning a {@link Loss}.
+ * descriptions are the documentation, and `create` returning the loss's `compute` (through
+ * {@link defineLoss}, which hands it the Improve step's context: `ctx.policy` being trained,
+ * `ctx.bcPolicy` the frozen BC policy, BC's `ctx.labelSmoothing`).
  *
  * @module
  */
 
-import type * as tf from "@tensorflow/tfjs-core";
 import { nllLoss } from "../../core/batch.ts";
-import { definePlugin } from "../../core/plugin.ts";
-import type { Loss, LossInput, Policy } from "../../core/policy.ts";
-import { prepared } from "./_common.ts";
+import { defineLoss } from "../../core/plugin.ts";
 
 /** Config of the `bc` loss. */
 export interface BcLossConfig {
@@ -28,8 +27,7 @@ export interface BcLossConfig {
 }
 
 /** The `bc` loss plugin. */
-export default definePlugin({
-  kind: "loss",
+export default defineLoss({
   name: "bc",
   summary: "Negative log-likelihood of the kept rows' tokens (ReST's BC loss).",
   configSchema: {
@@ -53,26 +51,14 @@ export default definePlugin({
       },
     },
   },
-  create(config: BcLossConfig): Loss {
-    // The policy being trained, set by `prepare` before every Improve step.
-    let policy: Policy | undefined;
-    let labelSmoothing = config.labelSmoothing ?? 0;
+  create(config: BcLossConfig) {
     return {
-      variables: [],
-      prepare(ctx) {
-        policy = ctx.policy;
-        labelSmoothing = config.labelSmoothing ?? ctx.labelSmoothing ?? 0;
-      },
-      compute(input: LossInput): tf.Scalar {
-        return nllLoss(prepared(policy, "bc"), input.batch, {
-          labelSmoothing,
+      compute(input, _record, ctx) {
+        return nllLoss(ctx.policy, input.batch, {
+          labelSmoothing: config.labelSmoothing ?? ctx.labelSmoothing ?? 0,
           average: config.average,
           training: true,
         });
-      },
-      afterStep() {},
-      dispose() {
-        policy = undefined;
       },
     };
   },

@@ -32,14 +32,13 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { definePlugin } from "../../core/plugin.ts";
-import type { GrowRow, Loss, LossInput, Policy } from "../../core/policy.ts";
+import { defineLoss } from "../../core/plugin.ts";
+import type { GrowRow } from "../../core/policy.ts";
 import {
   entropyFromLogits,
   klFromLogits,
   maskedMean,
   pickTokens,
-  prepared,
   read,
   stopGradient,
 } from "./_common.ts";
@@ -88,8 +87,7 @@ export function temperedLogProbs(
 }
 
 /** The `offline_ppo` loss plugin. */
-export default definePlugin({
-  kind: "loss",
+export default defineLoss({
   name: "offline_ppo",
   summary: "PPO-clip (Schulman et al. 2017) on stored Grow rows, behaviour log-probs as pi_old.",
   configSchema: {
@@ -144,10 +142,8 @@ export default definePlugin({
       },
     },
   },
-  create(config: OfflinePpoConfig): Loss {
-    let policies: { policy: Policy; bc: Policy } | undefined;
+  create(config: OfflinePpoConfig) {
     return {
-      variables: [],
       prepare(ctx) {
         if (config.advantage === "value_head" && !ctx.policy.hasValueHead) {
           throw new TypeError(
@@ -155,10 +151,8 @@ export default definePlugin({
               '(or use advantage "source_mean")',
           );
         }
-        policies = { policy: ctx.policy, bc: ctx.bcPolicy };
       },
-      compute(input: LossInput, record): tf.Scalar {
-        const { policy, bc } = prepared(policies, "offline_ppo");
+      compute(input, record, { policy, bcPolicy: bc }) {
         const { batch } = input;
         const mask = batch.targetMask;
         const { logits, values } = policy.forward(batch, { training: true });
@@ -210,10 +204,6 @@ export default definePlugin({
         record("entropy", read(entropy));
         record("behaviour_kl", read(maskedMean(tf.sub(input.behaviourLogProbs, logP), mask)));
         return loss as tf.Scalar;
-      },
-      afterStep() {},
-      dispose() {
-        policies = undefined;
       },
     };
   },
