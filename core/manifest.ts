@@ -20,7 +20,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { appendAll } from "./append.ts";
-import { ManifestError, type ManifestProblem, UserError } from "./errors.ts";
+import { ManifestError, type ManifestProblem } from "./errors.ts";
 import { scoresProblem } from "./evaluate.ts";
 import { checkRegularFile } from "./fs.ts";
 import { EXPERIMENT_FOLDER_ENTRIES, folderNameProblem, reservedEntry } from "./layout.ts";
@@ -768,14 +768,6 @@ function capped(problems: ManifestProblem[]): ManifestProblem[] {
     ...problems.slice(0, MAX_LISTED_PROBLEMS),
     { path: "", message: `... and ${more} more problem${more === 1 ? "" : "s"}` },
   ];
-}
-
-/**
- * The JSON pointer of the first array or object nested deeper than `limit` levels, or
- * undefined. Iterative, so a hostile document cannot overflow the stack here.
- */
-export function tooDeepPath(value: unknown, limit = MAX_MANIFEST_DEPTH): string | undefined {
-  return shapeProblem(value, limit, Infinity)?.path;
 }
 
 /**

@@ -39,14 +39,6 @@ export function lineAndColumn(text: string, offset: number): { line: number; col
   return { line: before.split("\n").length, column: offset - before.lastIndexOf("\n") };
 }
 
-/**
- * Finds the first JSON syntax error in `text`, or undefined when the text is valid JSON
- * (exactly what `JSON.parse` accepts).
- */
-export function jsonSyntaxError(text: string): { offset: number; reason: string } | undefined {
-  return scanJsonText(text, { maxDepth: Infinity, maxValues: Infinity }).syntax;
-}
-
 /** An open array or object during the scan. */
 interface Frame {
   /** `}` for an object, `]` for an array. */

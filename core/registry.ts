@@ -86,11 +86,6 @@ export class Registry<K extends PluginKind = PluginKind> {
     return this.#origins.get(name);
   }
 
-  /** Whether a plugin of this name is registered. */
-  has(name: string): boolean {
-    return this.#plugins.has(name);
-  }
-
   /** The plugin of this name, or undefined. */
   find(name: string): PluginDefinition<K> | undefined {
     return this.#plugins.get(name);

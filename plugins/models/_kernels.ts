@@ -63,11 +63,6 @@ export function takeBuffer(size: number): Float32Array {
   return buf;
 }
 
-/** {@link takeBuffer} filled with zeros. */
-export function takeZeroed(size: number): Float32Array {
-  return takeBuffer(size).fill(0);
-}
-
 /** Gives back a buffer (from {@link takeBuffer} or not) that nothing will read or write again. */
 export function giveBuffer(buf: Float32Array): void {
   if (buf.length === 0 || buf.length !== buf.buffer.byteLength / 4) return; // not a view
@@ -237,17 +232,6 @@ export function addInto(a: Float32Array, b: Float32Array): Float32Array {
   return a;
 }
 
-/** `x + u * mask` (mask optional, e.g. dropout with its 1/(1-p) scale folded in) as a new array. */
-export function residualAdd(x: Float32Array, u: Float32Array, mask?: Float32Array): Float32Array {
-  const out = new Float32Array(x.length);
-  if (mask === undefined) {
-    for (let i = 0; i < x.length; i++) out[i] = x[i] + u[i];
-  } else {
-    for (let i = 0; i < x.length; i++) out[i] = x[i] + u[i] * mask[i];
-  }
-  return out;
-}
-
 /** `x + u * mask` (mask optional) written over `u`, which is returned. */
 export function residualAddInPlace(
   x: Float32Array,
@@ -275,30 +259,6 @@ export function dropoutMask(size: number, rate: number, rng: Rng): Float32Array 
   const keep = 1 / (1 - rate);
   for (let i = 0; i < size; i++) mask[i] = rng.next() >= rate ? keep : 0;
   return mask;
-}
-
-/** Column sums of a `[rows, cols]` matrix (the gradient of a broadcast bias). */
-export function columnSums(x: Float32Array, cols: number): Float32Array {
-  const acc = new Float64Array(cols);
-  const rows = x.length / cols;
-  for (let r = 0; r < rows; r++) addRowInto(acc, x, r * cols, cols);
-  return Float32Array.from(acc);
-}
-
-function addRowInto(acc: Float64Array, x: Float32Array, o: number, n: number): void {
-  for (let j = 0; j < n; j++) acc[j] += x[o + j];
-}
-
-/** ReLU in place; returns `x`. */
-export function reluInPlace(x: Float32Array): Float32Array {
-  // Branch-free: random signs make a branch mispredict half the time (5x slower).
-  for (let i = 0; i < x.length; i++) x[i] *= +(x[i] > 0);
-  return x;
-}
-
-/** ReLU's backward pass in place: zeroes `dy` where the activation output `y` is not positive. */
-export function reluBackwardInPlace(dy: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < dy.length; i++) dy[i] *= +(y[i] > 0);
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -501,30 +461,6 @@ function softmaxBackwardRow(
   let dot = 0;
   for (let s = 0; s < sk; s++) dot += dp[o + s] * p[o + s];
   for (let s = 0; s < sk; s++) dp[o + s] = p[o + s] * (dp[o + s] - dot) * scale;
-}
-
-/**
- * Log-sum-exp of each row of `logits` (`[rows, V]`), optionally also writing
- * `exp(logit - max)` into `expOut` and returning the per-row sums in `sums`.
- */
-export function rowLogSumExp(
-  logits: Float32Array,
-  vocab: number,
-  expOut?: Float32Array,
-  sums?: Float64Array,
-): Float64Array {
-  const rows = logits.length / vocab;
-  const lse = new Float64Array(rows);
-  for (let r = 0; r < rows; r++) {
-    const o = r * vocab;
-    const max = rowMax(logits, o, vocab);
-    const sum = expOut === undefined
-      ? sumExp(logits, o, vocab, max)
-      : sumExpInto(logits, o, vocab, max, expOut);
-    if (sums !== undefined) sums[r] = sum;
-    lse[r] = max + Math.log(sum);
-  }
-  return lse;
 }
 
 /** The largest of `x[o .. o + n)` (-Infinity when n is 0; NaN is skipped). */
