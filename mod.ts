@@ -1,19 +1,119 @@
 /**
- * ReST (Reinforced Self-Training) research framework: public API.
+ * ReST (Reinforced Self-Training) research framework: the public API, exported by name.
+ *
+ * - Plugins: {@link definePlugin}, {@link defineLoss}, the schema helpers {@link int} and
+ *   {@link num}, the contracts each plugin kind implements ({@link Policy}, {@link Loss},
+ *   {@link RewardModel}, {@link ThresholdSchedule}, {@link DataSource}, {@link Tokenizer},
+ *   {@link Backend}) and {@link builtinPlugins}.
+ * - Experiments: {@link createRegistries}, {@link loadManifest}, {@link runExperiment}.
+ * - The algorithm: {@link runRest} (Algorithm 1), its {@link grow} and {@link improve} steps.
+ * - Metrics: {@link corpusChrf}, {@link corpusBleu} and their sentence-level forms.
+ * - Errors: {@link UserError}, {@link ManifestError}, {@link DataError}.
+ *
+ * @example Load a manifest and run it (a tiny synthetic experiment)
+ * ```ts ignore
+ * import { builtinPlugins, createRegistries, loadManifest, runExperiment } from "./mod.ts";
+ *
+ * const registries = createRegistries(builtinPlugins);
+ * const manifest = await loadManifest("experiments/smoke.json", registries);
+ * const result = await runExperiment(manifest, registries, { out: "runs", smoke: true });
+ * console.log(result);
+ * ```
  *
  * @module
  */
 
-export * from "./core/errors.ts";
-export * from "./core/plugin.ts";
-export * from "./core/registry.ts";
-export * from "./core/manifest.ts";
-export * from "./core/types.ts";
-export * from "./core/policy.ts";
-export * from "./core/run.ts";
-export * from "./core/progress.ts";
-export * from "./core/random.ts";
-export * from "./core/evaluate.ts";
-export { makeBatch, nllLoss } from "./core/batch.ts";
-export * from "./core/experiment.ts";
+export { DataError, ManifestError, type ManifestProblem, UserError } from "./core/errors.ts";
+export {
+  type Algorithm,
+  defineLoss,
+  definePlugin,
+  int,
+  type JsonSchema,
+  type LossDefinition,
+  type LossParts,
+  num,
+  PLUGIN_KINDS,
+  pluginDefaults,
+  type PluginDefinition,
+  type PluginDeps,
+  type PluginInstances,
+  type PluginKind,
+  type PluginRef,
+  type ResolvedPluginRef,
+} from "./core/plugin.ts";
+export { createRegistries, type Registries, Registry } from "./core/registry.ts";
+export {
+  loadManifest,
+  type ResolvedManifest,
+  type ResolvedRun,
+  type ResolveOptions,
+} from "./core/manifest.ts";
+export type {
+  Backend,
+  BackendInfo,
+  DataSource,
+  Example,
+  Metrics,
+  MetricsLog,
+  Progress,
+  RewardInput,
+  RewardModel,
+  RewardPrepareContext,
+  RunContext,
+  RunSection,
+  RunSplits,
+  RunSummary,
+  SectionUse,
+  Side,
+  SpecialIds,
+  Splits,
+  ThresholdArgs,
+  ThresholdDecision,
+  ThresholdSchedule,
+  Tokenizer,
+} from "./core/types.ts";
+export type {
+  BeamOptions,
+  DecodeOptions,
+  ForwardOutput,
+  Generation,
+  GrowRow,
+  Loss,
+  LossContext,
+  LossInput,
+  ModelFactory,
+  Policy,
+  PolicyState,
+  SampleOptions,
+  TokenBatch,
+} from "./core/policy.ts";
+export type { BcSettings, EvalSettings } from "./core/sections.ts";
+export { type ExperimentOptions, type ExperimentResult, runExperiment } from "./core/experiment.ts";
+export {
+  grow,
+  GrowPool,
+  type GrowSettings,
+  improve,
+  type ImprovePosition,
+  type ImproveResult,
+  type ImproveSettings,
+  type RestConfig,
+  type RestContext,
+  runRest,
+} from "./core/rest.ts";
+export type { Schedule } from "./core/optim.ts";
+export type { TrainSettings } from "./core/train.ts";
+export { makeBatch, nllLoss, type NllOptions } from "./core/batch.ts";
+export { checkScores } from "./core/evaluate.ts";
+export { Rng } from "./core/random.ts";
+export { type ChrfOptions, corpusChrf, sentenceChrf } from "./core/metrics/chrf.ts";
+export {
+  type BleuOptions,
+  type BleuScore,
+  type BleuSmoothMethod,
+  type BleuTokenizer,
+  corpusBleu,
+  sentenceBleu,
+} from "./core/metrics/bleu.ts";
 export { builtinPlugins } from "./plugins/mod.ts";
