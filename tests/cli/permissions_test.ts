@@ -246,7 +246,10 @@ Deno.test("exp: data named by the manifest outside its folder (through a glob) i
     const out = join(root, "exp", "runs");
     const r = await runTask("exp", [file, "--smoke", "--out", out], { cwd: root });
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /data: \d+ train \/ \d+ \+ \d+ valid \(selection \+ report\) \/ \d+ test pairs/);
+    assert.match(
+      r.stderr,
+      /data: \d+ train \/ \d+ \+ \d+ valid \(selection \+ report\) \/ \d+ test pairs/,
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }

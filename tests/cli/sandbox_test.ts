@@ -486,7 +486,7 @@ Deno.test("exp: a user plugin's check() that throws, or an instance without its 
     );
     assert.ok(!hasStackTrace(r.stderr), r.stderr);
   });
-  const noScore = rewardModule("").replace(/async score\(rows\) \{[\s\S]*?\n      \},/, "");
+  const noScore = rewardModule("").replace(/async score\(rows\) \{[\s\S]*?\n {6}\},/, "");
   assert.doesNotMatch(noScore, /score\(rows\)/);
   await withExperiment(noScore, async ({ dir, file, out }) => {
     const r = await runTask("exp", [file, "--smoke", "--out", out], { cwd: dir });
