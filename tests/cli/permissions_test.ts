@@ -4,45 +4,11 @@
  * manifest's folders and the npm cache, start processes or load native code.
  */
 
+import { probeManifest, rewardModule } from "./_probe.ts";
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { hasStackTrace, ROOT_DIR, runTask, spawnTask } from "../_cli.ts";
 import { type ExpArgs, parseExpArgs, permissionFlags, sandboxPlan } from "../../cli/exp.ts";
-
-/** A manifest whose only run scores baselines with the reward plugin in `reward.ts`. */
-function manifest(experiment: string, backend = "cpu"): string {
-  return JSON.stringify({
-    experiment,
-    seed: 1,
-    backend,
-    data: { name: "synthetic", config: { pairs: 120 } },
-    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-    reward: { module: "./reward.ts" },
-    runs: [{ name: "baselines", algorithm: "baselines" }],
-  });
-}
-
-/** A reward plugin module whose `score` runs `body` first (`rows` in scope). */
-function rewardModule(body: string, topLevel = ""): string {
-  return `import { definePlugin } from "@rest/framework";
-${topLevel}
-export default definePlugin({
-  kind: "reward",
-  name: "probe",
-  summary: "Tries something the sandbox forbids.",
-  configSchema: { type: "object", additionalProperties: false, properties: {} },
-  create() {
-    return {
-      needsReference: true,
-      async score(rows) {
-        ${body}
-        return rows.map(() => 0.5);
-      },
-    };
-  },
-});
-`;
-}
 
 interface Setup {
   dir: string;
@@ -53,7 +19,7 @@ interface Setup {
 async function setup(experiment: string, module: string, backend?: string): Promise<Setup> {
   const dir = await Deno.makeTempDir({ prefix: "exp_permissions_" });
   const file = join(dir, "m.json");
-  await Deno.writeTextFile(file, manifest(experiment, backend));
+  await Deno.writeTextFile(file, probeManifest(experiment, backend));
   await Deno.writeTextFile(join(dir, "reward.ts"), module);
   return { dir, file, out: join(dir, "runs") };
 }
@@ -165,7 +131,7 @@ for (const backend of ["cpu", "auto"]) {
     const outside = await Deno.makeTempDir({ prefix: "exp_permissions_outside_" });
     await Deno.writeTextFile(join(outside, "secret.txt"), "secret");
     try {
-      await Deno.writeTextFile(file, manifest("perm_probe", backend));
+      await Deno.writeTextFile(file, probeManifest("perm_probe", backend));
       await Deno.writeTextFile(
         join(dir, "reward.ts"),
         probeModule({

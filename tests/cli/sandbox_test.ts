@@ -5,6 +5,7 @@
  * environment variables; and errors from user plugins that name the plugin.
  */
 
+import { probeManifest, rewardModule } from "./_probe.ts";
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
@@ -16,41 +17,6 @@ import { setActivity } from "../../core/progress.ts";
 
 const FRAMEWORK = (path: string) => new URL(`../../${path}`, import.meta.url).href;
 
-/** A manifest whose only run scores baselines with the reward plugin in `reward.ts`. */
-function manifest(experiment: string, backend = "cpu"): string {
-  return JSON.stringify({
-    experiment,
-    seed: 1,
-    backend,
-    data: { name: "synthetic", config: { pairs: 120 } },
-    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-    reward: { module: "./reward.ts" },
-    runs: [{ name: "baselines", algorithm: "baselines" }],
-  });
-}
-
-/** A reward plugin module whose `score` runs `body` first (`rows` in scope). */
-function rewardModule(body: string, topLevel = ""): string {
-  return `import { definePlugin } from "@rest/framework";
-${topLevel}
-export default definePlugin({
-  kind: "reward",
-  name: "probe",
-  summary: "Tries something it should not.",
-  configSchema: { type: "object", additionalProperties: false, properties: {} },
-  create() {
-    return {
-      needsReference: true,
-      async score(rows) {
-        ${body}
-        return rows.map(() => 0.5);
-      },
-    };
-  },
-});
-`;
-}
-
 async function withExperiment(
   module: string,
   fn: (s: { dir: string; file: string; out: string }) => Promise<void>,
@@ -59,7 +25,7 @@ async function withExperiment(
   const dir = await Deno.makeTempDir({ prefix: "exp_sandbox_" });
   try {
     const file = join(dir, "m.json");
-    await Deno.writeTextFile(file, manifest("sandbox", backend));
+    await Deno.writeTextFile(file, probeManifest("sandbox", backend));
     await Deno.writeTextFile(join(dir, "reward.ts"), module);
     await fn({ dir, file, out: join(dir, "runs") });
   } finally {
@@ -456,7 +422,7 @@ Deno.test("exp: a FIFO named as a plugin module is refused at once (exit 2), not
   const dir = await Deno.makeTempDir({ prefix: "exp_sandbox_fifo_" });
   try {
     const file = join(dir, "m.json");
-    await Deno.writeTextFile(file, manifest("fifo_module"));
+    await Deno.writeTextFile(file, probeManifest("fifo_module"));
     const made = await new Deno.Command("mkfifo", { args: [join(dir, "reward.ts")] }).output();
     assert.ok(made.success);
     const started = performance.now();
