@@ -25,7 +25,7 @@
  * Figures (each skipped, with a note in `table1.md`, when no run logged its data):
  *
  * - `fig3_improve_reward.svg` (the paper's Figure 3): validation reward after each
- *   Improve step (`improve/valid_reward`) against the Improve index, one line per row;
+ *   Improve step (`improve/select_reward`) against the Improve index, one line per row;
  * - `fig4_grow_reward.svg` (Figure 4): validation reward after the last Improve step of
  *   each Grow step against G;
  * - `fig6_best_of_n.svg` (Figure 6): Best-of-N validation reward (`bon/valid_reward@N`)
@@ -580,9 +580,18 @@ function finite(value: unknown): value is number {
   return typeof value === "number" && Number.isFinite(value);
 }
 
-/** Improve summaries: the records that carry `improve/index` and a validation reward. */
+/**
+ * The selection reward an Improve summary reports: `improve/select_reward` (the selection half
+ * of validation), or `improve/valid_reward` in logs written before the split existed.
+ */
+function improveReward(r: Record<string, unknown>): number {
+  const value = r["improve/select_reward"] ?? r["improve/valid_reward"];
+  return finite(value) ? value : NaN;
+}
+
+/** Improve summaries: the records that carry `improve/index` and a selection reward. */
 function improveRecords(run: RunData): Record<string, unknown>[] {
-  return run.records.filter((r) => finite(r["improve/index"]) && finite(r["improve/valid_reward"]));
+  return run.records.filter((r) => finite(r["improve/index"]) && finite(improveReward(r)));
 }
 
 function seriesName(row: string, list: readonly RunData[]): string {
@@ -598,20 +607,20 @@ function improveFigure(groups: Map<string, RunData[]>): FigurePlan {
       new Map(
         improveRecords(run).map((r) => [
           r["improve/index"] as number,
-          100 * (r["improve/valid_reward"] as number),
+          100 * improveReward(r),
         ]),
       )),
   })).filter((s) => s.points.length > 0);
   const spec: ChartSpec = {
     title: "Reward per Improve step (paper's Figure 3)",
     xLabel: "Improve step (counted over all Grow steps)",
-    yLabel: "Validation reward (x100)",
+    yLabel: "Selection reward (x100)",
     integerX: true,
     series,
   };
   return hasDrawablePoints(spec)
     ? { spec, title: spec.title }
-    : { reason: "no run logged an Improve step (`improve/index` with `improve/valid_reward`)" };
+    : { reason: "no run logged an Improve step (`improve/index` with `improve/select_reward`)" };
 }
 
 function growFigure(groups: Map<string, RunData[]>): FigurePlan {
@@ -624,7 +633,7 @@ function growFigure(groups: Map<string, RunData[]>): FigurePlan {
       const index = r["improve/index"] as number;
       const previous = byGrow.get(g);
       if (previous === undefined || index >= previous.index) {
-        byGrow.set(g, { index, reward: 100 * (r["improve/valid_reward"] as number) });
+        byGrow.set(g, { index, reward: 100 * improveReward(r) });
       }
     }
     return new Map([...byGrow].map(([g, v]) => [g, v.reward]));

@@ -269,7 +269,7 @@ Deno.test("figures: well-formed SVG with titles, axis labels, series and the rig
   const fig3 = parseXml(svg.get("fig3_improve_reward.svg")!);
   assert.ok(fig3.texts.includes("Reward per Improve step (paper's Figure 3)"));
   assert.ok(fig3.texts.includes("Improve step (counted over all Grow steps)"));
-  assert.ok(fig3.texts.includes("Validation reward (x100)"));
+  assert.ok(fig3.texts.includes("Selection reward (x100)"));
   assert.ok(fig3.texts.includes("rest_g1_i4 (mean of 2 seeds)"));
   assert.ok(fig3.texts.includes("rest_g2_i3"));
   assert.ok(!fig3.texts.includes("bc_only"), "BC has no Improve step");
