@@ -185,12 +185,24 @@ async function main(args: string[]): Promise<number> {
 
 if (import.meta.main) {
   // A denial in a promise nobody awaits (a plugin's fire-and-forget fetch) ends the run the same way.
-  globalThis.addEventListener("unhandledrejection", (event) => {
-    const denial = permissionDenial(event.reason);
-    if (denial === undefined) return;
-    event.preventDefault();
-    console.error(`exp: error: ${denialError(denial, event.reason).message}`);
+  // A user error thrown where nobody catches it (a plugin's timer or fire-and-forget promise)
+  // is still reported as one line and exit 2, never as a stack trace.
+  const reportStray = (reason: unknown): boolean => {
+    const denial = permissionDenial(reason);
+    const message = denial !== undefined
+      ? denialError(denial, reason).message
+      : reason instanceof UserError
+      ? reason.message
+      : undefined;
+    if (message === undefined) return false;
+    console.error(`exp: error: ${message}`);
     exitNow(EXIT_USER);
+  };
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    if (reportStray(event.reason)) event.preventDefault();
+  });
+  globalThis.addEventListener("error", (event) => {
+    if (reportStray(event.error)) event.preventDefault();
   });
   // When the launcher dies (even by SIGKILL) the worker stops too, instead of writing on
   // unseen: its parent changes. Checked on progress ticks (long work ticks while busy) and on

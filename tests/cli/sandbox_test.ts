@@ -475,3 +475,18 @@ Deno.test("createGuarded: an instance missing its kind's methods, or not an obje
     /it returned undefined, expected a loss object/,
   );
 });
+
+Deno.test("exp: Deno.exit(0) from a plugin's timer or an uncaught promise is one line and exit 2, no stack", async () => {
+  const bodies = [
+    "setTimeout(() => Deno.exit(0), 0); await new Promise((r) => setTimeout(r, 200));",
+    "Promise.resolve().then(() => Deno.exit(0)); await new Promise((r) => setTimeout(r, 200));",
+  ];
+  for (const body of bodies) {
+    await withExperiment(rewardModule(body), async ({ dir, file, out }) => {
+      const r = await runTask("exp", [file, "--smoke", "--out", out], { cwd: dir });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /^exp: error: plugin code tried to end the experiment's process/m);
+      assert.ok(!hasStackTrace(r.stderr), r.stderr);
+    });
+  }
+});
