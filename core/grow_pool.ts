@@ -127,13 +127,6 @@ export class GrowPool {
     return ORIGINS[this.#origin.get(i)];
   }
 
-  /** The output token ids of row `i` (a copy). */
-  tokens(i: number): number[] {
-    const start = this.#start.get(i);
-    const end = i + 1 < this.size ? this.#start.get(i + 1) : this.#tokens.length;
-    return Array.from(this.#tokens.view().subarray(start, end));
-  }
-
   /** Row `i` as a {@link GrowRow} object. */
   row(i: number): GrowRow {
     const start = this.#start.get(i);
@@ -161,16 +154,6 @@ export class GrowPool {
       else list.push(this.#reward.get(i));
     }
     return map;
-  }
-
-  /** Number of distinct (source, hypothesis) pairs among rows of `origin`. */
-  distinct(origin: GrowRow["origin"]): number {
-    const code = ORIGINS.indexOf(origin);
-    const seen = new Set<string>();
-    for (let i = 0; i < this.size; i++) {
-      if (this.#origin.get(i) === code) seen.add(`${this.source(i)}\u0000${this.#hypothesis[i]}`);
-    }
-    return seen.size;
   }
 
   #text(text: string): number {

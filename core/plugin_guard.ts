@@ -121,7 +121,7 @@ export function guardInstance<T extends object>(
 }
 
 /** The methods every instance of a plugin kind must have (what the framework calls). */
-const REQUIRED_METHODS: Record<string, readonly string[]> = {
+export const REQUIRED_METHODS: Readonly<Record<string, readonly string[]>> = {
   backend: ["init"],
   data: ["load"],
   tokenizer: ["train", "encode", "decode", "save", "load", "vocabSize"],

@@ -545,6 +545,13 @@ async function scoreRows(
   }
 }
 
+/** Distinct (source, hypothesis) pairs among `rows`, counted like Table 1's column. */
+function distinctSamples(rows: readonly GrowRow[]): number {
+  const distinct = new DistinctSamples();
+  for (const r of rows) distinct.add(r.source, r.hypothesis);
+  return distinct.size;
+}
+
 async function logGrow(
   rows: readonly GrowRow[],
   ctx: RestContext,
@@ -560,7 +567,7 @@ async function logGrow(
     "grow/mean_reward": mean(rows.map((r) => r.reward)),
     "grow/mean_sample_reward": mean(sampleRows.map((r) => r.reward)),
     "grow/mean_reference_reward": mean(referenceRows.map((r) => r.reward)),
-    "grow/distinct_samples": distinctCount(sampleRows),
+    "grow/distinct_samples": distinctSamples(sampleRows),
     "grow/seconds": (performance.now() - started) / 1000,
   }, g);
   ctx.log(
@@ -610,11 +617,6 @@ export async function checkDiskSpace(dir: string, bytes: number, what: string): 
         `free some space or write elsewhere with --out`,
     );
   }
-}
-
-/** Number of distinct (source, hypothesis) pairs. */
-export function distinctCount(rows: readonly GrowRow[]): number {
-  return new Set(rows.map((r) => `${r.source}\u0000${r.hypothesis}`)).size;
 }
 
 /**

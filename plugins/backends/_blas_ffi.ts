@@ -174,44 +174,7 @@ function open(path: string): BlasLibrary {
     threads() {
       return getNum ? getNum() : 1;
     },
-    gemm(
-      transA: boolean,
-      transB: boolean,
-      m: number,
-      n: number,
-      k: number,
-      alpha: number,
-      a: Float32Array,
-      aOff: number,
-      lda: number,
-      b: Float32Array,
-      bOff: number,
-      ldb: number,
-      beta: number,
-      c: Float32Array,
-      cOff: number,
-      ldc: number,
-    ): void {
-      checkedGemm(
-        sgemmSymbol,
-        transA === true,
-        transB === true,
-        m,
-        n,
-        k,
-        alpha,
-        a,
-        aOff,
-        lda,
-        b,
-        bOff,
-        ldb,
-        beta,
-        c,
-        cOff,
-        ldc,
-      );
-    },
+    gemm: checkedGemm(sgemmSymbol),
   });
   cache.set(path, library);
   return library;
@@ -422,61 +385,67 @@ type SgemmSymbol = (
   ldc: number,
 ) => void;
 
-/** Checks every argument of a product against its arrays, then calls `cblas_sgemm`. */
-function checkedGemm(
-  symbol: SgemmSymbol,
-  transA: boolean,
-  transB: boolean,
-  m: number,
-  n: number,
-  k: number,
-  alpha: number,
-  a: Float32Array,
-  aOff: number,
-  lda: number,
-  b: Float32Array,
-  bOff: number,
-  ldb: number,
-  beta: number,
-  c: Float32Array,
-  cOff: number,
-  ldc: number,
-): void {
-  checkDim("m", m);
-  checkDim("n", n);
-  checkDim("k", k);
-  if (typeof alpha !== "number" || typeof beta !== "number") {
-    throw new TypeError("gemm: alpha and beta must be numbers");
-  }
-  const aLength = transA
-    ? checkOperand("A", a, aOff, k, m, lda)
-    : checkOperand("A", a, aOff, m, k, lda);
-  const bLength = transB
-    ? checkOperand("B", b, bOff, n, k, ldb)
-    : checkOperand("B", b, bOff, k, n, ldb);
-  const cLength = checkOperand("C", c, cOff, m, n, ldc);
-  if (m === 0 || n === 0) return;
-  const cv = cOff === 0 ? c : viewFrom(c, cOff, cLength);
-  if (k === 0) {
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < n; j++) cv[i * ldc + j] = beta === 0 ? 0 : cv[i * ldc + j] * beta;
+/**
+ * {@link BlasLibrary.gemm} over a bound `cblas_sgemm`: checks every argument of a product
+ * against its arrays, then calls the symbol (which never leaves this closure).
+ */
+function checkedGemm(symbol: SgemmSymbol): BlasLibrary["gemm"] {
+  return function gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    aOff: number,
+    lda: number,
+    b: Float32Array,
+    bOff: number,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    cOff: number,
+    ldc: number,
+  ): void {
+    transA = transA === true;
+    transB = transB === true;
+    checkDim("m", m);
+    checkDim("n", n);
+    checkDim("k", k);
+    if (typeof alpha !== "number" || typeof beta !== "number") {
+      throw new TypeError("gemm: alpha and beta must be numbers");
     }
-    return;
-  }
-  symbol(
-    CBLAS_ROW_MAJOR,
-    transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
-    transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
-    m,
-    n,
-    k,
-    alpha,
-    aOff === 0 ? a : viewFrom(a, aOff, aLength),
-    lda,
-    bOff === 0 ? b : viewFrom(b, bOff, bLength),
-    ldb,
-    beta,
-    cv,
-    ldc,
-  );
+    const aLength = transA
+      ? checkOperand("A", a, aOff, k, m, lda)
+      : checkOperand("A", a, aOff, m, k, lda);
+    const bLength = transB
+      ? checkOperand("B", b, bOff, n, k, ldb)
+      : checkOperand("B", b, bOff, k, n, ldb);
+    const cLength = checkOperand("C", c, cOff, m, n, ldc);
+    if (m === 0 || n === 0) return;
+    const cv = cOff === 0 ? c : viewFrom(c, cOff, cLength);
+    if (k === 0) {
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) cv[i * ldc + j] = beta === 0 ? 0 : cv[i * ldc + j] * beta;
+      }
+      return;
+    }
+    symbol(
+      CBLAS_ROW_MAJOR,
+      transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
+      transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
+      m,
+      n,
+      k,
+      alpha,
+      aOff === 0 ? a : viewFrom(a, aOff, aLength),
+      lda,
+      bOff === 0 ? b : viewFrom(b, bOff, bLength),
+      ldb,
+      beta,
+      cv,
+      ldc,
+    );
+  };
 }

@@ -407,32 +407,6 @@ function mulInPlace(x: Float32Array, y: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i] *= y[i];
 }
 
-/**
- * `C = alpha op(A) op(B) + beta C` on row-major matrices that start at offsets of their
- * buffers, with leading dimensions (row strides) `lda`, `ldb`, `ldc`.
- */
-function gemmAt(
-  lib: BlasLibrary,
-  transA: boolean,
-  transB: boolean,
-  m: number,
-  n: number,
-  k: number,
-  alpha: number,
-  a: Float32Array,
-  aOff: number,
-  lda: number,
-  b: Float32Array,
-  bOff: number,
-  ldb: number,
-  beta: number,
-  c: Float32Array,
-  cOff: number,
-  ldc: number,
-): void {
-  lib.gemm(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
-}
-
 /** {@link attention} on OpenBLAS, every head read from and written to the strided rows. */
 function stridedAttention(
   lib: BlasLibrary,
@@ -456,8 +430,7 @@ function stridedAttention(
   const p = probs.slot(0);
   for (let bi = 0; bi < b; bi++) {
     for (let h = 0; h < heads; h++) {
-      gemmAt(
-        lib,
+      lib.gemm(
         false,
         true,
         tq,
@@ -485,8 +458,7 @@ function stridedAttention(
   const out = takeBuffer(b * tq * d);
   for (let bi = 0; bi < b; bi++) {
     for (let h = 0; h < heads; h++) {
-      gemmAt(
-        lib,
+      lib.gemm(
         false,
         false,
         tq,
@@ -516,8 +488,7 @@ function stridedAttention(
           const dOff = bi * tq * d + h * dk;
           const vOff = bi * sk * v.stride + v.offset + h * dk;
           // d(probabilities) = dO V^T; dV = P^T dO
-          gemmAt(
-            lib,
+          lib.gemm(
             false,
             true,
             tq,
@@ -535,8 +506,7 @@ function stridedAttention(
             o,
             sk,
           );
-          gemmAt(
-            lib,
+          lib.gemm(
             true,
             false,
             sk,
@@ -562,8 +532,7 @@ function stridedAttention(
         for (let h = 0; h < heads; h++) {
           const o = (bi * heads + h) * block;
           // scores = scale Q K^T: dQ = scale dS K, dK = scale dS^T Q
-          gemmAt(
-            lib,
+          lib.gemm(
             false,
             false,
             tq,
@@ -581,8 +550,7 @@ function stridedAttention(
             bi * tq * dQ.stride + dQ.offset + h * dk,
             dQ.stride,
           );
-          gemmAt(
-            lib,
+          lib.gemm(
             true,
             false,
             sk,

@@ -3,6 +3,7 @@
  * `create` works with the defaults, its name is its file stem, and every plugin
  * file is listed in plugins/mod.ts.
  */
+import { REQUIRED_METHODS } from "../../core/plugin_guard.ts";
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
 import { createAjv } from "../../core/manifest.ts";
@@ -71,17 +72,8 @@ for (const plugin of builtinPlugins) {
       log: () => {},
     });
     assert.equal(typeof instance, "object");
-    const methods: Record<PluginKind, string[]> = {
-      backend: ["init"],
-      data: ["load"],
-      tokenizer: ["train", "encode", "decode", "save", "load", "vocabSize"],
-      model: ["build"],
-      reward: ["score"],
-      loss: ["prepare", "compute", "afterStep", "dispose"],
-      threshold: ["threshold"],
-      algorithm: ["run"],
-    };
-    for (const method of methods[plugin.kind]) {
+    // The methods the framework calls, the list user plugins are checked against too.
+    for (const method of REQUIRED_METHODS[plugin.kind]) {
       assert.equal(
         typeof (instance as unknown as Record<string, unknown>)[method],
         "function",
