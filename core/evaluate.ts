@@ -146,6 +146,44 @@ export async function evaluatePolicy(
   };
 }
 
+/**
+ * The score ReST's Improve steps and PPO select weights by: the mean reward on `examples`
+ * (the selection split) of the greedy outputs (`selectBy: "greedy"`) or of `selectSamples`
+ * outputs per source at the evaluation temperature (`"sample"`). The samples are drawn from a
+ * seed derived from the run's `seed` alone, the same for every candidate the run compares, so
+ * candidates are compared on common random numbers (and an Improve step's incoming score is
+ * the previous step's best). NaN for no examples.
+ */
+export async function selectionReward(
+  policy: Policy,
+  tokenizer: Tokenizer,
+  examples: readonly Example[],
+  reward: RewardModel,
+  settings: EvalSettings,
+  seed: number,
+): Promise<number> {
+  const opts = { maxLen: settings.maxLen, batchSize: settings.batchSize };
+  if (settings.selectBy === "greedy") {
+    const greedy = await evaluatePolicy(policy, tokenizer, examples, reward, {
+      ...opts,
+      decode: { mode: "greedy" },
+    });
+    return greedy.reward;
+  }
+  if (examples.length === 0) return NaN;
+  const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
+    ...opts,
+    n: settings.selectSamples,
+    temperature: settings.temperature,
+    topK: 0,
+    topP: 1,
+    seed: seed + 65_537,
+  });
+  const rows = examples.flatMap((e, i) => samples[i].map(() => e));
+  const hypotheses = samples.flatMap((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
+  return mean(await scoreOutputs(reward, rows, hypotheses));
+}
+
 /** What {@link finalEvaluation} needs besides the policy and the data. */
 export interface FinalEvaluationOptions {
   /**

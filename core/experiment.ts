@@ -392,7 +392,6 @@ async function executeRun(
       bc: manifest.bc,
       bcSeed: run.bcSeed,
       reward: run.reward,
-      evaluation: manifest.evaluation,
       smoke: options.smoke,
     })),
     seed: run.seed,

@@ -31,7 +31,7 @@ import { maxOf, mean } from "./append.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { GrowPool } from "./grow_pool.ts";
 import { makeBatch } from "./batch.ts";
-import { DistinctSamples, evaluatePolicy, finalEvaluation, limit } from "./evaluate.ts";
+import { DistinctSamples, finalEvaluation, limit, selectionReward } from "./evaluate.ts";
 import type { GrowRow, Loss, LossInput, Policy } from "./policy.ts";
 import { exists } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
@@ -48,7 +48,7 @@ import type {
 } from "./types.ts";
 import { checkScores } from "./evaluate.ts";
 import { learningRate, type Schedule } from "./optim.ts";
-import type { BcSettings } from "./sections.ts";
+import type { BcSettings, EvalSettings } from "./sections.ts";
 import {
   applyUnitState,
   assignExtras,
@@ -173,8 +173,8 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
   const improveSettings = {
     ...config.improve,
     learningRate: improveLearningRate(config.improve.learningRate, ctx.bc, ctx.log),
-    maxLen: ctx.evaluation.maxLen,
-    decodeBatchSize: ctx.evaluation.batchSize,
+    evaluation: ctx.evaluation,
+    selectionSeed: ctx.seed,
   };
   const select = limit(ctx.splits.select, config.improve.evalSize);
   const resume = await resumeRest(ctx, config, policy, bcPolicy, loss);
@@ -715,7 +715,7 @@ export async function improve(
   loss: Loss,
   threshold: ThresholdSchedule,
   select: readonly Example[],
-  settings: ImproveSettings & { maxLen: number; decodeBatchSize: number },
+  settings: ImproveSettings & { evaluation: EvalSettings; selectionSeed: number },
   ctx: RestContext,
   position: ImprovePosition,
   seed: number,
@@ -803,14 +803,19 @@ export async function improve(
     afterStep: (step) => loss.afterStep(step),
     loss: (batch, items) => loss.compute(lossInput(batch, items, sourceMeans), record),
     // No selection data (evalSize covering nothing): no selection, the trained weights stay.
+    // One seed for the whole run: every candidate, in every Improve step, is scored on the
+    // same draws, so step i+1's incoming score is step i's best.
     evaluate: select.length === 0 ? undefined : async (step) => {
-      const evaluation = await evaluatePolicy(policy, ctx.tokenizer, select, ctx.reward, {
-        decode: { mode: "greedy" },
-        maxLen: settings.maxLen,
-        batchSize: settings.decodeBatchSize,
-      });
-      if (step === 0) incomingReward = evaluation.reward;
-      return { score: evaluation.reward, metrics: { "improve/select_reward": evaluation.reward } };
+      const score = await selectionReward(
+        policy,
+        ctx.tokenizer,
+        select,
+        ctx.reward,
+        settings.evaluation,
+        settings.selectionSeed,
+      );
+      if (step === 0) incomingReward = score;
+      return { score, metrics: { "improve/select_reward": score } };
     },
     onBest: (step, score) => {
       best = { score, step, state: policy.save() };

@@ -36,6 +36,10 @@ export interface EvalSettings {
   bestOfN: number[];
   /** Validation pairs used for Best-of-N (0: all). */
   bestOfNSize: number;
+  /** How ReST's Improve steps and PPO score candidate weights on the selection split. */
+  selectBy: "greedy" | "sample";
+  /** selectBy `sample`: outputs per selection source. */
+  selectSamples: number;
 }
 
 /** JSON Schema of the `bc` section; every field has a default. */
@@ -144,6 +148,16 @@ export const EVAL_SCHEMA: JsonSchema = {
         "the pick) and bon/valid_chrf@N (corpus chrF of the picks against the references).",
     },
     bestOfNSize: int(0, 10_000_000, 200, "Validation pairs used for Best-of-N (0: all)."),
+    selectBy: {
+      enum: ["greedy", "sample"],
+      default: "sample",
+      description: "How ReST's Improve steps and PPO choose among their candidate weights " +
+        "(the incoming ones included) on the selection split: `sample`, the mean reward of " +
+        "selectSamples outputs per source at the evaluation temperature, drawn with the same " +
+        "seed for every candidate (the distribution the next Grow step samples from); " +
+        "`greedy`, the reward of the greedy output. BC always selects on greedy chrF.",
+    },
+    selectSamples: int(1, 1024, 4, "selectBy sample: outputs per selection source."),
   },
 };
 
@@ -167,5 +181,6 @@ export function smokeEval(settings: EvalSettings): EvalSettings {
     testSize: Math.min(settings.testSize || 20, 20),
     bestOfN: settings.bestOfN.filter((n) => n <= 4),
     bestOfNSize: Math.min(settings.bestOfNSize || 8, 8),
+    selectSamples: Math.min(settings.selectSamples, 2),
   };
 }

@@ -227,8 +227,8 @@ export interface RunContext {
   sharedDir: string;
   /**
    * A hash of everything upstream of the algorithm (data, tokenizer, model, BC settings and
-   * seed, reward, evaluation): runs with equal fingerprints start from identical states, so
-   * they may share work keyed by it.
+   * seed, reward): runs with equal fingerprints start from identical states, so they may
+   * share work keyed by it (with the settings of that work, e.g. Grow's decoding settings).
    */
   fingerprint: string;
   /** The run's seed. */

@@ -76,9 +76,9 @@ import { makeBatch } from "../../core/batch.ts";
 import {
   checkScores,
   DistinctSamples,
-  evaluatePolicy,
   finalEvaluation,
   limit,
+  selectionReward,
 } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
 import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";
@@ -495,19 +495,20 @@ async function loop(
   progress.tick(plan.slice(0, p.rollouts).reduce((a, b) => a + b, 0));
 
   const evaluate = async (rollout: number) => {
-    const evaluation = await evaluatePolicy(policy, ctx.tokenizer, setup.valid, ctx.reward, {
-      decode: { mode: "greedy" },
-      maxLen: ctx.evaluation.maxLen,
-      batchSize: ctx.evaluation.batchSize,
-    });
-    await ctx.metrics.log(
-      { "ppo/valid_reward": evaluation.reward, "ppo/rollout": rollout },
-      p.step,
+    // Scored the way ReST's Improve steps score their candidates (evaluation.selectBy).
+    const score = await selectionReward(
+      policy,
+      ctx.tokenizer,
+      setup.valid,
+      ctx.reward,
+      ctx.evaluation,
+      ctx.seed,
     );
+    await ctx.metrics.log({ "ppo/valid_reward": score, "ppo/rollout": rollout }, p.step);
     // Without validation pairs the reward is NaN: then the latest weights count as best.
     const previous = p.best === null ? NaN : Number(p.best.score ?? NaN);
-    if (Number.isNaN(previous) || evaluation.reward > previous) {
-      p.best = { score: evaluation.reward, rollout };
+    if (Number.isNaN(previous) || score > previous) {
+      p.best = { score, rollout };
       bestData = policy.save().data;
     }
   };
@@ -982,8 +983,8 @@ export default definePlugin({
         0,
         100000000,
         10,
-        "Greedy validation reward every this many rollout batches, keeping the best weights " +
-          "(0: only at the end).",
+        "Selection reward (evaluation.selectBy) every this many rollout batches, keeping the " +
+          "best weights (0: only at the end).",
       ),
       evalSize: int(0, 100000000, 200, "Validation pairs for those evaluations (0: all)."),
     },

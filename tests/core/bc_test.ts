@@ -48,6 +48,8 @@ const EVALUATION: EvalSettings = {
   temperature: 0.8,
   bestOfN: [],
   bestOfNSize: 0,
+  selectBy: "sample",
+  selectSamples: 2,
 };
 
 function context(dir: string, logs: string[]): BcContext {

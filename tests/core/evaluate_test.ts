@@ -86,6 +86,8 @@ const SETTINGS: EvalSettings = {
   temperature: 0.8,
   bestOfN: [],
   bestOfNSize: 0,
+  selectBy: "sample",
+  selectSamples: 2,
 };
 
 /** Exact KL(Bernoulli(p) || Bernoulli(q)). */

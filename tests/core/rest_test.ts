@@ -31,6 +31,7 @@ import type {
 } from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
 import { pluginDefaults } from "../../core/plugin.ts";
+import type { EvalSettings } from "../../core/sections.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
@@ -135,6 +136,19 @@ async function setup() {
   return { tokenizer, build, dir, ctx, records };
 }
 
+/** How the Improve steps under test score candidates on the selection split. */
+const SELECT_EVAL: EvalSettings = {
+  maxLen: 8,
+  batchSize: 8,
+  validSize: 0,
+  testSize: 0,
+  temperature: 0.8,
+  bestOfN: [],
+  bestOfNSize: 0,
+  selectBy: "sample",
+  selectSamples: 2,
+};
+
 const GROW: GrowSettings = {
   samplesPerSource: 3,
   temperature: 0.8,
@@ -231,8 +245,8 @@ async function improveOnce(
         clipNorm: 1,
         evalEvery: 0,
         evalSize: 0,
-        maxLen: 8,
-        decodeBatchSize: 8,
+        evaluation: SELECT_EVAL,
+        selectionSeed: 1,
       },
       ctx,
       { grow: 1, improve: index, improveSteps: 3, index, stepOffset: 0 },
@@ -403,8 +417,8 @@ Deno.test("training keeps tf.memory().numTensors flat across steps and evaluatio
         clipNorm: 1,
         evalEvery: 7,
         evalSize: 0,
-        maxLen: 8,
-        decodeBatchSize: 8,
+        evaluation: SELECT_EVAL,
+        selectionSeed: 1,
       },
       ctx,
       { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 },
@@ -514,8 +528,8 @@ Deno.test("a harmful Improve step leaves the incoming weights selected (step 0 i
         clipNorm: 0,
         evalEvery: 10,
         evalSize: 0,
-        maxLen: 8,
-        decodeBatchSize: 8,
+        evaluation: SELECT_EVAL,
+        selectionSeed: 1,
       },
       ctx,
       { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 },
@@ -558,8 +572,8 @@ Deno.test("Improve's budget is epochs over the kept rows (capped), and reference
       clipNorm: 1,
       evalEvery: 0,
       evalSize: 0,
-      maxLen: 8,
-      decodeBatchSize: 8,
+      evaluation: SELECT_EVAL,
+      selectionSeed: 1,
     };
     const schedule = { threshold: () => 0.5 } as ThresholdSchedule;
     const loss = bcLoss.create(pluginDefaults(bcLoss) as never, {} as never) as Loss;

@@ -385,6 +385,8 @@ function harness(seed = 3): Harness {
       temperature: 0.8,
       bestOfN: [],
       bestOfNSize: 0,
+      selectBy: "sample",
+      selectSamples: 2,
     },
     progress: () => ({ tick() {}, done() {} }),
     log: (m) => logs.push(m),
