@@ -3,8 +3,9 @@
  * d_model 256, 4 heads, FFN 1024, 3+3 layers, shared vocabulary 8000, batch 32, source
  * and target length 24, Adam, no dropout.
  *
- * - Training: full steps (forward, backward, Adam through `optimizer.minimize`) after
- *   warm-up, reported in target tokens per second.
+ * - Training: full steps after warm-up, taken the way every training loop of the framework
+ *   takes them (`optimizerStep` of `core/train.ts`: forward, backward, global-norm clip at
+ *   1, the framework's Adam), reported in target tokens per second.
  * - Decoding: greedy, batch 64, 24 steps with the key/value cache, in emitted tokens per
  *   second (the encoder pass included). Decoding uses a freshly initialised policy (same
  *   seed), not the one just trained: a few Adam steps on random targets teach the model to
@@ -20,13 +21,11 @@
  * Prints one JSON line. Usage:
  *
  *     deno run --allow-read --allow-env --allow-sys --allow-ffi bench/model.ts \
- *       [--backend cpu|blas|wasm] [--optimizer fused|tfjs] [--seconds 8] [--threads 1]
+ *       [--backend cpu|blas|wasm] [--seconds 8] [--threads 1]
  *
  * `--backend` loads `plugins/backends/<name>.ts` when it exists (its default export's
  * `create(defaults).init()` activates the backend) and otherwise falls back to plain
- * tfjs-cpu. `--optimizer fused` is {@link FusedAdam} (the update as one loop per
- * variable), `tfjs` is `tf.train.adam` (about 0.2 s per million parameters per step on
- * tfjs-cpu's element-wise kernels).
+ * tfjs-cpu.
  *
  * @module
  */
@@ -36,7 +35,8 @@ import "@tensorflow/tfjs-backend-cpu";
 import { parseArgs } from "node:util";
 import process from "node:process";
 import transformer from "../plugins/models/transformer.ts";
-import { FusedAdam } from "../plugins/models/_adam.ts";
+import { Adam } from "../core/optim.ts";
+import { optimizerStep } from "../core/train.ts";
 import { makeBatch, nllLoss } from "../core/batch.ts";
 import { Rng } from "../core/random.ts";
 import type { ModelFactory } from "../core/policy.ts";
@@ -74,8 +74,6 @@ export interface ModelBench {
   train_steps: number;
   /** Decoding runs timed. */
   decode_runs: number;
-  /** The optimizer used. */
-  optimizer: "fused" | "tfjs";
 }
 
 function randomIds(rng: Rng, rows: number, length: number, vocab: number): number[][] {
@@ -92,8 +90,6 @@ function cpuSeconds(): number {
 export interface BenchOptions {
   /** Seconds to time training and decoding, each. */
   seconds: number;
-  /** `fused` ({@link FusedAdam}) or `tfjs` (`tf.train.adam`). */
-  optimizer: "fused" | "tfjs";
 }
 
 /** Times training and decoding on the active backend (one warm-up call each first). */
@@ -102,7 +98,6 @@ export async function benchModel(
 ): Promise<ModelBench> {
   const opts: BenchOptions = {
     seconds: 8,
-    optimizer: "fused",
     ...(typeof options === "number" ? { seconds: options } : options),
   };
   const s = BENCH_SMALL;
@@ -130,23 +125,22 @@ export async function benchModel(
   const sources = randomIds(rng, s.batch, s.length - 1, s.vocab);
   const targets = randomIds(rng, s.batch, s.length - 1, s.vocab);
   const batch = makeBatch(sources.map((source, i) => ({ source, target: targets[i] })), specials);
-  const optimizer = opts.optimizer === "fused" ? new FusedAdam(1e-4) : tf.train.adam(1e-4);
-  const step = () => {
-    const cost = optimizer.minimize(
-      () => nllLoss(policy, batch, { labelSmoothing: 0, training: true, average: "token" }),
-      true,
+  const optimizer = new Adam(policy.variables);
+  const step = () =>
+    optimizerStep(
       policy.variables,
+      optimizer,
+      () => nllLoss(policy, batch, { labelSmoothing: 0, training: true, average: "token" }),
+      1e-4,
+      1,
     );
-    cost?.dataSync();
-    cost?.dispose();
-  };
-  step();
-  step();
+  await step();
+  await step();
   let trainSteps = 0;
   let start = performance.now();
   let cpuStart = cpuSeconds();
   while (trainSteps < 3 || performance.now() - start < opts.seconds * 1000) {
-    step();
+    await step();
     trainSteps++;
   }
   const trainSeconds = (performance.now() - start) / 1000;
@@ -188,7 +182,6 @@ export async function benchModel(
     decode_batch_ms: Math.round((1000 * decodeSeconds) / runs * 10) / 10,
     train_steps: trainSteps,
     decode_runs: runs,
-    optimizer: opts.optimizer,
   };
 }
 
@@ -227,19 +220,12 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       backend: { type: "string", default: "blas" },
-      optimizer: { type: "string", default: "fused" },
       seconds: { type: "string", default: "8" },
       threads: { type: "string", default: "1" },
     },
   });
-  if (values.optimizer !== "fused" && values.optimizer !== "tfjs") {
-    throw new RangeError(`--optimizer must be fused or tfjs, got ${values.optimizer}`);
-  }
   const info = await activate(values.backend!, Number(values.threads));
-  const result = await benchModel({
-    seconds: Number(values.seconds),
-    optimizer: values.optimizer,
-  });
+  const result = await benchModel({ seconds: Number(values.seconds) });
   console.log(
     JSON.stringify({
       backend: info.name ?? values.backend,

@@ -186,6 +186,8 @@ def main():
         logits = model(src, tgt[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt[:, 1:].reshape(-1))
         loss.backward()
+        # The framework's training steps clip the global gradient norm (at 1 here).
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
     for _ in range(2):

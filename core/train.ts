@@ -162,6 +162,45 @@ export function disposeBatch(batch: TokenBatch): void {
   batch.targetMask.dispose();
 }
 
+/** What {@link optimizerStep} did. */
+export interface StepResult {
+  /** The loss before the update. */
+  loss: number;
+  /** The global gradient norm before clipping. */
+  norm: number;
+  /** False when the loss or the norm was not finite: then nothing was applied. */
+  applied: boolean;
+}
+
+/**
+ * One optimizer step, the one every training loop (BC, Improve, PPO) and the benchmark
+ * take: gradients of `loss` with respect to `variables`, clipped to the global norm
+ * `clipNorm` (0: off), then one Adam update at learning rate `lr`. A loss or gradient norm
+ * that is not finite applies nothing. Frees every tensor it makes.
+ */
+export async function optimizerStep(
+  variables: readonly tf.Variable[],
+  optimizer: Adam,
+  loss: () => tf.Scalar,
+  lr: number,
+  clipNorm: number,
+): Promise<StepResult> {
+  const { value, grads } = tf.variableGrads(loss, [...variables]);
+  const lossValue = (await value.data())[0];
+  value.dispose();
+  const ordered = variables.map((v) => grads[v.name]);
+  const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
+  const clipped = clipByGlobalNorm(present, clipNorm);
+  tf.dispose(Object.values(grads));
+  const applied = Number.isFinite(lossValue) && Number.isFinite(clipped.norm);
+  if (applied) {
+    let k = 0;
+    optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
+  }
+  tf.dispose(clipped.grads);
+  return { loss: lossValue, norm: clipped.norm, applied };
+}
+
 /**
  * Trains `policy` on `pairs` with `hooks.loss`. The weights are updated in place; the
  * caller restores the best checkpoint afterwards if it wants the best rather than the last.
@@ -293,20 +332,19 @@ export async function trainLoop<P extends TokenPair>(
       total: settings.steps,
       schedule: settings.schedule,
     });
-    const { value, grads } = tf.variableGrads(() => hooks.loss(batch, items), variables);
-    const lossValue = (await value.data())[0];
-    const ordered = variables.map((v) => grads[v.name]);
-    const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
-    const clipped = clipByGlobalNorm(present, settings.clipNorm);
-    if (!Number.isFinite(lossValue) || !Number.isFinite(clipped.norm)) {
-      value.dispose();
-      tf.dispose(Object.values(grads));
-      tf.dispose(clipped.grads);
+    const update = await optimizerStep(
+      variables,
+      optimizer,
+      () => hooks.loss(batch, items),
+      lr,
+      settings.clipNorm,
+    );
+    if (!update.applied) {
       disposeBatch(batch);
       optimizer.dispose();
-      const what = Number.isFinite(lossValue)
-        ? `the gradient norm became ${clipped.norm} (the loss was ${lossValue})`
-        : `the loss became ${lossValue}`;
+      const what = Number.isFinite(update.loss)
+        ? `the gradient norm became ${update.norm} (the loss was ${update.loss})`
+        : `the loss became ${update.loss}`;
       const global = offset > 0 ? ` (step ${offset + step} of the metrics log)` : "";
       throw new UserError(
         `${hooks.prefix}: ${what} at step ${step}${global}; training stopped before that ` +
@@ -314,22 +352,17 @@ export async function trainLoop<P extends TokenPair>(
           `are kept (lower the learning rate, check the data or the loss)`,
       );
     }
-    let k = 0;
-    optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
     hooks.afterStep?.(step);
     // Each target gets an EOS from the batcher.
     const targetTokens = items.reduce(
       (sum, item) => sum + item.target.length + (item.truncated ? 0 : 1),
       0,
     );
-    value.dispose();
-    tf.dispose(Object.values(grads));
-    tf.dispose(clipped.grads);
     disposeBatch(batch);
 
     tokens += targetTokens;
     windowTokens += targetTokens;
-    windowLoss += lossValue;
+    windowLoss += update.loss;
     windowSteps++;
     hooks.progress?.tick();
     const logEvery = Math.max(1, Math.min(50, Math.floor(settings.steps / 20)));
@@ -338,7 +371,7 @@ export async function trainLoop<P extends TokenPair>(
       await hooks.metrics.log({
         [`${hooks.prefix}/loss`]: windowLoss / windowSteps,
         [`${hooks.prefix}/lr`]: lr,
-        [`${hooks.prefix}/grad_norm`]: clipped.norm,
+        [`${hooks.prefix}/grad_norm`]: update.norm,
         [`${hooks.prefix}/tokens_per_s`]: seconds > 0 ? windowTokens / seconds : NaN,
         ...systemMetrics(),
       }, offset + step);

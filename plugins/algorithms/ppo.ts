@@ -81,7 +81,8 @@ import {
   selectionReward,
 } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
-import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "../../core/optim.ts";
+import { Adam, learningRate, type Schedule } from "../../core/optim.ts";
+import { optimizerStep } from "../../core/train.ts";
 import type { Policy, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
@@ -605,7 +606,7 @@ async function loop(
         const stepSeed = derive(`step/${p.step}`).nextUint32();
         policy.reseed?.(stepSeed);
         models.valueNet?.reseed?.(stepSeed + 1);
-        stats.push(updateStep(models, minibatch, config, optimizer, variables, lr, p.step));
+        stats.push(await updateStep(models, minibatch, config, optimizer, variables, lr, p.step));
       }
     }
 
@@ -751,7 +752,7 @@ function scoreRollout(
 }
 
 /** One Adam step on a minibatch; returns its diagnostics. */
-function updateStep(
+async function updateStep(
   models: Models,
   items: readonly RolloutItem[],
   config: PpoConfig,
@@ -759,7 +760,7 @@ function updateStep(
   variables: tf.Variable[],
   lr: number,
   step: number,
-): StepStats {
+): Promise<StepStats> {
   const batch = makeBatch(items, models.policy.specials);
   const t = batch.targetOut.shape[1];
   const oldLogProbs = padded(items.map((i) => i.oldLogProbs), t);
@@ -778,54 +779,47 @@ function updateStep(
   };
   const training = config.dropout;
   try {
-    const { value, grads } = tf.variableGrads(() => {
-      const mask = batch.targetMask;
-      const forward = models.policy.forward(batch, { training });
-      const own = tokenLogProbsAndEntropy(
-        forward.logits,
-        batch.targetOut,
-        mask,
-        config.temperature,
-      );
-      const pl = clippedPolicyLoss(own.logProbs, oldLogProbs, advantages, mask, config.clipRange);
-      const entropy = maskedMean(own.entropy, mask);
-      let loss = tf.sub(pl.loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
-      let values: tf.Tensor2D | undefined;
-      if (config.critic === "head") values = forward.values;
-      else if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
-      if (values !== undefined) {
-        const vl = clippedValueLoss(values, oldValues, returns, mask, config.valueClipRange);
-        loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
-        stats.valueLoss = vl.loss.dataSync()[0];
-        stats.valueClipFraction = vl.clipFraction.dataSync()[0];
-      }
-      stats.policyLoss = pl.loss.dataSync()[0];
-      stats.clipFraction = pl.clipFraction.dataSync()[0];
-      stats.approxKl = pl.approxKl.dataSync()[0];
-      stats.entropy = entropy.dataSync()[0];
-      return loss;
-    }, variables);
-    stats.loss = value.dataSync()[0];
-    const ordered = variables.map((v) => grads[v.name]);
-    const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
-    const clipped = clipByGlobalNorm(present, config.clipNorm);
-    stats.gradNorm = clipped.norm;
-    try {
-      if (!Number.isFinite(stats.loss) || !Number.isFinite(clipped.norm)) {
-        throw new UserError(
-          `ppo: the loss became ${
-            Number.isFinite(stats.loss)
-              ? "finite but the gradient norm " + clipped.norm
-              : stats.loss
-          } at gradient step ${step}; training stopped (lower the learning rate)`,
+    const update = await optimizerStep(
+      variables,
+      optimizer,
+      () => {
+        const mask = batch.targetMask;
+        const forward = models.policy.forward(batch, { training });
+        const own = tokenLogProbsAndEntropy(
+          forward.logits,
+          batch.targetOut,
+          mask,
+          config.temperature,
         );
-      }
-      let k = 0;
-      optimizer.apply(ordered.map((g) => (g === undefined ? undefined : clipped.grads[k++])), lr);
-    } finally {
-      value.dispose();
-      tf.dispose(Object.values(grads));
-      tf.dispose(clipped.grads);
+        const pl = clippedPolicyLoss(own.logProbs, oldLogProbs, advantages, mask, config.clipRange);
+        const entropy = maskedMean(own.entropy, mask);
+        let loss = tf.sub(pl.loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
+        let values: tf.Tensor2D | undefined;
+        if (config.critic === "head") values = forward.values;
+        else if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
+        if (values !== undefined) {
+          const vl = clippedValueLoss(values, oldValues, returns, mask, config.valueClipRange);
+          loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
+          stats.valueLoss = vl.loss.dataSync()[0];
+          stats.valueClipFraction = vl.clipFraction.dataSync()[0];
+        }
+        stats.policyLoss = pl.loss.dataSync()[0];
+        stats.clipFraction = pl.clipFraction.dataSync()[0];
+        stats.approxKl = pl.approxKl.dataSync()[0];
+        stats.entropy = entropy.dataSync()[0];
+        return loss;
+      },
+      lr,
+      config.clipNorm,
+    );
+    stats.loss = update.loss;
+    stats.gradNorm = update.norm;
+    if (!update.applied) {
+      throw new UserError(
+        `ppo: the loss became ${
+          Number.isFinite(stats.loss) ? "finite but the gradient norm " + update.norm : stats.loss
+        } at gradient step ${step}; training stopped (lower the learning rate)`,
+      );
     }
   } finally {
     disposeBatch(batch);

@@ -287,58 +287,6 @@
         (local.set $h (i32.add (local.get $h) (i32.const 1)))
         (br $head))))
 
-  ;; One Adam step over n floats: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2 (in place),
-  ;; and w = w - step m / (sqrt(v) + eps), written over w. Pointers are byte offsets.
-  (func (export "adam") (param $w i32) (param $g i32) (param $m i32) (param $v i32) (param $n i32)
-    (param $b1 f32) (param $b2 f32) (param $step f32) (param $eps f32)
-    (local $i i32) (local $end i32) (local $gv v128) (local $mv v128) (local $vv v128)
-    (local $B1 v128) (local $B2 v128) (local $A1 v128) (local $A2 v128) (local $S v128) (local $E v128)
-    (local $gs f32) (local $ms f32) (local $vs f32)
-    (local.set $B1 (f32x4.splat (local.get $b1)))
-    (local.set $B2 (f32x4.splat (local.get $b2)))
-    (local.set $A1 (f32x4.splat (f32.sub (f32.const 1) (local.get $b1))))
-    (local.set $A2 (f32x4.splat (f32.sub (f32.const 1) (local.get $b2))))
-    (local.set $S (f32x4.splat (local.get $step)))
-    (local.set $E (f32x4.splat (local.get $eps)))
-    (local.set $end (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
-    (block $done
-      (loop $vec
-        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
-        (local.set $gv (v128.load (i32.add (local.get $g) (local.get $i))))
-        (local.set $mv (f32x4.add
-          (f32x4.mul (local.get $B1) (v128.load (i32.add (local.get $m) (local.get $i))))
-          (f32x4.mul (local.get $A1) (local.get $gv))))
-        (local.set $vv (f32x4.add
-          (f32x4.mul (local.get $B2) (v128.load (i32.add (local.get $v) (local.get $i))))
-          (f32x4.mul (local.get $A2) (f32x4.mul (local.get $gv) (local.get $gv)))))
-        (v128.store (i32.add (local.get $m) (local.get $i)) (local.get $mv))
-        (v128.store (i32.add (local.get $v) (local.get $i)) (local.get $vv))
-        (v128.store (i32.add (local.get $w) (local.get $i))
-          (f32x4.sub (v128.load (i32.add (local.get $w) (local.get $i)))
-            (f32x4.div (f32x4.mul (local.get $S) (local.get $mv))
-              (f32x4.add (f32x4.sqrt (local.get $vv)) (local.get $E)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 16)))
-        (br $vec)))
-    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
-    (block $tdone
-      (loop $tail
-        (br_if $tdone (i32.ge_u (local.get $i) (local.get $end)))
-        (local.set $gs (f32.load (i32.add (local.get $g) (local.get $i))))
-        (local.set $ms (f32.add
-          (f32.mul (local.get $b1) (f32.load (i32.add (local.get $m) (local.get $i))))
-          (f32.mul (f32.sub (f32.const 1) (local.get $b1)) (local.get $gs))))
-        (local.set $vs (f32.add
-          (f32.mul (local.get $b2) (f32.load (i32.add (local.get $v) (local.get $i))))
-          (f32.mul (f32.sub (f32.const 1) (local.get $b2)) (f32.mul (local.get $gs) (local.get $gs)))))
-        (f32.store (i32.add (local.get $m) (local.get $i)) (local.get $ms))
-        (f32.store (i32.add (local.get $v) (local.get $i)) (local.get $vs))
-        (f32.store (i32.add (local.get $w) (local.get $i))
-          (f32.sub (f32.load (i32.add (local.get $w) (local.get $i)))
-            (f32.div (f32.mul (local.get $step) (local.get $ms))
-              (f32.add (f32.sqrt (local.get $vs)) (local.get $eps)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br $tail))))
-
   ;; Layer norm of `rows` rows of d floats (d a multiple of 4) at $x: y = xhat gamma + beta
   ;; with xhat = (x - mean) / sqrt(var + eps); with $xhat not 0, xhat and 1 / sqrt(var + eps)
   ;; (one float per row at $rstd) are written too. Sums in float32, four lanes.

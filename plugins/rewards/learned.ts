@@ -39,12 +39,12 @@
  */
 
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
-import * as tf from "@tensorflow/tfjs-core";
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
 import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
-import { Adam, clipByGlobalNorm, learningRate } from "../../core/optim.ts";
+import { Adam, learningRate } from "../../core/optim.ts";
+import { optimizerStep } from "../../core/train.ts";
 import { definePlugin, int, num, type ResolvedPluginRef } from "../../core/plugin.ts";
 import type { Policy } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
@@ -666,24 +666,20 @@ class LearnedReward implements RewardModel {
           schedule: "cosine",
           minRatio: 0.1,
         });
-        const { value, grads } = tf.variableGrads(
-          () => model.loss(batch.map((i) => items[i]), batch.map((i) => targets[i])),
+        const update = await optimizerStep(
           variables,
+          optimizer,
+          () => model.loss(batch.map((i) => items[i]), batch.map((i) => targets[i])),
+          lr,
+          t.clipNorm,
         );
-        const loss = value.dataSync()[0];
-        const ordered = variables.map((v) => grads[v.name]);
-        const clipped = clipByGlobalNorm(ordered, t.clipNorm);
-        value.dispose();
-        tf.dispose(Object.values(grads));
-        if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
-          tf.dispose(clipped.grads);
+        if (!update.applied) {
           throw new UserError(
-            `learned reward: the training loss became ${loss} (gradient norm ${clipped.norm}) ` +
-              `at step ${step}; lower training.learningRate`,
+            `learned reward: the training loss became ${update.loss} (gradient norm ` +
+              `${update.norm}) at step ${step}; lower training.learningRate`,
           );
         }
-        optimizer.apply(clipped.grads, lr);
-        tf.dispose(clipped.grads);
+        const loss = update.loss;
         windowLoss += loss;
         windowSteps++;
         progress.tick();
@@ -691,7 +687,7 @@ class LearnedReward implements RewardModel {
           await ctx.metrics.log({
             "learned/loss": windowLoss / windowSteps,
             "learned/lr": lr,
-            "learned/grad_norm": clipped.norm,
+            "learned/grad_norm": update.norm,
           }, step);
           windowLoss = 0;
           windowSteps = 0;

@@ -33,6 +33,47 @@ Deno.test("Adam matches the update rule computed by hand", () => {
   adam.dispose();
 });
 
+Deno.test("Adam's host loop and tfjs-op update agree, weight decay and restore included", () => {
+  const init = [0.3, -1.2, 2.5, 0.01, -0.7, 1.1];
+  const grads = [[0.5, -1, 0.2, 0, 3, -0.1], [-0.2, 0.4, 0.9, 1e-4, -2, 0.3]];
+  const run = (placement: "host" | "device") => {
+    const w = tf.variable(tf.tensor2d(init, [2, 3]));
+    const adam = new Adam([w, tf.variable(tf.zeros([1]))], { weightDecay: 0.01 }, placement);
+    for (let step = 0; step < 6; step++) {
+      const g = tf.tensor2d(grads[step % 2], [2, 3]);
+      adam.apply([g, undefined], 0.05);
+      g.dispose();
+    }
+    const result = { w: Array.from(w.dataSync()), state: adam.state() };
+    w.dispose();
+    return result;
+  };
+  const host = run("host");
+  const device = run("device");
+  for (let j = 0; j < init.length; j++) {
+    assert.ok(Math.abs(host.w[j] - device.w[j]) < 1e-6, `weight ${j}: ${host.w[j]} ${device.w[j]}`);
+    assert.ok(Math.abs(host.state.v[0][j] - device.state.v[0][j]) < 1e-7);
+  }
+  // Decoupled weight decay moved the weights beyond plain Adam's update.
+  const w = tf.variable(tf.tensor2d(init, [2, 3]));
+  const plain = new Adam([w], {}, "host");
+  for (let step = 0; step < 6; step++) {
+    const g = tf.tensor2d(grads[step % 2], [2, 3]);
+    plain.apply([g], 0.05);
+    g.dispose();
+  }
+  assert.ok(Math.abs(w.dataSync()[2] - host.w[2]) > 1e-4, "weight decay changes the update");
+  // A restored state continues exactly where the saved one left off.
+  const restored = new Adam([w], {}, "host");
+  restored.restore(plain.state());
+  assert.equal(restored.step, 6);
+  assert.throws(
+    () => restored.restore({ step: 1, m: [new Float32Array(2)], v: [new Float32Array(2)] }),
+    /variable 0 has 2 values/,
+  );
+  w.dispose();
+});
+
 Deno.test("gradients are clipped to the global norm", () => {
   const a = tf.tensor1d([3, 0]);
   const b = tf.tensor1d([0, 4]);

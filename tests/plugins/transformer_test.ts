@@ -9,7 +9,6 @@ import transformer, {
 } from "../../plugins/models/transformer.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
-import { FusedAdam } from "../../plugins/models/_adam.ts";
 import { Rng } from "../../core/random.ts";
 import type { ModelFactory, Policy } from "../../core/policy.ts";
 
@@ -622,29 +621,6 @@ Deno.test("value head, save/restore through the state alone, plugin definition",
       }),
     RangeError,
   );
-});
-
-Deno.test("FusedAdam matches tf.train.adam and works through minimize", () => {
-  const init = [[0.5, -1.5, 2], [0.1, 0.2, -0.3]];
-  const a = tf.variable(tf.tensor2d(init), true, "fused_adam_test_a");
-  const b = tf.variable(tf.tensor2d(init), true, "fused_adam_test_b");
-  const target = tf.tensor2d([[1, 2, 3], [-1, -2, -3]]);
-  const fused = new FusedAdam(0.05);
-  const reference = tf.train.adam(0.05);
-  const before = tf.memory().numTensors;
-  for (let step = 0; step < 20; step++) {
-    fused.minimize(() => tf.sum(tf.square(tf.sub(tf.mul(a, a), target))) as tf.Scalar, false, [a]);
-  }
-  assert.equal(tf.memory().numTensors, before, "FusedAdam holds no tensors");
-  for (let step = 0; step < 20; step++) {
-    reference.minimize(() => tf.sum(tf.square(tf.sub(tf.mul(b, b), target))) as tf.Scalar, false, [
-      b,
-    ]);
-  }
-  close(Array.from(a.dataSync()), Array.from(b.dataSync()), 1e-5, "weights");
-  tf.dispose([a, b, target]);
-  reference.dispose();
-  fused.dispose();
 });
 
 Deno.test("attention dropout trains and leaves evaluation untouched", () => {
