@@ -33,6 +33,7 @@ import { MetricsWriter } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type { BcSettings, EvalSettings } from "./sections.ts";
 import { nllLoss } from "./batch.ts";
+import { profiler } from "./profile.ts";
 import type { Example, Progress, RewardModel, RunSplits, Tokenizer } from "./types.ts";
 
 /** Encodes pairs, leaving out those longer than `maxTokens` on either side. */
@@ -125,44 +126,45 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   );
   const progress = ctx.progress("bc", ctx.settings.steps, "steps");
   let saved = false;
-  const result = await trainLoop(policy, pairs, ctx.settings, {
-    prefix: "bc",
-    metrics,
-    progress,
-    log: ctx.log,
-    loss: (batch) =>
-      nllLoss(policy, batch, {
-        labelSmoothing: ctx.settings.labelSmoothing,
-        training: true,
-        average: "token",
-      }),
-    evaluate: async () => {
-      const evaluation = await evaluatePolicy(policy, ctx.tokenizer, valid, ctx.reward, {
-        decode: { mode: "greedy" },
-        maxLen: ctx.evaluation.maxLen,
-        batchSize: ctx.evaluation.batchSize,
-      });
-      // Select on corpus chrF (0-100) of the selection split, not on the reward.
-      return {
-        score: evaluation.chrf,
-        metrics: {
-          "eval/reward": evaluation.reward,
-          "eval/chrf": evaluation.chrf,
-          "eval/bleu": evaluation.bleu,
-        },
-      };
-    },
-    onBest: async (step, score) => {
-      await saveCheckpoint(dir, "best", policy.save(), { step, score });
-      saved = true;
-    },
-    checkpoint: {
-      dir,
-      name: TRAIN_STATE,
-      everySeconds: ctx.checkpointSeconds ?? 120,
-      metricsPath: metrics.path,
-    },
-  }, ctx.seed);
+  const result = await profiler.phase("bc", () =>
+    trainLoop(policy, pairs, ctx.settings, {
+      prefix: "bc",
+      metrics,
+      progress,
+      log: ctx.log,
+      loss: (batch) =>
+        nllLoss(policy, batch, {
+          labelSmoothing: ctx.settings.labelSmoothing,
+          training: true,
+          average: "token",
+        }),
+      evaluate: async () => {
+        const evaluation = await evaluatePolicy(policy, ctx.tokenizer, valid, ctx.reward, {
+          decode: { mode: "greedy" },
+          maxLen: ctx.evaluation.maxLen,
+          batchSize: ctx.evaluation.batchSize,
+        });
+        // Select on corpus chrF (0-100) of the selection split, not on the reward.
+        return {
+          score: evaluation.chrf,
+          metrics: {
+            "eval/reward": evaluation.reward,
+            "eval/chrf": evaluation.chrf,
+            "eval/bleu": evaluation.bleu,
+          },
+        };
+      },
+      onBest: async (step, score) => {
+        await saveCheckpoint(dir, "best", policy.save(), { step, score });
+        saved = true;
+      },
+      checkpoint: {
+        dir,
+        name: TRAIN_STATE,
+        everySeconds: ctx.checkpointSeconds ?? 120,
+        metricsPath: metrics.path,
+      },
+    }, ctx.seed));
   progress.done();
   saved ||= await hasCheckpoint(dir, "best");
   if (saved) {

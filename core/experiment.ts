@@ -10,7 +10,8 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
-import { SHARED_FOLDER, SPLITS_FILE, TOKENIZER_FILE } from "./layout.ts";
+import { PROFILE_FILE, SHARED_FOLDER, SPLITS_FILE, TOKENIZER_FILE } from "./layout.ts";
+import { formatProfile, mergeProfiles, type PhaseProfile, profiler } from "./profile.ts";
 import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
 import type {
   PluginDefinition,
@@ -297,8 +298,9 @@ async function runLocked(
   };
 
   const summaries: Record<string, RunSummary> = {};
+  const profiles: Record<string, PhaseProfile>[] = [];
   for (const run of manifest.runs) {
-    summaries[run.name] = await executeRun(manifest, run, registries, {
+    const executed = await executeRun(manifest, run, registries, {
       experimentDir,
       splits,
       tokenizer,
@@ -307,6 +309,19 @@ async function runLocked(
       backend: backendInfo,
       bcPolicy,
     });
+    summaries[run.name] = executed.summary;
+    if (executed.profile !== undefined) profiles.push(executed.profile);
+  }
+  if (profiles.length > 0) {
+    const profile = mergeProfiles(profiles);
+    await writeFileAtomic(
+      join(experimentDir, PROFILE_FILE),
+      JSON.stringify(profile, null, 1) + "\n",
+    );
+    log(
+      `profile of the ${profiles.length} run(s) executed (${join(experimentDir, PROFILE_FILE)}):`,
+    );
+    for (const line of formatProfile(profile)) log(`  ${line}`);
   }
   return { dir: experimentDir, backend: backendInfo, runs: summaries };
 }
@@ -324,7 +339,7 @@ async function executeRun(
     backend: BackendInfo;
     bcPolicy: (bcSeed: number, options?: { valueHead?: boolean }) => Promise<Policy>;
   },
-): Promise<RunSummary> {
+): Promise<{ summary: RunSummary; profile?: Record<string, PhaseProfile> }> {
   const { options, log } = shared;
   const dir = join(shared.experimentDir, run.name);
   const resolvedForRun = {
@@ -348,8 +363,9 @@ async function executeRun(
   const folder = await openRunFolder(dir, resolvedForRun, { resume: options.resume });
   if (folder.state === "complete") {
     log(`run ${run.name}: already complete, skipped (${dir})`);
-    return await readRunSummary(dir) as RunSummary;
+    return { summary: await readRunSummary(dir) as RunSummary };
   }
+  profiler.reset();
   log(`run ${run.name}: ${folder.state === "resumed" ? "resuming" : "starting"} in ${dir}`);
   setActivity(`run ${run.name}, set-up`);
   const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
@@ -364,21 +380,23 @@ async function executeRun(
     );
     await Deno.mkdir(rewardDir, { recursive: true });
     setActivity(`run ${run.name}, preparing the reward`);
-    await reward.prepare({
-      dir: rewardDir,
-      splits: shared.splits,
-      tokenizer: shared.tokenizer,
-      bcPolicy: () => shared.bcPolicy(manifest.seed),
-      evaluation: manifest.evaluation,
-      seed: manifest.seed,
-      smoke: options.smoke,
-      metrics: new MetricsWriter(join(rewardDir, "metrics.jsonl")),
-      progress: (label, total, unit) => {
-        setActivity(`run ${run.name}, reward ${label}`);
-        return startProgress(`reward: ${label}`, total, unit);
-      },
-      log: (message) => log(`reward: ${message}`),
-    });
+    const prepare = reward.prepare.bind(reward);
+    await profiler.phase("reward", () =>
+      prepare({
+        dir: rewardDir,
+        splits: shared.splits,
+        tokenizer: shared.tokenizer,
+        bcPolicy: () => shared.bcPolicy(manifest.seed),
+        evaluation: manifest.evaluation,
+        seed: manifest.seed,
+        smoke: options.smoke,
+        metrics: new MetricsWriter(join(rewardDir, "metrics.jsonl")),
+        progress: (label, total, unit) => {
+          setActivity(`run ${run.name}, reward ${label}`);
+          return startProgress(`reward: ${label}`, total, unit);
+        },
+        log: (message) => log(`reward: ${message}`),
+      }));
   }
   const ctx: RunContext = {
     experiment: manifest.experiment,
@@ -419,8 +437,10 @@ async function executeRun(
   const summary = await algorithm.run(ctx);
   const seconds = (performance.now() - started) / 1000;
   await writeRunSummary(dir, { ...summary, backend: shared.backend.name, seconds });
+  const profile = profiler.snapshot();
+  await writeFileAtomic(join(dir, PROFILE_FILE), JSON.stringify(profile, null, 1) + "\n");
   log(`run ${run.name}: done in ${seconds.toFixed(1)}s`);
-  return summary;
+  return { summary, profile };
 }
 
 /** BC model selection when the manifest's reward is learned: sentence chrF, in [0, 1]. */

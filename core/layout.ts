@@ -16,12 +16,18 @@ export const TOKENIZER_FILE = "tokenizer.json";
 /** Folder of what runs share: the BC policies (`bc/`, `bc_seed<k>/`) and trained rewards. */
 export const SHARED_FOLDER = "shared";
 
+/**
+ * Where the time went (core/profile.ts): in each run folder for that run, and in the
+ * experiment folder for the runs of the last `deno task exp` summed.
+ */
+export const PROFILE_FILE = "profile.json";
+
 /** The experiment's lock file (taken by `acquireLock` in core/run.ts). */
 export const LOCK_FILE = ".lock";
 
 /**
  * Every name the framework gives an entry of the experiment folder: the tokenizer, the
- * shared folder, the lock, the record of the splits ({@link SPLITS_FILE}) and the report's
+ * shared folder, the lock, the record of the splits ({@link SPLITS_FILE}), the profile and the report's
  * tables and figures (core/report.ts). Files are
  * written atomically through a temporary sibling `<name>.tmp-<pid>-<id>`.
  */
@@ -30,6 +36,7 @@ export const EXPERIMENT_FOLDER_ENTRIES: readonly string[] = [
   SHARED_FOLDER,
   LOCK_FILE,
   SPLITS_FILE,
+  PROFILE_FILE,
   ...Object.values(REPORT_FILES),
 ];
 

@@ -79,8 +79,15 @@ export interface Policy {
   readonly hasValueHead: boolean;
   /** Teacher-forced forward pass (call inside `tf.tidy` or an optimizer step). */
   forward(batch: TokenBatch, options: { training: boolean }): ForwardOutput;
-  /** `[B, T]` log pi(targetOut_t | ...), 0 at padding (call inside `tf.tidy`). */
-  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D;
+  /**
+   * `[B, T]` log pi(targetOut_t | ...), 0 at padding (call inside `tf.tidy`); with
+   * `temperature` T (default 1) log softmax(logits / T) at the targets, the distribution a
+   * sample drawn at temperature T came from.
+   */
+  tokenLogProbs(
+    batch: TokenBatch,
+    options: { training: boolean; temperature?: number },
+  ): tf.Tensor2D;
   /** n samples for each source: result[i][j] is sample j of source i. */
   sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]>;
   /** Greedy decoding, one output per source. */

@@ -60,6 +60,7 @@ import {
   unitStateError,
 } from "./resume.ts";
 import { hashText } from "./hash.ts";
+import { profiler } from "./profile.ts";
 
 export { readGrowFile, writeGrowFile } from "./grow_file.ts";
 export { GrowPool } from "./grow_pool.ts";
@@ -398,23 +399,23 @@ export function scoreTokens(
   batchSize: number,
   temperature = 1,
 ): number[][] {
-  const out: number[][] = [];
-  for (let i = 0; i < pairs.length; i += batchSize) {
-    const chunk = pairs.slice(i, i + batchSize);
-    const trimmed = chunk.map((p) => rowTarget(p.source, p.target, policy.specials.eos));
+  // Batches of similar lengths pad less; results go back in the input order.
+  const order = pairs.map((_, i) => i).sort((x, y) =>
+    pairs[x].target.length - pairs[y].target.length ||
+    pairs[x].source.length - pairs[y].source.length
+  );
+  const out: number[][] = new Array(pairs.length);
+  for (let i = 0; i < order.length; i += batchSize) {
+    const chunk = order.slice(i, i + batchSize);
+    const trimmed = chunk.map((k) =>
+      rowTarget(pairs[k].source, pairs[k].target, policy.specials.eos)
+    );
     const values = tf.tidy(() => {
       const batch = makeBatch(trimmed, policy.specials);
-      if (temperature === 1) {
-        return policy.tokenLogProbs(batch, { training: false }).arraySync() as number[][];
-      }
-      const { logits } = policy.forward(batch, { training: false });
-      const logP = tf.logSoftmax(tf.div(logits, temperature)) as tf.Tensor3D;
-      const picked = tf.sum(tf.mul(logP, tf.oneHot(batch.targetOut, logP.shape[2])), -1);
-      return picked.arraySync() as number[][];
+      return policy.tokenLogProbs(batch, { training: false, temperature })
+        .arraySync() as number[][];
     });
-    for (let j = 0; j < chunk.length; j++) {
-      out.push(values[j].slice(0, chunk[j].target.length));
-    }
+    chunk.forEach((k, j) => out[k] = values[j].slice(0, pairs[k].target.length));
   }
   return out;
 }
@@ -471,14 +472,17 @@ export async function grow(
   for (let start = 0; start < examples.length; start += chunkSize) {
     const chunk = examples.slice(start, start + chunkSize);
     const encoded = chunk.map((e) => ctx.tokenizer.encode(e.source, "source"));
-    const samples = await policy.sample(encoded, {
-      n: settings.samplesPerSource,
-      temperature: settings.temperature,
-      topK: settings.topK,
-      topP: settings.topP,
-      maxLen: settings.maxLen,
-      batchSize: settings.batchSize,
-      seed: seed + start,
+    const samples = await profiler.phase("grow/sample", () => {
+      profiler.count(chunk.length * settings.samplesPerSource, "samples");
+      return policy.sample(encoded, {
+        n: settings.samplesPerSource,
+        temperature: settings.temperature,
+        topK: settings.topK,
+        topP: settings.topP,
+        maxLen: settings.maxLen,
+        batchSize: settings.batchSize,
+        seed: seed + start,
+      });
     });
     const pairs: TokenPair[] = [];
     const pending: Omit<GrowRow, "reward" | "logProbs">[] = [];
@@ -498,8 +502,10 @@ export async function grow(
     await scoreRows(policy, pairs, pending, settings, ctx, rows);
     progress.tick(chunk.length);
   }
-  for (let start = 0; start < originals.length; start += chunkSize) {
-    const chunk = originals.slice(start, start + chunkSize);
+  // References in larger chunks: scoreTokens sorts each chunk by length, so its batches pad less.
+  const referenceChunk = 16 * chunkSize;
+  for (let start = 0; start < originals.length; start += referenceChunk) {
+    const chunk = originals.slice(start, start + referenceChunk);
     const pairs = chunk.map((e) => ({
       source: ctx.tokenizer.encode(e.source, "source"),
       target: [...ctx.tokenizer.encode(e.reference, "target"), policy.specials.eos],
@@ -537,8 +543,14 @@ async function scoreRows(
   ctx: RestContext,
   rows: GrowRow[],
 ): Promise<void> {
-  const logProbs = scoreTokens(policy, pairs, settings.batchSize, settings.temperature);
-  const rewards = await ctx.reward.score(pending);
+  const logProbs = await profiler.phase("grow/logprobs", () => {
+    profiler.count(pairs.length, "rows");
+    return Promise.resolve(scoreTokens(policy, pairs, settings.batchSize, settings.temperature));
+  });
+  const rewards = await profiler.phase("grow/reward", () => {
+    profiler.count(pending.length, "rows");
+    return ctx.reward.score(pending);
+  });
   checkScores(rewards, pending.length);
   for (let i = 0; i < pending.length; i++) {
     rows.push({ ...pending[i], logProbs: logProbs[i], reward: rewards[i] });
@@ -783,45 +795,46 @@ export async function improve(
   let best: { score: number; step: number; state: ReturnType<Policy["save"]> } | undefined;
   let incomingReward = NaN;
   const progress = ctx.progress(label, steps, "steps");
-  const result = await trainLoop(policy, pairs, {
-    steps,
-    batchSize: settings.batchSize,
-    learningRate: lr,
-    warmupSteps: Math.min(settings.warmupSteps, steps),
-    schedule: settings.schedule,
-    clipNorm: settings.clipNorm,
-    evalEvery: settings.evalEvery,
-    patience: settings.patience,
-    evalAtStart: true,
-  }, {
-    prefix: "improve",
-    metrics: ctx.metrics,
-    progress,
-    log: ctx.log,
-    variables: loss.variables,
-    stepOffset: position.stepOffset,
-    afterStep: (step) => loss.afterStep(step),
-    loss: (batch, items) => loss.compute(lossInput(batch, items, sourceMeans), record),
-    // No selection data (evalSize covering nothing): no selection, the trained weights stay.
-    // One seed for the whole run: every candidate, in every Improve step, is scored on the
-    // same draws, so step i+1's incoming score is step i's best.
-    evaluate: select.length === 0 ? undefined : async (step) => {
-      const score = await selectionReward(
-        policy,
-        ctx.tokenizer,
-        select,
-        ctx.reward,
-        settings.evaluation,
-        settings.selectionSeed,
-      );
-      if (step === 0) incomingReward = score;
-      return { score, metrics: { "improve/select_reward": score } };
-    },
-    onBest: (step, score) => {
-      best = { score, step, state: policy.save() };
-      return Promise.resolve();
-    },
-  }, seed);
+  const result = await profiler.phase("improve", () =>
+    trainLoop(policy, pairs, {
+      steps,
+      batchSize: settings.batchSize,
+      learningRate: lr,
+      warmupSteps: Math.min(settings.warmupSteps, steps),
+      schedule: settings.schedule,
+      clipNorm: settings.clipNorm,
+      evalEvery: settings.evalEvery,
+      patience: settings.patience,
+      evalAtStart: true,
+    }, {
+      prefix: "improve",
+      metrics: ctx.metrics,
+      progress,
+      log: ctx.log,
+      variables: loss.variables,
+      stepOffset: position.stepOffset,
+      afterStep: (step) => loss.afterStep(step),
+      loss: (batch, items) => loss.compute(lossInput(batch, items, sourceMeans), record),
+      // No selection data (evalSize covering nothing): no selection, the trained weights stay.
+      // One seed for the whole run: every candidate, in every Improve step, is scored on the
+      // same draws, so step i+1's incoming score is step i's best.
+      evaluate: select.length === 0 ? undefined : async (step) => {
+        const score = await selectionReward(
+          policy,
+          ctx.tokenizer,
+          select,
+          ctx.reward,
+          settings.evaluation,
+          settings.selectionSeed,
+        );
+        if (step === 0) incomingReward = score;
+        return { score, metrics: { "improve/select_reward": score } };
+      },
+      onBest: (step, score) => {
+        best = { score, step, state: policy.save() };
+        return Promise.resolve();
+      },
+    }, seed));
   progress.done();
   if (best !== undefined) policy.load(best.state);
   const summary: Record<string, number> = {

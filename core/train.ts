@@ -13,6 +13,7 @@ import type { Policy, TokenBatch } from "./policy.ts";
 import { Rng } from "./random.ts";
 import type { Metrics, MetricsLog, Progress } from "./types.ts";
 import { makeBatch } from "./batch.ts";
+import { profiler } from "./profile.ts";
 import {
   applyUnitState,
   assignExtras,
@@ -296,7 +297,7 @@ export async function trainLoop<P extends TokenPair>(
 
   const evaluate = async () => {
     if (hooks.evaluate === undefined) return false;
-    const { score, metrics } = await hooks.evaluate(step);
+    const { score, metrics } = await profiler.phase("select", () => hooks.evaluate!(step));
     await hooks.metrics.log(metrics, offset + step);
     if (Number.isNaN(bestScore) || score > bestScore) {
       bestScore = score;
@@ -360,6 +361,7 @@ export async function trainLoop<P extends TokenPair>(
     );
     disposeBatch(batch);
 
+    profiler.count(targetTokens, "tokens");
     tokens += targetTokens;
     windowTokens += targetTokens;
     windowLoss += update.loss;

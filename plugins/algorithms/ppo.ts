@@ -83,6 +83,7 @@ import {
 import { UserError } from "../../core/errors.ts";
 import { Adam, learningRate, type Schedule } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
+import { profiler } from "../../core/profile.ts";
 import type { Policy, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
@@ -497,13 +498,10 @@ async function loop(
 
   const evaluate = async (rollout: number) => {
     // Scored the way ReST's Improve steps score their candidates (evaluation.selectBy).
-    const score = await selectionReward(
-      policy,
-      ctx.tokenizer,
-      setup.valid,
-      ctx.reward,
-      ctx.evaluation,
-      ctx.seed,
+    const score = await profiler.phase(
+      "select",
+      () =>
+        selectionReward(policy, ctx.tokenizer, setup.valid, ctx.reward, ctx.evaluation, ctx.seed),
     );
     await ctx.metrics.log({ "ppo/valid_reward": score, "ppo/rollout": rollout }, p.step);
     // Without validation pairs the reward is NaN: then the latest weights count as best.
@@ -523,14 +521,18 @@ async function loop(
     // 1. Rollout: sample from the current policy and score.
     const sourceCount = Math.ceil(size / config.samplesPerSource);
     const examples = nextSources(sourceCount);
-    const generations = await policy.sample(examples.map((e) => encode(e.source)), {
-      n: config.samplesPerSource,
-      temperature: config.temperature,
-      topK: 0,
-      topP: 1,
-      maxLen: ctx.evaluation.maxLen,
-      batchSize: ctx.evaluation.batchSize,
-      seed: derive(`sample/${r}`).nextUint32(),
+    const generations = await profiler.phase("ppo/sample", async () => {
+      const out = await policy.sample(examples.map((e) => encode(e.source)), {
+        n: config.samplesPerSource,
+        temperature: config.temperature,
+        topK: 0,
+        topP: 1,
+        maxLen: ctx.evaluation.maxLen,
+        batchSize: ctx.evaluation.batchSize,
+        seed: derive(`sample/${r}`).nextUint32(),
+      });
+      profiler.count(examples.length * config.samplesPerSource, "samples");
+      return out;
     });
     const items: RolloutItem[] = [];
     for (let i = 0; i < examples.length && items.length < size; i++) {
@@ -549,11 +551,14 @@ async function loop(
         });
       }
     }
-    const scores = await ctx.reward.score(items.map((item) => ({
-      source: item.example.source,
-      hypothesis: item.hypothesis,
-      reference: item.example.reference,
-    })));
+    const scores = await profiler.phase("ppo/reward", () => {
+      profiler.count(items.length, "rows");
+      return ctx.reward.score(items.map((item) => ({
+        source: item.example.source,
+        hypothesis: item.hypothesis,
+        reference: item.example.reference,
+      })));
+    });
     checkScores(scores, items.length);
     items.forEach((item, i) => (item.score = scores[i]));
     p.samplesUsed += items.length;
@@ -571,7 +576,10 @@ async function loop(
     const normaliser = p.normaliser;
 
     // 2. Old log-probabilities, values and reference log-probabilities; advantages.
-    const { refLogProbs, entropy } = scoreRollout(models, items, config, baseline);
+    const { refLogProbs, entropy } = await profiler.phase("ppo/score", () => {
+      profiler.count(items.length, "rows");
+      return Promise.resolve(scoreRollout(models, items, config, baseline));
+    });
     const beta = kl.value;
     const adv = rolloutAdvantages(
       items.map((item, i) => ({
@@ -606,7 +614,13 @@ async function loop(
         const stepSeed = derive(`step/${p.step}`).nextUint32();
         policy.reseed?.(stepSeed);
         models.valueNet?.reseed?.(stepSeed + 1);
-        stats.push(await updateStep(models, minibatch, config, optimizer, variables, lr, p.step));
+        const step = p.step;
+        stats.push(
+          await profiler.phase("ppo/update", () => {
+            profiler.count(minibatch.length, "rows");
+            return updateStep(models, minibatch, config, optimizer, variables, lr, step);
+          }),
+        );
       }
     }
 

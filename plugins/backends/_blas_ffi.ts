@@ -26,6 +26,7 @@
  * @module
  */
 
+import { addGemmTime } from "../../core/profile.ts";
 import { UserError } from "../../core/errors.ts";
 
 const CBLAS_ROW_MAJOR = 101;
@@ -431,6 +432,7 @@ function checkedGemm(symbol: SgemmSymbol): BlasLibrary["gemm"] {
       }
       return;
     }
+    const started = performance.now();
     symbol(
       CBLAS_ROW_MAJOR,
       transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
@@ -447,5 +449,6 @@ function checkedGemm(symbol: SgemmSymbol): BlasLibrary["gemm"] {
       cv,
       ldc,
     );
+    addGemmTime(performance.now() - started);
   };
 }

@@ -391,9 +391,15 @@ export class TransformerPolicy implements Policy {
     return this.#values(this.#decoderStates(batch, options.training), b, tLen);
   }
 
-  /** `[B, T]` log pi(targetOut_t | ...), exactly 0 at padding (`targetMask` 0). */
-  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
-    return this.smoothedTokenLogProbs(batch, { training: options.training, labelSmoothing: 0 });
+  /**
+   * `[B, T]` log softmax(logits / temperature)(targetOut_t) (temperature default 1), exactly 0
+   * at padding (`targetMask` 0).
+   */
+  tokenLogProbs(
+    batch: TokenBatch,
+    options: { training: boolean; temperature?: number },
+  ): tf.Tensor2D {
+    return this.smoothedTokenLogProbs(batch, { ...options, labelSmoothing: 0 });
   }
 
   /**
@@ -402,14 +408,20 @@ export class TransformerPolicy implements Policy {
    */
   smoothedTokenLogProbs(
     batch: TokenBatch,
-    options: { training: boolean; labelSmoothing: number },
+    options: { training: boolean; labelSmoothing: number; temperature?: number },
   ): tf.Tensor2D {
     const eps = options.labelSmoothing;
     if (!(eps >= 0 && eps < 1)) {
       throw new RangeError(`labelSmoothing must be in [0, 1), got ${eps}`);
     }
+    const temperature = options.temperature ?? 1;
+    if (!(temperature > 0 && Number.isFinite(temperature))) {
+      throw new RangeError(`temperature must be a positive number, got ${temperature}`);
+    }
     const [b, tLen] = batch.targetOut.shape;
-    const h = this.#decoderStates(batch, options.training);
+    const states = this.#decoderStates(batch, options.training);
+    // The output layer has no bias: logits / T are the logits of the states scaled by 1 / T.
+    const h = temperature === 1 ? states : tf.div(states, temperature) as typeof states;
     const targets = toInt32(batch.targetOut);
     const maskValues = batch.targetMask.dataSync();
     const active = Uint8Array.from(maskValues, (m) => (m > 0 ? 1 : 0));

@@ -94,11 +94,17 @@ export class TinyPolicy implements Policy {
   }
 
   /** `[B, T]` log-probabilities of targetOut, 0 at padding. */
-  tokenLogProbs(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
+  tokenLogProbs(
+    batch: TokenBatch,
+    options: { training: boolean; temperature?: number },
+  ): tf.Tensor2D {
     return tf.tidy(() => {
       const { logits } = this.forward(batch, options);
       const logP = tf.sum(
-        tf.mul(tf.logSoftmax(logits), tf.oneHot(batch.targetOut, this.vocab)),
+        tf.mul(
+          tf.logSoftmax(tf.div(logits, options.temperature ?? 1)),
+          tf.oneHot(batch.targetOut, this.vocab),
+        ),
         -1,
       );
       return tf.mul(logP, batch.targetMask) as tf.Tensor2D;

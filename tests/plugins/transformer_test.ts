@@ -119,6 +119,19 @@ Deno.test("a tiny model memorises a tiny dataset; decoding methods agree; no ten
     close(forced[i].slice(0, g.tokens.length), g.logProbs, 1e-4, `row ${i}`)
   );
 
+  // At temperature T: log softmax(logits / T) at the targets, from the forward pass's logits.
+  const tempered = tf.tidy(() => {
+    const batch = makeBatch(DATA.map((d) => ({ source: d.source, target: d.target })), specials);
+    const fast = policy.tokenLogProbs(batch, { training: false, temperature: 0.7 });
+    const { logits } = policy.forward(batch, { training: false });
+    const reference = tf.mul(
+      tf.sum(tf.mul(tf.logSoftmax(tf.div(logits, 0.7)), tf.oneHot(batch.targetOut, VOCAB)), -1),
+      batch.targetMask,
+    );
+    return [fast.arraySync(), reference.arraySync()] as number[][][];
+  });
+  tempered[0].forEach((row, i) => close(row, tempered[1][i], 1e-4, `tempered row ${i}`));
+
   const beam1 = await policy.beam(sources, { maxLen: 8, beamSize: 1, lengthPenalty: 0 });
   assert.deepEqual(beam1.map((g) => g.tokens), greedy.map((g) => g.tokens));
   const beam4 = await policy.beam(sources, { maxLen: 8, beamSize: 4, lengthPenalty: 0.6 });

@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { addGemmTime, formatProfile, mergeProfiles, Profiler } from "../../core/profile.ts";
+
+function busy(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    // spin: CPU time in user mode
+  }
+}
+
+Deno.test("profiler charges time to the innermost phase only, with units and GEMM time", async () => {
+  const profiler = new Profiler();
+  await profiler.phase("outer", async () => {
+    busy(30);
+    profiler.count(100, "tokens");
+    await profiler.phase("inner", () => {
+      busy(60);
+      addGemmTime(25);
+      profiler.count(7, "rows");
+      return Promise.resolve();
+    });
+    busy(30);
+  });
+  const profile = profiler.snapshot();
+  assert.ok(
+    profile.outer.seconds >= 0.055 && profile.outer.seconds < 0.09,
+    `${profile.outer.seconds}`,
+  );
+  assert.ok(
+    profile.inner.seconds >= 0.055 && profile.inner.seconds < 0.115,
+    `${profile.inner.seconds}`,
+  );
+  assert.equal(profile.inner.gemmSeconds, 0.025);
+  assert.equal(profile.outer.gemmSeconds, 0);
+  assert.deepEqual(profile.outer.units, { tokens: 100 });
+  assert.deepEqual(profile.inner.units, { rows: 7 });
+  assert.equal(profile.outer.calls, 1);
+  assert.ok(profile.inner.userSeconds + profile.inner.systemSeconds > 0.03, "CPU time counted");
+
+  // An exception still closes the phase.
+  await assert.rejects(profiler.phase("failing", () => Promise.reject(new Error("boom"))));
+  busy(20);
+  const after = profiler.snapshot();
+  assert.ok(after.other.seconds >= 0.015, "time outside every phase is `other`");
+
+  const merged = mergeProfiles([profile, profile]);
+  assert.equal(merged.outer.calls, 2);
+  assert.deepEqual(merged.inner.units, { rows: 14 });
+  const lines = formatProfile(merged);
+  assert.match(lines[0], /^(outer|inner) /);
+  assert.ok(lines.some((l) => /inner .* gemm \d+%\s+\d+ rows\/s/.test(l)), lines.join("\n"));
+
+  profiler.reset();
+  assert.deepEqual(Object.keys(profiler.snapshot()), ["other"]);
+});
