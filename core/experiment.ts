@@ -412,6 +412,7 @@ async function executeRun(
       reward: run.reward,
       smoke: options.smoke,
     })),
+    ...(run.loss ? { lossKey: hashText(JSON.stringify(run.loss)) } : {}),
     seed: run.seed,
     smoke: options.smoke,
     resume: folder.state === "resumed",

@@ -59,8 +59,14 @@ import {
   type UnitState,
   unitStateError,
 } from "./resume.ts";
-import { hashText } from "./hash.ts";
 import { profiler } from "./profile.ts";
+import {
+  lineageKey,
+  loadSharedStep,
+  recordingLog,
+  saveSharedStep,
+  sharedStepDir,
+} from "./step_share.ts";
 
 export { readGrowFile, writeGrowFile } from "./grow_file.ts";
 export { GrowPool } from "./grow_pool.ts";
@@ -149,6 +155,8 @@ export interface RestContext {
   log(message: string): void;
   /** BC's label smoothing, passed to the loss (default 0). */
   labelSmoothing?: number;
+  /** The experiment's shared folder (Grow sets and Improve steps computed once). */
+  sharedDir?: string;
 }
 
 /** Name of the run's resumable state (after each finished Grow or Improve step). */
@@ -182,18 +190,30 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
   const pool = new GrowPool();
   const sampled = new DistinctSamples();
   let index = 0;
+  // Lineage keys (core/step_share.ts) of the policy and of the Grow pool: runs of this
+  // experiment in the same state share the Grow sets and Improve steps that follow.
+  let { lineage, poolKey } = resume.lineage;
   try {
     for (let g = 1; g <= config.growSteps; g++) {
+      const growSeed = ctx.seed * 1000 + g;
+      const growKey = lineage === undefined
+        ? undefined
+        : lineageKey([lineage, "grow", growSettings, growSeed]);
       const rows = g <= resume.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
         policy,
         ctx.splits.train,
         growSettings,
         restCtx,
         g,
-        ctx.seed * 1000 + g,
-        g === 1 ? sharedGrowPath(ctx, growSettings) : undefined,
+        growSeed,
+        growKey === undefined ? undefined : sharedGrowPath(ctx.sharedDir, growKey),
       );
-      if (g > resume.done.grow) await resume.save(g, index);
+      poolKey = growKey === undefined || (config.accumulate && g > 1 && poolKey === undefined)
+        ? undefined
+        : config.accumulate && g > 1
+        ? lineageKey([poolKey, growKey])
+        : growKey;
+      if (g > resume.done.grow) await resume.save(g, index, { lineage, poolKey });
       if (!config.accumulate) pool.clear();
       pool.addAll(rows);
       for (const r of rows) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
@@ -215,11 +235,15 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
             improveSteps: config.improveSteps,
             index,
             stepOffset: resume.stepOffset(),
+            lineage: lineage === undefined || poolKey === undefined || ctx.lossKey === undefined
+              ? undefined
+              : lineageKey([lineage, poolKey, ctx.lossKey, improveSettings, g, i, index, ctx.seed]),
           },
           ctx.seed * 1000 + index,
         );
+        lineage = result.lineage;
         resume.steps.push(result.steps);
-        await resume.save(g, index);
+        await resume.save(g, index, { lineage, poolKey });
       }
     }
     const gradientSteps = resume.stepOffset();
@@ -284,10 +308,9 @@ export function improveLearningRate(
   return 0.5 * reference;
 }
 
-/** Where the first Grow set of runs that would grow the identical set is shared. */
-function sharedGrowPath(ctx: RunContext, settings: GrowSettings): string {
-  const key = hashText(JSON.stringify([ctx.fingerprint, settings, ctx.seed]));
-  return join(ctx.sharedDir, "grow", `grow_1-${key}.jsonl`);
+/** Where a Grow set with lineage key `key` is shared by the runs that would grow it. */
+function sharedGrowPath(sharedDir: string, key: string): string {
+  return join(sharedDir, "grow", `grow-${key}.jsonl`);
 }
 
 /** What {@link resumeRest} restored, and how to save the next state. */
@@ -298,8 +321,16 @@ interface RestResume {
   steps: number[];
   /** Optimizer steps so far (the metrics' step axis). */
   stepOffset(): number;
+  /** The lineage keys saved with the state (the BC policy's when starting afresh). */
+  lineage: Lineage;
   /** Saves the state after Grow step `grow` and Improve step `index` of the run. */
-  save(grow: number, index: number): Promise<void>;
+  save(grow: number, index: number, lineage: Lineage): Promise<void>;
+}
+
+/** Lineage keys of the policy and the Grow pool (absent: unknown, nothing is shared). */
+interface Lineage {
+  lineage?: string;
+  poolKey?: string;
 }
 
 /**
@@ -317,6 +348,8 @@ async function resumeRest(
   const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
   let done = { grow: 0, index: 0 };
   let steps: number[] = [];
+  // A fresh run starts from the BC policy, whose lineage is everything upstream.
+  let lineage: Lineage = { lineage: ctx.fingerprint };
   if (saved !== undefined) {
     checkRestState(saved, config);
     await applyUnitState(saved, () => policy.load(saved.policy));
@@ -328,6 +361,9 @@ async function resumeRest(
     await rewindMetrics(metricsPath, saved.meta);
     done = saved.meta.done as typeof done;
     steps = [...saved.meta.steps as number[]];
+    // States saved before lineage keys existed (or with a malformed one) share nothing.
+    const key = (v: unknown) => typeof v === "string" && /^[0-9a-f]{1,64}$/.test(v) ? v : undefined;
+    lineage = { lineage: key(saved.meta.lineage), poolKey: key(saved.meta.poolKey) };
     ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`);
   } else if (ctx.resume) {
     // Nothing finished yet: start over with an empty log (Grow files are reused).
@@ -336,9 +372,11 @@ async function resumeRest(
   return {
     done,
     steps,
+    lineage,
     stepOffset: () => steps.reduce((a, b) => a + b, 0),
-    save: (grow, index) =>
+    save: (grow, index, keys) =>
       saveUnitState(ctx.dir, STATE, policy, loss.variables, {
+        ...keys,
         done: { grow, index },
         steps: steps.slice(0, index),
         growSteps: config.growSteps,
@@ -697,6 +735,8 @@ export interface ImproveResult {
   incomingReward: number;
   /** Optimizer steps taken. */
   steps: number;
+  /** Lineage key of the weights the step ends with (absent: the step was not keyed). */
+  lineage?: string;
 }
 
 /** Where an Improve step is in the run. */
@@ -711,6 +751,12 @@ export interface ImprovePosition {
   index: number;
   /** Optimizer steps taken before this Improve step (the metrics' step axis). */
   stepOffset: number;
+  /**
+   * Lineage key of everything the step depends on but its threshold (see core/step_share.ts);
+   * with it and a shared folder in the context, an identical step already taken by another
+   * run of the experiment is loaded instead of trained.
+   */
+  lineage?: string;
 }
 
 /**
@@ -758,13 +804,15 @@ export async function improve(
       Object.entries(decision.metrics).map(([k, v]) => [`improve/${k}`, v]),
     ),
   };
+  const inputs = position.lineage === undefined ? undefined : [position.lineage, tauKey(tau)];
+  const lineage = inputs === undefined ? undefined : lineageKey(inputs);
   if (kept.length === 0) {
     ctx.log(
       `${label}: skipped: no row has reward > tau = ${tauValue.toFixed(4)} (largest reward ` +
         `${maxOf(pool.rewards())})`,
     );
     await ctx.metrics.log({ ...counts, "improve/skipped": 1 }, position.stepOffset);
-    return { tau: tauValue, kept: 0, validReward: NaN, incomingReward: NaN, steps: 0 };
+    return { tau: tauValue, kept: 0, validReward: NaN, incomingReward: NaN, steps: 0, lineage };
   }
   const sourceMeans = new Map([...bySource].map(([s, v]) => [s, mean(v)]));
   const pairs: RowPair[] = kept.map((i) => {
@@ -781,6 +829,19 @@ export async function improve(
     improveSteps: position.improveSteps,
     labelSmoothing: ctx.labelSmoothing ?? 0,
   });
+  const sharedDir = inputs !== undefined && ctx.sharedDir !== undefined
+    ? sharedStepDir(ctx.sharedDir, lineage!)
+    : undefined;
+  if (sharedDir !== undefined) {
+    const stored = await loadSharedStep(sharedDir, inputs, policy, loss);
+    if (stored !== undefined) {
+      for (const { record, step } of stored.records) await ctx.metrics.log(record, step);
+      ctx.log(`${label}: identical to a step another run took; reused ${sharedDir}`);
+      ctx.log(stored.summary);
+      return { ...restoreNaN(stored.result) as unknown as ImproveResult, lineage };
+    }
+  }
+  const metrics = recordingLog(ctx.metrics);
   const lr = settings.learningRate * settings.learningRateDecay ** (position.index - 1);
   const steps = Math.min(
     settings.steps,
@@ -808,7 +869,7 @@ export async function improve(
       evalAtStart: true,
     }, {
       prefix: "improve",
-      metrics: ctx.metrics,
+      metrics,
       progress,
       log: ctx.log,
       variables: loss.variables,
@@ -848,21 +909,28 @@ export async function improve(
     "improve/seconds": (performance.now() - started) / 1000,
   };
   for (const [name, values] of diagnostics) summary[`improve/${name}`] = mean(values);
-  await ctx.metrics.log(summary, position.stepOffset + result.steps);
-  ctx.log(
-    `${label}: tau ${tauValue.toFixed(3)}, kept ${kept.length}/${pool.size} rows ` +
-      `(${kept.length - keptReferences} samples, ${keptReferences} references), ${result.steps} ` +
-      `steps; selection reward ${(100 * incomingReward).toFixed(2)} -> ${
-        (100 * result.bestScore).toFixed(2)
-      } (best at step ${result.bestStep}${result.bestStep === 0 ? ": incoming weights kept" : ""})`,
-  );
-  return {
+  await metrics.log(summary, position.stepOffset + result.steps);
+  const line = `${label}: tau ${tauValue.toFixed(3)}, kept ${kept.length}/${pool.size} rows ` +
+    `(${kept.length - keptReferences} samples, ${keptReferences} references), ${result.steps} ` +
+    `steps; selection reward ${(100 * incomingReward).toFixed(2)} -> ${
+      (100 * result.bestScore).toFixed(2)
+    } (best at step ${result.bestStep}${result.bestStep === 0 ? ": incoming weights kept" : ""})`;
+  ctx.log(line);
+  const outcome = {
     tau: tauValue,
     kept: kept.length,
     validReward: result.bestScore,
     incomingReward,
     steps: result.steps,
   };
+  if (sharedDir !== undefined) {
+    await saveSharedStep(sharedDir, inputs, policy, loss, {
+      result: outcome,
+      records: metrics.records,
+      summary: line,
+    });
+  }
+  return { ...outcome, lineage };
 }
 
 /** The schedule's decision for one Improve step (with its notes when it gives them). */
@@ -872,4 +940,14 @@ function decideThreshold(
 ): ThresholdDecision {
   if (threshold.decide !== undefined) return threshold.decide(args);
   return { tau: threshold.threshold(args), notes: [], metrics: {} };
+}
+
+/** A JSON-able identity of a threshold: the number, or a hash of a per-source map. */
+function tauKey(tau: number | Map<string, number>): string | number {
+  return typeof tau === "number" ? tau : lineageKey([...tau].sort((a, b) => a[0] < b[0] ? -1 : 1));
+}
+
+/** Numbers that went through JSON as null (NaN, infinities) back to NaN. */
+function restoreNaN(values: Record<string, number | null>): Record<string, number> {
+  return Object.fromEntries(Object.entries(values).map(([k, v]) => [k, v ?? NaN]));
 }

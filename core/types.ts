@@ -231,6 +231,11 @@ export interface RunContext {
    * share work keyed by it (with the settings of that work, e.g. Grow's decoding settings).
    */
   fingerprint: string;
+  /**
+   * A hash of the run's loss section (plugin and config), for sharing Improve steps between
+   * runs (absent: the run has no loss, or its steps are not shared).
+   */
+  lossKey?: string;
   /** The run's seed. */
   seed: number;
   /** True under `--smoke`. */

@@ -137,7 +137,21 @@ const CASES: Case[] = [
       const list = await lines(path);
       await writeLines(path, list.slice(0, 3));
     },
-    message: /grow_1-[0-9a-f]+\.jsonl has 3 rows/,
+    message: /grow-[0-9a-f]+\.jsonl has 3 rows/,
+  },
+  {
+    label: "a shared Improve step whose weights file is cut short",
+    reopen: ["rest"],
+    damage: async (exp) => {
+      // Without its own state the run redoes Improve 1.1, which another run (this one, the
+      // first time) already stored in shared/improve/.
+      for (const name of [...Deno.readDirSync(join(exp, "rest"))].map((e) => e.name)) {
+        if (name.startsWith("rest_state")) await Deno.remove(join(exp, "rest", name));
+      }
+      const [key] = [...Deno.readDirSync(join(exp, "shared", "improve"))].map((e) => e.name);
+      await Deno.truncate(only(join(exp, "shared", "improve", key), /^step-.*\.bin$/), 100);
+    },
+    message: /step-[0-9a-f]+\.bin: 100 bytes, expected \d+/,
   },
   {
     label: "a truncated tokenizer.json",
