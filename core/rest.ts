@@ -186,6 +186,12 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
     selectionSeed: ctx.seed,
   };
   const select = limit(ctx.splits.select, config.improve.evalSize);
+  // What an Improve step's outcome depends on among the settings (not, e.g., Best-of-N's).
+  const { selectBy, selectSamples, temperature, maxLen, batchSize } = ctx.evaluation;
+  const stepSettings = {
+    ...improveSettings,
+    evaluation: { selectBy, selectSamples, temperature, maxLen, batchSize },
+  };
   const resume = await resumeRest(ctx, config, policy, bcPolicy, loss);
   const pool = new GrowPool();
   const sampled = new DistinctSamples();
@@ -237,7 +243,7 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
             stepOffset: resume.stepOffset(),
             lineage: lineage === undefined || poolKey === undefined || ctx.lossKey === undefined
               ? undefined
-              : lineageKey([lineage, poolKey, ctx.lossKey, improveSettings, g, i, index, ctx.seed]),
+              : lineageKey([lineage, poolKey, ctx.lossKey, stepSettings, g, i, index, ctx.seed]),
           },
           ctx.seed * 1000 + index,
         );
