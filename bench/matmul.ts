@@ -13,7 +13,7 @@ import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../core/
 import blas from "../plugins/backends/blas.ts";
 import cpu from "../plugins/backends/cpu.ts";
 import wasm from "../plugins/backends/wasm.ts";
-import { loadBlas, sgemm } from "../plugins/backends/_blas_ffi.ts";
+import { loadBlas, sgemm } from "../plugins/_nn/blas_ffi.ts";
 import { errorMessage } from "../plugins/backends/_tfjs.ts";
 
 /** One backend's measurement. */

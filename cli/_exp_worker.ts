@@ -18,7 +18,7 @@ import { createRegistries } from "../core/registry.ts";
 import { describePlan, runExperiment } from "../core/experiment.ts";
 import { renderTable, writeReport } from "../core/report.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import { loadBlas } from "../plugins/backends/_blas_ffi.ts";
+import { loadBlas } from "../plugins/backends/blas.ts";
 import { EXIT_USER, exitProcess, runMain } from "./_main.ts";
 import { PluginError } from "../core/plugin_guard.ts";
 import { setNpmCacheDir } from "../plugins/backends/_tfjs.ts";

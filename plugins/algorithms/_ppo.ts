@@ -14,17 +14,18 @@
  *   penalty, GAE per sequence, returns, whitening over every token of the batch);
  * - {@link AdaptiveKl}: the adaptive KL coefficient of Ziegler et al. 2019 (Section 2.2);
  *   {@link FixedKl} the constant one;
- * - {@link tokenLogProbsAndEntropy}: per-token log-probabilities of the taken tokens and
- *   the policy's entropy from logits, at a sampling temperature;
  * - {@link clippedPolicyLoss}, {@link clippedValueLoss}: the PPO-clip objectives on
  *   `[B, T]` tensors, masked to real tokens;
  * - {@link PositionBaseline}: a critic-free baseline for policies without a value head.
+ *
+ * Per-token log-probabilities, entropies and masked means are in `../_nn/token_stats.ts`.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
 import { appendAll } from "../../core/append.ts";
+import { maskedMean } from "../_nn/token_stats.ts";
 
 /** Per-token rewards of one sampled sequence and its KL estimate to the reference. */
 export interface PenalisedRewards {
@@ -294,49 +295,6 @@ export class AdaptiveKl implements KlController {
     if (Number.isFinite(error)) this.value *= 1 + (error * nSteps) / this.horizon;
     return this.value;
   }
-}
-
-/** Mean of `x` over the positions where `mask` is 1 (0 when the mask is all zeros). */
-export function maskedMean(x: tf.Tensor, mask: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.div(tf.sum(tf.mul(x, mask)), tf.maximum(tf.sum(mask), 1)) as tf.Scalar);
-}
-
-/** Per-token log-probabilities of the taken tokens and entropies (`[B, T]`, 0 at padding). */
-export interface TokenStats {
-  /** log pi_T(targets_t | ...) under softmax(logits / temperature). */
-  logProbs: tf.Tensor2D;
-  /** -sum_v pi_T(v) log pi_T(v): the entropy of each position's distribution. */
-  entropy: tf.Tensor2D;
-}
-
-/**
- * Log-probabilities of `targets` and per-position entropies of the distribution
- * softmax(logits / temperature), masked to real tokens. With a temperature other than 1
- * this is the policy the samples were actually drawn from, so PPO's ratios and KL terms
- * stay on-policy.
- *
- * @throws {RangeError} when `temperature` is not positive.
- */
-export function tokenLogProbsAndEntropy(
-  logits: tf.Tensor3D,
-  targets: tf.Tensor2D,
-  mask: tf.Tensor2D,
-  temperature = 1,
-): TokenStats {
-  if (!(temperature > 0)) {
-    throw new RangeError(`tokenLogProbsAndEntropy: temperature must be > 0, got ${temperature}`);
-  }
-  return tf.tidy(() => {
-    const scaled = temperature === 1 ? logits : tf.div(logits, temperature);
-    const logP = tf.logSoftmax(scaled);
-    const vocab = logits.shape[2];
-    const picked = tf.sum(tf.mul(logP, tf.oneHot(tf.cast(targets, "int32"), vocab)), -1);
-    const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logP), logP), -1));
-    return {
-      logProbs: tf.mul(picked, mask) as tf.Tensor2D,
-      entropy: tf.mul(entropy, mask) as tf.Tensor2D,
-    };
-  });
 }
 
 /** The clipped surrogate and its diagnostics (scalars). */

@@ -106,11 +106,10 @@ import {
   explainedVariance,
   FixedKl,
   type KlController,
-  maskedMean,
   PositionBaseline,
   rolloutAdvantages,
-  tokenLogProbsAndEntropy,
 } from "./_ppo.ts";
+import { maskedMean, tokenLogProbsAndEntropy } from "../_nn/token_stats.ts";
 
 /** KL penalty settings of the `ppo` algorithm. */
 export interface PpoKlConfig {

@@ -5,7 +5,7 @@
  *
  * It registers a tfjs backend named `blas`: a `MathBackendCPU` carrying a copy
  * of every cpu kernel, with the matmul kernels overriding the copies, as do
- * faster JavaScript kernels from `_kernels.ts` for what dominated a transformer
+ * faster JavaScript kernels from `_tfjs_kernels.ts` for what dominated a transformer
  * training step once matmuls were fast: UnsortedSegmentSum (gather's gradient),
  * the float32 broadcasting Neg/Add/Sub/Multiply/RealDiv/Maximum/Minimum/
  * SquaredDifference, strided Slice/SplitV, Transpose without index arrays,
@@ -14,6 +14,9 @@
  * comparisons, GatherV2, Tile and Concat. All give tfjs-cpu's exact results.
  * Gradients need nothing extra: the tfjs gradient definitions of
  * matMul/fusedMatMul call these kernels again.
+ *
+ * Registering also binds the library for the GEMM dispatch of `../_nn/gemm.ts`, so the
+ * transformer's fused layers call it directly while `blas` is the active backend.
  *
  * Needs `--allow-ffi` and OpenBLAS (`apt-get install libopenblas0-pthread`).
  *
@@ -24,7 +27,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Backend, BackendInfo } from "../../core/types.ts";
-import { type BlasLibrary, loadBlas, sgemm } from "./_blas_ffi.ts";
+import { type BlasLibrary, loadBlas, sgemm } from "../_nn/blas_ffi.ts";
+import { bindBlasBackend } from "../_nn/gemm.ts";
 import {
   cpuSegmentSumKernel,
   fastBinaryKernels,
@@ -38,8 +42,14 @@ import {
   fastTransposeKernel,
   fastUnaryKernels,
   replaceKernel,
-} from "./_kernels.ts";
+} from "./_tfjs_kernels.ts";
 import { activateBackend, quietCpuHint } from "./_tfjs.ts";
+
+/**
+ * Opens the CBLAS library the `blas` backend uses (`loadBlas` of `../_nn/blas_ffi.ts`);
+ * the experiment worker opens it before it gives up FFI permission.
+ */
+export { loadBlas };
 
 /** The tfjs backend name this plugin registers. */
 export const BLAS_BACKEND = "blas";
@@ -310,7 +320,8 @@ let registeredWith: BlasLibrary | undefined;
  * Registers the tfjs backend `blas` (idempotent): a `MathBackendCPU` with every cpu kernel,
  * where the matrix products call `lib`, UnsortedSegmentSum is the O(n) scatter-add and
  * the element-wise, Slice/SplitV, Transpose, reduction, Softmax, GatherV2, Tile and Concat
- * kernels of `_kernels.ts` replace tfjs-cpu's index-array loops.
+ * kernels of `_tfjs_kernels.ts` replace tfjs-cpu's index-array loops. It also binds `lib`
+ * for the GEMM dispatch of `../_nn/gemm.ts` (`activeBlas()` there).
  */
 export function registerBlasBackend(lib: BlasLibrary): void {
   if (registeredWith === lib) return;
@@ -336,18 +347,8 @@ export function registerBlasBackend(lib: BlasLibrary): void {
   for (const config of fastReduceKernels(BLAS_BACKEND)) replaceKernel(config);
   for (const config of fastUnaryKernels(BLAS_BACKEND)) replaceKernel(config);
   for (const config of fastCompareKernels(BLAS_BACKEND)) replaceKernel(config);
+  bindBlasBackend(BLAS_BACKEND, lib);
   registeredWith = lib;
-}
-
-/**
- * The library behind the `blas` backend's matrix products when `blas` is the active tfjs
- * backend, else undefined. Code that holds plain `Float32Array`s (the transformer's fused
- * layers) calls `cblas_sgemm` through it directly, skipping tfjs's tensor bookkeeping; the
- * products are the very calls the backend's kernels would make, so results are identical.
- */
-export function activeBlas(): BlasLibrary | undefined {
-  if (registeredWith === undefined) return undefined;
-  return tf.getBackend() === BLAS_BACKEND ? registeredWith : undefined;
 }
 
 let mallocTuned: boolean | undefined;

@@ -11,7 +11,7 @@ import "@tensorflow/tfjs-backend-cpu";
 import { definePlugin } from "../../core/plugin.ts";
 import type { Backend, BackendInfo } from "../../core/types.ts";
 import { activateBackend } from "./_tfjs.ts";
-import { cpuSegmentSumKernel, replaceKernel } from "./_kernels.ts";
+import { cpuSegmentSumKernel, replaceKernel } from "./_tfjs_kernels.ts";
 
 /** Config of the `cpu` backend. */
 export interface CpuConfig {

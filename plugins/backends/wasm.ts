@@ -29,7 +29,12 @@ import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { definePlugin } from "../../core/plugin.ts";
 import { UserError } from "../../core/errors.ts";
 import type { Backend, BackendInfo } from "../../core/types.ts";
-import { type NumericArray, replaceKernel, segmentSumInto, segmentSumShape } from "./_kernels.ts";
+import {
+  type NumericArray,
+  replaceKernel,
+  segmentSumInto,
+  segmentSumShape,
+} from "./_tfjs_kernels.ts";
 import { activateBackend, errorMessage, findPackageDirs, quietCpuHint } from "./_tfjs.ts";
 
 /** The tfjs backend name of tfjs-backend-wasm. */

@@ -39,9 +39,9 @@ import {
   klFromLogits,
   maskedMean,
   pickTokens,
-  read,
   stopGradient,
-} from "./_common.ts";
+} from "../_nn/token_stats.ts";
+import { read } from "./_common.ts";
 
 /** Config of the `offline_ppo` loss. */
 export interface OfflinePpoConfig {

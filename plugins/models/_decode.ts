@@ -19,7 +19,15 @@ import type * as tf from "@tensorflow/tfjs-core";
 import { appendAll } from "../../core/append.ts";
 import type { Rng } from "../../core/random.ts";
 import type { SpecialIds } from "../../core/types.ts";
-import { addInto, fastExp, layerNormForward, rowMax, splitHeads, sumExp } from "./_kernels.ts";
+import { splitHeads } from "../_nn/attention.ts";
+import type { RunOptions } from "../_nn/dropout.ts";
+import { addInto } from "../_nn/elementwise.ts";
+import { embedRow } from "../_nn/embedding.ts";
+import { fastExp, rowMax, sumExp } from "../_nn/exp.ts";
+import { matmul } from "../_nn/gemm.ts";
+import { encoderLayerForward } from "../_nn/layers.ts";
+import { layerNormForward } from "../_nn/layer_norm.ts";
+import type { Dims, ParamView } from "../_nn/layer_params.ts";
 import {
   giveSimdMatrix,
   rowArgmaxExpSums,
@@ -30,15 +38,7 @@ import {
   type SimdMatrix,
   simdU8,
   takeSimdMatrix,
-} from "./_simd.ts";
-import {
-  type Dims,
-  embedRow,
-  encoderLayerForward,
-  matmul,
-  type ParamView,
-  type RunOptions,
-} from "./_layers.ts";
+} from "../_nn/simd.ts";
 
 /** A read-only snapshot of the weights that decoding needs. */
 export interface InferenceModel {

@@ -14,10 +14,10 @@
  *   projections, N(0, 1/d) for embeddings), drawn from {@link Rng}, never tfjs's RNG.
  *
  * Speed: every encoder/decoder layer is a single differentiable op with a hand-written
- * backward pass (see `_layers.ts`), the loss never materialises the logits as a tensor,
+ * backward pass (see `../_nn/layers.ts`), the loss never materialises the logits as a tensor,
  * and decoding is incremental with key/value caches (see `_decode.ts`). On the `blas`
  * backend the layers call OpenBLAS directly and about 80% of a training step is spent
- * in its matrix products; the rest is mostly WebAssembly SIMD kernels (`_simd.ts`).
+ * in its matrix products; the rest is mostly WebAssembly SIMD kernels (`../_nn/simd.ts`).
  * `bench/README.md` compares the speed with PyTorch.
  *
  * Decoding conventions: sources are id arrays as the tokenizer returns them; the policy
@@ -48,24 +48,22 @@ import type {
 } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import type { SpecialIds } from "../../core/types.ts";
-import { sinusoidTable } from "./_kernels.ts";
-import { simdMark, simdRelease } from "./_simd.ts";
+import { values } from "../_nn/custom_op.ts";
+import type { RunOptions } from "../_nn/dropout.ts";
+import { embedOp, type Lookup, sinusoidTable } from "../_nn/embedding.ts";
+import { fillNormal, fillXavierUniform } from "../_nn/init.ts";
+import { decoderLayerOp, encoderLayerOp } from "../_nn/layers.ts";
+import { layerNormOp } from "../_nn/layer_norm.ts";
 import {
   type Activation,
   DECODER_PARAMS,
-  decoderLayerOp,
   type Dims,
-  embedOp,
   ENCODER_PARAMS,
-  encoderLayerOp,
-  layerNormOp,
   layerParamShapes,
-  type Lookup,
-  outputLogProbsOp,
   ParamView,
-  type RunOptions,
-  values,
-} from "./_layers.ts";
+} from "../_nn/layer_params.ts";
+import { outputLogProbsOp } from "../_nn/output_log_probs.ts";
+import { simdMark, simdRelease } from "../_nn/simd.ts";
 import {
   beamSearch,
   encode,
@@ -140,13 +138,6 @@ export interface BuildOptions {
 }
 
 let policyCounter = 0;
-
-/** Box-Muller standard normal from an {@link Rng}. */
-function normal(rng: Rng): number {
-  const u = 1 - rng.next();
-  const v = rng.next();
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-}
 
 /**
  * The transformer policy (see the module doc). Build it through the plugin's factory or
@@ -263,16 +254,14 @@ export class TransformerPolicy implements Policy {
     const scale = this.config.initScale;
     const last = name.slice(name.lastIndexOf(".") + 1);
     if (name === "embed" || name.startsWith("embed.") || name === "output") {
-      const std = scale / Math.sqrt(this.#dims.d);
-      for (let i = 0; i < size; i++) out[i] = normal(rng) * std;
+      fillNormal(out, scale / Math.sqrt(this.#dims.d), rng);
     } else if (last === "g") {
       out.fill(1);
     } else if (last === "w") {
       // Xavier/Glorot uniform; fused QKV/KV projections count as separate d x d matrices.
       const [fanIn, fanOut] = shape;
       const parts = name.endsWith("qkv.w") ? 3 : name.endsWith("kv.w") ? 2 : 1;
-      const limit = scale * Math.sqrt(6 / (fanIn + fanOut / parts));
-      for (let i = 0; i < size; i++) out[i] = (2 * rng.next() - 1) * limit;
+      fillXavierUniform(out, fanIn, fanOut, rng, parts, scale);
     }
     return out;
   }

@@ -28,7 +28,7 @@
  * target ids are shifted past the source vocabulary into a second block of the table.
  *
  * The encoder layers, layer norm and embedding lookup are the fused, hand-differentiated
- * ops of the `transformer` model (`../models/_layers.ts`); pooling and the head are plain
+ * ops shared with the `transformer` model (`../_nn/layers.ts`); pooling and the head are plain
  * tfjs operations. Everything runs on the active tfjs backend, in `tf.tidy`.
  *
  * @module
@@ -41,16 +41,12 @@ import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs";
 import type { PolicyState } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
-import { sinusoidTable } from "../models/_kernels.ts";
-import {
-  type Dims,
-  embedOp,
-  ENCODER_PARAMS,
-  encoderLayerOp,
-  layerNormOp,
-  layerParamShapes,
-  type RunOptions,
-} from "../models/_layers.ts";
+import type { RunOptions } from "../_nn/dropout.ts";
+import { embedOp, sinusoidTable } from "../_nn/embedding.ts";
+import { fillNormal, fillXavierUniform } from "../_nn/init.ts";
+import { encoderLayerOp } from "../_nn/layers.ts";
+import { layerNormOp } from "../_nn/layer_norm.ts";
+import { type Dims, ENCODER_PARAMS, layerParamShapes } from "../_nn/layer_params.ts";
 
 /** Size of the QE network. */
 export interface QeArchitecture {
@@ -100,13 +96,6 @@ export interface QeItem {
 export const LENGTH_FEATURES = 6;
 
 const EPS = 1e-5;
-
-/** Box-Muller standard normal from an {@link Rng}. */
-function normal(rng: Rng): number {
-  const u = 1 - rng.next();
-  const v = rng.next();
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-}
 
 function checkArchitecture(a: QeArchitecture, v: QeVocab): void {
   for (const key of ["dModel", "heads", "ffn", "layers", "hidden", "maxTokens"] as const) {
@@ -235,16 +224,14 @@ export class QeModel {
     const out = new Float32Array(size);
     const last = name.slice(name.lastIndexOf(".") + 1);
     if (name === "embed" || name === "segment") {
-      const std = 1 / Math.sqrt(this.#dims.d);
-      for (let i = 0; i < size; i++) out[i] = normal(rng) * std;
+      fillNormal(out, 1 / Math.sqrt(this.#dims.d), rng);
     } else if (last === "g") {
       out.fill(1);
     } else if (last === "w" || last === "w1" || last === "w2") {
       // Xavier/Glorot uniform; the fused QKV projection counts as three d x d matrices.
       const [fanIn, fanOut] = shape;
       const parts = name.endsWith("qkv.w") ? 3 : 1;
-      const limit = Math.sqrt(6 / (fanIn + fanOut / parts));
-      for (let i = 0; i < size; i++) out[i] = (2 * rng.next() - 1) * limit;
+      fillXavierUniform(out, fanIn, fanOut, rng, parts);
     }
     return out;
   }

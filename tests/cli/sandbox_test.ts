@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
 import { checkOutputFolder, exitCodeFor, parseExpArgs, type SandboxInputs } from "../../cli/exp.ts";
 import { denialError, permissionDenial } from "../../cli/_exp_worker.ts";
-import { loadBlas, sgemm } from "../../plugins/backends/_blas_ffi.ts";
+import { loadBlas, sgemm } from "../../plugins/_nn/blas_ffi.ts";
 import { createGuarded, PluginError } from "../../core/plugin_guard.ts";
 import { setActivity } from "../../core/progress.ts";
 
@@ -156,7 +156,7 @@ Deno.test({
     for (const file of files) {
       const exports = await import(`file://${file}`);
       const roots: [string, unknown][] = [[file, exports]];
-      if (file.endsWith("_blas_ffi.ts")) roots.push([`${file}:loadBlas()`, exports.loadBlas()]);
+      if (file.endsWith("blas_ffi.ts")) roots.push([`${file}:loadBlas()`, exports.loadBlas()]);
       for (const [label, root] of roots) {
         for (const [path, value] of reachable(root, label)) {
           seenAny.add(path);
@@ -189,9 +189,9 @@ Deno.test({
         try { results[name] = "returned " + String(await f()); }
         catch (error) { results[name] = error.name + ": " + error.message; }
       };
-      const ffi = await import(${JSON.stringify(FRAMEWORK("plugins/backends/_blas_ffi.ts"))});
+      const ffi = await import(${JSON.stringify(FRAMEWORK("plugins/_nn/blas_ffi.ts"))});
       await import(${JSON.stringify(FRAMEWORK("plugins/backends/blas.ts"))});
-      await import(${JSON.stringify(FRAMEWORK("plugins/models/_layers.ts"))});
+      await import(${JSON.stringify(FRAMEWORK("plugins/_nn/gemm.ts"))});
       const lib = ffi.loadBlas();
       results.keys = Object.keys(lib).sort().join(",");
       results.raw = typeof lib.cblasSgemm;

@@ -16,7 +16,7 @@ import blas from "../../plugins/backends/blas.ts";
 import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
 import tensorflow, { probeTensorflow } from "../../plugins/backends/tensorflow.ts";
 import wasm from "../../plugins/backends/wasm.ts";
-import { loadBlas, sgemm } from "../../plugins/backends/_blas_ffi.ts";
+import { loadBlas, sgemm } from "../../plugins/_nn/blas_ffi.ts";
 import transformer, { type TransformerPolicy } from "../../plugins/models/transformer.ts";
 import {
   rowArgmaxExpSums,
@@ -30,15 +30,11 @@ import {
   SimdMatrix,
   simdRelease,
   simdU8,
-} from "../../plugins/models/_simd.ts";
-import {
-  giveBuffer,
-  maskedSoftmaxInPlace,
-  softmaxBackwardInPlace,
-  takeBuffer,
-} from "../../plugins/models/_kernels.ts";
+} from "../../plugins/_nn/simd.ts";
+import { giveBuffer, takeBuffer } from "../../plugins/_nn/buffer_pool.ts";
+import { maskedSoftmaxInPlace, softmaxBackwardInPlace } from "../../plugins/_nn/attention.ts";
 import { attendOne } from "../../plugins/models/_decode.ts";
-import { SIMD_SOURCE_SHA256 } from "../../plugins/models/_simd_wasm.ts";
+import { SIMD_SOURCE_SHA256 } from "../../plugins/_nn/simd_wasm.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import type { ModelFactory } from "../../core/policy.ts";
 
@@ -847,9 +843,9 @@ Deno.test("SimdMatrix softmax rows (plain and causal) and their backward match t
   }
 });
 
-Deno.test("the embedded SIMD module was built from the current _simd.wat", async () => {
+Deno.test("the embedded SIMD module was built from the current simd.wat", async () => {
   const source = await Deno.readTextFile(
-    new URL("../../plugins/models/_simd.wat", import.meta.url),
+    new URL("../../plugins/_nn/simd.wat", import.meta.url),
   );
   const digest = new Uint8Array(
     await crypto.subtle.digest("SHA-256", new TextEncoder().encode(source)),

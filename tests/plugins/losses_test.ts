@@ -18,7 +18,7 @@ import bc from "../../plugins/losses/bc.ts";
 import bvmpo, { klWeight, topHalfWeights } from "../../plugins/losses/bvmpo.ts";
 import gold, { truncatedReturns } from "../../plugins/losses/gold.ts";
 import offlinePpo from "../../plugins/losses/offline_ppo.ts";
-import { klFromLogits } from "../../plugins/losses/_common.ts";
+import { klFromLogits } from "../../plugins/_nn/token_stats.ts";
 import { TINY_SPECIALS, TinyPolicy } from "./_tiny_policy.ts";
 
 await (await (await import("../../plugins/backends/cpu.ts")).default.create(

@@ -26,9 +26,9 @@ import {
   klPenaltyRewards,
   PositionBaseline,
   rolloutAdvantages,
-  tokenLogProbsAndEntropy,
   whiten,
 } from "../../plugins/algorithms/_ppo.ts";
+import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
 import ppo, { type PpoConfig, rolloutPlan, runPpo } from "../../plugins/algorithms/ppo.ts";
 import transformer from "../../plugins/models/transformer.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";

@@ -1,5 +1,5 @@
 ;; SIMD kernels of the transformer (WebAssembly 128-bit SIMD), compiled into the bytes that
-;; `_simd.ts` embeds; `deno run -A bench/build_simd.ts` rebuilds them from this file.
+;; `simd_wasm.ts` holds for `simd.ts`; `bench/simd/build.ts` rebuilds them from this file.
 ;;
 ;; Every pointer is a byte offset into the exported memory; rows are contiguous float32.
 ;; exp is computed as 2^n * p(r) with n = round(y / ln 2), r = y - n ln 2 (Cody-Waite split

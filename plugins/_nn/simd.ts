@@ -5,7 +5,7 @@
  * log-softmax in training, the greedy choice and its log-probability in decoding), where a
  * scalar JavaScript `exp` costs several times more than the vectorised one. And the cached
  * attention of incremental decoding, whose caches live in the module's memory. The kernels
- * are in `_simd.wat`; `_simd_wasm.ts` holds their bytes.
+ * are in `simd.wat`; `simd_wasm.ts` holds their bytes.
  *
  * Rows are copied into the module's memory in chunks that stay in cache, processed there,
  * and (for the exponentials) copied back. exp is accurate to about 1e-7 relative (float32);
@@ -14,7 +14,7 @@
  * @module
  */
 
-import { SIMD_WASM_BASE64 } from "./_simd_wasm.ts";
+import { SIMD_WASM_BASE64 } from "./simd_wasm.ts";
 
 interface Exports {
   memory: WebAssembly.Memory;
@@ -250,7 +250,7 @@ export function simdU8(): Uint8Array {
 }
 
 /**
- * One query row attending over `n` cached keys for every head (see `_simd.wat`): byte
+ * One query row attending over `n` cached keys for every head (see `simd.wat`): byte
  * offsets of the query, keys, values, the key mask (0: none) and a scratch of `n` floats;
  * the result goes to `out`. Needs `dk` to be a multiple of 4.
  */

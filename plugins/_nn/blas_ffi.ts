@@ -1,7 +1,8 @@
 /**
  * OpenBLAS (or any CBLAS library) through `Deno.dlopen`: the library loader and
- * a typed, bounds-checked `sgemm` wrapper. Used by the `blas` backend and
- * usable by any other code that wants a fast single-precision matrix product.
+ * a typed, bounds-checked `sgemm` wrapper. Used by the `blas` backend (its matMul
+ * kernels) and by the GEMM dispatch of `gemm.ts` (the fused layers), and usable by any
+ * other code that wants a fast single-precision matrix product.
  *
  * Safety by construction: the native symbols never leave this module. Plugin code runs after
  * the experiment worker has given up FFI permission, but a symbol bound before that would
@@ -13,7 +14,7 @@
  *
  * @example C = A·B for 2x2 matrices
  * ```ts ignore
- * import { loadBlas, sgemm } from "./_blas_ffi.ts";
+ * import { loadBlas, sgemm } from "./blas_ffi.ts";
  *
  * const lib = loadBlas();
  * const c = new Float32Array(4);

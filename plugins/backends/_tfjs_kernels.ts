@@ -1,5 +1,8 @@
 /**
- * Small JavaScript kernels shared by the backend plugins.
+ * tfjs kernels (`KernelConfig`s) in plain JavaScript, shared by the backend plugins:
+ * faster replacements for tfjs-backend-cpu's own, registered by the `cpu`, `blas` and
+ * `wasm` backends. (The transformer's numeric kernels, which work on buffers outside tfjs's
+ * kernel registry, are in `../_nn/`.)
  *
  * `UnsortedSegmentSum` is the gradient of `tf.gather` (so of every embedding
  * lookup). tfjs-backend-cpu implements it with one mask-multiply-sum pass per
