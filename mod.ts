@@ -48,7 +48,7 @@ export {
   type ResolvedManifest,
   type ResolvedRun,
   type ResolveOptions,
-} from "./core/manifest.ts";
+} from "./core/manifest/mod.ts";
 export type {
   Backend,
   BackendInfo,

@@ -13,7 +13,7 @@
 
 import { join, resolve } from "node:path";
 import { UserError } from "../core/errors.ts";
-import { loadManifest } from "../core/manifest.ts";
+import { loadManifest } from "../core/manifest/mod.ts";
 import { createRegistries } from "../core/registry.ts";
 import { describePlan, runExperiment } from "../core/experiment.ts";
 import { renderTable, writeReport } from "../core/report.ts";

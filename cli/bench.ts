@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { corpusChrf, sentenceChrf } from "../core/metrics/chrf.ts";
 import { sentenceBleu } from "../core/metrics/bleu.ts";
 import { createRegistries } from "../core/registry.ts";
-import { resolvePluginRef } from "../core/manifest.ts";
+import { resolvePluginRef } from "../core/manifest/mod.ts";
 import { createPlugin } from "../core/experiment.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { benchBackend } from "../bench/matmul.ts";

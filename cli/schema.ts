@@ -6,7 +6,7 @@
  * @module
  */
 
-import { editorSchema } from "../core/manifest.ts";
+import { editorSchema } from "../core/manifest/envelope.ts";
 import { createRegistries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { runMain } from "./_main.ts";

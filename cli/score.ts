@@ -7,7 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { DataError, UserError } from "../core/errors.ts";
-import { resolvePluginRef } from "../core/manifest.ts";
+import { resolvePluginRef } from "../core/manifest/mod.ts";
 import { createRegistries } from "../core/registry.ts";
 import { createPlugin } from "../core/experiment.ts";
 import { mean } from "../core/append.ts";

@@ -7,12 +7,12 @@
 
 import { hashText } from "./hash.ts";
 import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { UserError } from "./errors.ts";
 import { readRegularText } from "./fs.ts";
 import { PROFILE_FILE, SHARED_FOLDER, SPLITS_FILE, TOKENIZER_FILE } from "./layout.ts";
 import { formatProfile, mergeProfiles, type PhaseProfile, profiler } from "./profile.ts";
-import type { ResolvedManifest, ResolvedRun } from "./manifest.ts";
+import type { ResolvedManifest, ResolvedRun } from "./manifest/mod.ts";
+import { pluginFor } from "./manifest/resolver.ts";
 import type {
   PluginDefinition,
   PluginDeps,
@@ -68,22 +68,6 @@ export interface ExperimentResult {
 
 function defaultLog(message: string): void {
   console.error(message);
-}
-
-/** Finds the definition of a resolved reference (user modules are imported on demand). */
-export async function pluginFor(
-  registries: Registries,
-  ref: ResolvedPluginRef,
-): Promise<PluginDefinition> {
-  const registry = registries[ref.kind] as Registry;
-  const found = registry.find(ref.name);
-  if (found !== undefined) return found;
-  if (ref.module !== undefined) {
-    const exports = await import(pathToFileURL(ref.module).href);
-    registry.register(exports.default, ref.module);
-    return exports.default;
-  }
-  throw new RangeError(registry.unknownMessage(ref.name));
 }
 
 /** Creates a plugin instance from a resolved reference. */

@@ -95,6 +95,13 @@ export interface PluginInstances {
 // deno-lint-ignore no-explicit-any
 export type JsonSchema = Record<string, any>;
 
+/**
+ * Schema keyword marking a config property as a nested plugin reference of the given kind
+ * (e.g. the parts of a weighted reward): the manifest resolves such a value like a top-level
+ * `{name | module, config}` reference.
+ */
+export const PLUGIN_REF_KEYWORD = "x-plugin-kind";
+
 /** What the framework passes to `create` besides the plugin's own config. */
 export interface PluginDeps {
   /** The run's seed (plugins derive their own streams from it). */

@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError, ManifestError, UserError } from "../core/errors.ts";
-import { parseManifestText, resolveManifest } from "../core/manifest.ts";
+import { parseManifestText, resolveManifest } from "../core/manifest/mod.ts";
 import { createRegistries } from "../core/registry.ts";
 import {
   type CatalogOptions,

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { loadCheckpoint } from "../core/checkpoint.ts";
 import { checkScores } from "../core/evaluate.ts";
 import { ManifestError, UserError } from "../core/errors.ts";
-import { resolveManifest, resolvePluginRef } from "../core/manifest.ts";
+import { resolveManifest, resolvePluginRef } from "../core/manifest/mod.ts";
 import type { PluginDefinition } from "../core/plugin.ts";
 import { createRegistries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";

@@ -42,10 +42,15 @@ import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
-import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
 import { Adam, learningRate } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
-import { definePlugin, int, num, type ResolvedPluginRef } from "../../core/plugin.ts";
+import {
+  definePlugin,
+  int,
+  num,
+  PLUGIN_REF_KEYWORD,
+  type ResolvedPluginRef,
+} from "../../core/plugin.ts";
 import type { Policy } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";

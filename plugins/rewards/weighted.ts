@@ -5,8 +5,7 @@
  * @module
  */
 
-import { definePlugin, type ResolvedPluginRef } from "../../core/plugin.ts";
-import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
+import { definePlugin, PLUGIN_REF_KEYWORD, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { checkScores } from "../../core/evaluate.ts";
 import type { RewardInput, RewardModel } from "../../core/types.ts";
 

@@ -4,8 +4,7 @@
  * @module
  */
 
-import { definePlugin, type PluginDefinition } from "../../core/plugin.ts";
-import { PLUGIN_REF_KEYWORD } from "../../core/manifest.ts";
+import { definePlugin, PLUGIN_REF_KEYWORD, type PluginDefinition } from "../../core/plugin.ts";
 
 /** A data plugin with one numeric option. */
 export const fakeData = definePlugin({

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
-import { resolveManifest } from "../../core/manifest.ts";
+import { resolveManifest } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics, writeFileAtomic } from "../../core/run.ts";

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ManifestError } from "../../core/errors.ts";
+import { editorSchema } from "../../core/manifest/envelope.ts";
 import {
-  editorSchema,
   loadManifest,
   parseManifestText,
   resolveManifest,
   resolvePluginRef,
-} from "../../core/manifest.ts";
+} from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { fakePlugins, validManifest } from "./_fakes.ts";
 

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { resolveManifest } from "../../core/manifest.ts";
+import { resolveManifest } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { runExperiment } from "../../core/experiment.ts";
 import { readMetrics } from "../../core/run.ts";

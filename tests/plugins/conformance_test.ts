@@ -6,7 +6,7 @@
 import { REQUIRED_METHODS } from "../../core/plugin_guard.ts";
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
-import { createAjv } from "../../core/manifest.ts";
+import { createAjv } from "../../core/manifest/ajv.ts";
 import type { PluginDefinition, PluginKind } from "../../core/plugin.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
@@ -61,7 +61,7 @@ for (const plugin of builtinPlugins) {
       assert.ok(validate(plugin.smoke(structuredClone(config))), "smoke config validates");
     }
     // Nested plugin references in defaults are resolved by the manifest; resolve them here.
-    const { resolvePluginRef } = await import("../../core/manifest.ts");
+    const { resolvePluginRef } = await import("../../core/manifest/mod.ts");
     const registries = createRegistries(builtinPlugins);
     const ref = await resolvePluginRef(registries, plugin.kind, { name: plugin.name }, plugin.name);
     const { createPlugin } = await import("../../core/experiment.ts");

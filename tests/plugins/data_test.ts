@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError } from "../../core/errors.ts";
-import { createAjv } from "../../core/manifest.ts";
+import { createAjv } from "../../core/manifest/ajv.ts";
 import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
 import type { Example, Splits } from "../../core/types.ts";
 import {

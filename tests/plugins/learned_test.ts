@@ -27,7 +27,7 @@ import {
 import { QeModel } from "../../plugins/rewards/_qe_model.ts";
 import { Rng } from "../../core/random.ts";
 import { ManifestError, UserError } from "../../core/errors.ts";
-import { resolveManifest, resolvePluginRef } from "../../core/manifest.ts";
+import { resolveManifest, resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin, runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics } from "../../core/run.ts";

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { makeBatch } from "../../core/batch.ts";
-import { createAjv } from "../../core/manifest.ts";
+import { createAjv } from "../../core/manifest/ajv.ts";
 import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
 import type { GrowRow, Loss, LossInput, Policy } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import { ManifestError } from "../../core/errors.ts";
-import { resolveManifest } from "../../core/manifest.ts";
+import { resolveManifest } from "../../core/manifest/mod.ts";
 import type { ModelFactory } from "../../core/policy.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { runExperiment } from "../../core/experiment.ts";
@@ -32,7 +32,7 @@ import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
 import ppo, { type PpoConfig, rolloutPlan, runPpo } from "../../plugins/algorithms/ppo.ts";
 import transformer from "../../plugins/models/transformer.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
-import { createAjv } from "../../core/manifest.ts";
+import { createAjv } from "../../core/manifest/ajv.ts";
 
 await (await (await import("../../plugins/backends/cpu.ts")).default.create(
   { fastSegmentSum: true },

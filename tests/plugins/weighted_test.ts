@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createPlugin } from "../../core/experiment.ts";
-import { resolvePluginRef } from "../../core/manifest.ts";
+import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { sentenceBleu } from "../../core/metrics/bleu.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";

@@ -1,7 +1,8 @@
 /**
- * A manifest's JSON text, checked before it is parsed: the first syntax error (with advice
- * about common mistakes), nesting deeper than a limit, more values than a limit, and
- * duplicate keys, which `JSON.parse` resolves silently by keeping the last one.
+ * A manifest's JSON text, checked before it is parsed: the first syntax error with its
+ * position (and advice about common mistakes), nesting deeper than a limit, more values than
+ * a limit, and duplicate keys, which `JSON.parse` resolves silently by keeping the last one.
+ * Also how messages write places and values: JSON pointers, lines and columns, short values.
  *
  * The scan is one linear pass with an explicit stack, never recursion, and stops at the
  * first limit it passes, so a hostile text (100,000 levels of nesting, millions of numbers)
@@ -10,7 +11,7 @@
  * @module
  */
 
-import type { ManifestProblem } from "./errors.ts";
+import type { ManifestProblem } from "../errors.ts";
 
 /** Limits of {@link scanJsonText}. */
 export interface JsonTextLimits {
@@ -31,6 +32,19 @@ export interface JsonTextScan {
 /** Escapes one JSON pointer segment (`~` as `~0`, `/` as `~1`). */
 export function escapePointer(key: string): string {
   return key.replaceAll("~", "~0").replaceAll("/", "~1");
+}
+
+/**
+ * `value` as a message shows it: JSON, cut to 60 characters; NaN and ±Infinity (which
+ * JSON.stringify writes as null, and raw text such as 1e999 parses to) by name.
+ */
+export function showValue(value: unknown): string {
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    return Number.isNaN(value) ? "NaN" : `${value}, beyond the range of a double`;
+  }
+  const text = JSON.stringify(value);
+  if (text === undefined) return String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
 /** 1-based line and column of `offset` in `text`. */
