@@ -25,7 +25,6 @@
 
 export { DataError, ManifestError, type ManifestProblem, UserError } from "./core/errors.ts";
 export {
-  type Algorithm,
   defineLoss,
   definePlugin,
   int,
@@ -50,12 +49,28 @@ export {
   type ResolveOptions,
 } from "./core/manifest/mod.ts";
 export type {
+  Algorithm,
   Backend,
   BackendInfo,
+  BcSettings,
+  BeamOptions,
   DataSource,
+  DecodeOptions,
+  EvalSettings,
   Example,
+  ForwardOutput,
+  Generation,
+  GrowRow,
+  GrowSettings,
+  ImproveSettings,
+  Loss,
+  LossContext,
+  LossInput,
   Metrics,
   MetricsLog,
+  ModelFactory,
+  Policy,
+  PolicyState,
   Progress,
   RewardInput,
   RewardModel,
@@ -64,6 +79,8 @@ export type {
   RunSection,
   RunSplits,
   RunSummary,
+  SampleOptions,
+  Schedule,
   SectionUse,
   Side,
   SpecialIds,
@@ -71,39 +88,21 @@ export type {
   ThresholdArgs,
   ThresholdDecision,
   ThresholdSchedule,
-  Tokenizer,
-} from "./core/types.ts";
-export type {
-  BeamOptions,
-  DecodeOptions,
-  ForwardOutput,
-  Generation,
-  GrowRow,
-  Loss,
-  LossContext,
-  LossInput,
-  ModelFactory,
-  Policy,
-  PolicyState,
-  SampleOptions,
   TokenBatch,
-} from "./core/policy.ts";
-export type { BcSettings, EvalSettings } from "./core/sections.ts";
+  Tokenizer,
+  TrainSettings,
+} from "./core/types.ts";
 export { type ExperimentOptions, type ExperimentResult, runExperiment } from "./core/experiment.ts";
 export {
   grow,
   GrowPool,
-  type GrowSettings,
   improve,
   type ImprovePosition,
   type ImproveResult,
-  type ImproveSettings,
   type RestConfig,
   type RestContext,
   runRest,
 } from "./core/rest.ts";
-export type { Schedule } from "./core/optim.ts";
-export type { TrainSettings } from "./core/train.ts";
 export { makeBatch, nllLoss, type NllOptions } from "./core/batch.ts";
 export { checkScores } from "./core/evaluate.ts";
 export { Rng } from "./core/random.ts";

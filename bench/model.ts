@@ -39,7 +39,7 @@ import { Adam } from "../core/optim.ts";
 import { optimizerStep } from "../core/train.ts";
 import { makeBatch, nllLoss } from "../core/batch.ts";
 import { Rng } from "../core/random.ts";
-import type { ModelFactory } from "../core/policy.ts";
+import type { ModelFactory } from "../core/types.ts";
 
 /** The bench-small shape. */
 export const BENCH_SMALL = {

@@ -6,8 +6,7 @@
 
 import { maxOf } from "./append.ts";
 import * as tf from "@tensorflow/tfjs-core";
-import type { Policy, TokenBatch } from "./policy.ts";
-import type { SpecialIds } from "./types.ts";
+import type { Policy, SmoothedLogProbs, SpecialIds, TokenBatch } from "./types.ts";
 
 /**
  * Pads pairs of id sequences into a {@link TokenBatch}. EOS is appended to every source and
@@ -44,18 +43,6 @@ export function makeBatch(
     targetOut: tf.tensor2d(targetOut, [b, t], "int32"),
     targetMask: tf.tensor2d(mask, [b, t], "float32"),
   };
-}
-
-/**
- * A policy that computes label-smoothed per-token log-likelihoods itself (without
- * materialising `[B, T, V]` log-probabilities), as the `transformer` model does.
- */
-export interface SmoothedLogProbs {
-  /** `[B, T]` `(1 - eps) log p(y_t) + eps mean_v log p(v)`, 0 at padding. */
-  smoothedTokenLogProbs(
-    batch: TokenBatch,
-    options: { training: boolean; labelSmoothing: number },
-  ): tf.Tensor2D;
 }
 
 /** Whether `policy` implements {@link SmoothedLogProbs}. */

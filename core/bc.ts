@@ -28,13 +28,21 @@ import { clearUnitState } from "./resume.ts";
 /** Name of BC's resumable training state in its folder. */
 const TRAIN_STATE = "train_state";
 import { evaluatePolicy, limit } from "./evaluate.ts";
-import type { ModelFactory, Policy } from "./policy.ts";
 import { MetricsWriter } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
-import type { BcSettings, EvalSettings } from "./sections.ts";
 import { nllLoss } from "./batch.ts";
 import { profiler } from "./profile.ts";
-import type { Example, Progress, RewardModel, RunSplits, Tokenizer } from "./types.ts";
+import type {
+  BcSettings,
+  EvalSettings,
+  Example,
+  ModelFactory,
+  Policy,
+  Progress,
+  RewardModel,
+  RunSplits,
+  Tokenizer,
+} from "./types.ts";
 
 /** Encodes pairs, leaving out those longer than `maxTokens` on either side. */
 export function encodePairs(

@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { UserError } from "./errors.ts";
 import { readRegularFile, readRegularText } from "./fs.ts";
-import type { Policy, PolicyState } from "./policy.ts";
+import type { Policy, PolicyState } from "./types.ts";
 import { exists, writeFileAtomic } from "./run.ts";
 
 /** SHA-256 of bytes, as hex. */

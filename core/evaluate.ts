@@ -15,9 +15,7 @@ import { profiler } from "./profile.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
-import type { Generation, Policy } from "./policy.ts";
-import type { EvalSettings } from "./sections.ts";
-import type { Example, RewardModel, Tokenizer } from "./types.ts";
+import type { EvalSettings, Example, Generation, Policy, RewardModel, Tokenizer } from "./types.ts";
 
 /**
  * Scores `hypotheses` (one per example) with `reward` and checks every score is a

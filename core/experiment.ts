@@ -36,13 +36,14 @@ import {
 import { sentenceChrf } from "./metrics/chrf.ts";
 import type {
   BackendInfo,
+  Policy,
+  PolicyState,
   RewardModel,
   RunContext,
   RunSplits,
   RunSummary,
   Tokenizer,
 } from "./types.ts";
-import type { Policy, PolicyState } from "./policy.ts";
 
 /** Options for {@link runExperiment}. */
 export interface ExperimentOptions {

@@ -16,7 +16,7 @@ import { basename } from "node:path";
 import { DataError } from "./errors.ts";
 import { checkRegularFile, readRegularText } from "./fs.ts";
 import { forEachLine } from "./lines.ts";
-import type { GrowRow } from "./policy.ts";
+import type { GrowRow } from "./types.ts";
 import { writeFileAtomic } from "./run.ts";
 
 /** What a Grow file's record holds. */

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { GrowRow } from "./policy.ts";
+import type { GrowRow } from "./types.ts";
 
 /** A growable typed array of one element type. */
 class Column<A extends Float64Array | Float32Array | Int32Array | Uint8Array> {

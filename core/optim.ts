@@ -7,6 +7,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import type { Schedule } from "./types.ts";
 
 /** Adam hyper-parameters (Kingma & Ba 2015). */
 export interface AdamOptions {
@@ -181,9 +182,6 @@ export function clipByGlobalNorm(
   const scale = maxNorm / norm;
   return { grads: grads.map((g) => tf.mul(g, scale)), norm };
 }
-
-/** Learning-rate schedule names. */
-export type Schedule = "constant" | "linear" | "cosine" | "inverse_sqrt";
 
 /**
  * The learning rate at `step` (1-based): linear warm-up over `warmup` steps to `peak`, then

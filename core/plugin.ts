@@ -37,14 +37,16 @@
  */
 
 import type * as tf from "@tensorflow/tfjs-core";
-import type { Loss, LossContext, LossInput, ModelFactory } from "./policy.ts";
 import type {
+  Algorithm,
   Backend,
   DataSource,
+  Loss,
+  LossContext,
+  LossInput,
+  ModelFactory,
   RewardModel,
-  RunContext,
   RunSection,
-  RunSummary,
   SectionUse,
   ThresholdSchedule,
   Tokenizer,
@@ -64,12 +66,6 @@ export const PLUGIN_KINDS = [
 
 /** One of {@link PLUGIN_KINDS}. */
 export type PluginKind = typeof PLUGIN_KINDS[number];
-
-/** An algorithm plugin's instance: runs one manifest run. */
-export interface Algorithm {
-  /** Runs to completion (or resumes) and returns the final metrics. */
-  run(ctx: RunContext): Promise<RunSummary>;
-}
 
 /** What `create` returns, per kind. */
 export interface PluginInstances {

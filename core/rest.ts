@@ -32,12 +32,19 @@ import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { GrowPool } from "./grow_pool.ts";
 import { makeBatch } from "./batch.ts";
 import { DistinctSamples, finalEvaluation, limit, selectionReward } from "./evaluate.ts";
-import type { GrowRow, Loss, LossInput, Policy } from "./policy.ts";
 import { exists } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
+  BcSettings,
+  EvalSettings,
   Example,
+  GrowRow,
+  GrowSettings,
+  ImproveSettings,
+  Loss,
+  LossInput,
   MetricsLog,
+  Policy,
   Progress,
   RewardModel,
   RunContext,
@@ -47,8 +54,7 @@ import type {
   Tokenizer,
 } from "./types.ts";
 import { checkScores } from "./evaluate.ts";
-import { learningRate, type Schedule } from "./optim.ts";
-import type { BcSettings, EvalSettings } from "./sections.ts";
+import { learningRate } from "./optim.ts";
 import {
   applyUnitState,
   assignExtras,
@@ -70,54 +76,6 @@ import {
 
 export { readGrowFile, writeGrowFile } from "./grow_file.ts";
 export { GrowPool } from "./grow_pool.ts";
-
-/** Settings of the Grow step. */
-export interface GrowSettings {
-  /** Samples per training source (N). */
-  samplesPerSource: number;
-  /** Sampling temperature (the paper uses 0.8). */
-  temperature: number;
-  /** Top-k truncation (0: off). */
-  topK: number;
-  /** Nucleus truncation (1: off). */
-  topP: number;
-  /** Maximum output tokens. */
-  maxLen: number;
-  /** Sources per decoding batch. */
-  batchSize: number;
-  /** Add the original dataset D (every training pair, scored) to the Grow set. */
-  includeOriginal: boolean;
-  /** Training sources sampled from (a seeded uniform sample; 0: all). */
-  sources: number;
-}
-
-/** Settings of the Improve steps. */
-export interface ImproveSettings {
-  /** Passes over the kept rows per Improve step. */
-  epochs: number;
-  /** Cap on the optimizer steps of one Improve step. */
-  steps: number;
-  /** Rows per batch. */
-  batchSize: number;
-  /** Learning rate of the run's first Improve step (0: half of BC's final rate). */
-  learningRate: number;
-  /** Multiplier of the learning rate from one Improve step to the next, over the whole run. */
-  learningRateDecay: number;
-  /** Warm-up steps of each Improve step. */
-  warmupSteps: number;
-  /** Decay within an Improve step. */
-  schedule: Schedule;
-  /** Global gradient-norm clip (0: off). */
-  clipNorm: number;
-  /** Evaluate on the selection split every this many steps (0: only before and after). */
-  evalEvery: number;
-  /** Stop an Improve step after this many evaluations without improvement (0: never). */
-  patience: number;
-  /** Selection pairs for evaluation (0: all). */
-  evalSize: number;
-  /** `filter`: references pass through the filter like samples (paper); `keep`: always kept. */
-  references: "filter" | "keep";
-}
 
 /** Config of the `rest` algorithm. */
 export interface RestConfig {

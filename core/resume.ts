@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { hasCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { UserError } from "./errors.ts";
 import { checkRegularFile, readRegularText } from "./fs.ts";
-import type { Policy, PolicyState } from "./policy.ts";
+import type { Policy, PolicyState } from "./types.ts";
 import { exists } from "./run.ts";
 
 const EXTRA = "extra/";

@@ -6,41 +6,7 @@
  */
 
 import { int, type JsonSchema } from "./plugin.ts";
-import type { TrainSettings } from "./train.ts";
-
-/** Settings of the BC phase (the manifest's `bc` section). */
-export interface BcSettings extends TrainSettings {
-  /** Label smoothing of the NLL (0: plain NLL). */
-  labelSmoothing: number;
-  /** Pairs whose source or target exceeds this many tokens are left out of training. */
-  maxTokens: number;
-  /** Selection-split pairs used for the periodic chrF evaluation (0: all). */
-  evalSize: number;
-  /** Seconds between saved training states (for `--resume`). */
-  checkpointSeconds: number;
-}
-
-/** Settings of decoding for evaluation (the manifest's `evaluation` section). */
-export interface EvalSettings {
-  /** Maximum output tokens. */
-  maxLen: number;
-  /** Sources per decoding batch. */
-  batchSize: number;
-  /** Validation pairs used in final evaluations (0: all). */
-  validSize: number;
-  /** Test pairs used in final evaluations (0: all). */
-  testSize: number;
-  /** Sampling temperature of the sampled and Best-of-N evaluations. */
-  temperature: number;
-  /** Best-of-N evaluation: the values of N (empty: off). */
-  bestOfN: number[];
-  /** Validation pairs used for Best-of-N (0: all). */
-  bestOfNSize: number;
-  /** How ReST's Improve steps and PPO score candidate weights on the selection split. */
-  selectBy: "greedy" | "sample";
-  /** selectBy `sample`: outputs per selection source. */
-  selectSamples: number;
-}
+import type { BcSettings, EvalSettings } from "./types.ts";
 
 /** JSON Schema of the `bc` section; every field has a default. */
 export const BC_SCHEMA: JsonSchema = {

@@ -14,9 +14,8 @@
 
 import { join } from "node:path";
 import { hashText } from "./hash.ts";
-import type { Loss, Policy } from "./policy.ts";
 import { applyUnitState, assignExtras, loadUnitState, saveUnitState } from "./resume.ts";
-import type { Metrics, MetricsLog } from "./types.ts";
+import type { Loss, Metrics, MetricsLog, Policy } from "./types.ts";
 
 /** One metrics record a step logged, with its step. */
 export interface LoggedRecord {

@@ -8,10 +8,9 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { UserError } from "./errors.ts";
-import { Adam, clipByGlobalNorm, learningRate, type Schedule } from "./optim.ts";
-import type { Policy, TokenBatch } from "./policy.ts";
+import { Adam, clipByGlobalNorm, learningRate } from "./optim.ts";
 import { Rng } from "./random.ts";
-import type { Metrics, MetricsLog, Progress } from "./types.ts";
+import type { Metrics, MetricsLog, Policy, Progress, TokenBatch, TrainSettings } from "./types.ts";
 import { makeBatch } from "./batch.ts";
 import { profiler } from "./profile.ts";
 import {
@@ -48,31 +47,6 @@ export interface TokenPair {
   target: number[];
   /** The target was cut off at the length limit: no EOS is appended. */
   truncated?: boolean;
-}
-
-/** Optimisation settings of a training loop. */
-export interface TrainSettings {
-  /** Maximum optimizer steps. */
-  steps: number;
-  /** Sentence pairs per batch. */
-  batchSize: number;
-  /** Peak learning rate. */
-  learningRate: number;
-  /** Linear warm-up steps. */
-  warmupSteps: number;
-  /** Decay after warm-up. */
-  schedule: Schedule;
-  /** Global gradient-norm clip (0: off). */
-  clipNorm: number;
-  /** Evaluate every this many steps (0: only at the end). */
-  evalEvery: number;
-  /** Stop after this many evaluations without improvement (0: never). */
-  patience: number;
-  /**
-   * Also evaluate the incoming weights before the first step, so that they are a candidate
-   * for the best checkpoint (an Improve step that only makes things worse keeps them).
-   */
-  evalAtStart?: boolean;
 }
 
 /** What the loop calls back into. */

@@ -26,7 +26,8 @@ import { ManifestError, type ManifestProblem } from "../errors.ts";
 import { checkRegularFile } from "../fs.ts";
 import type { PluginDefinition, PluginKind, ResolvedPluginRef } from "../plugin.ts";
 import type { Registries } from "../registry.ts";
-import { type BcSettings, type EvalSettings, smokeBc, smokeEval } from "../sections.ts";
+import type { BcSettings, EvalSettings } from "../types.ts";
+import { smokeBc, smokeEval } from "../sections.ts";
 import { envelopeProblems, folderProblems, RUN_PLUGINS, TOP_LEVEL_PLUGINS } from "./envelope.ts";
 import { lineAndColumn, scanJsonText } from "./json_text.ts";
 import {

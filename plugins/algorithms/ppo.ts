@@ -81,10 +81,9 @@ import {
   selectionReward,
 } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
-import { Adam, learningRate, type Schedule } from "../../core/optim.ts";
+import { Adam, learningRate } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
 import { profiler } from "../../core/profile.ts";
-import type { Policy, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
 import {
@@ -98,7 +97,14 @@ import {
   unitStateError,
 } from "../../core/resume.ts";
 import { disposeBatch, lengthBuckets, systemMetrics, type TokenPair } from "../../core/train.ts";
-import type { Example, Metrics, RunContext } from "../../core/types.ts";
+import type {
+  Example,
+  Metrics,
+  Policy,
+  RunContext,
+  Schedule,
+  TokenBatch,
+} from "../../core/types.ts";
 import {
   AdaptiveKl,
   clippedPolicyLoss,

@@ -47,7 +47,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin, type PluginDeps } from "../../core/plugin.ts";
-import type { Loss, LossInput, Policy } from "../../core/policy.ts";
+import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { Rng } from "../../core/random.ts";
 import { entropyFromLogits, klFromLogits, maskedMean, pickTokens } from "../_nn/token_stats.ts";
 import { prepared, read } from "./_common.ts";

@@ -22,7 +22,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin } from "../../core/plugin.ts";
-import type { Loss, LossInput, Policy } from "../../core/policy.ts";
+import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { prepared } from "./_common.ts";
 
 /** Config of the `gold` loss. */

@@ -33,7 +33,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { defineLoss } from "../../core/plugin.ts";
-import type { GrowRow } from "../../core/policy.ts";
+import type { GrowRow } from "../../core/types.ts";
 import {
   entropyFromLogits,
   klFromLogits,

@@ -35,6 +35,7 @@ import "@tensorflow/tfjs-backend-cpu";
 // Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
 import "@tensorflow/tfjs";
 import { definePlugin } from "../../core/plugin.ts";
+import { Rng } from "../../core/random.ts";
 import type {
   BeamOptions,
   DecodeOptions,
@@ -44,10 +45,9 @@ import type {
   Policy,
   PolicyState,
   SampleOptions,
+  SpecialIds,
   TokenBatch,
-} from "../../core/policy.ts";
-import { Rng } from "../../core/random.ts";
-import type { SpecialIds } from "../../core/types.ts";
+} from "../../core/types.ts";
 import { values } from "../_nn/custom_op.ts";
 import type { RunOptions } from "../_nn/dropout.ts";
 import { embedOp, type Lookup, sinusoidTable } from "../_nn/embedding.ts";

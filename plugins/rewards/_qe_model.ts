@@ -39,7 +39,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 // Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
 import "@tensorflow/tfjs";
-import type { PolicyState } from "../../core/policy.ts";
+import type { PolicyState } from "../../core/types.ts";
 import { Rng } from "../../core/random.ts";
 import type { RunOptions } from "../_nn/dropout.ts";
 import { embedOp, sinusoidTable } from "../_nn/embedding.ts";

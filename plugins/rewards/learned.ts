@@ -51,11 +51,11 @@ import {
   PLUGIN_REF_KEYWORD,
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
-import type { Policy } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import type {
   Example,
+  Policy,
   RewardInput,
   RewardModel,
   RewardPrepareContext,

@@ -5,9 +5,14 @@ import transformer from "../../plugins/models/transformer.ts";
 import { type BcContext, trainOrLoadBc } from "../../core/bc.ts";
 import { evaluatePolicy } from "../../core/evaluate.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
-import type { ModelFactory } from "../../core/policy.ts";
-import type { BcSettings, EvalSettings } from "../../core/sections.ts";
-import type { Example, RewardModel, Tokenizer } from "../../core/types.ts";
+import type {
+  BcSettings,
+  EvalSettings,
+  Example,
+  ModelFactory,
+  RewardModel,
+  Tokenizer,
+} from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
 import { writeReport } from "../../core/report.ts";
 import { BC_CURVE_FILE } from "../../core/report/bc_curve.ts";

@@ -4,10 +4,16 @@ import "@tensorflow/tfjs-backend-cpu";
 import { join } from "node:path";
 import { DistinctSamples, finalEvaluation, sequenceKl } from "../../core/evaluate.ts";
 import { hash53 } from "../../core/hash.ts";
-import type { Generation, Policy, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
-import type { EvalSettings } from "../../core/sections.ts";
-import type { Example, RewardModel, Tokenizer } from "../../core/types.ts";
+import type {
+  EvalSettings,
+  Example,
+  Generation,
+  Policy,
+  RewardModel,
+  TokenBatch,
+  Tokenizer,
+} from "../../core/types.ts";
 
 await tf.setBackend("cpu");
 

@@ -12,7 +12,6 @@ import {
   filterRows,
   grow,
   GrowPool,
-  type GrowSettings,
   improve,
   improveLearningRate,
   readGrowFile,
@@ -21,17 +20,21 @@ import {
   writeGrowFile,
 } from "../../core/rest.ts";
 import { DataError, UserError } from "../../core/errors.ts";
-import type { GrowRow, Loss, ModelFactory, Policy } from "../../core/policy.ts";
 import type {
+  EvalSettings,
   Example,
+  GrowRow,
+  GrowSettings,
+  Loss,
   Metrics,
+  ModelFactory,
+  Policy,
   RewardModel,
   ThresholdSchedule,
   Tokenizer,
 } from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
 import { pluginDefaults } from "../../core/plugin.ts";
-import type { EvalSettings } from "../../core/sections.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();

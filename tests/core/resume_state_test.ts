@@ -11,7 +11,7 @@ import { hasStackTrace, runTask } from "../_cli.ts";
 import { loadCheckpoint, saveCheckpoint } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { readGrowFile, writeGrowFile } from "../../core/grow_file.ts";
-import type { GrowRow } from "../../core/policy.ts";
+import type { GrowRow } from "../../core/types.ts";
 
 const MANIFEST = {
   experiment: "rs",

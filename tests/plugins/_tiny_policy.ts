@@ -8,9 +8,14 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { ForwardOutput, Policy, PolicyState, TokenBatch } from "../../core/policy.ts";
 import { Rng } from "../../core/random.ts";
-import type { SpecialIds } from "../../core/types.ts";
+import type {
+  ForwardOutput,
+  Policy,
+  PolicyState,
+  SpecialIds,
+  TokenBatch,
+} from "../../core/types.ts";
 
 /** Special ids of the tiny policy: pad 0, bos 1, eos 2, unk 3. */
 export const TINY_SPECIALS: SpecialIds = { pad: 0, bos: 1, eos: 2, unk: 3 };

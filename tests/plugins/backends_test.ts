@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../../core/random.ts";
 import { UserError } from "../../core/errors.ts";
 import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
-import type { BackendInfo } from "../../core/types.ts";
+import type { BackendInfo, ModelFactory } from "../../core/types.ts";
 import auto from "../../plugins/backends/auto.ts";
 import blas from "../../plugins/backends/blas.ts";
 import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
@@ -36,7 +36,6 @@ import { maskedSoftmaxInPlace, softmaxBackwardInPlace } from "../../plugins/_nn/
 import { attendOne } from "../../plugins/models/_decode.ts";
 import { SIMD_SOURCE_SHA256 } from "../../plugins/_nn/simd_wasm.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
-import type { ModelFactory } from "../../core/policy.ts";
 
 const deps = {} as PluginDeps;
 

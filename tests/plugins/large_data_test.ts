@@ -14,9 +14,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../../core/plugin.ts";
-import type { GrowRow } from "../../core/policy.ts";
 import { filterPool, growPath, GrowPool, readGrowFile, writeGrowFile } from "../../core/rest.ts";
-import type { Splits } from "../../core/types.ts";
+import type { GrowRow, Splits } from "../../core/types.ts";
 import gettext from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import tsv from "../../plugins/data/tsv.ts";

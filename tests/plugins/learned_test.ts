@@ -33,10 +33,16 @@ import { createPlugin, runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
-import type { ModelFactory } from "../../core/policy.ts";
-import type { RewardModel, RewardPrepareContext, Splits, Tokenizer } from "../../core/types.ts";
+import type {
+  EvalSettings,
+  ModelFactory,
+  RewardModel,
+  RewardPrepareContext,
+  Splits,
+  Tokenizer,
+} from "../../core/types.ts";
 import type { PluginDefinition } from "../../core/plugin.ts";
-import { EVAL_SCHEMA, type EvalSettings } from "../../core/sections.ts";
+import { EVAL_SCHEMA } from "../../core/sections.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 

@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { makeBatch } from "../../core/batch.ts";
 import { createAjv } from "../../core/manifest/ajv.ts";
 import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
-import type { GrowRow, Loss, LossInput, Policy } from "../../core/policy.ts";
+import type { GrowRow, Loss, LossInput, Policy } from "../../core/types.ts";
 import { Rng } from "../../core/random.ts";
 import { lossInput, type RowPair } from "../../core/rest.ts";
 import { disposeBatch, trainLoop } from "../../core/train.ts";

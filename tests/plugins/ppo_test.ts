@@ -11,11 +11,10 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import { ManifestError } from "../../core/errors.ts";
 import { resolveManifest } from "../../core/manifest/mod.ts";
-import type { ModelFactory } from "../../core/policy.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics } from "../../core/run.ts";
-import type { Metrics, RunContext, SpecialIds, Tokenizer } from "../../core/types.ts";
+import type { Metrics, ModelFactory, RunContext, SpecialIds, Tokenizer } from "../../core/types.ts";
 import {
   AdaptiveKl,
   clippedPolicyLoss,

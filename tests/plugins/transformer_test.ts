@@ -10,7 +10,7 @@ import transformer, {
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
 import { Rng } from "../../core/random.ts";
-import type { ModelFactory, Policy } from "../../core/policy.ts";
+import type { ModelFactory, Policy } from "../../core/types.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
