@@ -32,7 +32,7 @@ import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { GrowPool } from "./grow_pool.ts";
 import { makeBatch } from "./batch.ts";
 import { DistinctSamples, finalEvaluation, limit, selectionReward } from "./evaluate.ts";
-import { exists } from "./run.ts";
+import { exists, prefixed } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
   BcSettings,
@@ -459,6 +459,7 @@ export async function grow(
     return rows;
   }
   const started = performance.now();
+  ctx.reward.diagnostics?.(); // counters from here on belong to this Grow step
   // A seeded uniform sample when the budget is below the training split (never its first
   // rows: a corpus in file order would be grown from its first files only).
   const examples = sampleInOrder(sources, settings.sources, seed);
@@ -529,7 +530,7 @@ export async function grow(
     await Deno.mkdir(dirname(shared), { recursive: true });
     await copyGrowFile(path, shared);
   }
-  await logGrow(rows, ctx, g, started);
+  await logGrow(rows, ctx, g, started, ctx.reward.diagnostics?.());
   return rows;
 }
 
@@ -571,6 +572,7 @@ async function logGrow(
   ctx: RestContext,
   g: number,
   started: number,
+  rewardCounters: Record<string, number> = {},
 ): Promise<void> {
   const sampleRows = rows.filter((r) => r.origin === "sample");
   const referenceRows = rows.filter((r) => r.origin === "reference");
@@ -583,6 +585,7 @@ async function logGrow(
     "grow/mean_reference_reward": mean(referenceRows.map((r) => r.reward)),
     "grow/distinct_samples": distinctSamples(sampleRows),
     "grow/seconds": (performance.now() - started) / 1000,
+    ...prefixed("grow/reward_", rewardCounters),
   }, g);
   ctx.log(
     `grow ${g}: ${sampleRows.length} samples + ${referenceRows.length} references, mean reward ${

@@ -272,3 +272,8 @@ export async function acquireLock(
     }
   };
 }
+
+/** `counters` with `prefix` before each key (e.g. a reward's diagnostics in a metrics log). */
+export function prefixed(prefix: string, counters: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(counters).map(([k, v]) => [`${prefix}${k}`, v]));
+}

@@ -103,6 +103,12 @@ export interface RewardModel {
    * the BC checkpoint (validation chrF is, since the BC policy may be its training data).
    */
   prepare?(ctx: RewardPrepareContext): Promise<void>;
+  /**
+   * Optional: counters accumulated since the previous call (e.g. how many rows a guard
+   * zeroed, per rule), then reset. ReST logs them after each Grow step as
+   * `grow/reward_<key>`, PPO after each rollout batch as `ppo/reward_<key>`.
+   */
+  diagnostics?(): Record<string, number>;
 }
 
 /** What {@link RewardModel.prepare} gets. */

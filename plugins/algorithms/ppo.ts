@@ -84,6 +84,7 @@ import { UserError } from "../../core/errors.ts";
 import { Adam, learningRate } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
 import { profiler } from "../../core/profile.ts";
+import { prefixed } from "../../core/run.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
 import {
@@ -556,6 +557,7 @@ async function loop(
         });
       }
     }
+    ctx.reward.diagnostics?.(); // counters from here on belong to this rollout batch
     const scores = await profiler.phase("ppo/reward", () => {
       profiler.count(items.length, "rows");
       return ctx.reward.score(items.map((item) => ({
@@ -564,6 +566,7 @@ async function loop(
         reference: item.example.reference,
       })));
     });
+    const rewardCounters = ctx.reward.diagnostics?.() ?? {};
     checkScores(scores, items.length);
     items.forEach((item, i) => (item.score = scores[i]));
     p.samplesUsed += items.length;
@@ -640,6 +643,7 @@ async function loop(
       "ppo/samples": p.samplesUsed,
       "ppo/distinct_samples": distinct.size,
       "ppo/reward": mean(scores),
+      ...prefixed("ppo/reward_", rewardCounters),
       "ppo/reward_normalised": (mean(scores) - normaliser.mean) / normaliser.std,
       "ppo/kl": meanKl,
       "ppo/kl_coef": beta,

@@ -438,6 +438,33 @@ Deno.test("training keeps tf.memory().numTensors flat across steps and evaluatio
   }
 });
 
+Deno.test("Grow logs the reward's diagnostics counted during that Grow step only", async () => {
+  const { build, ctx, records } = await setup();
+  const policy = build(1);
+  let short = 0;
+  const reward = {
+    needsReference: true,
+    score: (rows: readonly { hypothesis: string }[]) => {
+      short += rows.filter((r) => r.hypothesis.length < 2).length;
+      return Promise.resolve(rows.map(() => 0.5));
+    },
+    diagnostics() {
+      const out = { short, calls: 1 };
+      short = 0;
+      return out;
+    },
+  };
+  try {
+    short = 99; // counted before the Grow step: not this step's
+    const rows = await grow(policy, EXAMPLES, { ...GROW, sources: 4 }, { ...ctx, reward }, 1, 3);
+    const expected = rows.filter((r) => r.hypothesis.length < 2).length;
+    assert.equal(records.at(-1)!["grow/reward_short"], expected);
+    assert.equal(records.at(-1)!["grow/reward_calls"], 1);
+  } finally {
+    policy.dispose();
+  }
+});
+
 Deno.test("Grow with a source budget grows a seeded uniform sample of the split, not its first rows", async () => {
   const { build, ctx } = await setup();
   const policy = build(1);
