@@ -31,7 +31,8 @@ import { maxOf, mean } from "./append.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { GrowPool } from "./grow_pool.ts";
 import { makeBatch } from "./batch.ts";
-import { DistinctSamples, finalEvaluation, limit, selectionReward } from "./evaluate.ts";
+import { DistinctSamples, limit, selectionReward } from "./evaluate.ts";
+import { finishRun } from "./finish.ts";
 import { exists, prefixed } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
@@ -211,25 +212,11 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
       }
     }
     const gradientSteps = resume.stepOffset();
-    const metrics = {
-      ...(await finalEvaluation(
-        policy,
-        ctx.tokenizer,
-        ctx.reward,
-        ctx.splits,
-        ctx.evaluation,
-        ctx.seed,
-        { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
-      )),
+    return await finishRun(ctx, policy, bcPolicy, {
       "train/distinct_samples": sampled.size,
       "train/gradient_steps": gradientSteps,
       "train/grow_mean_reward": pool.size > 0 ? mean(Array.from(pool.rewards())) : NaN,
-    };
-    await ctx.metrics.log(metrics, gradientSteps);
-    for (const [key, value] of Object.entries(metrics)) {
-      ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
-    }
-    return { metrics };
+    }, gradientSteps);
   } finally {
     policy.dispose();
     bcPolicy.dispose();

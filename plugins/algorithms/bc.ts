@@ -5,9 +5,9 @@
  * @module
  */
 
-import { join } from "node:path";
 import { definePlugin } from "../../core/plugin.ts";
-import { DistinctSamples, finalEvaluation } from "../../core/evaluate.ts";
+import { DistinctSamples } from "../../core/evaluate.ts";
+import { finishRun } from "../../core/finish.ts";
 import type { RunContext } from "../../core/types.ts";
 
 export default definePlugin({
@@ -21,27 +21,13 @@ export default definePlugin({
       async run(ctx: RunContext) {
         const policy = await ctx.bcPolicy();
         try {
-          const metrics = {
-            ...(await finalEvaluation(
-              policy,
-              ctx.tokenizer,
-              ctx.reward,
-              ctx.splits,
-              ctx.evaluation,
-              ctx.seed,
-              // KL(pi_BC || pi_BC) = 0: computed like every other row's, as a check.
-              { bcPolicy: policy, outputs: join(ctx.dir, "test_outputs.tsv") },
-            )),
-            // BC trains on the references only: it samples nothing (see DistinctSamples),
-            // and takes no optimizer step after BC.
+          // KL(pi_BC || pi_BC) = 0: computed like every other row's, as a check. BC trains on
+          // the references only: it samples nothing (see DistinctSamples), and takes no
+          // optimizer step after BC.
+          return await finishRun(ctx, policy, policy, {
             "train/distinct_samples": new DistinctSamples().size,
             "train/gradient_steps": 0,
-          };
-          await ctx.metrics.log(metrics, 0);
-          for (const [key, value] of Object.entries(metrics)) {
-            ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
-          }
-          return { metrics };
+          }, 0);
         } finally {
           policy.dispose();
         }

@@ -73,18 +73,13 @@ import { join } from "node:path";
 import { appendAll, mean } from "../../core/append.ts";
 import { definePlugin, int, num } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
-import {
-  checkScores,
-  DistinctSamples,
-  finalEvaluation,
-  limit,
-  selectionReward,
-} from "../../core/evaluate.ts";
+import { checkScores, DistinctSamples, limit, selectionReward } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
 import { Adam, learningRate } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
 import { profiler } from "../../core/profile.ts";
 import { prefixed } from "../../core/run.ts";
+import { finishRun } from "../../core/finish.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
 import {
@@ -685,16 +680,7 @@ async function loop(
       `best validation reward ${(100 * best.score).toFixed(2)} after rollout batch ${best.rollout}`,
   );
 
-  const metrics: Metrics = {
-    ...(await finalEvaluation(
-      policy,
-      ctx.tokenizer,
-      ctx.reward,
-      ctx.splits,
-      ctx.evaluation,
-      ctx.seed,
-      { bcPolicy: models.reference, outputs: join(ctx.dir, "test_outputs.tsv") },
-    )),
+  return await finishRun(ctx, policy, models.reference, {
     "train/distinct_samples": distinct.size,
     "train/samples": p.samplesUsed,
     "train/gradient_steps": p.step,
@@ -703,12 +689,7 @@ async function loop(
     "train/rollout_mean_reward": p.samplesUsed > 0 ? p.rewardSum / p.samplesUsed : NaN,
     "train/kl_coef": kl.value,
     "train/seconds": (performance.now() - setup.started) / 1000,
-  };
-  await ctx.metrics.log(metrics, p.step);
-  for (const [key, value] of Object.entries(metrics)) {
-    ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
-  }
-  return { metrics };
+  }, p.step);
 }
 
 /**

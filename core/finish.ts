@@ -1,0 +1,42 @@
+/**
+ * How every policy-training algorithm (bc, rest, ppo) ends a run: the final evaluation of its
+ * policy ({@link finalEvaluation}), merged with the algorithm's own training counters, written
+ * to the run's metrics log and printed one line per metric (rewards x100).
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { finalEvaluation } from "./evaluate.ts";
+import type { Metrics, Policy, RunContext, RunSummary } from "./types.ts";
+
+/**
+ * Evaluates `policy` (KL measured against `bcPolicy`), writes the test translations to
+ * `<run>/test_outputs.tsv`, logs the evaluation and `training` (`train/...` counters) at
+ * `step`, and returns them as the run's summary.
+ */
+export async function finishRun(
+  ctx: RunContext,
+  policy: Policy,
+  bcPolicy: Policy,
+  training: Metrics,
+  step: number,
+): Promise<RunSummary> {
+  const metrics: Metrics = {
+    ...(await finalEvaluation(
+      policy,
+      ctx.tokenizer,
+      ctx.reward,
+      ctx.splits,
+      ctx.evaluation,
+      ctx.seed,
+      { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
+    )),
+    ...training,
+  };
+  await ctx.metrics.log(metrics, step);
+  for (const [key, value] of Object.entries(metrics)) {
+    ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
+  }
+  return { metrics };
+}
