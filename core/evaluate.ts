@@ -11,7 +11,6 @@ import * as tf from "@tensorflow/tfjs-core";
 import { maxOf, mean } from "./append.ts";
 import { makeBatch } from "./batch.ts";
 import { hash53 } from "./hash.ts";
-import { profiler } from "./profile.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
@@ -207,22 +206,7 @@ export interface FinalEvaluationOptions {
  *   reward and corpus chrF/BLEU against the references (written as TSV to `outputs`);
  * - `bon/...`: Best-of-N on the report split when the settings ask for it.
  */
-export function finalEvaluation(
-  policy: Policy,
-  tokenizer: Tokenizer,
-  reward: RewardModel,
-  splits: { valid: readonly Example[]; test: readonly Example[] },
-  settings: EvalSettings,
-  seed: number,
-  options: FinalEvaluationOptions,
-): Promise<Record<string, number>> {
-  return profiler.phase(
-    "evaluation",
-    () => evaluateFinal(policy, tokenizer, reward, splits, settings, seed, options),
-  );
-}
-
-async function evaluateFinal(
+export async function finalEvaluation(
   policy: Policy,
   tokenizer: Tokenizer,
   reward: RewardModel,

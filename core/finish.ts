@@ -8,6 +8,7 @@
 
 import { join } from "node:path";
 import { finalEvaluation } from "./evaluate.ts";
+import { profiler } from "./profile.ts";
 import type { Metrics, Policy, RunContext, RunSummary } from "./types.ts";
 
 /**
@@ -22,8 +23,8 @@ export async function finishRun(
   training: Metrics,
   step: number,
 ): Promise<RunSummary> {
-  const metrics: Metrics = {
-    ...(await finalEvaluation(
+  const evaluation = await profiler.phase("evaluation", () =>
+    finalEvaluation(
       policy,
       ctx.tokenizer,
       ctx.reward,
@@ -31,9 +32,8 @@ export async function finishRun(
       ctx.evaluation,
       ctx.seed,
       { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
-    )),
-    ...training,
-  };
+    ));
+  const metrics: Metrics = { ...evaluation, ...training };
   await ctx.metrics.log(metrics, step);
   for (const [key, value] of Object.entries(metrics)) {
     ctx.log(`${key} = ${(key.includes("reward") ? 100 * value : value).toFixed(2)}`);
