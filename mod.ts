@@ -9,15 +9,23 @@
  * - The algorithm: {@link runRest} (Algorithm 1), its {@link grow} and {@link improve} steps.
  * - Metrics: {@link corpusChrf}, {@link corpusBleu} and their sentence-level forms.
  * - Errors: {@link UserError}, {@link ManifestError}, {@link DataError}.
+ * - Tensor types the contracts use, aliases of tfjs-core's: {@link Scalar}, {@link Tensor1D},
+ *   {@link Tensor2D}, {@link Tensor3D}, {@link Variable}.
  *
- * @example Load a manifest and run it (a tiny synthetic experiment)
- * ```ts ignore
- * import { builtinPlugins, createRegistries, loadManifest, runExperiment } from "./mod.ts";
+ * {@link runExperiment} has an example of a whole (tiny) experiment, {@link grow} and
+ * {@link improve} of the two steps on their own.
+ *
+ * @example The registries a manifest's plugin names are looked up in, and a metric
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { builtinPlugins, corpusChrf, createRegistries } from "@rest/framework";
  *
  * const registries = createRegistries(builtinPlugins);
- * const manifest = await loadManifest("experiments/smoke.json", registries);
- * const result = await runExperiment(manifest, registries, { out: "runs", smoke: true });
- * console.log(result);
+ * assert.ok(registries.algorithm.names().includes("rest"));
+ * assert.equal(registries.reward.get("chrf").kind, "reward");
+ * assert.throws(() => registries.reward.get("chrff"), /did you mean "chrf"\?/);
+ *
+ * assert.equal(corpusChrf(["the cat sat"], ["the cat sat"]), 100);
  * ```
  *
  * @module
@@ -80,17 +88,22 @@ export type {
   RunSplits,
   RunSummary,
   SampleOptions,
+  Scalar,
   Schedule,
   SectionUse,
   Side,
   SpecialIds,
   Splits,
+  Tensor1D,
+  Tensor2D,
+  Tensor3D,
   ThresholdArgs,
   ThresholdDecision,
   ThresholdSchedule,
   TokenBatch,
   Tokenizer,
   TrainSettings,
+  Variable,
 } from "./core/types.ts";
 export { type ExperimentOptions, type ExperimentResult, runExperiment } from "./core/experiment.ts";
 export {

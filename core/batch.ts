@@ -6,7 +6,7 @@
 
 import { maxOf } from "./append.ts";
 import * as tf from "@tensorflow/tfjs-core";
-import type { Policy, SmoothedLogProbs, SpecialIds, TokenBatch } from "./types.ts";
+import type { Policy, Scalar, SmoothedLogProbs, SpecialIds, TokenBatch } from "./types.ts";
 
 /**
  * Pads pairs of id sequences into a {@link TokenBatch}. EOS is appended to every source and
@@ -66,7 +66,7 @@ export interface NllOptions {
  * implementing {@link SmoothedLogProbs} compute the smoothed term themselves; others go
  * through `forward`'s logits.
  */
-export function nllLoss(policy: Policy, batch: TokenBatch, options: NllOptions): tf.Scalar {
+export function nllLoss(policy: Policy, batch: TokenBatch, options: NllOptions): Scalar {
   return tf.tidy(() => {
     const eps = options.labelSmoothing;
     let perToken: tf.Tensor2D;

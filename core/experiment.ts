@@ -178,7 +178,62 @@ async function prepareTokenizer(
   );
 }
 
-/** Executes every run of a resolved manifest. */
+/**
+ * Executes every run of a resolved manifest (from `loadManifest`) in its own folder under
+ * `<out>/<experiment>/`: sets up the backend, loads the data, trains the shared tokenizer (or
+ * reloads it), then runs each run's algorithm. Holds a lock on the experiment folder while it
+ * runs; with `resume`, runs found in the folder continue where they stopped.
+ *
+ * @example A tiny ReST experiment on synthetic data, in seconds
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { join } from "node:path";
+ * import { builtinPlugins, createRegistries, loadManifest, runExperiment } from "@rest/framework";
+ *
+ * const registries = createRegistries(builtinPlugins);
+ * const out = await Deno.makeTempDir();
+ * const file = join(out, "tiny.json");
+ * await Deno.writeTextFile(
+ *   file,
+ *   JSON.stringify({
+ *     experiment: "tiny",
+ *     backend: "cpu",
+ *     data: { name: "synthetic", config: { pairs: 40 } },
+ *     tokenizer: { name: "bpe", config: { vocabSize: 300 } },
+ *     model: {
+ *       name: "transformer",
+ *       config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
+ *     },
+ *     reward: "chrf",
+ *     bc: { steps: 2, batchSize: 8, evalEvery: 2, evalSize: 4 },
+ *     evaluation: { maxLen: 8, validSize: 4, testSize: 4 },
+ *     runs: [{
+ *       name: "rest",
+ *       algorithm: {
+ *         name: "rest",
+ *         config: { growSteps: 1, improveSteps: 1, grow: { sources: 4 }, improve: { steps: 2 } },
+ *       },
+ *       loss: "bc",
+ *       threshold: { name: "fixed", config: { values: [0.5] } },
+ *     }],
+ *   }),
+ * );
+ * const manifest = await loadManifest(file, registries, { smoke: true });
+ * const result = await runExperiment(manifest, registries, {
+ *   out,
+ *   resume: false,
+ *   smoke: true,
+ *   log: () => {}, // progress bars still go to standard error
+ * });
+ * assert.equal(result.dir, join(out, "tiny"));
+ * assert.equal(result.backend.name, "cpu");
+ * const metrics = result.runs["rest"].metrics;
+ * assert.ok(metrics["eval/test_chrf"] >= 0 && metrics["eval/test_chrf"] <= 100);
+ * assert.ok(metrics["train/gradient_steps"] > 0);
+ * assert.ok((await Deno.stat(join(out, "tiny", "rest", "metrics.jsonl"))).isFile);
+ * await Deno.remove(out, { recursive: true });
+ * ```
+ */
 export async function runExperiment(
   manifest: ResolvedManifest,
   registries: Registries,

@@ -5,38 +5,11 @@
  * `configSchema` is a JSON Schema whose every property has a `description` and a
  * `default`: it is the single source of the plugin's options and their docs.
  *
- * @example A minimal reward plugin
- * ```ts
- * import { definePlugin } from "./plugin.ts";
- *
- * const exact = definePlugin({
- *   kind: "reward",
- *   name: "exact_match",
- *   summary: "1 when the hypothesis equals the reference, else 0.",
- *   configSchema: {
- *     type: "object",
- *     additionalProperties: false,
- *     properties: {
- *       caseSensitive: { type: "boolean", default: true, description: "Compare case-sensitively." },
- *     },
- *   },
- *   create(config: { caseSensitive: boolean }) {
- *     const norm = (s: string) => config.caseSensitive ? s : s.toLowerCase();
- *     return {
- *       needsReference: true,
- *       score(rows: readonly { hypothesis: string; reference?: string }[]) {
- *         return Promise.resolve(rows.map((r) => norm(r.hypothesis) === norm(r.reference ?? "") ? 1 : 0));
- *       },
- *     };
- *   },
- * });
- * console.assert(exact.name === "exact_match");
- * ```
+ * {@link definePlugin} and {@link defineLoss} have examples.
  *
  * @module
  */
 
-import type * as tf from "@tensorflow/tfjs-core";
 import type {
   Algorithm,
   Backend,
@@ -47,9 +20,11 @@ import type {
   ModelFactory,
   RewardModel,
   RunSection,
+  Scalar,
   SectionUse,
   ThresholdSchedule,
   Tokenizer,
+  Variable,
 } from "./types.ts";
 
 /** The plugin kinds, one registry each. */
@@ -195,6 +170,64 @@ function schemaProblems(schema: JsonSchema, path: string): string[] {
 /**
  * Declares a plugin. Checks the definition's shape and returns it unchanged.
  *
+ * @example A minimal reward plugin, created and used by hand
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { definePlugin, type PluginDeps } from "@rest/framework";
+ *
+ * const exactMatch = definePlugin({
+ *   kind: "reward",
+ *   name: "exact_match",
+ *   summary: "1 when the hypothesis equals the reference, else 0.",
+ *   configSchema: {
+ *     type: "object",
+ *     additionalProperties: false,
+ *     properties: {
+ *       caseSensitive: { type: "boolean", default: true, description: "Ignore case if false." },
+ *     },
+ *   },
+ *   create(config: { caseSensitive: boolean }) {
+ *     const norm = (s: string) => config.caseSensitive ? s : s.toLowerCase();
+ *     return {
+ *       needsReference: true,
+ *       score: (rows) =>
+ *         Promise.resolve(rows.map((r) => norm(r.hypothesis) === norm(r.reference ?? "") ? 1 : 0)),
+ *     };
+ *   },
+ * });
+ *
+ * // A run creates the instance from the manifest's config; here it is created by hand.
+ * const deps: PluginDeps = {
+ *   seed: 1,
+ *   baseDir: ".",
+ *   smoke: false,
+ *   log: console.log,
+ *   create: () => Promise.reject(new Error("no nested plugins here")),
+ * };
+ * const reward = await exactMatch.create({ caseSensitive: false }, deps);
+ * const scores = await reward.score([
+ *   { source: "Hallo", hypothesis: "Hello", reference: "hello" },
+ *   { source: "Hallo", hypothesis: "Hi", reference: "hello" },
+ * ]);
+ * assert.deepEqual(scores, [1, 0]);
+ *
+ * // Every config property needs a description and a default.
+ * assert.throws(
+ *   () =>
+ *     definePlugin({
+ *       kind: "reward",
+ *       name: "scaled",
+ *       summary: "Lacks a default.",
+ *       configSchema: {
+ *         type: "object",
+ *         properties: { scale: { type: "number", description: "Factor." } },
+ *       },
+ *       create: () => ({ needsReference: false, score: () => Promise.resolve([]) }),
+ *     }),
+ *   /configSchema\/scale has no default/,
+ * );
+ * ```
+ *
  * @throws {TypeError} when the kind is unknown, the name is not snake_case, the summary is
  *   empty, the schema is not an object schema, or a config property lacks `description`/`default`.
  */
@@ -265,9 +298,9 @@ export interface LossParts {
     input: LossInput,
     record: (name: string, value: number) => void,
     ctx: LossContext,
-  ): tf.Scalar;
+  ): Scalar;
   /** Extra trainable variables (default none); read each time the trainer asks. */
-  readonly variables?: tf.Variable[];
+  readonly variables?: Variable[];
   /** Called before each Improve step, before its context is handed to `compute`. */
   prepare?(ctx: LossContext): void;
   /** Called after every optimizer step. */
@@ -290,21 +323,35 @@ export interface LossDefinition<C> extends Omit<PluginDefinition<"loss", C>, "ki
  *
  * @example A loss that is only its formula: the mean NLL of the kept rows' tokens
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs-core";
- * import { defineLoss } from "./plugin.ts";
+ * import { defineLoss, type PluginDeps, type Scalar } from "@rest/framework";
  *
- * const nll = defineLoss({
+ * const plainNll = defineLoss({
  *   name: "plain_nll",
  *   summary: "Mean negative log-likelihood of the kept rows' tokens.",
  *   configSchema: { type: "object", additionalProperties: false, properties: {} },
  *   create: () => ({
  *     compute({ batch }, _record, { policy }) {
  *       const logProbs = policy.tokenLogProbs(batch, { training: true });
- *       return tf.neg(tf.div(tf.sum(logProbs), tf.sum(batch.targetMask))) as tf.Scalar;
+ *       return tf.neg(tf.div(tf.sum(logProbs), tf.sum(batch.targetMask))) as Scalar;
  *     },
  *   }),
  * });
- * console.assert(nll.kind === "loss" && nll.name === "plain_nll");
+ * assert.equal(plainNll.kind, "loss");
+ *
+ * // The created loss is a full `Loss`: no variables, and no-op hooks besides `compute`.
+ * const deps: PluginDeps = {
+ *   seed: 1,
+ *   baseDir: ".",
+ *   smoke: false,
+ *   log: console.log,
+ *   create: () => Promise.reject(new Error("no nested plugins here")),
+ * };
+ * const loss = await plainNll.create({}, deps);
+ * assert.deepEqual(loss.variables, []);
+ * loss.afterStep(1);
+ * loss.dispose();
  * ```
  *
  * @throws {TypeError} like {@link definePlugin}.

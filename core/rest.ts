@@ -417,6 +417,88 @@ export function scoreTokens(
  * resumed run) it is read back instead. `shared`, when given, is an experiment-level copy
  * keyed by everything the set depends on: an existing one is copied instead of sampling
  * again, a new set is copied there.
+ *
+ * @example Grow step 1 of a tiny transformer on a copy task
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import {
+ *   builtinPlugins,
+ *   createRegistries,
+ *   grow,
+ *   type PluginDeps,
+ *   pluginDefaults,
+ *   type PluginInstances,
+ *   type PluginKind,
+ *   type RestContext,
+ * } from "@rest/framework";
+ *
+ * // Built-in plugins with their default configs (a manifest would name them), on the cpu backend.
+ * const registries = createRegistries(builtinPlugins);
+ * const deps: PluginDeps = {
+ *   seed: 1,
+ *   baseDir: ".",
+ *   smoke: false,
+ *   log: console.log,
+ *   create: () => Promise.reject(new Error("no nested plugins here")),
+ * };
+ * async function make<K extends PluginKind>(
+ *   kind: K,
+ *   name: string,
+ *   config: Record<string, unknown> = {},
+ * ): Promise<PluginInstances[K]> {
+ *   const plugin = registries[kind].get(name);
+ *   return await plugin.create({ ...pluginDefaults(plugin), ...config }, deps);
+ * }
+ * await (await make("backend", "cpu")).init();
+ *
+ * // A copy task, a tokenizer trained on it and a tiny transformer policy.
+ * const words = ["abc", "bca", "cab", "acb", "bac", "cba"];
+ * const pairs = words.map((w) => ({ source: w, reference: w }));
+ * const tokenizer = await make("tokenizer", "bpe", { vocabSize: 300 });
+ * tokenizer.train({ sources: words, targets: words });
+ * const model = { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 };
+ * const policy = (await make("model", "transformer", model)).build({
+ *   sourceVocab: tokenizer.vocabSize("source"),
+ *   targetVocab: tokenizer.vocabSize("target"),
+ *   specials: tokenizer.specials,
+ *   valueHead: false,
+ *   seed: 1,
+ * });
+ * const dir = await Deno.makeTempDir();
+ * const ctx: RestContext = {
+ *   dir,
+ *   tokenizer,
+ *   reward: await make("reward", "chrf"),
+ *   metrics: { log: () => Promise.resolve() },
+ *   progress: () => ({ tick() {}, done() {} }),
+ *   log: () => {},
+ * };
+ *
+ * // Grow step 1: two samples per source at temperature 0.8, plus the original pairs.
+ * const settings = {
+ *   samplesPerSource: 2,
+ *   temperature: 0.8,
+ *   topK: 0,
+ *   topP: 1,
+ *   maxLen: 8,
+ *   batchSize: 8,
+ *   includeOriginal: true,
+ *   sources: 0,
+ * };
+ * const rows = await grow(policy, pairs, settings, ctx, 1, 7);
+ * assert.equal(rows.length, pairs.length * 3);
+ * for (const row of rows) {
+ *   assert.ok(row.reward >= 0 && row.reward <= 1);
+ *   assert.equal(row.tokens.length, row.logProbs.length); // behaviour log-probabilities
+ * }
+ * // The originals score 1 against themselves; the set is stored, and reused when resumed.
+ * assert.ok(rows.filter((r) => r.origin === "reference").every((r) => r.reward === 1));
+ * assert.deepEqual(await grow(policy, pairs, settings, ctx, 1, 7), rows);
+ * assert.ok((await Deno.stat(`${dir}/grow_1.jsonl`)).isFile);
+ *
+ * policy.dispose();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export async function grow(
   policy: Policy,
@@ -719,6 +801,129 @@ export interface ImprovePosition {
  * incoming weights are evaluated first, then every `evalEvery` steps and at the end; the
  * policy ends with the best of them (by reward on `select`), so a harmful step changes
  * nothing.
+ *
+ * @example Improve step 1.1 on the rows of a Grow step, tau = 0.5
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import {
+ *   builtinPlugins,
+ *   createRegistries,
+ *   grow,
+ *   GrowPool,
+ *   improve,
+ *   type PluginDeps,
+ *   pluginDefaults,
+ *   type PluginInstances,
+ *   type PluginKind,
+ *   type RestContext,
+ * } from "@rest/framework";
+ *
+ * // Built-in plugins with their default configs (a manifest would name them), on the cpu backend.
+ * const registries = createRegistries(builtinPlugins);
+ * const deps: PluginDeps = {
+ *   seed: 1,
+ *   baseDir: ".",
+ *   smoke: false,
+ *   log: console.log,
+ *   create: () => Promise.reject(new Error("no nested plugins here")),
+ * };
+ * async function make<K extends PluginKind>(
+ *   kind: K,
+ *   name: string,
+ *   config: Record<string, unknown> = {},
+ * ): Promise<PluginInstances[K]> {
+ *   const plugin = registries[kind].get(name);
+ *   return await plugin.create({ ...pluginDefaults(plugin), ...config }, deps);
+ * }
+ * await (await make("backend", "cpu")).init();
+ *
+ * // A copy task, a tokenizer trained on it and a tiny transformer policy.
+ * const words = ["abc", "bca", "cab", "acb", "bac", "cba"];
+ * const pairs = words.map((w) => ({ source: w, reference: w }));
+ * const tokenizer = await make("tokenizer", "bpe", { vocabSize: 300 });
+ * tokenizer.train({ sources: words, targets: words });
+ * const model = { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 };
+ * const policy = (await make("model", "transformer", model)).build({
+ *   sourceVocab: tokenizer.vocabSize("source"),
+ *   targetVocab: tokenizer.vocabSize("target"),
+ *   specials: tokenizer.specials,
+ *   valueHead: false,
+ *   seed: 1,
+ * });
+ * const dir = await Deno.makeTempDir();
+ * const ctx: RestContext = {
+ *   dir,
+ *   tokenizer,
+ *   reward: await make("reward", "chrf"),
+ *   metrics: { log: () => Promise.resolve() },
+ *   progress: () => ({ tick() {}, done() {} }),
+ *   log: () => {},
+ * };
+ *
+ * // Grow step 1: two samples per source at temperature 0.8, plus the original pairs.
+ * const settings = {
+ *   samplesPerSource: 2,
+ *   temperature: 0.8,
+ *   topK: 0,
+ *   topP: 1,
+ *   maxLen: 8,
+ *   batchSize: 8,
+ *   includeOriginal: true,
+ *   sources: 0,
+ * };
+ * const rows = await grow(policy, pairs, settings, ctx, 1, 7);
+ *
+ * // Improve step 1.1: fine-tune on the rows with reward > 0.5 (the BC loss, a fixed tau).
+ * const bcPolicy = policy.clone();
+ * const pool = new GrowPool();
+ * pool.addAll(rows);
+ * const loss = await make("loss", "bc");
+ * const result = await improve(
+ *   policy,
+ *   bcPolicy,
+ *   pool,
+ *   loss,
+ *   await make("threshold", "fixed", { values: [0.5] }),
+ *   pairs, // the selection split that picks the step's best weights
+ *   {
+ *     epochs: 1,
+ *     steps: 2,
+ *     batchSize: 8,
+ *     learningRate: 1e-3,
+ *     learningRateDecay: 1,
+ *     warmupSteps: 0,
+ *     schedule: "constant",
+ *     clipNorm: 1,
+ *     evalEvery: 0,
+ *     patience: 0,
+ *     evalSize: 0,
+ *     references: "filter",
+ *     evaluation: {
+ *       maxLen: 8,
+ *       batchSize: 8,
+ *       validSize: 0,
+ *       testSize: 0,
+ *       temperature: 0.8,
+ *       bestOfN: [],
+ *       bestOfNSize: 0,
+ *       selectBy: "greedy",
+ *       selectSamples: 1,
+ *     },
+ *     selectionSeed: 1,
+ *   },
+ *   ctx,
+ *   { grow: 1, improve: 1, improveSteps: 1, index: 1, stepOffset: 0 },
+ *   7,
+ * );
+ * assert.equal(result.tau, 0.5);
+ * assert.equal(result.kept, rows.filter((r) => r.reward > 0.5).length);
+ * assert.ok(result.steps >= 1);
+ *
+ * loss.dispose();
+ * policy.dispose();
+ * bcPolicy.dispose();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export async function improve(
   policy: Policy,

@@ -12,6 +12,25 @@
 
 import type * as tf from "@tensorflow/tfjs-core";
 
+// The tfjs-core tensor types the contracts use, under the framework's own names, so that the
+// public API (mod.ts) exports every type it refers to. Each is an alias, not a new type: a
+// `tf.Tensor2D` of "@tensorflow/tfjs-core" is a `Tensor2D` here, and the other way round.
+
+/** A rank-0 tensor, e.g. a loss value: an alias of tfjs-core's `tf.Scalar`. */
+export type Scalar = tf.Scalar;
+
+/** A rank-1 tensor, e.g. a batch's `[B]` rewards: an alias of tfjs-core's `tf.Tensor1D`. */
+export type Tensor1D = tf.Tensor1D;
+
+/** A rank-2 tensor, e.g. `[B, T]` token ids: an alias of tfjs-core's `tf.Tensor2D`. */
+export type Tensor2D = tf.Tensor2D;
+
+/** A rank-3 tensor, e.g. `[B, T, V]` logits: an alias of tfjs-core's `tf.Tensor3D`. */
+export type Tensor3D = tf.Tensor3D;
+
+/** A trainable weight of a policy or a loss: an alias of tfjs-core's `tf.Variable`. */
+export type Variable = tf.Variable;
+
 /** A translation pair: the source sentence and its reference translation. */
 export interface Example {
   /** Source-language text. */
@@ -291,21 +310,21 @@ export interface RunContext {
 /** A padded batch of token ids. Padding id is 0 and always masked. */
 export interface TokenBatch {
   /** `[B, S]` int32 source ids, each row ending with EOS, right-padded. */
-  source: tf.Tensor2D;
+  source: Tensor2D;
   /** `[B, T]` int32 decoder inputs: BOS y_1 ... y_{T-1}. */
-  targetIn: tf.Tensor2D;
+  targetIn: Tensor2D;
   /** `[B, T]` int32 decoder targets: y_1 ... y_T (EOS where the output ended). */
-  targetOut: tf.Tensor2D;
+  targetOut: Tensor2D;
   /** `[B, T]` float32, 1 at real target positions, 0 at padding. */
-  targetMask: tf.Tensor2D;
+  targetMask: Tensor2D;
 }
 
 /** The outputs of a teacher-forced forward pass. */
 export interface ForwardOutput {
   /** `[B, T, V]` unnormalised logits. */
-  logits: tf.Tensor3D;
+  logits: Tensor3D;
   /** `[B, T]` value estimates, when the model has a value head. */
-  values?: tf.Tensor2D;
+  values?: Tensor2D;
 }
 
 /** One decoded output. */
@@ -353,7 +372,7 @@ export interface Policy {
   /** Special token ids (shared with the tokenizer). */
   readonly specials: SpecialIds;
   /** Trainable variables (value head included when present). */
-  readonly variables: tf.Variable[];
+  readonly variables: Variable[];
   /** Whether the model has a value head. */
   readonly hasValueHead: boolean;
   /** Teacher-forced forward pass (call inside `tf.tidy` or an optimizer step). */
@@ -366,7 +385,7 @@ export interface Policy {
   tokenLogProbs(
     batch: TokenBatch,
     options: { training: boolean; temperature?: number },
-  ): tf.Tensor2D;
+  ): Tensor2D;
   /** n samples for each source: result[i][j] is sample j of source i. */
   sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]>;
   /** Greedy decoding, one output per source. */
@@ -400,7 +419,7 @@ export interface SmoothedLogProbs {
   smoothedTokenLogProbs(
     batch: TokenBatch,
     options: { training: boolean; labelSmoothing: number },
-  ): tf.Tensor2D;
+  ): Tensor2D;
 }
 
 /** A saved policy: its config as JSON and its weights as one float32 buffer. */
@@ -455,11 +474,11 @@ export interface LossInput {
   /** The padded batch (targets are the rows' tokens). */
   batch: TokenBatch;
   /** `[B]` rewards of the rows. */
-  rewards: tf.Tensor1D;
+  rewards: Tensor1D;
   /** `[B, T]` behaviour log-probabilities (0 at padding). */
-  behaviourLogProbs: tf.Tensor2D;
+  behaviourLogProbs: Tensor2D;
   /** `[B]` mean reward of each row's source over the Grow set (a per-source baseline). */
-  sourceMeanRewards: tf.Tensor1D;
+  sourceMeanRewards: Tensor1D;
   /** The rows themselves. */
   rows: readonly GrowRow[];
 }
@@ -487,14 +506,14 @@ export interface LossContext {
  */
 export interface Loss {
   /** Extra trainable variables (e.g. a temperature or a value network); [] if none. */
-  readonly variables: tf.Variable[];
+  readonly variables: Variable[];
   /** Called before each Improve step's optimisation starts. */
   prepare(ctx: LossContext): void;
   /**
    * The scalar loss of a batch. `record(name, value)` logs a diagnostic (e.g. "kl"),
    * averaged over steps under `improve/<name>`.
    */
-  compute(input: LossInput, record: (name: string, value: number) => void): tf.Scalar;
+  compute(input: LossInput, record: (name: string, value: number) => void): Scalar;
   /** Called after every optimizer step (e.g. to sync a lagged copy every K steps). */
   afterStep(step: number): void;
   /** Frees whatever the loss holds. */

@@ -347,7 +347,61 @@ export async function resolvePluginRef(
   return result.ref;
 }
 
-/** Reads, validates and resolves a manifest file. */
+/**
+ * Reads, validates and resolves a manifest file: every plugin reference is checked against
+ * its plugin's config schema and gets its defaults, `options.smoke` applies each plugin's
+ * `--smoke` scaling, and relative paths resolve against the file's folder.
+ *
+ * @example Load a small manifest, then one with mistakes
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { join } from "node:path";
+ * import { builtinPlugins, createRegistries, loadManifest, ManifestError } from "@rest/framework";
+ *
+ * const registries = createRegistries(builtinPlugins);
+ * const dir = await Deno.makeTempDir();
+ * const file = join(dir, "tiny.json");
+ * await Deno.writeTextFile(
+ *   file,
+ *   JSON.stringify({
+ *     experiment: "tiny",
+ *     data: { name: "synthetic", config: { pairs: 1000 } },
+ *     tokenizer: "bpe",
+ *     model: "transformer",
+ *     reward: "chrf",
+ *     runs: [{ name: "bc", algorithm: "bc" }],
+ *   }),
+ * );
+ * const manifest = await loadManifest(file, registries, { smoke: true });
+ * assert.equal(manifest.backend.name, "auto"); // the default backend
+ * assert.equal(manifest.reward.config.charOrder, 6); // chrF's defaults are filled in
+ * assert.equal(manifest.data.config.pairs, 400); // --smoke scaled the data down
+ * assert.equal(manifest.bc.steps, 30); // ... and the BC budget
+ *
+ * // Every problem is reported at once, each at its JSON pointer.
+ * await Deno.writeTextFile(
+ *   file,
+ *   JSON.stringify({
+ *     experiment: "tiny",
+ *     data: "synthetic",
+ *     tokenizer: "bpe",
+ *     reward: "chrff",
+ *     bc: { steps: -1 },
+ *     runs: [{ name: "bc", algorithm: "bc" }],
+ *   }),
+ * );
+ * await assert.rejects(loadManifest(file, registries), (e) => {
+ *   assert.ok(e instanceof ManifestError);
+ *   assert.deepEqual(e.problems.map((p) => p.path), ["/bc/steps", "/model", "/reward"]);
+ *   assert.match(e.message, /unknown reward plugin "chrff"; did you mean "chrf"\?/);
+ *   return true;
+ * });
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ *
+ * @throws {ManifestError} listing every problem with its JSON pointer, or saying why the file
+ *   could not be read (see {@link readManifestFile}).
+ */
 export async function loadManifest(
   file: string,
   registries: Registries,
