@@ -10,6 +10,7 @@ function busy(ms: number): void {
 
 Deno.test("profiler charges time to the innermost phase only, with units and GEMM time", async () => {
   const profiler = new Profiler();
+  const started = performance.now();
   await profiler.phase("outer", async () => {
     busy(30);
     profiler.count(100, "tokens");
@@ -22,20 +23,19 @@ Deno.test("profiler charges time to the innermost phase only, with units and GEM
     busy(30);
   });
   const profile = profiler.snapshot();
-  assert.ok(
-    profile.outer.seconds >= 0.055 && profile.outer.seconds < 0.09,
-    `${profile.outer.seconds}`,
-  );
-  assert.ok(
-    profile.inner.seconds >= 0.055 && profile.inner.seconds < 0.115,
-    `${profile.inner.seconds}`,
-  );
+  const elapsed = (performance.now() - started) / 1000;
+  // Each phase got at least its own busy time, and the phases add up to the time that
+  // passed: the inner phase's 60 ms were not charged to the outer one as well.
+  assert.ok(profile.outer.seconds >= 0.055, `${profile.outer.seconds}`);
+  assert.ok(profile.inner.seconds >= 0.055, `${profile.inner.seconds}`);
+  const charged = profile.outer.seconds + profile.inner.seconds + (profile.other?.seconds ?? 0);
+  assert.ok(Math.abs(charged - elapsed) < 0.01, `${charged} s charged, ${elapsed} s passed`);
   assert.equal(profile.inner.gemmSeconds, 0.025);
   assert.equal(profile.outer.gemmSeconds, 0);
   assert.deepEqual(profile.outer.units, { tokens: 100 });
   assert.deepEqual(profile.inner.units, { rows: 7 });
   assert.equal(profile.outer.calls, 1);
-  assert.ok(profile.inner.userSeconds + profile.inner.systemSeconds > 0.03, "CPU time counted");
+  assert.ok(profile.inner.userSeconds > 0 || profile.inner.systemSeconds > 0, "CPU time counted");
 
   // An exception still closes the phase.
   await assert.rejects(profiler.phase("failing", () => Promise.reject(new Error("boom"))));
