@@ -57,12 +57,10 @@ import type {
 import { checkScores } from "./evaluate.ts";
 import { learningRate } from "./optim.ts";
 import {
-  applyUnitState,
   assignExtras,
   checkMeta,
-  loadUnitState,
-  rewindMetrics,
-  saveUnitState,
+  type UnitCheckpoint,
+  unitCheckpoint,
   type UnitState,
   unitStateError,
 } from "./resume.ts";
@@ -151,20 +149,21 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
     ...improveSettings,
     evaluation: { selectBy, selectSamples, temperature, maxLen, batchSize },
   };
-  const resume = await resumeRest(ctx, config, policy, bcPolicy, loss);
+  const checkpoint = restCheckpoint(ctx, config, policy, bcPolicy, loss);
+  // A fresh run starts from the BC policy, whose lineage is everything upstream.
+  const state = await checkpoint.restore() ??
+    { done: { grow: 0, index: 0 }, steps: [], lineage: ctx.fingerprint };
+  const stepsTaken = () => state.steps.reduce((a, b) => a + b, 0);
   const pool = new GrowPool();
   const sampled = new DistinctSamples();
   let index = 0;
-  // Lineage keys (core/step_share.ts) of the policy and of the Grow pool: runs of this
-  // experiment in the same state share the Grow sets and Improve steps that follow.
-  let { lineage, poolKey } = resume.lineage;
   try {
     for (let g = 1; g <= config.growSteps; g++) {
       const growSeed = ctx.seed * 1000 + g;
-      const growKey = lineage === undefined
+      const growKey = state.lineage === undefined
         ? undefined
-        : lineageKey([lineage, "grow", growSettings, growSeed]);
-      const rows = g <= resume.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
+        : lineageKey([state.lineage, "grow", growSettings, growSeed]);
+      const rows = g <= state.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
         policy,
         ctx.splits.train,
         growSettings,
@@ -173,18 +172,26 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
         growSeed,
         growKey === undefined ? undefined : sharedGrowPath(ctx.sharedDir, growKey),
       );
-      poolKey = growKey === undefined || (config.accumulate && g > 1 && poolKey === undefined)
+      const accumulated = config.accumulate && g > 1;
+      state.poolKey = growKey === undefined || (accumulated && state.poolKey === undefined)
         ? undefined
-        : config.accumulate && g > 1
-        ? lineageKey([poolKey, growKey])
+        : accumulated
+        ? lineageKey([state.poolKey, growKey])
         : growKey;
-      if (g > resume.done.grow) await resume.save(g, index, { lineage, poolKey });
+      if (g > state.done.grow) {
+        state.done = { grow: g, index };
+        await checkpoint.save(state);
+      }
       if (!config.accumulate) pool.clear();
       pool.addAll(rows);
       for (const r of rows) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
       for (let i = 1; i <= config.improveSteps; i++) {
         index++;
-        if (index <= resume.done.index) continue;
+        if (index <= state.done.index) continue;
+        const { lineage, poolKey } = state;
+        const stepKey = lineage === undefined || poolKey === undefined || ctx.lossKey === undefined
+          ? undefined
+          : lineageKey([lineage, poolKey, ctx.lossKey, stepSettings, g, i, index, ctx.seed]);
         const result = await improve(
           policy,
           bcPolicy,
@@ -199,19 +206,18 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
             improve: i,
             improveSteps: config.improveSteps,
             index,
-            stepOffset: resume.stepOffset(),
-            lineage: lineage === undefined || poolKey === undefined || ctx.lossKey === undefined
-              ? undefined
-              : lineageKey([lineage, poolKey, ctx.lossKey, stepSettings, g, i, index, ctx.seed]),
+            stepOffset: stepsTaken(),
+            lineage: stepKey,
           },
           ctx.seed * 1000 + index,
         );
-        lineage = result.lineage;
-        resume.steps.push(result.steps);
-        await resume.save(g, index, { lineage, poolKey });
+        state.lineage = result.lineage;
+        state.steps.push(result.steps);
+        state.done = { grow: g, index };
+        await checkpoint.save(state);
       }
     }
-    const gradientSteps = resume.stepOffset();
+    const gradientSteps = stepsTaken();
     return await finishRun(ctx, policy, bcPolicy, {
       "train/distinct_samples": sampled.size,
       "train/gradient_steps": gradientSteps,
@@ -264,76 +270,75 @@ function sharedGrowPath(sharedDir: string, key: string): string {
   return join(sharedDir, "grow", `grow-${key}.jsonl`);
 }
 
-/** What {@link resumeRest} restored, and how to save the next state. */
-interface RestResume {
-  /** Grow and Improve steps already done. */
+/**
+ * Where a ReST run stands, saved after every finished Grow and Improve step. The lineage keys
+ * (core/step_share.ts) let runs of the experiment in the same state share the Grow sets and
+ * Improve steps that follow (absent: unknown, nothing is shared).
+ */
+interface RestProgress {
+  /** The last Grow step done and the Improve steps done (counted over the whole run). */
   done: { grow: number; index: number };
-  /** Optimizer steps of every finished Improve step. */
+  /** Optimizer steps of every finished Improve step (their sum: the metrics' step axis). */
   steps: number[];
-  /** Optimizer steps so far (the metrics' step axis). */
-  stepOffset(): number;
-  /** The lineage keys saved with the state (the BC policy's when starting afresh). */
-  lineage: Lineage;
-  /** Saves the state after Grow step `grow` and Improve step `index` of the run. */
-  save(grow: number, index: number, lineage: Lineage): Promise<void>;
-}
-
-/** Lineage keys of the policy and the Grow pool (absent: unknown, nothing is shared). */
-interface Lineage {
+  /** Lineage key of the policy. */
   lineage?: string;
+  /** Lineage key of the Grow pool. */
   poolKey?: string;
 }
 
 /**
- * Restores a resumed run's weights, loss variables and counters from its last saved state
- * (rewinding metrics.jsonl to that moment); later units run again, identically.
+ * The run's checkpoint (`rest_state`): the weights, the loss's variables and the
+ * {@link RestProgress}. A resumed run's metrics.jsonl is rewound to the last finished step
+ * and later steps run again, identically; one with no finished step starts over with an
+ * empty log (its Grow files are reused).
  */
-async function resumeRest(
+function restCheckpoint(
   ctx: RunContext,
   config: RestConfig,
   policy: Policy,
   bcPolicy: Policy,
   loss: Loss,
-): Promise<RestResume> {
-  const metricsPath = join(ctx.dir, "metrics.jsonl");
-  const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
-  let done = { grow: 0, index: 0 };
-  let steps: number[] = [];
-  // A fresh run starts from the BC policy, whose lineage is everything upstream.
-  let lineage: Lineage = { lineage: ctx.fingerprint };
-  if (saved !== undefined) {
-    checkRestState(saved, config);
-    await applyUnitState(saved, () => policy.load(saved.policy));
-    if (saved.extras.length > 0 && loss.variables.length === 0) {
-      // Losses create their own variables on their first prepare.
-      loss.prepare({ policy, bcPolicy, improve: 1, improveSteps: config.improveSteps });
-    }
-    assignExtras(loss.variables, saved.extras, saved.file);
-    await rewindMetrics(metricsPath, saved.meta);
-    done = saved.meta.done as typeof done;
-    steps = [...saved.meta.steps as number[]];
-    // States saved before lineage keys existed (or with a malformed one) share nothing.
-    const key = (v: unknown) => typeof v === "string" && /^[0-9a-f]{1,64}$/.test(v) ? v : undefined;
-    lineage = { lineage: key(saved.meta.lineage), poolKey: key(saved.meta.poolKey) };
-    ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`);
-  } else if (ctx.resume) {
-    // Nothing finished yet: start over with an empty log (Grow files are reused).
-    await Deno.truncate(metricsPath, 0).catch(() => {});
-  }
-  return {
-    done,
-    steps,
-    lineage,
-    stepOffset: () => steps.reduce((a, b) => a + b, 0),
-    save: (grow, index, keys) =>
-      saveUnitState(ctx.dir, STATE, policy, loss.variables, {
-        ...keys,
-        done: { grow, index },
-        steps: steps.slice(0, index),
+): UnitCheckpoint<RestProgress> {
+  const place = {
+    dir: ctx.dir,
+    name: STATE,
+    metricsPath: join(ctx.dir, "metrics.jsonl"),
+    resume: ctx.resume,
+  };
+  return unitCheckpoint(place, policy, {
+    encode: (state) => ({
+      extras: loss.variables,
+      meta: {
+        lineage: state.lineage,
+        poolKey: state.poolKey,
+        done: state.done,
+        steps: state.steps.slice(0, state.done.index),
         growSteps: config.growSteps,
         improveSteps: config.improveSteps,
-      }, metricsPath),
-  };
+      },
+    }),
+    decode(saved) {
+      checkRestState(saved, config);
+      // States saved before lineage keys existed (or with a malformed one) share nothing.
+      const key = (v: unknown) =>
+        typeof v === "string" && /^[0-9a-f]{1,64}$/.test(v) ? v : undefined;
+      return {
+        done: saved.meta.done as RestProgress["done"],
+        steps: [...saved.meta.steps as number[]],
+        lineage: key(saved.meta.lineage),
+        poolKey: key(saved.meta.poolKey),
+      };
+    },
+    load(saved) {
+      if (saved.extras.length > 0 && loss.variables.length === 0) {
+        // Losses create their own variables on their first prepare.
+        loss.prepare({ policy, bcPolicy, improve: 1, improveSteps: config.improveSteps });
+      }
+      assignExtras(loss.variables, saved.extras, saved.file);
+    },
+    resumed: ({ done }) =>
+      ctx.log(`resumed after Grow step ${done.grow}, Improve step ${done.index}`),
+  });
 }
 
 /**

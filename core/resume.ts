@@ -10,6 +10,12 @@
  * States are policy checkpoints (core/checkpoint.ts: atomic, checksummed); extra tensors are
  * stored beside the policy's weights under names starting with `extra/`.
  *
+ * A loop sees one small interface, {@link UnitCheckpoint}: `restore()` once before it starts
+ * (the weights, optimizer moments and variables put back, `metrics.jsonl` rewound, the
+ * loop's counters returned), `save(state)` at its natural boundaries, `due()` for a policy
+ * of saving every N seconds. What a loop stores and how it goes back is its
+ * {@link UnitCodec}, written beside the loop; {@link unitCheckpoint} joins the two.
+ *
  * @module
  */
 
@@ -35,6 +41,115 @@ export interface UnitState {
   file: string;
 }
 
+/**
+ * The save and restore of one unit of work (a training loop, a ReST or PPO run, a stored
+ * Improve step) as the loop doing it sees them; `S` is what the loop carries from one unit
+ * to the next besides the tensors it trains (its counters).
+ */
+export interface UnitCheckpoint<S> {
+  /**
+   * Puts the last saved state back (the policy's weights, and what the codec loads: optimizer
+   * moments, variables), rewinds the metrics log to its length at that moment and returns
+   * the loop's state; undefined when there is nothing to continue from, in which case a
+   * resumed unit with a metrics log empties it (the unit starts over).
+   *
+   * @throws {UserError} naming the state file when it is corrupt or does not fit the run.
+   */
+  restore(): Promise<S | undefined>;
+  /** Saves the current weights and tensors with `state`, atomically. */
+  save(state: S): Promise<void>;
+  /** Whether a save is due: `everySeconds` have passed since the last (or the start). */
+  due(): boolean;
+}
+
+/** How a loop's state is stored in a unit state and put back: the loop's part of a save. */
+export interface UnitCodec<S> {
+  /** The tensors to save beside the policy's weights, in order, and the meta holding `state`. */
+  encode(
+    state: S,
+  ): { extras: readonly (tf.Tensor | Float32Array)[]; meta: Record<string, unknown> };
+  /**
+   * Checks a loaded state (its meta with {@link checkMeta}, its tensors' count) before anything
+   * is applied, and returns the loop's state; undefined when the state was saved for other
+   * inputs and must not be used.
+   *
+   * @throws {UserError} naming the state file ({@link unitStateError}) otherwise.
+   */
+  decode(saved: UnitState): S | undefined;
+  /**
+   * Puts the saved extra tensors back once the weights are loaded (optimizer moments, a loss's
+   * variables); what fails here is reported as a state that does not fit the run.
+   */
+  load?(saved: UnitState, state: S): void;
+  /** Called once a state is restored (a log line, the progress display). */
+  resumed?(state: S): void;
+}
+
+/** Where a unit state lives, and when it is read and saved. */
+export interface UnitPlace {
+  /** The state's folder. */
+  dir: string;
+  /** The state's name (`<dir>/<name>.json`). */
+  name: string;
+  /** The metrics log the unit writes, rewound on restore (absent: the unit logs nothing). */
+  metricsPath?: string;
+  /** Look for a saved state (false: a new run, nothing is read or emptied). */
+  resume: boolean;
+  /** Seconds between saves, for {@link UnitCheckpoint.due} (absent: always due). */
+  everySeconds?: number;
+}
+
+/**
+ * The {@link UnitCheckpoint} of a unit of work whose state is `policy`'s weights plus what
+ * `codec` stores, at `place`.
+ */
+export function unitCheckpoint<S>(
+  place: UnitPlace,
+  policy: Policy,
+  codec: UnitCodec<S>,
+): UnitCheckpoint<S> {
+  const { dir, name, metricsPath } = place;
+  let lastSave = performance.now();
+  const startOver = async () => {
+    // Nothing finished yet: start over with an empty log.
+    if (metricsPath !== undefined) await Deno.truncate(metricsPath, 0).catch(() => {});
+    return undefined;
+  };
+  return {
+    async restore() {
+      if (!place.resume) return undefined;
+      const saved = await loadUnitState(dir, name);
+      if (saved === undefined) return await startOver();
+      const state = codec.decode(saved);
+      if (state === undefined) return await startOver();
+      await applyUnitState(saved, () => {
+        policy.load(saved.policy);
+        codec.load?.(saved, state);
+      });
+      if (metricsPath !== undefined) await rewindMetrics(metricsPath, saved.meta);
+      codec.resumed?.(state);
+      return state;
+    },
+    async save(state) {
+      const { extras, meta } = codec.encode(state);
+      await saveUnitState(dir, name, policy, extras, meta, metricsPath);
+      lastSave = performance.now();
+    },
+    due: () =>
+      place.everySeconds === undefined ||
+      performance.now() - lastSave >= place.everySeconds * 1000,
+  };
+}
+
+/** The {@link UnitCheckpoint} of a unit that is not resumable: nothing to restore, never due. */
+export function notResumable<S>(): UnitCheckpoint<S> {
+  return {
+    restore: () => Promise.resolve(undefined),
+    save: () => Promise.resolve(),
+    due: () => false,
+  };
+}
+
 /** Byte length of a file (0 when it does not exist). */
 export async function fileSize(path: string): Promise<number> {
   try {
@@ -49,7 +164,7 @@ export async function fileSize(path: string): Promise<number> {
  * Saves a unit state `<dir>/<name>` atomically: the policy's weights, the values of
  * `extras`, `meta`, and the current length of `metricsPath` (when given).
  */
-export async function saveUnitState(
+async function saveUnitState(
   dir: string,
   name: string,
   policy: Policy,
@@ -81,7 +196,7 @@ export async function saveUnitState(
  * Loads a unit state, or returns undefined when there is none. A corrupt state is
  * reported with its file name (never silently used).
  */
-export async function loadUnitState(dir: string, name: string): Promise<UnitState | undefined> {
+async function loadUnitState(dir: string, name: string): Promise<UnitState | undefined> {
   if (!(await hasCheckpoint(dir, name))) return undefined;
   const file = join(dir, `${name}.json`);
   const { state, meta } = await loadCheckpoint(dir, name);
@@ -177,7 +292,7 @@ function describeKind(kind: MetaKind): string {
  * counters): a mismatch found there (weights that do not fit the model, tensors of the wrong
  * size) is reported as a {@link UserError} naming the state file, not as an internal error.
  */
-export async function applyUnitState<T>(
+async function applyUnitState<T>(
   saved: UnitState,
   apply: () => T | Promise<T>,
 ): Promise<T> {
@@ -199,7 +314,7 @@ export async function applyUnitState<T>(
  * @throws {UserError} naming the file when it is not a regular file, shorter than recorded
  *   (truncated) or holds a line that is not a JSON object (corrupt).
  */
-export async function rewindMetrics(path: string, meta: Record<string, unknown>): Promise<void> {
+async function rewindMetrics(path: string, meta: Record<string, unknown>): Promise<void> {
   const bytes = meta.metricsBytes;
   if (bytes === undefined) return;
   const fix = "restore it, or start the run again without --resume in a new --out folder";

@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 import { hashText } from "./hash.ts";
-import { applyUnitState, assignExtras, loadUnitState, saveUnitState } from "./resume.ts";
+import { assignExtras, type UnitCheckpoint, unitCheckpoint } from "./resume.ts";
 import type { Loss, Metrics, MetricsLog, Policy } from "./types.ts";
 
 /** One metrics record a step logged, with its step. */
@@ -55,20 +55,13 @@ export function sharedStepDir(sharedDir: string, key: string): string {
  *
  * @throws {UserError} when the stored state is corrupt (it names the file).
  */
-export async function loadSharedStep(
+export function loadSharedStep(
   dir: string,
   inputs: unknown,
   policy: Policy,
   loss: Loss,
 ): Promise<SharedStep | undefined> {
-  const saved = await loadUnitState(dir, STATE);
-  if (saved === undefined) return undefined;
-  if (JSON.stringify(saved.meta.inputs) !== JSON.stringify(inputs)) return undefined;
-  await applyUnitState(saved, () => {
-    policy.load(saved.policy);
-    assignExtras(loss.variables, saved.extras, saved.file);
-  });
-  return saved.meta.step as SharedStep;
+  return storedStep(dir, inputs, policy, loss).restore();
 }
 
 /** Stores the step `key` (the policy's and the loss's current values) atomically. */
@@ -80,7 +73,24 @@ export async function saveSharedStep(
   step: SharedStep,
 ): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
-  await saveUnitState(dir, STATE, policy, loss.variables, { inputs, step });
+  await storedStep(dir, inputs, policy, loss).save(step);
+}
+
+/** The stored step in `dir` as a unit state: the weights, the loss's variables, the inputs. */
+function storedStep(
+  dir: string,
+  inputs: unknown,
+  policy: Policy,
+  loss: Loss,
+): UnitCheckpoint<SharedStep> {
+  return unitCheckpoint({ dir, name: STATE, resume: true }, policy, {
+    encode: (step) => ({ extras: loss.variables, meta: { inputs, step } }),
+    decode: (saved) =>
+      JSON.stringify(saved.meta.inputs) === JSON.stringify(inputs)
+        ? saved.meta.step as SharedStep
+        : undefined,
+    load: (saved) => assignExtras(loss.variables, saved.extras, saved.file),
+  });
 }
 
 /** A metrics log that forwards to `target` and keeps what it was given. */

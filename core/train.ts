@@ -14,13 +14,12 @@ import type { Metrics, MetricsLog, Policy, Progress, TokenBatch, TrainSettings }
 import { makeBatch } from "./batch.ts";
 import { profiler } from "./profile.ts";
 import {
-  applyUnitState,
   assignExtras,
   checkMeta,
-  loadUnitState,
   type MetaKind,
-  rewindMetrics,
-  saveUnitState,
+  notResumable,
+  type UnitCheckpoint,
+  unitCheckpoint,
   unitStateError,
 } from "./resume.ts";
 
@@ -38,6 +37,30 @@ const TRAIN_STATE_FIELDS: Record<string, MetaKind> = {
   windowSteps: "count",
   adamStep: "count",
 };
+
+/** The counters a training loop carries from step to step (saved in its training state). */
+interface TrainCounters {
+  /** Optimizer steps taken. */
+  step: number;
+  /** The current epoch (0-based). */
+  epoch: number;
+  /** Batches of the current epoch taken. */
+  consumed: number;
+  /** Best evaluation score (NaN: none yet). */
+  bestScore: number;
+  /** Step of the best score. */
+  bestStep: number;
+  /** Evaluations since the best one. */
+  sinceBest: number;
+  /** Target tokens trained on. */
+  tokens: number;
+  /** Target tokens since the last metrics record. */
+  windowTokens: number;
+  /** Sum of the losses since the last metrics record. */
+  windowLoss: number;
+  /** Steps since the last metrics record. */
+  windowSteps: number;
+}
 
 /** One training pair as token ids (no BOS/EOS: the batcher adds them). */
 export interface TokenPair {
@@ -193,113 +216,53 @@ export async function trainLoop<P extends TokenPair>(
   // A fresh stream per label: fork() advances its parent, so a shared parent would make a
   // label's stream depend on how many forks came before it.
   const derive = (label: string) => new Rng(seed).fork(label);
+  // Batches of epoch e are a function of (seed, e) alone, so a resumed loop regenerates them.
+  const epochBatches = (epoch: number) =>
+    lengthBuckets(pairs, settings.batchSize, derive(`${hooks.prefix}/batches/${epoch}`));
   const variables = [...policy.variables, ...(hooks.variables ?? [])];
-  const extraVariables = [...(hooks.variables ?? [])];
   const optimizer = new Adam(variables);
   const offset = hooks.stepOffset ?? 0;
-  // Batches of epoch e are a function of (seed, e) alone, so a resumed loop regenerates them.
-  let epoch = 0;
-  let consumed = 0;
-  let batches: P[][] = [];
-  let bestScore = NaN;
-  let bestStep = 0;
-  let sinceBest = 0;
-  let tokens = 0;
-  let windowTokens = 0;
-  let windowLoss = 0;
-  let windowSteps = 0;
   let windowStart = performance.now();
   const started = performance.now();
-  let step = 0;
   let stopped: TrainResult["stopped"] = "steps";
-  const cp = hooks.checkpoint;
-  let lastSave = performance.now();
-  if (cp !== undefined) {
-    const saved = await loadUnitState(cp.dir, cp.name);
-    if (saved !== undefined) {
-      checkMeta(saved, TRAIN_STATE_FIELDS);
-      const m = saved.meta as Record<string, number>;
-      const adam = saved.extras.length - extraVariables.length;
-      await applyUnitState(saved, () => {
-        policy.load(saved.policy);
-        assignExtras(extraVariables, saved.extras.slice(adam), saved.file);
-        optimizer.restore({
-          step: m.adamStep,
-          m: saved.extras.slice(0, adam / 2),
-          v: saved.extras.slice(adam / 2, adam),
-        });
-      });
-      ({ step, epoch, consumed, bestScore, bestStep, sinceBest, tokens } = m);
-      ({ windowTokens, windowLoss, windowSteps } = m);
-      bestScore = m.bestScore ?? NaN;
-      await rewindMetrics(cp.metricsPath, saved.meta);
-      if (consumed > 0) {
-        batches = lengthBuckets(
-          pairs,
-          settings.batchSize,
-          derive(`${hooks.prefix}/batches/${epoch}`),
-        );
-        if (consumed > batches.length) {
-          throw unitStateError(
-            saved.file,
-            `meta.consumed is ${consumed}, more than the ${batches.length} batches of an epoch`,
-          );
-        }
-        batches.length -= consumed;
-      }
-      hooks.progress?.tick(step);
-      hooks.log?.(`${hooks.prefix}: resumed at step ${step} from ${cp.dir}/${cp.name}`);
-    }
-  }
-  const saveState = async () => {
-    const adam = optimizer.state();
-    await saveUnitState(cp!.dir, cp!.name, policy, [...adam.m, ...adam.v, ...extraVariables], {
-      step,
-      epoch,
-      consumed,
-      bestScore: Number.isNaN(bestScore) ? null : bestScore,
-      bestStep,
-      sinceBest,
-      tokens,
-      windowTokens,
-      windowLoss,
-      windowSteps,
-      adamStep: adam.step,
-    }, cp!.metricsPath);
-    lastSave = performance.now();
-  };
+  const checkpoint = trainCheckpoint(
+    policy,
+    optimizer,
+    hooks,
+    Math.ceil(pairs.length / settings.batchSize),
+  );
+  const c = await checkpoint.restore() ?? startCounters();
+  // The batches of the current epoch not yet taken (none: the next epoch starts).
+  let batches = c.consumed > 0 ? epochBatches(c.epoch).slice(0, -c.consumed) : [];
 
   const evaluate = async () => {
     if (hooks.evaluate === undefined) return false;
-    const { score, metrics } = await profiler.phase("select", () => hooks.evaluate!(step));
-    await hooks.metrics.log(metrics, offset + step);
-    if (Number.isNaN(bestScore) || score > bestScore) {
-      bestScore = score;
-      bestStep = step;
-      sinceBest = 0;
-      await hooks.onBest?.(step, score);
+    const { score, metrics } = await profiler.phase("select", () => hooks.evaluate!(c.step));
+    await hooks.metrics.log(metrics, offset + c.step);
+    if (Number.isNaN(c.bestScore) || score > c.bestScore) {
+      c.bestScore = score;
+      c.bestStep = c.step;
+      c.sinceBest = 0;
+      await hooks.onBest?.(c.step, score);
     } else {
-      sinceBest++;
+      c.sinceBest++;
     }
-    return settings.patience > 0 && sinceBest >= settings.patience;
+    return settings.patience > 0 && c.sinceBest >= settings.patience;
   };
 
-  const evaluatedAtStart = settings.evalAtStart === true && step === 0;
+  const evaluatedAtStart = settings.evalAtStart === true && c.step === 0;
   if (evaluatedAtStart) await evaluate();
-  while (step < settings.steps) {
+  while (c.step < settings.steps) {
     if (batches.length === 0) {
-      if (consumed > 0 || step > 0) epoch++;
-      consumed = 0;
-      batches = lengthBuckets(
-        pairs,
-        settings.batchSize,
-        derive(`${hooks.prefix}/batches/${epoch}`),
-      );
+      if (c.consumed > 0 || c.step > 0) c.epoch++;
+      c.consumed = 0;
+      batches = epochBatches(c.epoch);
     }
     const items = batches.pop()!;
-    consumed++;
+    c.consumed++;
     const batch = makeBatch(items, policy.specials);
-    step++;
+    c.step++;
+    const step = c.step;
     policy.reseed?.(derive(`${hooks.prefix}/step/${step}`).nextUint32());
     const lr = learningRate(step, {
       peak: settings.learningRate,
@@ -336,24 +299,24 @@ export async function trainLoop<P extends TokenPair>(
     disposeBatch(batch);
 
     profiler.count(targetTokens, "tokens");
-    tokens += targetTokens;
-    windowTokens += targetTokens;
-    windowLoss += update.loss;
-    windowSteps++;
+    c.tokens += targetTokens;
+    c.windowTokens += targetTokens;
+    c.windowLoss += update.loss;
+    c.windowSteps++;
     hooks.progress?.tick();
     const logEvery = Math.max(1, Math.min(50, Math.floor(settings.steps / 20)));
     if (step % logEvery === 0 || step === settings.steps) {
       const seconds = (performance.now() - windowStart) / 1000;
       await hooks.metrics.log({
-        [`${hooks.prefix}/loss`]: windowLoss / windowSteps,
+        [`${hooks.prefix}/loss`]: c.windowLoss / c.windowSteps,
         [`${hooks.prefix}/lr`]: lr,
         [`${hooks.prefix}/grad_norm`]: update.norm,
-        [`${hooks.prefix}/tokens_per_s`]: seconds > 0 ? windowTokens / seconds : NaN,
+        [`${hooks.prefix}/tokens_per_s`]: seconds > 0 ? c.windowTokens / seconds : NaN,
         ...systemMetrics(),
       }, offset + step);
-      windowTokens = 0;
-      windowLoss = 0;
-      windowSteps = 0;
+      c.windowTokens = 0;
+      c.windowLoss = 0;
+      c.windowSteps = 0;
       windowStart = performance.now();
     }
     if (settings.evalEvery > 0 && step % settings.evalEvery === 0 && step < settings.steps) {
@@ -365,21 +328,96 @@ export async function trainLoop<P extends TokenPair>(
         break;
       }
     }
-    if (
-      cp !== undefined && step < settings.steps &&
-      performance.now() - lastSave >= cp.everySeconds * 1000
-    ) {
-      await saveState();
-    }
+    if (step < settings.steps && checkpoint.due()) await checkpoint.save(c);
   }
-  if (stopped === "steps" && !(evaluatedAtStart && step === 0)) await evaluate();
+  if (stopped === "steps" && !(evaluatedAtStart && c.step === 0)) await evaluate();
   optimizer.dispose();
   const seconds = (performance.now() - started) / 1000;
   return {
-    steps: step,
-    bestScore,
-    bestStep,
+    steps: c.step,
+    bestScore: c.bestScore,
+    bestStep: c.bestStep,
     stopped,
-    tokensPerSecond: seconds > 0 ? tokens / seconds : NaN,
+    tokensPerSecond: seconds > 0 ? c.tokens / seconds : NaN,
   };
+}
+
+/** The counters of a loop that starts from its first step. */
+function startCounters(): TrainCounters {
+  return {
+    step: 0,
+    epoch: 0,
+    consumed: 0,
+    bestScore: NaN,
+    bestStep: 0,
+    sinceBest: 0,
+    tokens: 0,
+    windowTokens: 0,
+    windowLoss: 0,
+    windowSteps: 0,
+  };
+}
+
+/**
+ * The checkpoint of a training loop with `hooks.checkpoint` (none without): the weights,
+ * Adam's moments and step, the loss's variables (`hooks.variables`) and the counters, saved
+ * every `everySeconds`. An epoch has `batchesPerEpoch` batches.
+ */
+function trainCheckpoint(
+  policy: Policy,
+  optimizer: Adam,
+  hooks: Pick<TrainHooks, "checkpoint" | "variables" | "prefix" | "progress" | "log">,
+  batchesPerEpoch: number,
+): UnitCheckpoint<TrainCounters> {
+  const cp = hooks.checkpoint;
+  if (cp === undefined) return notResumable();
+  const extraVariables = [...(hooks.variables ?? [])];
+  return unitCheckpoint({ ...cp, resume: true }, policy, {
+    encode(c) {
+      const adam = optimizer.state();
+      return {
+        extras: [...adam.m, ...adam.v, ...extraVariables],
+        meta: {
+          ...c,
+          bestScore: Number.isNaN(c.bestScore) ? null : c.bestScore,
+          adamStep: adam.step,
+        },
+      };
+    },
+    decode(saved) {
+      checkMeta(saved, TRAIN_STATE_FIELDS);
+      const m = saved.meta as Record<string, number>;
+      if (m.consumed > batchesPerEpoch) {
+        throw unitStateError(
+          saved.file,
+          `meta.consumed is ${m.consumed}, more than the ${batchesPerEpoch} batches of an epoch`,
+        );
+      }
+      return {
+        step: m.step,
+        epoch: m.epoch,
+        consumed: m.consumed,
+        bestScore: m.bestScore ?? NaN,
+        bestStep: m.bestStep,
+        sinceBest: m.sinceBest,
+        tokens: m.tokens,
+        windowTokens: m.windowTokens,
+        windowLoss: m.windowLoss,
+        windowSteps: m.windowSteps,
+      };
+    },
+    load(saved) {
+      const adam = saved.extras.length - extraVariables.length;
+      assignExtras(extraVariables, saved.extras.slice(adam), saved.file);
+      optimizer.restore({
+        step: saved.meta.adamStep as number,
+        m: saved.extras.slice(0, adam / 2),
+        v: saved.extras.slice(adam / 2, adam),
+      });
+    },
+    resumed(c) {
+      hooks.progress?.tick(c.step);
+      hooks.log?.(`${hooks.prefix}: resumed at step ${c.step} from ${cp.dir}/${cp.name}`);
+    },
+  });
 }

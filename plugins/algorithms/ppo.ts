@@ -83,12 +83,10 @@ import { finishRun } from "../../core/finish.ts";
 import { Rng } from "../../core/random.ts";
 import { rowTarget } from "../../core/rest.ts";
 import {
-  applyUnitState,
   assignExtras,
   checkMeta,
-  loadUnitState,
-  rewindMetrics,
-  saveUnitState,
+  type UnitCheckpoint,
+  unitCheckpoint,
   type UnitState,
   unitStateError,
 } from "../../core/resume.ts";
@@ -336,6 +334,104 @@ interface LoopState {
   best: { score: number; rollout: number } | null;
 }
 
+/** What the loop carries from one rollout batch to the next besides the weights it trains. */
+interface PpoState {
+  /** The counters (their `distinct` is filled in from {@link PpoState.distinct} when saved). */
+  progress: LoopState;
+  /** The distinct (source, output) pairs sampled so far. */
+  distinct: DistinctSamples;
+  /** The best weights so far (undefined until the first validation). */
+  bestData?: Float32Array;
+}
+
+/** The state of a run before its first rollout batch. */
+function startPpo(config: PpoConfig): PpoState {
+  return {
+    progress: {
+      rollouts: 0,
+      step: 0,
+      samplesUsed: 0,
+      sourcesDrawn: 0,
+      rewardSum: 0,
+      klCoef: config.kl.coef,
+      baseline: [],
+      normaliser: null,
+      distinct: [],
+      best: null,
+    },
+    distinct: new DistinctSamples([]),
+  };
+}
+
+/**
+ * The run's checkpoint (`ppo_state`, saved after every rollout batch): the weights, Adam's
+ * moments and step, the value network's variables, the best weights so far and the counters
+ * of {@link PpoState}. A resumed run's metrics.jsonl is rewound to that moment and later
+ * rollout batches run again, identically (every random choice derives from the seed and the
+ * rollout or step number).
+ */
+function ppoCheckpoint(
+  ctx: RunContext,
+  config: PpoConfig,
+  models: Models,
+  optimizer: Adam,
+  variables: readonly tf.Variable[],
+  rollouts: number,
+): UnitCheckpoint<PpoState> {
+  const valueNetVariables = models.valueNet?.variables ?? [];
+  const n = variables.length;
+  const place = {
+    dir: ctx.dir,
+    name: STATE,
+    metricsPath: join(ctx.dir, "metrics.jsonl"),
+    resume: ctx.resume,
+  };
+  return unitCheckpoint(place, models.policy, {
+    encode(s) {
+      const adam = optimizer.state();
+      const extras: (tf.Tensor | Float32Array)[] = [...adam.m, ...adam.v, ...valueNetVariables];
+      if (s.bestData !== undefined) extras.push(s.bestData);
+      return {
+        extras,
+        meta: {
+          progress: { ...s.progress, distinct: s.distinct.hashes() },
+          adamStep: adam.step,
+          rollouts,
+        },
+      };
+    },
+    decode(saved) {
+      checkPpoState(saved, rollouts, 2 * n + valueNetVariables.length);
+      const bestData = saved.extras[2 * n + valueNetVariables.length];
+      const weightCount = saved.policy.data.length -
+        saved.extras.reduce((sum, e) => sum + e.length, 0);
+      if (bestData !== undefined && bestData.length !== weightCount) {
+        throw unitStateError(
+          saved.file,
+          `its best weights hold ${bestData.length} values, the policy ${weightCount}`,
+        );
+      }
+      const progress = Object.assign(startPpo(config).progress, saved.meta.progress);
+      return { progress, distinct: new DistinctSamples(progress.distinct), bestData };
+    },
+    load(saved) {
+      optimizer.restore({
+        step: saved.meta.adamStep as number,
+        m: saved.extras.slice(0, n),
+        v: saved.extras.slice(n, 2 * n),
+      });
+      assignExtras(
+        valueNetVariables,
+        saved.extras.slice(2 * n, 2 * n + valueNetVariables.length),
+        saved.file,
+      );
+    },
+    resumed(s) {
+      ctx.log(`resumed after rollout batch ${s.progress.rollouts} of ${rollouts}`);
+    },
+  });
+}
+
 /**
  * Checks a loaded PPO state: the counters of {@link LoopState} with their types, no more
  * rollout batches than planned, and the saved tensors (`tensors` for the Adam moments and the
@@ -394,70 +490,9 @@ async function loop(
   const { policy } = models;
   const { pool, plan } = setup;
   const derive = (label: string) => new Rng(ctx.seed).fork(`ppo/${label}`);
-  const metricsPath = join(ctx.dir, "metrics.jsonl");
-  const valueNetVariables = models.valueNet?.variables ?? [];
-  const p: LoopState = {
-    rollouts: 0,
-    step: 0,
-    samplesUsed: 0,
-    sourcesDrawn: 0,
-    rewardSum: 0,
-    klCoef: config.kl.coef,
-    baseline: [],
-    normaliser: null,
-    distinct: [],
-    best: null,
-  };
-  let bestData: Float32Array | undefined;
-
-  // Resume: the state saved after the last finished rollout batch gives the weights, the
-  // Adam moments, the best weights and the counters; metrics.jsonl is rewound to that
-  // moment and later rollout batches run again, identically (every random choice derives
-  // from the seed and the rollout or step number).
-  const saved = ctx.resume ? await loadUnitState(ctx.dir, STATE) : undefined;
-  if (saved !== undefined) {
-    checkPpoState(saved, plan.length, 2 * variables.length + valueNetVariables.length);
-    const meta = saved.meta as unknown as { progress: LoopState; adamStep: number };
-    const n = variables.length;
-    await applyUnitState(saved, () => {
-      policy.load(saved.policy);
-      optimizer.restore({
-        step: meta.adamStep,
-        m: saved.extras.slice(0, n),
-        v: saved.extras.slice(n, 2 * n),
-      });
-      assignExtras(
-        valueNetVariables,
-        saved.extras.slice(2 * n, 2 * n + valueNetVariables.length),
-        saved.file,
-      );
-    });
-    bestData = saved.extras[2 * n + valueNetVariables.length];
-    const weightCount = saved.policy.data.length -
-      saved.extras.reduce((sum, e) => sum + e.length, 0);
-    if (bestData !== undefined && bestData.length !== weightCount) {
-      throw unitStateError(
-        saved.file,
-        `its best weights hold ${bestData.length} values, the policy ${weightCount}`,
-      );
-    }
-    Object.assign(p, meta.progress);
-    await rewindMetrics(metricsPath, saved.meta);
-    ctx.log(`resumed after rollout batch ${p.rollouts} of ${plan.length}`);
-  } else if (ctx.resume) {
-    // Nothing finished yet: start over with an empty log.
-    await Deno.truncate(metricsPath, 0).catch(() => {});
-  }
-  const saveState = async () => {
-    const adam = optimizer.state();
-    const extras: (tf.Tensor | Float32Array)[] = [...adam.m, ...adam.v, ...valueNetVariables];
-    if (bestData !== undefined) extras.push(bestData);
-    await saveUnitState(ctx.dir, STATE, policy, extras, {
-      progress: { ...p, distinct: distinct.hashes() },
-      adamStep: adam.step,
-      rollouts: plan.length,
-    }, metricsPath);
-  };
+  const checkpoint = ppoCheckpoint(ctx, config, models, optimizer, variables, plan.length);
+  const s = await checkpoint.restore() ?? startPpo(config);
+  const { progress: p, distinct } = s;
 
   const kl: KlController = config.kl.adaptive
     ? new AdaptiveKl({
@@ -469,7 +504,6 @@ async function loop(
   const baseline = config.critic === "baseline"
     ? new PositionBaseline(config.baselineMomentum, p.baseline)
     : undefined;
-  const distinct = new DistinctSamples(p.distinct);
   const encodedSources = new Map<string, number[]>();
   const encode = (source: string) => {
     let ids = encodedSources.get(source);
@@ -509,7 +543,7 @@ async function loop(
     const previous = p.best === null ? NaN : Number(p.best.score ?? NaN);
     if (Number.isNaN(previous) || score > previous) {
       p.best = { score, rollout };
-      bestData = policy.save().data;
+      s.bestData = policy.save().data;
     }
   };
 
@@ -668,13 +702,13 @@ async function loop(
     if (config.evalEvery > 0 && (r + 1) % config.evalEvery === 0 && r + 1 < plan.length) {
       await evaluate(r + 1);
     }
-    await saveState();
+    await checkpoint.save(s);
   }
   progress.done();
   await evaluate(plan.length);
   const best = p.best!;
   const bestState = policy.save();
-  policy.load({ ...bestState, data: bestData! });
+  policy.load({ ...bestState, data: s.bestData! });
   ctx.log(
     `ppo: ${plan.length} rollout batches, ${p.samplesUsed} samples, ${p.step} gradient steps; ` +
       `best validation reward ${(100 * best.score).toFixed(2)} after rollout batch ${best.rollout}`,
