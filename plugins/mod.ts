@@ -23,6 +23,7 @@ import synthetic from "./data/synthetic.ts";
 import tsv from "./data/tsv.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
+import ensemble from "./rewards/ensemble.ts";
 import guarded from "./rewards/guarded.ts";
 import learned from "./rewards/learned.ts";
 import weighted from "./rewards/weighted.ts";
@@ -59,6 +60,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // rewards
   bleu,
   chrf,
+  ensemble,
   guarded,
   learned,
   weighted,
