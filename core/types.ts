@@ -386,6 +386,21 @@ export interface Policy {
     batch: TokenBatch,
     options: { training: boolean; temperature?: number },
   ): Tensor2D;
+  /**
+   * Optional: the value head's `[B, T]` estimates alone, without the output projection to
+   * the vocabulary (call inside `tf.tidy` or an optimizer step; gradients flow). Only for a
+   * policy with a value head; callers fall back to `forward(...).values` when it is absent.
+   */
+  values?(batch: TokenBatch, options: { training: boolean }): Tensor2D;
+  /**
+   * Optional: `tokenLogProbs(batch, options)` and `values(batch, options)` from one pass
+   * through the network (one dropout draw), for a policy with a value head; callers fall
+   * back to the two calls when it is absent.
+   */
+  tokenLogProbsAndValues?(
+    batch: TokenBatch,
+    options: { training: boolean; temperature?: number },
+  ): { logProbs: Tensor2D; values: Tensor2D };
   /** n samples for each source: result[i][j] is sample j of source i. */
   sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]>;
   /** Greedy decoding, one output per source. */

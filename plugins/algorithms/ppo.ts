@@ -26,6 +26,14 @@
  * (`train/distinct_samples` counts distinct (source, output) pairs, as every algorithm does:
  * core/evaluate.ts `DistinctSamples`).
  *
+ * Per-token log-probabilities (of the policy, the BC reference and during the update) come
+ * from the model's fused output layer (`Policy.tokenLogProbs`) and values from its value
+ * head alone (`Policy.values`, or both from one pass: `Policy.tokenLogProbsAndValues`), never from `[B, T, V]` logits, except where the whole
+ * distribution is needed: the update's entropy term when `entropyCoef` is not 0
+ * (`ppo/update_entropy`, logged only then), and the `ppo/entropy` diagnostic, the mean
+ * per-token entropy of the sampling policy measured on the first `minibatchSize` outputs of
+ * each rollout batch (not the whole batch, to keep scoring cheap).
+ *
  * After every rollout batch the run saves a resumable state (`ppo_state` in the run folder:
  * weights, Adam moments, the best weights so far and the counters); `--resume` continues
  * from it and, since every random choice derives from the seed and the rollout or step
@@ -181,7 +189,7 @@ export interface PpoConfig {
 export const DEFAULT_SAMPLES_PER_SOURCE = 6;
 
 /** One sampled output of a rollout batch, with everything the update needs. */
-interface RolloutItem extends TokenPair {
+export interface RolloutItem extends TokenPair {
   /** The pair it was sampled for. */
   example: Example;
   /** Decoded output. */
@@ -200,20 +208,28 @@ interface RolloutItem extends TokenPair {
   returns: number[];
 }
 
-/** Per-minibatch diagnostics, averaged per rollout batch. */
-interface StepStats {
+/** Per-minibatch diagnostics, averaged per rollout batch (NaN: not computed). */
+export interface StepStats {
+  /** The minibatch loss. */
   loss: number;
+  /** The clipped policy loss. */
   policyLoss: number;
+  /** The (clipped) value loss. */
   valueLoss: number;
+  /** Share of tokens whose value update was clipped. */
   valueClipFraction: number;
+  /** Share of tokens whose ratio was clipped. */
   clipFraction: number;
+  /** Approximate KL between the old and the current policy. */
   approxKl: number;
+  /** Mean per-token entropy (only computed when `entropyCoef` is not 0). */
   entropy: number;
+  /** Global gradient norm before clipping. */
   gradNorm: number;
 }
 
 /** The models of a PPO run. */
-interface Models {
+export interface PpoModels {
   /** The policy being trained (with a value head for `critic: "head"`). */
   policy: Policy;
   /** The frozen BC reference. */
@@ -222,15 +238,34 @@ interface Models {
   valueNet?: Policy;
 }
 
-/** `[B, T]` value estimates of a policy with a value head (the transformer's `values`, or `forward`). */
+/**
+ * `[B, T]` value estimates of a policy with a value head: its {@link Policy.values} (no
+ * output projection) where it has one, else `forward(...).values`.
+ */
 function valuesOf(model: Policy, batch: TokenBatch, training: boolean): tf.Tensor2D {
-  const direct = (model as Partial<{
-    values(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D;
-  }>).values;
-  if (typeof direct === "function") return direct.call(model, batch, { training });
+  if (model.values !== undefined) return model.values(batch, { training });
   const { values } = model.forward(batch, { training });
   if (values === undefined) throw new TypeError("ppo: the critic has no value head");
   return values;
+}
+
+/**
+ * `[B, T]` tempered log-probabilities of the targets and value estimates of a policy with a
+ * value head, from one pass of its network where it offers
+ * {@link Policy.tokenLogProbsAndValues}, else from `tokenLogProbs` and {@link valuesOf}.
+ */
+function logProbsAndValues(
+  model: Policy,
+  batch: TokenBatch,
+  options: { training: boolean; temperature: number },
+): { logProbs: tf.Tensor2D; values: tf.Tensor2D } {
+  if (model.tokenLogProbsAndValues !== undefined) {
+    return model.tokenLogProbsAndValues(batch, options);
+  }
+  return {
+    logProbs: model.tokenLogProbs(batch, options),
+    values: valuesOf(model, batch, options.training),
+  };
 }
 
 /** `[B, T]` float32 tensor of per-row arrays, zero-padded to `t` columns. */
@@ -271,7 +306,7 @@ export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metr
     0,
   );
   const valid = limit(ctx.splits.select, config.evalSize);
-  const models: Models = {
+  const models: PpoModels = {
     policy: await ctx.bcPolicy({ valueHead: config.critic === "head" }),
     reference: await ctx.bcPolicy(),
   };
@@ -373,7 +408,7 @@ function startPpo(config: PpoConfig): PpoState {
 function ppoCheckpoint(
   ctx: RunContext,
   config: PpoConfig,
-  models: Models,
+  models: PpoModels,
   optimizer: Adam,
   variables: readonly tf.Variable[],
   rollouts: number,
@@ -476,7 +511,7 @@ function checkPpoState(saved: UnitState, rollouts: number, tensors: number): voi
 async function loop(
   ctx: RunContext,
   config: PpoConfig,
-  models: Models,
+  models: PpoModels,
   optimizer: Adam,
   variables: tf.Variable[],
   setup: {
@@ -682,7 +717,6 @@ async function loop(
       "ppo/policy_loss": avg("policyLoss"),
       "ppo/loss": avg("loss"),
       "ppo/entropy": entropy,
-      "ppo/update_entropy": avg("entropy"),
       "ppo/explained_variance": ev,
       "ppo/return_mean": mean(adv.returns.flat()),
       "ppo/value_mean": mean(items.flatMap((i) => i.oldValues)),
@@ -693,6 +727,8 @@ async function loop(
       "ppo/seconds": (performance.now() - rolloutStarted) / 1000,
       ...systemMetrics(),
     };
+    // The update's entropy is only computed when it is part of the loss.
+    if (config.entropyCoef !== 0) record["ppo/update_entropy"] = avg("entropy");
     if (config.critic !== "baseline") {
       record["ppo/value_loss"] = avg("valueLoss");
       record["ppo/value_clip_fraction"] = avg("valueClipFraction");
@@ -728,50 +764,42 @@ async function loop(
 
 /**
  * Fills each item's old log-probabilities and values (no gradient, dropout off) and
- * returns the reference log-probabilities and the mean per-token entropy of the sampling
- * policy.
+ * returns the reference log-probabilities and the `ppo/entropy` diagnostic.
+ *
+ * The log-probabilities of the policy and of the frozen BC reference come from
+ * {@link Policy.tokenLogProbs} at the run's temperature (the model's fused output layer:
+ * no `[B, T, V]` tensor), the values from the critic's value head alone
+ * ({@link Policy.values}; with `critic: "head"`, from the same pass as the policy's
+ * log-probabilities, {@link Policy.tokenLogProbsAndValues}). The entropy needs the whole distribution, so it is measured
+ * through the logits on the first minibatch's worth of items only (see
+ * {@link rolloutEntropy}).
  */
-function scoreRollout(
-  models: Models,
+export function scoreRollout(
+  models: PpoModels,
   items: RolloutItem[],
   config: PpoConfig,
   baseline: PositionBaseline | undefined,
 ): { refLogProbs: number[][]; entropy: number } {
   const refLogProbs: number[][] = [];
-  let entropySum = 0;
-  let tokenCount = 0;
   const chunkSize = Math.max(1, config.minibatchSize);
   for (let start = 0; start < items.length; start += chunkSize) {
     const chunk = items.slice(start, start + chunkSize);
     const out = tf.tidy(() => {
       const batch = makeBatch(chunk, models.policy.specials);
-      const mask = batch.targetMask;
-      const forward = models.policy.forward(batch, { training: false });
-      const own = tokenLogProbsAndEntropy(
-        forward.logits,
-        batch.targetOut,
-        mask,
-        config.temperature,
-      );
-      const ref = tokenLogProbsAndEntropy(
-        models.reference.forward(batch, { training: false }).logits,
-        batch.targetOut,
-        mask,
-        config.temperature,
-      );
+      const options = { training: false, temperature: config.temperature };
+      let own: tf.Tensor2D;
       let values: tf.Tensor2D | undefined;
       if (config.critic === "head") {
-        if (forward.values === undefined) throw new TypeError("ppo: the policy has no value head");
-        values = forward.values;
-      } else if (config.critic === "network") {
-        values = valuesOf(models.valueNet!, batch, false);
+        ({ logProbs: own, values } = logProbsAndValues(models.policy, batch, options));
+      } else {
+        own = models.policy.tokenLogProbs(batch, options);
+        if (config.critic === "network") values = valuesOf(models.valueNet!, batch, false);
       }
+      const ref = models.reference.tokenLogProbs(batch, options);
       return {
-        logProbs: own.logProbs.arraySync(),
-        refLogProbs: ref.logProbs.arraySync(),
+        logProbs: own.arraySync(),
+        refLogProbs: ref.arraySync(),
         values: values?.arraySync(),
-        entropy: tf.sum(own.entropy).dataSync()[0],
-        tokens: tf.sum(mask).dataSync()[0],
       };
     });
     const logProbs = perItem(out.logProbs, chunk);
@@ -783,15 +811,122 @@ function scoreRollout(
       item.oldValues = values[i];
     });
     appendAll(refLogProbs, perItem(out.refLogProbs, chunk));
-    entropySum += out.entropy;
-    tokenCount += out.tokens;
   }
-  return { refLogProbs, entropy: tokenCount > 0 ? entropySum / tokenCount : NaN };
+  return { refLogProbs, entropy: rolloutEntropy(models.policy, items.slice(0, chunkSize), config) };
+}
+
+/**
+ * The `ppo/entropy` diagnostic: the mean per-token entropy of the sampling policy
+ * softmax(logits / temperature) (no gradient, dropout off) over `items`, the first
+ * `minibatchSize` items of the rollout batch. The entropy needs the full `[B, T, V]`
+ * distribution, the one costly path left in scoring, so it is measured on that fixed
+ * subset rather than on the whole rollout batch. NaN without tokens.
+ */
+function rolloutEntropy(policy: Policy, items: readonly RolloutItem[], config: PpoConfig): number {
+  if (items.length === 0) return NaN;
+  const { sum, tokens } = tf.tidy(() => {
+    const batch = makeBatch(items, policy.specials);
+    const { logits } = policy.forward(batch, { training: false });
+    const { entropy } = tokenLogProbsAndEntropy(
+      logits,
+      batch.targetOut,
+      batch.targetMask,
+      config.temperature,
+    );
+    return { sum: tf.sum(entropy).dataSync()[0], tokens: tf.sum(batch.targetMask).dataSync()[0] };
+  });
+  return tokens > 0 ? sum / tokens : NaN;
+}
+
+/** `[B, T]` per-token inputs of a minibatch's PPO loss (zero-padded; no gradient). */
+export interface MinibatchTargets {
+  /** log pi_old of the sampled tokens (from {@link scoreRollout}). */
+  oldLogProbs: tf.Tensor2D;
+  /** V_old (from {@link scoreRollout}). */
+  oldValues: tf.Tensor2D;
+  /** Advantages. */
+  advantages: tf.Tensor2D;
+  /** Value targets. */
+  returns: tf.Tensor2D;
+}
+
+/**
+ * The PPO loss of one minibatch, to be called inside the gradient tape: clipped policy loss
+ * + `valueCoef` x (clipped) value loss - `entropyCoef` x mean entropy, with the diagnostics
+ * written into `stats`.
+ *
+ * With `entropyCoef` 0 (the default) the log-probabilities come from the model's fused
+ * output layer ({@link Policy.tokenLogProbs} at the run's temperature) and the values from
+ * the value head alone (with `critic: "head"` both from one pass,
+ * {@link Policy.tokenLogProbsAndValues}): no `[B, T, V]` tensor is built, and
+ * `stats.entropy` stays NaN. Otherwise the entropy needs the whole distribution, and one
+ * forward pass through the logits gives log-probabilities, entropy and values. Either way
+ * the loss is the same function of the weights (up to float32 rounding: the fused op sums
+ * in another order).
+ */
+export function ppoLoss(
+  models: PpoModels,
+  batch: TokenBatch,
+  targets: MinibatchTargets,
+  config: PpoConfig,
+  stats: StepStats,
+): tf.Scalar {
+  const training = config.dropout;
+  const mask = batch.targetMask;
+  let logProbs: tf.Tensor2D;
+  let entropy: tf.Scalar | undefined;
+  let values: tf.Tensor2D | undefined;
+  if (config.entropyCoef !== 0) {
+    const forward = models.policy.forward(batch, { training });
+    const own = tokenLogProbsAndEntropy(
+      forward.logits,
+      batch.targetOut,
+      mask,
+      config.temperature,
+    );
+    logProbs = own.logProbs;
+    entropy = maskedMean(own.entropy, mask);
+    if (config.critic === "head") values = forward.values;
+  } else {
+    const options = { training, temperature: config.temperature };
+    if (config.critic === "head") {
+      ({ logProbs, values } = logProbsAndValues(models.policy, batch, options));
+    } else logProbs = models.policy.tokenLogProbs(batch, options);
+  }
+  if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
+  const pl = clippedPolicyLoss(
+    logProbs,
+    targets.oldLogProbs,
+    targets.advantages,
+    mask,
+    config.clipRange,
+  );
+  let loss = pl.loss;
+  if (entropy !== undefined) {
+    loss = tf.sub(loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
+    stats.entropy = entropy.dataSync()[0];
+  }
+  if (values !== undefined) {
+    const vl = clippedValueLoss(
+      values,
+      targets.oldValues,
+      targets.returns,
+      mask,
+      config.valueClipRange,
+    );
+    loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
+    stats.valueLoss = vl.loss.dataSync()[0];
+    stats.valueClipFraction = vl.clipFraction.dataSync()[0];
+  }
+  stats.policyLoss = pl.loss.dataSync()[0];
+  stats.clipFraction = pl.clipFraction.dataSync()[0];
+  stats.approxKl = pl.approxKl.dataSync()[0];
+  return loss;
 }
 
 /** One Adam step on a minibatch; returns its diagnostics. */
 async function updateStep(
-  models: Models,
+  models: PpoModels,
   items: readonly RolloutItem[],
   config: PpoConfig,
   optimizer: Adam,
@@ -801,10 +936,12 @@ async function updateStep(
 ): Promise<StepStats> {
   const batch = makeBatch(items, models.policy.specials);
   const t = batch.targetOut.shape[1];
-  const oldLogProbs = padded(items.map((i) => i.oldLogProbs), t);
-  const oldValues = padded(items.map((i) => i.oldValues), t);
-  const advantages = padded(items.map((i) => i.advantages), t);
-  const returns = padded(items.map((i) => i.returns), t);
+  const targets: MinibatchTargets = {
+    oldLogProbs: padded(items.map((i) => i.oldLogProbs), t),
+    oldValues: padded(items.map((i) => i.oldValues), t),
+    advantages: padded(items.map((i) => i.advantages), t),
+    returns: padded(items.map((i) => i.returns), t),
+  };
   const stats: StepStats = {
     loss: NaN,
     policyLoss: NaN,
@@ -815,38 +952,11 @@ async function updateStep(
     entropy: NaN,
     gradNorm: NaN,
   };
-  const training = config.dropout;
   try {
     const update = await optimizerStep(
       variables,
       optimizer,
-      () => {
-        const mask = batch.targetMask;
-        const forward = models.policy.forward(batch, { training });
-        const own = tokenLogProbsAndEntropy(
-          forward.logits,
-          batch.targetOut,
-          mask,
-          config.temperature,
-        );
-        const pl = clippedPolicyLoss(own.logProbs, oldLogProbs, advantages, mask, config.clipRange);
-        const entropy = maskedMean(own.entropy, mask);
-        let loss = tf.sub(pl.loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
-        let values: tf.Tensor2D | undefined;
-        if (config.critic === "head") values = forward.values;
-        else if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
-        if (values !== undefined) {
-          const vl = clippedValueLoss(values, oldValues, returns, mask, config.valueClipRange);
-          loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
-          stats.valueLoss = vl.loss.dataSync()[0];
-          stats.valueClipFraction = vl.clipFraction.dataSync()[0];
-        }
-        stats.policyLoss = pl.loss.dataSync()[0];
-        stats.clipFraction = pl.clipFraction.dataSync()[0];
-        stats.approxKl = pl.approxKl.dataSync()[0];
-        stats.entropy = entropy.dataSync()[0];
-        return loss;
-      },
+      () => ppoLoss(models, batch, targets, config, stats),
       lr,
       config.clipNorm,
     );
@@ -861,7 +971,7 @@ async function updateStep(
     }
   } finally {
     disposeBatch(batch);
-    tf.dispose([oldLogProbs, oldValues, advantages, returns]);
+    tf.dispose(Object.values(targets));
   }
   return stats;
 }

@@ -373,7 +373,7 @@ export class TransformerPolicy implements Policy {
     ]) as tf.Tensor2D;
   }
 
-  /** `[B, T]` value estimates alone (requires the value head). */
+  /** `[B, T]` value estimates alone, without the output projection (requires the value head). */
   values(batch: TokenBatch, options: { training: boolean }): tf.Tensor2D {
     if (!this.hasValueHead) throw new TypeError("transformer: this policy has no value head");
     const [b, tLen] = batch.targetIn.shape;
@@ -407,8 +407,43 @@ export class TransformerPolicy implements Policy {
     if (!(temperature > 0 && Number.isFinite(temperature))) {
       throw new RangeError(`temperature must be a positive number, got ${temperature}`);
     }
-    const [b, tLen] = batch.targetOut.shape;
+    return this.#outputLogProbs(
+      this.#decoderStates(batch, options.training),
+      batch,
+      eps,
+      temperature,
+    );
+  }
+
+  /**
+   * {@link TransformerPolicy.tokenLogProbs} and {@link TransformerPolicy.values} from one
+   * pass through the encoder and decoder (one dropout draw; requires the value head).
+   */
+  tokenLogProbsAndValues(
+    batch: TokenBatch,
+    options: { training: boolean; temperature?: number },
+  ): { logProbs: tf.Tensor2D; values: tf.Tensor2D } {
+    if (!this.hasValueHead) throw new TypeError("transformer: this policy has no value head");
+    const temperature = options.temperature ?? 1;
+    if (!(temperature > 0 && Number.isFinite(temperature))) {
+      throw new RangeError(`temperature must be a positive number, got ${temperature}`);
+    }
+    const [b, tLen] = batch.targetIn.shape;
     const states = this.#decoderStates(batch, options.training);
+    return {
+      logProbs: this.#outputLogProbs(states, batch, 0, temperature),
+      values: this.#values(states, b, tLen),
+    };
+  }
+
+  /** `[B, T]` smoothed log-likelihoods of the targets from the final decoder states (fused op). */
+  #outputLogProbs(
+    states: tf.Tensor2D,
+    batch: TokenBatch,
+    eps: number,
+    temperature: number,
+  ): tf.Tensor2D {
+    const [b, tLen] = batch.targetOut.shape;
     // The output layer has no bias: logits / T are the logits of the states scaled by 1 / T.
     const h = temperature === 1 ? states : tf.div(states, temperature) as typeof states;
     const targets = toInt32(batch.targetOut);

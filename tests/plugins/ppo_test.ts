@@ -28,7 +28,21 @@ import {
   whiten,
 } from "../../plugins/algorithms/_ppo.ts";
 import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
-import ppo, { type PpoConfig, rolloutPlan, runPpo } from "../../plugins/algorithms/ppo.ts";
+import ppo, {
+  type MinibatchTargets,
+  type PpoConfig,
+  ppoLoss,
+  type RolloutItem,
+  rolloutPlan,
+  runPpo,
+  scoreRollout,
+  type StepStats,
+} from "../../plugins/algorithms/ppo.ts";
+import { makeBatch } from "../../core/batch.ts";
+import { disposeBatch } from "../../core/train.ts";
+import { rowTarget } from "../../core/rest.ts";
+import { maskedMean } from "../../plugins/_nn/token_stats.ts";
+import { Rng } from "../../core/random.ts";
 import transformer from "../../plugins/models/transformer.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { createAjv } from "../../core/manifest/ajv.ts";
@@ -575,6 +589,170 @@ Deno.test("ppo: a run that fails after two rollout batches resumes to the uninte
       if (!/seconds/.test(key)) assert.equal(summary.metrics[key], value, key);
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------
+// The fused path (Policy.tokenLogProbs / Policy.values) against the logits path
+
+/** A tiny transformer pair (policy with a value head, a differently seeded reference). */
+function fusedModels() {
+  const factory = transformer.create(
+    { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 2, dropout: 0 },
+    {} as never,
+  ) as ModelFactory;
+  const build = (valueHead: boolean, seed: number) =>
+    factory.build({ sourceVocab: 30, targetVocab: 40, specials: SPECIALS, valueHead, seed });
+  return { policy: build(true, 5), reference: build(false, 6) };
+}
+
+/** `n` rollout items of random tokens (ids 4..39), some ended by EOS, some truncated. */
+function randomItems(n: number, seed: number): RolloutItem[] {
+  const rng = new Rng(seed);
+  const ids = (length: number, vocab: number) =>
+    Array.from({ length }, () => 4 + Math.floor(rng.next() * (vocab - 4)));
+  return Array.from({ length: n }, (_, i) => {
+    const tokens = ids(1 + Math.floor(rng.next() * 9), 40);
+    if (i % 3 !== 0) tokens.push(SPECIALS.eos);
+    return {
+      ...rowTarget(ids(2 + Math.floor(rng.next() * 8), 30), tokens, SPECIALS.eos),
+      example: { source: "", reference: "" },
+      hypothesis: "",
+      length: tokens.length,
+      score: 0,
+      oldLogProbs: [],
+      oldValues: [],
+      advantages: [],
+      returns: [],
+    };
+  });
+}
+
+Deno.test("ppo scoreRollout: fused old/ref log-probs and head values equal the logits path at T 0.7", () => {
+  const { policy, reference } = fusedModels();
+  const items = randomItems(11, 21);
+  const settings = config({ temperature: 0.7, minibatchSize: 4 });
+  const before = tf.memory().numTensors;
+  const { refLogProbs, entropy } = scoreRollout({ policy, reference }, items, settings, undefined);
+  assert.equal(tf.memory().numTensors, before, "scoring leaks no tensors");
+  const expected = tf.tidy(() => {
+    const batch = makeBatch(items, SPECIALS);
+    const forward = policy.forward(batch, { training: false });
+    const own = tokenLogProbsAndEntropy(forward.logits, batch.targetOut, batch.targetMask, 0.7);
+    const ref = tokenLogProbsAndEntropy(
+      reference.forward(batch, { training: false }).logits,
+      batch.targetOut,
+      batch.targetMask,
+      0.7,
+    );
+    // The diagnostic: the entropy over the first minibatch (4 items), per token.
+    const first = tf.slice(batch.targetMask, [0, 0], [4, -1]);
+    const firstEntropy = tf.sum(tf.slice(own.entropy, [0, 0], [4, -1]));
+    return {
+      logProbs: own.logProbs.arraySync(),
+      refLogProbs: ref.logProbs.arraySync(),
+      values: forward.values!.arraySync(),
+      entropy: firstEntropy.dataSync()[0] / tf.sum(first).dataSync()[0],
+    };
+  });
+  items.forEach((item, i) => {
+    assert.equal(item.oldLogProbs.length, item.length);
+    closeAll(item.oldLogProbs, expected.logProbs[i].slice(0, item.length), 1e-5);
+    closeAll(refLogProbs[i], expected.refLogProbs[i].slice(0, item.length), 1e-5);
+    closeAll(item.oldValues, expected.values[i].slice(0, item.length), 1e-5);
+  });
+  close(entropy, expected.entropy, 1e-5, "ppo/entropy");
+  policy.dispose();
+  reference.dispose();
+});
+
+Deno.test("ppo ppoLoss: the fused path's loss and gradient equal the logits path's (value head)", () => {
+  const { policy, reference } = fusedModels();
+  const items = randomItems(9, 22);
+  const batch = makeBatch(items, SPECIALS);
+  const [b, t] = batch.targetOut.shape;
+  const rng = new Rng(23);
+  const random = (scale: number, shift = 0) =>
+    tf.mul(
+      tf.tensor2d(Float32Array.from({ length: b * t }, () => scale * (rng.next() - 0.5) + shift), [
+        b,
+        t,
+      ]),
+      batch.targetMask,
+    ) as tf.Tensor2D;
+  // Old log-probs near the current ones (some ratios clipped), values, advantages, returns.
+  const current = tf.tidy(() => policy.tokenLogProbs(batch, { training: false, temperature: 0.7 }));
+  const targets: MinibatchTargets = {
+    oldLogProbs: tf.tidy(() => tf.add(current, random(0.6))) as tf.Tensor2D,
+    oldValues: random(0.4, 0.1),
+    advantages: random(2),
+    returns: random(1, 0.3),
+  };
+  const stats = (): StepStats => ({
+    loss: NaN,
+    policyLoss: NaN,
+    valueLoss: NaN,
+    valueClipFraction: NaN,
+    clipFraction: NaN,
+    approxKl: NaN,
+    entropy: NaN,
+    gradNorm: NaN,
+  });
+  for (const entropyCoef of [0, 0.01]) {
+    const settings = config({ temperature: 0.7, valueClipRange: 0.05, entropyCoef });
+    const fusedStats = stats();
+    const fused = tf.variableGrads(
+      () => ppoLoss({ policy, reference }, batch, targets, settings, fusedStats),
+      policy.variables,
+    );
+    // Today's path before the change: one forward pass through the logits.
+    const logits = tf.variableGrads(() => {
+      const forward = policy.forward(batch, { training: false });
+      const mask = batch.targetMask;
+      const own = tokenLogProbsAndEntropy(forward.logits, batch.targetOut, mask, 0.7);
+      const pl = clippedPolicyLoss(
+        own.logProbs,
+        targets.oldLogProbs,
+        targets.advantages,
+        mask,
+        settings.clipRange,
+      );
+      const entropy = maskedMean(own.entropy, mask);
+      const vl = clippedValueLoss(
+        forward.values!,
+        targets.oldValues,
+        targets.returns,
+        mask,
+        settings.valueClipRange,
+      );
+      return tf.add(
+        tf.sub(pl.loss, tf.mul(entropy, entropyCoef)),
+        tf.mul(vl.loss, settings.valueCoef),
+      ) as tf.Scalar;
+    }, policy.variables);
+    const what = `entropyCoef ${entropyCoef}`;
+    close(fused.value.dataSync()[0], logits.value.dataSync()[0], 1e-5, `${what}: loss`);
+    assert.ok(fusedStats.clipFraction > 0 && fusedStats.clipFraction < 1, "some ratios clipped");
+    assert.ok(fusedStats.valueClipFraction > 0, "some values clipped");
+    assert.equal(Number.isNaN(fusedStats.entropy), entropyCoef === 0, `${what}: entropy stat`);
+    assert.deepEqual(Object.keys(fused.grads).sort(), Object.keys(logits.grads).sort());
+    for (const [name, g] of Object.entries(logits.grads)) {
+      const expected = g.dataSync();
+      const actual = fused.grads[name].dataSync();
+      const scale = Math.max(...Array.from(expected, Math.abs), 1e-6);
+      expected.forEach((e, i) =>
+        assert.ok(
+          Math.abs(actual[i] - e) <= 1e-4 * scale,
+          `${what}: d/d${name}[${i}] ${actual[i]} vs ${e} (max |g| ${scale})`,
+        )
+      );
+    }
+    tf.dispose([fused.value, logits.value, ...Object.values(fused.grads)]);
+    tf.dispose(Object.values(logits.grads));
+  }
+  tf.dispose([current, ...Object.values(targets)]);
+  disposeBatch(batch);
+  policy.dispose();
+  reference.dispose();
 });
 
 // ---------------------------------------------------------------------------------------
