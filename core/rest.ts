@@ -13,7 +13,9 @@
  *
  * - **Grow** ({@link grow}): writes `grow_<g>.jsonl` (with its record, core/grow_file.ts) once;
  *   a resumed run reads it back. Each row stores its tokens, the behaviour log-probabilities
- *   log mu(a_t) of the distribution it was drawn from (softmax of logits / T) and T.
+ *   log mu(a_t) of the distribution it was drawn from (softmax of logits / T, truncated by
+ *   top-k / top-p; the sampler's own `Generation.behaviourLogProbs` when the policy reports
+ *   them, teacher-forced otherwise and for the references) and T.
  * - **Improve** ({@link improve}): filters by tau from the threshold schedule (references pass
  *   through the filter, as in the paper, unless `references: "keep"`), then fine-tunes the
  *   *current* weights for `epochs` passes over the kept rows (capped at `steps`) at a learning
@@ -39,6 +41,7 @@ import type {
   BcSettings,
   EvalSettings,
   Example,
+  Generation,
   GrowRow,
   GrowSettings,
   ImproveSettings,
@@ -418,10 +421,11 @@ export function scoreTokens(
  * Grow step `g`: D_g = N samples per source (from a seeded uniform sample of `sources` when
  * `settings.sources` is set) united with the original dataset D (every pair of `sources`,
  * unless `includeOriginal` is false), every row scored by the reward and stored with its
- * behaviour log-probabilities at the sampling temperature. When the file already exists (a
- * resumed run) it is read back instead. `shared`, when given, is an experiment-level copy
- * keyed by everything the set depends on: an existing one is copied instead of sampling
- * again, a new set is copied there.
+ * behaviour log-probabilities at the sampling temperature (for samples, the policy's
+ * `behaviourLogProbs` when it reports them; otherwise, and for the references, teacher-forced
+ * by {@link scoreTokens}). When the file already exists (a resumed run) it is read back
+ * instead. `shared`, when given, is an experiment-level copy keyed by everything the set
+ * depends on: an existing one is copied instead of sampling again, a new set is copied there.
  *
  * @example Grow step 1 of a tiny transformer on a copy task
  * ```ts
@@ -559,13 +563,17 @@ export async function grow(
         maxLen: settings.maxLen,
         batchSize: settings.batchSize,
         seed: seed + start,
+        behaviourLogProbs: true,
       });
     });
     const pairs: TokenPair[] = [];
     const pending: Omit<GrowRow, "reward" | "logProbs">[] = [];
+    // The sampler's own log mu(a_t) where the policy reports them (no teacher-forced pass).
+    const known: (number[] | undefined)[] = [];
     for (let i = 0; i < chunk.length; i++) {
       for (const s of samples[i]) {
         pairs.push({ source: encoded[i], target: s.tokens });
+        known.push(behaviourOf(s));
         pending.push({
           source: chunk[i].source,
           hypothesis: ctx.tokenizer.decode(s.tokens, "target"),
@@ -576,7 +584,7 @@ export async function grow(
         });
       }
     }
-    await scoreRows(policy, pairs, pending, settings, ctx, rows);
+    await scoreRows(policy, pairs, pending, settings, ctx, rows, known);
     progress.tick(chunk.length);
   }
   // References in larger chunks: scoreTokens sorts each chunk by length, so its batches pad less.
@@ -608,9 +616,16 @@ export async function grow(
   return rows;
 }
 
+/** A sample's behaviour log-probabilities when the policy reported them, one per token. */
+function behaviourOf(sample: Generation): number[] | undefined {
+  const lp = sample.behaviourLogProbs;
+  return lp !== undefined && lp.length === sample.tokens.length ? lp : undefined;
+}
+
 /**
- * Completes rows with their behaviour log-probabilities (teacher-forced at the Grow
- * temperature) and rewards, appending them to `rows`.
+ * Completes rows with their behaviour log-probabilities and rewards, appending them to
+ * `rows`. Row i takes `known[i]` when given (the sampler's own); the others are scored by
+ * teacher forcing at the Grow temperature.
  */
 async function scoreRows(
   policy: Policy,
@@ -619,18 +634,30 @@ async function scoreRows(
   settings: GrowSettings,
   ctx: RestContext,
   rows: GrowRow[],
+  known: readonly (number[] | undefined)[] = [],
 ): Promise<void> {
-  const logProbs = await profiler.phase("grow/logprobs", () => {
-    profiler.count(pairs.length, "rows");
-    return Promise.resolve(scoreTokens(policy, pairs, settings.batchSize, settings.temperature));
-  });
+  const logProbs = pairs.map((_, i) => known[i]);
+  const missing = logProbs.flatMap((lp, i) => lp === undefined ? [i] : []);
+  if (missing.length > 0) {
+    const scored = await profiler.phase("grow/logprobs", () => {
+      profiler.count(missing.length, "rows");
+      const forced = scoreTokens(
+        policy,
+        missing.map((i) => pairs[i]),
+        settings.batchSize,
+        settings.temperature,
+      );
+      return Promise.resolve(forced);
+    });
+    missing.forEach((i, k) => logProbs[i] = scored[k]);
+  }
   const rewards = await profiler.phase("grow/reward", () => {
     profiler.count(pending.length, "rows");
     return ctx.reward.score(pending);
   });
   checkScores(rewards, pending.length);
   for (let i = 0; i < pending.length; i++) {
-    rows.push({ ...pending[i], logProbs: logProbs[i], reward: rewards[i] });
+    rows.push({ ...pending[i], logProbs: logProbs[i]!, reward: rewards[i] });
   }
 }
 

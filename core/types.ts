@@ -333,6 +333,18 @@ export interface Generation {
   tokens: number[];
   /** log pi(token_t | ...) of each token under the model itself (temperature 1, no truncation). */
   logProbs: number[];
+  /**
+   * Optional, `sample()` with `behaviourLogProbs: true` only (greedy and beam leave it
+   * undefined; a policy may leave it out, e.g. a user model): per token, the exact
+   * log-probability of the drawn token under the distribution it was actually drawn from,
+   * log mu(a_t) = log softmax(logits_t / T)[a_t] over the tokens the sampler may draw
+   * (after top-k / top-p truncation, renormalised), computed in float64. The sampler never
+   * draws padding or BOS, so its distribution excludes them: with top-k 0 and top-p 1 this
+   * is the teacher-forced tempered log-probability minus log(1 - their tempered mass). The
+   * Grow step stores it as the rows' behaviour log-probabilities; a policy that leaves it
+   * out has its samples scored by teacher forcing instead.
+   */
+  behaviourLogProbs?: number[];
   /** Score used to rank beams (length-penalised log-probability); greedy/sample: sum of logProbs. */
   score: number;
 }
@@ -357,6 +369,11 @@ export interface SampleOptions extends DecodeOptions {
   topP: number;
   /** Seed of this call's random stream. */
   seed: number;
+  /**
+   * Ask for {@link Generation.behaviourLogProbs} (default false: they cost the sampler one
+   * float64 exp per vocabulary entry per token). A policy may ignore it and leave them out.
+   */
+  behaviourLogProbs?: boolean;
 }
 
 /** Options of beam search. */
@@ -380,7 +397,8 @@ export interface Policy {
   /**
    * `[B, T]` log pi(targetOut_t | ...), 0 at padding (call inside `tf.tidy`); with
    * `temperature` T (default 1) log softmax(logits / T) at the targets, the distribution a
-   * sample drawn at temperature T came from.
+   * sample drawn at temperature T came from (up to the ids the sampler never draws and any
+   * truncation: see {@link Generation.behaviourLogProbs}).
    */
   tokenLogProbs(
     batch: TokenBatch,
@@ -478,8 +496,10 @@ export interface GrowRow {
   /**
    * Optional: the sampling temperature T of the Grow step, recorded when `logProbs` are the
    * tempered log mu(a_t) = log softmax(logits_t / T)[a_t] of the distribution the samples
-   * were drawn from (references: the same, teacher-forced). Absent (Grow files written
-   * before it existed): `logProbs` are the untempered log pi(a_t) (T = 1).
+   * were drawn from (samples: {@link Generation.behaviourLogProbs} where the policy reports
+   * them, which also reflect top-k / top-p truncation and leave out the never-drawn special
+   * ids; references: teacher-forced). Absent (Grow files written before it existed):
+   * `logProbs` are the untempered log pi(a_t) (T = 1).
    */
   temperature?: number;
 }

@@ -23,7 +23,7 @@ import { splitHeads } from "../_nn/attention.ts";
 import type { RunOptions } from "../_nn/dropout.ts";
 import { addInto } from "../_nn/elementwise.ts";
 import { embedRow } from "../_nn/embedding.ts";
-import { fastExp, rowMax, sumExp } from "../_nn/exp.ts";
+import { fastExp, preciseExp, rowMax, sumExp } from "../_nn/exp.ts";
 import { matmul } from "../_nn/gemm.ts";
 import { encoderLayerForward } from "../_nn/layers.ts";
 import { layerNormForward } from "../_nn/layer_norm.ts";
@@ -601,6 +601,11 @@ export interface Hypothesis {
   tokens: number[];
   /** Untempered log-probability of each token. */
   logProbs: number[];
+  /**
+   * Sampling only: the exact log-probability of each token under the distribution it was
+   * drawn from (see {@link RowSampler.sample}).
+   */
+  behaviourLogProbs?: number[];
   /** Ranking score. */
   score: number;
 }
@@ -633,20 +638,34 @@ function firstAllowed(vocab: number, banned: readonly number[]): number {
   throw new RangeError("every token id is banned");
 }
 
+/** What a {@link Chooser} reports about the token it picked. */
+export interface Picked {
+  /** The token's untempered log-probability log pi (temperature 1, no truncation). */
+  logProb: number;
+  /**
+   * Written by choosers with `behaviour` set: the token's exact log-probability under the
+   * distribution it was drawn from.
+   */
+  behaviourLogProb: number;
+}
+
 /**
  * Picks the next token of one row from its logits at `logits[o .. o + V)` and returns it;
- * writes the token's untempered log-probability into `out.logProb`.
+ * writes the token's untempered log-probability into `out.logProb` (and, when `behaviour`
+ * is set, its behaviour log-probability into `out.behaviourLogProb`).
  */
 export type Chooser =
   & ((
     logits: Float32Array,
     o: number,
     row: number,
-    out: { logProb: number },
+    out: Picked,
   ) => number)
   & {
     /** Called once per step, before the rows, with the step's `[rows, V]` logits. */
     prepare?: (logits: Float32Array, rows: number) => void;
+    /** Whether the chooser writes `out.behaviourLogProb` (then {@link runSearch} keeps them). */
+    behaviour?: boolean;
   };
 
 /**
@@ -662,13 +681,17 @@ export function runSearch(
 ): Hypothesis[] {
   const vocab = model.vocab;
   const { bos, eos } = model.specials;
+  const behaviour = choose.behaviour === true;
   const hyps: Hypothesis[] = Array.from(
     { length: rows },
-    () => ({ tokens: [], logProbs: [], score: 0 }),
+    (): Hypothesis =>
+      behaviour
+        ? { tokens: [], logProbs: [], behaviourLogProbs: [], score: 0 }
+        : { tokens: [], logProbs: [], score: 0 },
   );
   let active = Int32Array.from({ length: rows }, (_, i) => i);
   let tokens = new Int32Array(rows).fill(bos);
-  const picked = { logProb: 0 };
+  const picked: Picked = { logProb: 0, behaviourLogProb: NaN };
   for (let t = 0; t < maxLen && active.length > 0; t++) {
     const logits = decoder.step(active, tokens, t);
     choose.prepare?.(logits, active.length);
@@ -680,6 +703,7 @@ export function runSearch(
       const h = hyps[row];
       h.tokens.push(j);
       h.logProbs.push(picked.logProb);
+      h.behaviourLogProbs?.push(picked.behaviourLogProb);
       h.score += picked.logProb;
       if (j !== eos) {
         nextActive.push(row);
@@ -757,11 +781,15 @@ export interface SamplingSettings {
 /**
  * Ancestral sampling from `softmax(logits / temperature)` restricted to the top-k tokens
  * and then to the nucleus of mass top-p; `rowRng(row)` gives each row its own stream.
+ * Reports each token's untempered log pi and, when `behaviour` is set, its behaviour
+ * log-probability (the exact log-probability under the distribution it was drawn from, see
+ * {@link RowSampler.sample}); the draws are the same either way.
  */
 export function samplingChooser(
   model: InferenceModel,
   settings: SamplingSettings,
   rowRng: (row: number) => Rng,
+  behaviour = false,
 ): Chooser {
   const vocab = model.vocab;
   const sampler = new RowSampler(vocab, settings, bannedIds(model.specials));
@@ -769,7 +797,7 @@ export function samplingChooser(
   let sums = new Float64Array(0);
   let prepared = false;
   const choose: Chooser = (logits, o, row, out) => {
-    const j = sampler.sample(logits, o, rowRng(row));
+    const j = sampler.sample(logits, o, rowRng(row), behaviour ? out : undefined);
     const r = o / vocab;
     if (prepared) {
       out.logProb = logits[o + j] - (maxs[r] + Math.log(sums[r]));
@@ -786,8 +814,16 @@ export function samplingChooser(
     rowExpSums(logits, 0, rows, vocab, maxs, sums);
     prepared = true;
   };
+  choose.behaviour = behaviour;
   return choose;
 }
+
+/**
+ * Weights (relative to the row's largest, which is 1) at or below this are left out of the
+ * exact normaliser of {@link RowSampler.sample}: even a million of them add less than 1e-17
+ * to a sum of at least 1, below float64's resolution.
+ */
+const NEGLIGIBLE_WEIGHT = 1e-23;
 
 /** Draws one token from a row of logits (or log-probabilities) with temperature, top-k and top-p. */
 export class RowSampler {
@@ -808,8 +844,15 @@ export class RowSampler {
     this.#allowed = new Uint8Array(vocab);
   }
 
-  /** Samples from `logits[o .. o + vocab)` with one draw from `rng`. */
-  sample(logits: Float32Array, o: number, rng: Rng): number {
+  /**
+   * Samples from `logits[o .. o + vocab)` with one draw from `rng`. When `drawn` is given,
+   * writes into `drawn.behaviourLogProb` the exact log-probability of the returned token
+   * under the distribution it was drawn from: softmax(logits / T) over the allowed ids (not
+   * banned, within the top-k, within the nucleus), renormalised; computed in float64 with
+   * {@link preciseExp} (the draw itself uses the float32-precise {@link fastExp} and stays
+   * as it was). NaN when no token had a finite weight (every allowed logit -Infinity or NaN).
+   */
+  sample(logits: Float32Array, o: number, rng: Rng, drawn?: { behaviourLogProb: number }): number {
     const vocab = this.#vocab;
     const banned = this.#banned;
     const { temperature, topK, topP } = this.#settings;
@@ -823,7 +866,10 @@ export class RowSampler {
     }
     let max = -Infinity;
     for (let j = 0; j < vocab; j++) if (allowed[j] && logits[o + j] > max) max = logits[o + j];
-    if (max === -Infinity) return firstAllowed(vocab, banned);
+    if (max === -Infinity) {
+      if (drawn !== undefined) drawn.behaviourLogProb = NaN;
+      return firstAllowed(vocab, banned);
+    }
     const invT = 1 / temperature;
     let total = 0;
     for (let j = 0; j < vocab; j++) {
@@ -834,15 +880,48 @@ export class RowSampler {
     if (topP < 1) total = keepNucleus(weights, vocab, topP, total);
     let u = u0 * total;
     let last = -1;
+    let pick = -1;
     for (let j = 0; j < vocab; j++) {
       const w = weights[j];
       if (w <= 0) continue;
       last = j;
       u -= w;
-      if (u < 0) return j;
+      if (u < 0) {
+        pick = j;
+        break;
+      }
     }
-    return last >= 0 ? last : argmaxRow(logits, o, vocab, banned);
+    if (pick < 0) pick = last;
+    if (pick < 0) {
+      if (drawn !== undefined) drawn.behaviourLogProb = NaN;
+      return argmaxRow(logits, o, vocab, banned);
+    }
+    if (drawn !== undefined) {
+      drawn.behaviourLogProb = keptLogProb(logits, o, vocab, pick, max, invT, weights);
+    }
+    return pick;
   }
+}
+
+/**
+ * log of `exp((logits[o + j] - max) * invT)` over its sum across the kept ids (those with a
+ * weight above {@link NEGLIGIBLE_WEIGHT}; truncated ids have weight 0), in float64 with
+ * {@link preciseExp} (within 2 ulp of `Math.exp`, twice as fast).
+ */
+function keptLogProb(
+  logits: Float32Array,
+  o: number,
+  vocab: number,
+  j: number,
+  max: number,
+  invT: number,
+  weights: Float64Array,
+): number {
+  let total = 0;
+  for (let k = 0; k < vocab; k++) {
+    if (weights[k] > NEGLIGIBLE_WEIGHT) total += preciseExp((logits[o + k] - max) * invT);
+  }
+  return (logits[o + j] - max) * invT - Math.log(total);
 }
 
 /** Clears `allowed` outside the `k` largest allowed logits (ties: lower ids first). */

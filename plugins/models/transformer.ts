@@ -540,7 +540,11 @@ export class TransformerPolicy implements Policy {
     });
   }
 
-  /** `n` samples per source (`result[i][j]`); sample j of source i is reproducible from the seed alone. */
+  /**
+   * `n` samples per source (`result[i][j]`); sample j of source i is reproducible from the
+   * seed alone. With `options.behaviourLogProbs` each carries its behaviour log-probabilities
+   * (see {@link Generation.behaviourLogProbs}); the tokens are the same either way.
+   */
   // deno-lint-ignore require-await
   async sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]> {
     const maxLen = checkMaxLen(options.maxLen);
@@ -563,7 +567,12 @@ export class TransformerPolicy implements Policy {
         { length: rows },
         (_, r) => new Rng(seed).fork(`${indices[Math.floor(r / n)]}/${r % n}`),
       );
-      const choose = samplingChooser(model, { temperature, topK, topP }, (row) => rowRngs[row]);
+      const choose = samplingChooser(
+        model,
+        { temperature, topK, topP },
+        (row) => rowRngs[row],
+        options.behaviourLogProbs === true,
+      );
       const decoder = new StepDecoder(model, enc, rowSource, maxLen);
       let hyps: Generation[];
       try {
@@ -695,7 +704,10 @@ function toInt32(t: tf.Tensor): Int32Array {
 }
 
 function toGeneration(h: Hypothesis): Generation {
-  return { tokens: h.tokens, logProbs: h.logProbs, score: h.score };
+  const { tokens, logProbs, behaviourLogProbs, score } = h;
+  return behaviourLogProbs === undefined
+    ? { tokens, logProbs, score }
+    : { tokens, logProbs, behaviourLogProbs, score };
 }
 
 function checkMaxLen(maxLen: number): number {

@@ -34,8 +34,10 @@ import type {
   Tokenizer,
 } from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
+import { referenceBehaviour } from "../_behaviour_reference.ts";
 import { pluginDefaults } from "../../core/plugin.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
+import { profiler } from "../../core/profile.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -491,22 +493,97 @@ Deno.test("Grow's D_g is the samples united with every training pair, scored, wi
     // D: every training pair, not only the three grown sources.
     assert.deepEqual(references.map((r) => r.source), EXAMPLES.map((e) => e.source));
     for (const r of references) assert.equal(r.reward, 1, "scored by the reward like samples");
-    // log mu(a_t) = log softmax(logits / T)[a_t], the distribution the samples came from.
+    // log mu(a_t) = log softmax(logits / T)[a_t], the distribution the samples came from:
+    // for samples over the ids the sampler may draw (not padding or BOS), as it reports
+    // them; for references teacher-forced over the whole vocabulary.
     const pairs = rows.map((r) => ({
       source: ctx.tokenizer.encode(r.source, "source"),
       target: r.tokens,
     }));
     const tempered = scoreTokens(policy, pairs, 4, GROW.temperature);
     const plain = scoreTokens(policy, pairs, 4, 1);
+    const { pad, bos } = policy.specials;
+    const drawable = referenceBehaviour(
+      policy,
+      pairs.map((p) => ({ source: p.source, tokens: p.target })),
+      { temperature: GROW.temperature, topK: 0, banned: [pad, bos] },
+    );
     for (let i = 0; i < rows.length; i++) {
       assert.equal(rows[i].temperature, GROW.temperature);
+      const expected = rows[i].origin === "sample" ? drawable[i] : tempered[i];
       for (let t = 0; t < rows[i].logProbs.length; t++) {
-        assert.ok(Math.abs(rows[i].logProbs[t] - tempered[i][t]) < 1e-4, `row ${i} token ${t}`);
+        assert.ok(Math.abs(rows[i].logProbs[t] - expected[t]) < 1e-4, `row ${i} token ${t}`);
       }
     }
     assert.ok(rows.some((r, i) => r.logProbs.some((v, t) => Math.abs(v - plain[i][t]) > 1e-3)));
   } finally {
     policy.dispose();
+  }
+});
+
+/** `policy` with samples that carry no behaviour log-probs (as a user model's may not). */
+function withoutBehaviour(policy: Policy): Policy {
+  const sample: Policy["sample"] = async (sources, options) =>
+    (await policy.sample(sources, options)).map((row) =>
+      row.map(({ tokens, logProbs, score }) => ({ tokens, logProbs, score }))
+    );
+  return new Proxy(policy, {
+    get(target, key) {
+      if (key === "sample") return sample;
+      const value = Reflect.get(target, key, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("Grow stores the sampler's behaviour log-probs; teacher-forces only rows without them", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  const rowsScored = () => profiler.snapshot()["grow/logprobs"]?.units.rows ?? 0;
+  try {
+    const settings = { ...GROW, sources: 3 };
+    const before = rowsScored();
+    const rows = await grow(policy, EXAMPLES, settings, ctx, 1, 8);
+    const samples = rows.filter((r) => r.origin === "sample");
+    const references = rows.filter((r) => r.origin === "reference");
+    assert.equal(rowsScored() - before, references.length, "samples are not teacher-forced");
+    // Exactly the sampler's log mu: the chunk of three sources was sampled with seed 8 + 0.
+    const sources = sampleInOrder(EXAMPLES, 3, 8).map((e) =>
+      ctx.tokenizer.encode(e.source, "source")
+    );
+    const drawn = await policy.sample(sources, {
+      n: GROW.samplesPerSource,
+      temperature: GROW.temperature,
+      topK: GROW.topK,
+      topP: GROW.topP,
+      maxLen: GROW.maxLen,
+      batchSize: GROW.batchSize,
+      seed: 8,
+      behaviourLogProbs: true,
+    });
+    assert.deepEqual(samples.map((r) => r.logProbs), drawn.flat().map((g) => g.behaviourLogProbs));
+
+    // A policy that reports none: its samples are scored by teacher forcing, like references.
+    const middle = rowsScored();
+    const forced = await grow(withoutBehaviour(policy), EXAMPLES, settings, ctx, 2, 8);
+    assert.equal(rowsScored() - middle, rows.length);
+    assert.deepEqual(forced.map((r) => r.tokens), rows.map((r) => r.tokens));
+    const pairs = forced.map((r) => ({
+      source: ctx.tokenizer.encode(r.source, "source"),
+      target: r.tokens,
+    }));
+    const expected = scoreTokens(policy, pairs, 4, GROW.temperature);
+    forced.forEach((r, i) =>
+      r.logProbs.forEach((lp, t) => assert.ok(Math.abs(lp - expected[i][t]) < 1e-5, `row ${i}`))
+    );
+    assert.deepEqual(
+      forced.filter((r) => r.origin === "reference"),
+      references,
+      "references are scored the same way either way",
+    );
+  } finally {
+    policy.dispose();
+    await Deno.remove(ctx.dir, { recursive: true });
   }
 });
 

@@ -10,7 +10,11 @@ import transformer, {
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
 import { Rng } from "../../core/random.ts";
-import type { ModelFactory, Policy } from "../../core/types.ts";
+import type { Generation, ModelFactory, Policy } from "../../core/types.ts";
+import { scoreTokens } from "../../core/rest.ts";
+import { RowSampler } from "../../plugins/models/_decode.ts";
+import { preciseExp } from "../../plugins/_nn/exp.ts";
+import { referenceBehaviour } from "../_behaviour_reference.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -728,4 +732,182 @@ Deno.test("two forward passes on one tape: work buffers stay alive until their b
   ]);
   tf.dispose([...Object.values(half1), ...Object.values(half2)]);
   policy.dispose();
+});
+
+// ---------------------------------------------------------------------------------------
+// Behaviour log-probabilities of samples: log mu(a_t) of the distribution each token was
+// drawn from, reported by the sampler itself.
+
+/**
+ * Tokens of `tiny({ seed: 3 })` sampled (n 3, maxLen 6, seed 11) by the sampler as committed
+ * before it reported behaviour log-probabilities: the draw must not change.
+ */
+const GOLDEN_SAMPLES: Record<string, number[][][]> = {
+  "plain": [
+    [[11, 9, 9, 9, 9, 9], [11, 11, 11, 11, 11, 11], [7, 6, 6, 6, 9, 9]],
+    [[10, 2], [11, 3, 5, 3, 3, 3], [2]],
+    [[5, 2], [9, 9, 9, 5, 11, 11], [8, 11, 11, 11, 3, 2]],
+    [[5, 2], [5, 5, 2], [5, 2]],
+  ],
+  "topK": [
+    [[11, 11, 11, 11, 11, 11], [11, 11, 11, 11, 11, 11], [5, 2]],
+    [[11, 2], [11, 3, 3, 3, 3, 3], [2]],
+    [[2], [9, 9, 9, 5, 9, 9], [9, 9, 9, 9, 5, 2]],
+    [[5, 2], [5, 5, 2], [5, 2]],
+  ],
+  "topP": [[[11, 5, 3, 3, 3, 3], [11, 7, 7, 7, 11, 9], [5, 2]], [[9, 2], [11, 2], [2]], [[5, 2], [
+    8,
+    7,
+    9,
+    5,
+    9,
+    7,
+  ], [8, 11, 11, 11, 2]], [[4, 2], [4, 5, 2], [3, 3, 3, 3, 2]]],
+};
+
+const GOLDEN_SETTINGS: Record<string, { temperature: number; topK: number; topP: number }> = {
+  plain: { temperature: 0.8, topK: 0, topP: 1 },
+  topK: { temperature: 1, topK: 3, topP: 1 },
+  topP: { temperature: 1.5, topK: 0, topP: 0.7 },
+};
+
+const BANNED = [specials.pad, specials.bos];
+
+Deno.test("preciseExp is within 2 ulp of Math.exp", () => {
+  const rng = new Rng(8);
+  const args = [0, -0, -1e-300, -1 / 64, -59.99, -60, -700, -800, -Infinity];
+  for (let i = 0; i < 20000; i++) args.push(-70 * rng.next(), -rng.next() / 16);
+  for (const x of args) {
+    const e = Math.exp(x);
+    const p = preciseExp(x);
+    assert.ok(e === 0 ? p === 0 : Math.abs(p - e) <= 4.5e-16 * e, `exp(${x}): ${p} vs ${e}`);
+  }
+  assert.ok(Number.isNaN(preciseExp(NaN)));
+});
+
+/** Every sample of `samples` with its source, in order. */
+function flatten(sources: number[][], samples: Generation[][]) {
+  return samples.flatMap((s, i) =>
+    s.map((g) => ({ source: sources[i], tokens: g.tokens, behaviour: g.behaviourLogProbs! }))
+  );
+}
+
+Deno.test("sampling: seeded samples are the tokens the sampler drew before it reported behaviour log-probs", async () => {
+  const policy = tiny({ seed: 3 });
+  const sources = DATA.map((d) => d.source);
+  for (const [name, settings] of Object.entries(GOLDEN_SETTINGS)) {
+    for (const behaviourLogProbs of [false, true]) {
+      const samples = await policy.sample(sources, {
+        n: 3,
+        maxLen: 6,
+        seed: 11,
+        ...settings,
+        behaviourLogProbs,
+      });
+      assert.deepEqual(samples.map((s) => s.map((g) => g.tokens)), GOLDEN_SAMPLES[name], name);
+      // Reported only when asked for.
+      for (const g of samples.flat()) assert.equal("behaviourLogProbs" in g, behaviourLogProbs);
+    }
+  }
+  policy.dispose();
+});
+
+Deno.test("sampled behaviour log-probs are log softmax(logits / T) over the drawable ids; teacher forcing also counts the banned ones", async () => {
+  const policy = tiny({ seed: 3 });
+  const sources = DATA.map((d) => d.source);
+  const temperature = 0.8;
+  const before = tf.memory().numTensors;
+  const samples = await policy.sample(sources, {
+    n: 4,
+    maxLen: 6,
+    temperature,
+    topK: 0,
+    topP: 1,
+    seed: 11,
+    behaviourLogProbs: true,
+  });
+  assert.equal(tf.memory().numTensors, before, "no leaks");
+  const flat = flatten(sources, samples);
+  for (const s of flat) assert.equal(s.behaviour.length, s.tokens.length);
+  // Against a reference with padding and BOS masked out (the sampler never draws them).
+  const masked = referenceBehaviour(policy, flat, { temperature, topK: 0, banned: BANNED });
+  flat.forEach((s, i) => close(s.behaviour, masked[i], 1e-4, `sample ${i}`));
+  // Teacher forcing (scoreTokens, what Grow stored before) normalises over the whole
+  // vocabulary: on this untrained model the banned ids hold real mass, so the sampler's
+  // log mu is larger by -log(1 - their tempered mass).
+  const forced = scoreTokens(
+    policy,
+    flat.map((s) => ({ source: s.source, target: s.tokens })),
+    8,
+    temperature,
+  );
+  const full = referenceBehaviour(policy, flat, { temperature, topK: 0, banned: [] });
+  flat.forEach((_, i) => close(forced[i], full[i], 1e-4, `forced ${i}`));
+  let gap = 0;
+  flat.forEach((s, i) =>
+    s.behaviour.forEach((lp, t) => {
+      assert.ok(lp >= forced[i][t] - 1e-4, `sample ${i} token ${t}`);
+      gap = Math.max(gap, lp - forced[i][t]);
+    })
+  );
+  assert.ok(gap > 1e-2, `the banned ids' mass shows (${gap})`);
+  // Greedy and beam search report none.
+  const greedy = await policy.greedy(sources, { maxLen: 6 });
+  const beam = await policy.beam(sources, { maxLen: 6, beamSize: 2, lengthPenalty: 0.6 });
+  for (const g of [...greedy, ...beam]) assert.ok(!("behaviourLogProbs" in g));
+  policy.dispose();
+});
+
+Deno.test("with top-k, behaviour log-probs are those of the truncated, renormalised distribution", async () => {
+  const policy = tiny({ seed: 3 });
+  const sources = DATA.map((d) => d.source);
+  const settings = { temperature: 1.3, topK: 3, topP: 1 };
+  const samples = await policy.sample(sources, {
+    n: 4,
+    maxLen: 6,
+    seed: 12,
+    ...settings,
+    behaviourLogProbs: true,
+  });
+  const flat = flatten(sources, samples);
+  const reference = referenceBehaviour(policy, flat, { ...settings, banned: BANNED });
+  flat.forEach((s, i) => close(s.behaviour, reference[i], 1e-4, `sample ${i}`));
+  policy.dispose();
+
+  // One row directly: the kept tokens' probabilities sum to 1.
+  const logits = Float32Array.from([5, 4, 1, 0.5, 0.2, -1, 2, 0.7]);
+  const direct = (options: { temperature: number; topK: number; topP: number }) => {
+    const sampler = new RowSampler(logits.length, options, BANNED);
+    const rng = new Rng(4);
+    const drawn = { behaviourLogProb: NaN };
+    const seen = new Map<number, number>();
+    for (let i = 0; i < 2000; i++) {
+      const j = sampler.sample(logits, 0, rng, drawn);
+      const known = seen.get(j);
+      if (known !== undefined) assert.equal(drawn.behaviourLogProb, known, `token ${j}`);
+      seen.set(j, drawn.behaviourLogProb);
+    }
+    return seen;
+  };
+  const expected = (kept: number[], temperature: number) => {
+    const z = kept.map((id) => logits[id] / temperature);
+    const lse = Math.log(z.reduce((s, v) => s + Math.exp(v), 0));
+    return new Map(kept.map((id, k) => [id, z[k] - lse]));
+  };
+  const total = (seen: Map<number, number>) =>
+    [...seen.values()].reduce((s, lp) => s + Math.exp(lp), 0);
+  // top-3 of the allowed ids (0 and 1 are banned): 6, 2, 7.
+  const topK = direct({ temperature: 0.9, topK: 3, topP: 1 });
+  assert.deepEqual([...topK.keys()].sort(), [2, 6, 7]);
+  assert.ok(Math.abs(total(topK) - 1) < 1e-12, `sum ${total(topK)}`);
+  for (const [id, lp] of expected([6, 2, 7], 0.9)) {
+    assert.ok(Math.abs(topK.get(id)! - lp) < 1e-12, `token ${id}`);
+  }
+  // The nucleus of mass 0.8 at T = 1: 6, 2, 7, 3 (0.48 + 0.18 + 0.13 + 0.11).
+  const topP = direct({ temperature: 1, topK: 0, topP: 0.8 });
+  assert.deepEqual([...topP.keys()].sort(), [2, 3, 6, 7]);
+  assert.ok(Math.abs(total(topP) - 1) < 1e-12, `sum ${total(topP)}`);
+  for (const [id, lp] of expected([6, 2, 7, 3], 1)) {
+    assert.ok(Math.abs(topP.get(id)! - lp) < 1e-12, `token ${id}`);
+  }
 });
