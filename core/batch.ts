@@ -9,6 +9,24 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { Policy, Scalar, SmoothedLogProbs, SpecialIds, TokenBatch } from "./types.ts";
 
 /**
+ * Batches are padded to a multiple of this many positions. Padding is masked (attention never
+ * reads padded sources, the decoder is causal, losses skip masked targets), so it changes no
+ * value at a real position; what it changes is how many distinct buffer sizes a run asks for.
+ * With sequence lengths that vary from batch to batch, every new size is fresh memory that the
+ * allocator keeps: a LibreOffice-size model trained on lengths 4 to 33 grew to 2.0 GB RSS in
+ * 240 steps, and to 0.7 GB (flat after 80 steps) with lengths rounded up to multiples of 8.
+ * Measured on whole runs (2026-12-02): quickstart peak RSS 1.32 -> 0.78 GB; 300 BC steps at
+ * the LibreOffice size 3.1 -> 2.4 GB (still growing: source and target lengths vary
+ * independently there), at up to ~10% lower tokens/s from the padded positions.
+ */
+export const LENGTH_MULTIPLE = 8;
+
+/** `length` rounded up to a multiple of {@link LENGTH_MULTIPLE}. */
+export function paddedLength(length: number): number {
+  return Math.ceil(length / LENGTH_MULTIPLE) * LENGTH_MULTIPLE;
+}
+
+/**
  * Pads pairs of id sequences into a {@link TokenBatch}. EOS is appended to every source and
  * target; `targetIn` is BOS followed by the target, `targetOut` the target followed by EOS.
  * A pair marked `truncated` (an output cut off at the length limit) gets no target EOS, so
@@ -20,8 +38,8 @@ export function makeBatch(
 ): TokenBatch {
   if (pairs.length === 0) throw new RangeError("makeBatch: no pairs");
   const b = pairs.length;
-  const s = maxOf(pairs.map((p) => p.source.length)) + 1;
-  const t = maxOf(pairs.map((p) => p.target.length)) + 1;
+  const s = paddedLength(maxOf(pairs.map((p) => p.source.length)) + 1);
+  const t = paddedLength(maxOf(pairs.map((p) => p.target.length)) + 1);
   const source = new Int32Array(b * s).fill(specials.pad);
   const targetIn = new Int32Array(b * t).fill(specials.pad);
   const targetOut = new Int32Array(b * t).fill(specials.pad);

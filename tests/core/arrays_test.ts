@@ -35,6 +35,6 @@ Deno.test("makeBatch: a batch of 200k pairs pads to the longest without spreadin
     (_, i) => ({ source: [5, 6], target: i === 7 ? [5, 6, 7] : [5] }),
   );
   const batch = makeBatch(pairs, { pad: 0, bos: 1, eos: 2, unk: 3 });
-  assert.deepEqual(batch.targetOut.shape, [200_000, 4]);
+  assert.deepEqual(batch.targetOut.shape, [200_000, 8], "4 positions, padded to a multiple of 8");
   for (const t of Object.values(batch)) (t as { dispose?: () => void }).dispose?.();
 });

@@ -101,15 +101,20 @@ Deno.test("makeBatch appends EOS, shifts targets behind BOS and masks padding", 
     [{ source: [5, 6], target: [7] }, { source: [8], target: [9, 10] }],
     specials,
   );
-  assert.deepEqual(batch.source.arraySync(), [[5, 6, 2], [8, 2, 0]]);
-  assert.deepEqual(batch.targetIn.arraySync(), [[1, 7, 0], [1, 9, 10]]);
-  assert.deepEqual(batch.targetOut.arraySync(), [[7, 2, 0], [9, 10, 2]]);
-  assert.deepEqual(batch.targetMask.arraySync(), [[1, 1, 0], [1, 1, 1]]);
+  // Padded to LENGTH_MULTIPLE (8) positions: fewer distinct shapes, so buffers are reused.
+  const pad = (row: number[]) => [...row, ...new Array(8 - row.length).fill(0)];
+  assert.deepEqual(batch.source.arraySync(), [pad([5, 6, 2]), pad([8, 2])]);
+  assert.deepEqual(batch.targetIn.arraySync(), [pad([1, 7]), pad([1, 9, 10])]);
+  assert.deepEqual(batch.targetOut.arraySync(), [pad([7, 2]), pad([9, 10, 2])]);
+  assert.deepEqual(batch.targetMask.arraySync(), [pad([1, 1]), pad([1, 1, 1])]);
   tf.dispose(Object.values(batch));
   const cut = makeBatch([{ source: [5], target: [7, 8], truncated: true }], specials);
-  assert.deepEqual(cut.targetOut.arraySync(), [[7, 8, 0]]);
-  assert.deepEqual(cut.targetMask.arraySync(), [[1, 1, 0]]);
+  assert.deepEqual(cut.targetOut.arraySync(), [pad([7, 8])]);
+  assert.deepEqual(cut.targetMask.arraySync(), [pad([1, 1])]);
   tf.dispose(Object.values(cut));
+  const long = makeBatch([{ source: [5], target: new Array(8).fill(7) }], specials);
+  assert.deepEqual(long.targetOut.shape, [1, 16], "9 positions round up to 16");
+  tf.dispose(Object.values(long));
 });
 
 Deno.test("checkpoints round-trip and corrupt or truncated files are named", async () => {
