@@ -8,19 +8,14 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_DIR, runTask, taskArgs } from "./_cli.ts";
+import { tinyManifest } from "./_experiment.ts";
 import { Rng } from "../core/random.ts";
 
-const MANIFEST = {
+const MANIFEST = tinyManifest({
   experiment: "crash",
   seed: 5,
   backend: "auto",
   data: { name: "synthetic", config: { pairs: 300 } },
-  tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-  model: {
-    name: "transformer",
-    config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-  },
-  reward: "chrf",
   bc: { steps: 60, batchSize: 16, evalEvery: 20, evalSize: 10, checkpointSeconds: 0 },
   evaluation: { maxLen: 16, validSize: 10, testSize: 10, bestOfN: [1, 2], bestOfNSize: 5 },
   runs: [
@@ -47,7 +42,7 @@ const MANIFEST = {
       },
     },
   ],
-};
+});
 
 /** Keys that measure time or memory, which differ between any two runs. */
 const VOLATILE = /(^time$|seconds|tokens_per_s|^sys\/)/;

@@ -16,16 +16,13 @@ import type { PluginDefinition } from "../core/plugin.ts";
 import { createRegistries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { type CliResult, hasStackTrace, ROOT_DIR, runTask, spawnTask } from "./_cli.ts";
+import { tinyManifest, withTempDir as withTempFolder } from "./_experiment.ts";
 
 const MO_FIXTURE = join(ROOT_DIR, "tests/fixtures/data/gettext/mo/app.mo");
 
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "hostile_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+/** {@link withTempFolder} with folders named hostile_*. */
+function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  return withTempFolder(fn, "hostile_");
 }
 
 /** A manifest that needs no model: data, the baselines algorithm and a reward. */
@@ -44,20 +41,15 @@ function baselinesManifest(data: unknown, extra: Record<string, unknown> = {}) {
 
 /** A manifest with a tiny policy, for the cases that train. */
 function tinyModelManifest(runs: unknown[], reward: unknown = "chrf") {
-  return {
+  const manifest = tinyManifest({
     experiment: "hostile",
     seed: 4,
-    backend: "cpu",
-    data: { name: "synthetic", config: { pairs: 200 } },
-    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-    model: {
-      name: "transformer",
-      config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-    },
     reward,
     bc: { steps: 4, evalEvery: 2 },
+    evaluation: undefined,
     runs,
-  };
+  });
+  return manifest as typeof manifest & { model: { config: Record<string, unknown> } };
 }
 
 /** Runs `deno task exp` on a manifest (an object, or text as it is) written to `dir`. */

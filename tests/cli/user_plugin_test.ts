@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
+import { tinyManifest } from "../_experiment.ts";
 
 /** The example loss plugin of the README, between its markers. */
 async function readmeExample(): Promise<string> {
@@ -13,24 +14,20 @@ async function readmeExample(): Promise<string> {
 }
 
 function manifest(loss: unknown): Record<string, unknown> {
-  return {
+  return tinyManifest({
     experiment: "user_plugin",
     seed: 4,
     backend: "auto",
     data: { name: "synthetic", config: { pairs: 300 } },
-    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-    model: {
-      name: "transformer",
-      config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-    },
-    reward: "chrf",
+    bc: undefined,
+    evaluation: undefined,
     runs: [{
       name: "rest_rwr",
       algorithm: { name: "rest", config: { growSteps: 1, improveSteps: 2 } },
       loss,
       threshold: "fixed",
     }],
-  };
+  });
 }
 
 Deno.test("the README's loss plugin, kept outside the repository, runs end to end", async () => {

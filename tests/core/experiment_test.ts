@@ -6,15 +6,7 @@ import { createRegistries } from "../../core/registry.ts";
 import { runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics, writeFileAtomic } from "../../core/run.ts";
 import { fakePlugins, validManifest } from "./_fakes.ts";
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+import { withTempDir } from "../_experiment.ts";
 
 Deno.test("an experiment writes one folder per run with its resolved manifest and metrics", async () => {
   await withTempDir(async (out) => {

@@ -14,14 +14,11 @@ import { definePlugin, type PluginDefinition } from "../../core/plugin.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { fakePlugins, validManifest } from "./_fakes.ts";
+import { withTempDir as withTempFolder } from "../_experiment.ts";
 
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "manifest_checks_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+/** {@link withTempFolder} with folders named manifest_checks_*. */
+function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  return withTempFolder(fn, "manifest_checks_");
 }
 
 /** The problems `loadManifest` reports for a manifest file holding `text`. */

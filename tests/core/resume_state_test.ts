@@ -8,22 +8,16 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasStackTrace, runTask } from "../_cli.ts";
+import { tinyManifest } from "../_experiment.ts";
 import { loadCheckpoint, saveCheckpoint } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { readGrowFile, writeGrowFile } from "../../core/grow_file.ts";
 import type { GrowRow } from "../../core/types.ts";
 
-const MANIFEST = {
+const MANIFEST = tinyManifest({
   experiment: "rs",
   seed: 3,
-  backend: "cpu",
   data: { name: "synthetic", config: { pairs: 120 } },
-  tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-  model: {
-    name: "transformer",
-    config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-  },
-  reward: "chrf",
   bc: { steps: 8, batchSize: 16, evalEvery: 4, evalSize: 4, checkpointSeconds: 0 },
   evaluation: { maxLen: 12, validSize: 4, testSize: 4, bestOfN: [1], bestOfNSize: 2 },
   runs: [
@@ -49,7 +43,7 @@ const MANIFEST = {
       },
     },
   ],
-};
+});
 
 async function lines(path: string): Promise<string[]> {
   return (await Deno.readTextFile(path)).split("\n").filter((l) => l !== "");

@@ -6,11 +6,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { resolveManifest } from "../../core/manifest/mod.ts";
-import { createRegistries } from "../../core/registry.ts";
-import { runExperiment } from "../../core/experiment.ts";
 import { readMetrics } from "../../core/run.ts";
-import { builtinPlugins } from "../../plugins/mod.ts";
+import { runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
 
 await (await (await import("../../plugins/backends/cpu.ts")).default.create(
   { fastSegmentSum: true },
@@ -44,31 +41,16 @@ function firstStep(records: Record<string, unknown>[]): Record<string, unknown>[
 }
 
 Deno.test("identical Improve steps are computed once per experiment and reused", async () => {
-  const out = await Deno.makeTempDir();
-  try {
-    const registries = createRegistries(builtinPlugins);
-    const manifest = await resolveManifest({
+  await withTempDir(async (out) => {
+    const manifest = tinyManifest({
       experiment: "share",
       seed: 4,
-      backend: "cpu",
       data: { name: "synthetic", config: { pairs: 160 } },
-      tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-      model: {
-        name: "transformer",
-        config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-      },
-      reward: "chrf",
       bc: { steps: 6, batchSize: 8, evalEvery: 3, evalSize: 4 },
       evaluation: { maxLen: 10, validSize: 4, testSize: 4, selectSamples: 2 },
       runs: [restRun("one", 1, "bc"), restRun("two", 2, "bc"), restRun("gold", 1, "gold")],
-    }, registries);
-    const logs: string[] = [];
-    const result = await runExperiment(manifest, registries, {
-      out,
-      resume: false,
-      smoke: false,
-      log: (m) => logs.push(m),
     });
+    const { result, logs } = await runTiny(manifest, out);
     const reused = (run: string) =>
       logs.some((l) => l.startsWith(`${run}: improve 1.1: identical to a step another run took`));
     assert.ok(!reused("one"), "the first run trains its step");
@@ -85,7 +67,5 @@ Deno.test("identical Improve steps are computed once per experiment and reused",
     const stepOne = one.at(-1)!;
     assert.equal(typeof stepOne["improve/select_reward"], "number");
     assert.equal(result.runs.one.metrics["train/gradient_steps"], stepOne["improve/steps"]);
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  });
 });

@@ -29,6 +29,7 @@ import moses from "../../plugins/data/moses.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
 import tsv from "../../plugins/data/tsv.ts";
 import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
+import { withTempDir as withTempFolder } from "../_experiment.ts";
 
 const FIXTURES = join(ROOT_DIR, "tests/fixtures/data");
 const PLUGINS = [tsv, jsonl, moses, gettext, synthetic] as PluginDefinition<"data">[];
@@ -70,13 +71,9 @@ function sortPairs(pairs: Example[]): string[] {
 /** Keeps every pair in train so loaders can be checked on tiny fixtures. */
 const NO_SPLIT = { validSize: 0, testSize: 0 };
 
-async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "rest_data_test_" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+/** {@link withTempFolder} with folders named rest_data_test_*. */
+function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  return withTempFolder(fn, "rest_data_test_");
 }
 
 async function rejectsData(promise: Promise<unknown>, pattern: RegExp): Promise<void> {

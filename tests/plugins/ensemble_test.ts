@@ -6,14 +6,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ManifestError, UserError } from "../../core/errors.ts";
-import { createPlugin, runExperiment } from "../../core/experiment.ts";
-import { resolveManifest, resolvePluginRef } from "../../core/manifest/mod.ts";
+import { createPlugin } from "../../core/experiment.ts";
+import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { definePlugin } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { readMetrics } from "../../core/run.ts";
 import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
+import { runTiny, tinyManifest, tinyRestRun, withTempDir } from "../_experiment.ts";
 import ensemble, {
   applyKnots,
   calibrationRows,
@@ -316,49 +317,15 @@ Deno.test("ensemble: bad configs are errors naming the field", async () => {
 });
 
 Deno.test("ensemble: a smoke experiment with {reward: chrf, members: 2} runs ReST", async () => {
-  const out = await Deno.makeTempDir();
-  try {
-    const manifest = await resolveManifest(
-      {
-        experiment: "ensemble_smoke",
-        seed: 3,
-        backend: "cpu",
-        data: { name: "synthetic", config: { pairs: 200 } },
-        tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-        model: {
-          name: "transformer",
-          config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-        },
-        reward: { name: "ensemble", config: { reward: "chrf", members: 2 } },
-        bc: { steps: 4, batchSize: 8, evalEvery: 0, evalSize: 4 },
-        evaluation: { maxLen: 10, validSize: 4, testSize: 4 },
-        runs: [
-          {
-            name: "rest",
-            algorithm: {
-              name: "rest",
-              config: {
-                growSteps: 1,
-                improveSteps: 1,
-                grow: { sources: 6 },
-                improve: { steps: 2 },
-              },
-            },
-            loss: "bc",
-            threshold: { name: "fixed", config: { values: [0] } },
-          },
-        ],
-      },
-      registries,
-      { smoke: true },
-    );
-    const logs: string[] = [];
-    const result = await runExperiment(manifest, registries, {
-      out,
-      resume: false,
-      smoke: true,
-      log: (message) => logs.push(message),
+  await withTempDir(async (out) => {
+    const manifest = tinyManifest({
+      experiment: "ensemble_smoke",
+      reward: { name: "ensemble", config: { reward: "chrf", members: 2 } },
+      runs: [
+        tinyRestRun(),
+      ],
     });
+    const { result, logs } = await runTiny(manifest, out, { smoke: true, registries });
     assert.ok(
       logs.some((l) => /^reward: warning: the 2 chrf members agree on all \d+ calibration/.test(l)),
       "the no-diversity warning is logged",
@@ -374,7 +341,5 @@ Deno.test("ensemble: a smoke experiment with {reward: chrf, members: 2} runs ReS
     assert.match(names[0], /^ensemble-[0-9a-f]{8}$/);
     const saved = JSON.parse(await Deno.readTextFile(join(folder, names[0], ENSEMBLE_FILE)));
     assert.deepEqual(saved.members.map((m: { seed: number }) => m.seed), [3000, 3001]);
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  });
 });

@@ -7,12 +7,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ManifestError, UserError } from "../../core/errors.ts";
-import { createPlugin, runExperiment } from "../../core/experiment.ts";
-import { resolveManifest, resolvePluginRef } from "../../core/manifest/mod.ts";
+import { createPlugin } from "../../core/experiment.ts";
+import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { readMetrics } from "../../core/run.ts";
 import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
+import { runTiny, tinyManifest, tinyRestRun, withTempDir } from "../_experiment.ts";
 import guarded, {
   type GuardedConfig,
   GuardedReward,
@@ -422,50 +423,16 @@ Deno.test("guarded: an inner reward's prepare runs first, in inner/; needsRefere
 });
 
 Deno.test("guarded: a smoke experiment with {reward: chrf} runs (baselines and ReST)", async () => {
-  const out = await Deno.makeTempDir();
-  try {
-    const manifest = await resolveManifest(
-      {
-        experiment: "guarded_smoke",
-        seed: 3,
-        backend: "cpu",
-        data: { name: "synthetic", config: { pairs: 200 } },
-        tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-        model: {
-          name: "transformer",
-          config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-        },
-        reward: { name: "guarded", config: { reward: "chrf" } },
-        bc: { steps: 4, batchSize: 8, evalEvery: 0, evalSize: 4 },
-        evaluation: { maxLen: 10, validSize: 4, testSize: 4 },
-        runs: [
-          { name: "baselines", algorithm: "baselines" },
-          {
-            name: "rest",
-            algorithm: {
-              name: "rest",
-              config: {
-                growSteps: 1,
-                improveSteps: 1,
-                grow: { sources: 6 },
-                improve: { steps: 2 },
-              },
-            },
-            loss: "bc",
-            threshold: { name: "fixed", config: { values: [0] } },
-          },
-        ],
-      },
-      registries,
-      { smoke: true },
-    );
-    const logs: string[] = [];
-    const result = await runExperiment(manifest, registries, {
-      out,
-      resume: false,
-      smoke: true,
-      log: (message) => logs.push(message),
+  await withTempDir(async (out) => {
+    const manifest = tinyManifest({
+      experiment: "guarded_smoke",
+      reward: { name: "guarded", config: { reward: "chrf" } },
+      runs: [
+        { name: "baselines", algorithm: "baselines" },
+        tinyRestRun(),
+      ],
     });
+    const { result, logs } = await runTiny(manifest, out, { smoke: true, registries });
     const learned = logs.filter((l) => /^reward: guards from \d+ training pairs: /.test(l));
     assert.equal(learned.length, 2, "learned once per run");
     const base = result.runs.baselines.metrics;
@@ -489,7 +456,5 @@ Deno.test("guarded: a smoke experiment with {reward: chrf} runs (baselines and R
     assert.match(names[0], /^guarded-[0-9a-f]{8}$/);
     const saved = JSON.parse(await Deno.readTextFile(join(folder, names[0], RULES_FILE)));
     assert.deepEqual(saved.rules.script.allowed, ["Latin"]);
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  });
 });

@@ -19,6 +19,7 @@ import type { GrowRow, Splits } from "../../core/types.ts";
 import gettext from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import tsv from "../../plugins/data/tsv.ts";
+import { withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** Pairs in each generated corpus. */
 const PAIRS = 1_000_000;
@@ -37,13 +38,9 @@ const deps: PluginDeps = {
   log: () => {},
 };
 
-async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "rest_large_data_test_" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+/** {@link withTempFolder} with folders named rest_large_data_test_*. */
+function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  return withTempFolder(fn, "rest_large_data_test_");
 }
 
 /** Writes `count` lines made by `line(i)` to `file`, in blocks (never one huge string). */

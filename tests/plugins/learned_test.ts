@@ -27,9 +27,9 @@ import {
 import { QeModel } from "../../plugins/rewards/_qe_model.ts";
 import { Rng } from "../../core/random.ts";
 import { ManifestError, UserError } from "../../core/errors.ts";
-import { resolveManifest, resolvePluginRef } from "../../core/manifest/mod.ts";
+import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
-import { createPlugin, runExperiment } from "../../core/experiment.ts";
+import { createPlugin } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
@@ -43,6 +43,7 @@ import type {
 } from "../../core/types.ts";
 import type { PluginDefinition } from "../../core/plugin.ts";
 import { EVAL_SCHEMA } from "../../core/sections.ts";
+import { runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -517,18 +518,12 @@ async function* walk(dir: string): AsyncGenerator<string> {
 }
 
 Deno.test("learned: an experiment trains the reward once into rewards/<name>-<hash>/ and a second run reloads it", async () => {
-  const out = await Deno.makeTempDir();
-  try {
-    const manifest = await resolveManifest({
+  await withTempDir(async (out) => {
+    const manifest = tinyManifest({
       experiment: "learned_e2e",
       seed: 2,
-      backend: "cpu",
       data: { name: "synthetic", config: { pairs: 300 } },
       tokenizer: { name: "bpe", config: { vocabSize: 320 } },
-      model: {
-        name: "transformer",
-        config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
-      },
       bc: { steps: 4, batchSize: 16, warmupSteps: 2, evalEvery: 0, evalSize: 4 },
       evaluation: { maxLen: 12, validSize: 8, testSize: 8 },
       reward: {
@@ -544,14 +539,8 @@ Deno.test("learned: an experiment trains the reward once into rewards/<name>-<ha
         { name: "first", algorithm: "baselines" },
         { name: "second", algorithm: "baselines" },
       ],
-    }, registries);
-    const logs: string[] = [];
-    const result = await runExperiment(manifest, registries, {
-      out,
-      resume: false,
-      smoke: false,
-      log: (m) => logs.push(m),
     });
+    const { result, logs } = await runTiny(manifest, out, { registries });
     // The reward folder is <experiment>/.../rewards/learned-<hash>/ (one per reward config).
     const folders: string[] = [];
     for await (const entry of walk(result.dir)) {
@@ -576,7 +565,5 @@ Deno.test("learned: an experiment trains the reward once into rewards/<name>-<ha
     const b = result.runs.second.metrics;
     assert.equal(a["eval/valid_reward_copy"], b["eval/valid_reward_copy"]);
     assert.ok(a["eval/valid_reward_reference"] >= 0 && a["eval/valid_reward_reference"] <= 1);
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  });
 });

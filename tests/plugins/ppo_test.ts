@@ -12,7 +12,6 @@ import * as tf from "@tensorflow/tfjs-core";
 import { ManifestError } from "../../core/errors.ts";
 import { resolveManifest } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
-import { runExperiment } from "../../core/experiment.ts";
 import { MetricsWriter, readMetrics } from "../../core/run.ts";
 import type { Metrics, ModelFactory, RunContext, SpecialIds, Tokenizer } from "../../core/types.ts";
 import {
@@ -28,6 +27,7 @@ import {
   whiten,
 } from "../../plugins/algorithms/_ppo.ts";
 import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
+import { runTiny, tinyManifest, tinyRestRun, withTempDir } from "../_experiment.ts";
 import ppo, {
   type MinibatchTargets,
   type PpoConfig,
@@ -759,47 +759,18 @@ Deno.test("ppo ppoLoss: the fused path's loss and gradient equal the logits path
 // Through the manifest, next to rest
 
 Deno.test("ppo in a smoke experiment: same final metric keys as rest; metrics.jsonl has ppo/*", async () => {
-  const out = await Deno.makeTempDir();
-  try {
-    const registries = createRegistries(builtinPlugins);
-    const manifest = await resolveManifest(
-      {
-        experiment: "ppo_smoke",
-        seed: 2,
-        backend: "cpu",
-        data: { name: "synthetic", config: { pairs: 200 } },
-        tokenizer: { name: "bpe", config: { vocabSize: 300 } },
-        model: "transformer",
-        reward: "chrf",
-        bc: { steps: 6, batchSize: 8, evalEvery: 3, evalSize: 4 },
-        evaluation: { maxLen: 10, validSize: 4, testSize: 4 },
-        runs: [
-          {
-            name: "rest",
-            algorithm: {
-              name: "rest",
-              config: {
-                growSteps: 1,
-                improveSteps: 1,
-                grow: { sources: 6 },
-                improve: { steps: 2 },
-              },
-            },
-            loss: "bc",
-            threshold: { name: "fixed", config: { values: [0] } },
-          },
-          { name: "ppo", algorithm: { name: "ppo", config: { samples: 24 } } },
-        ],
-      },
-      registries,
-      { smoke: true },
-    );
-    const result = await runExperiment(manifest, registries, {
-      out,
-      resume: false,
-      smoke: true,
-      log: () => {},
+  await withTempDir(async (out) => {
+    const manifest = tinyManifest({
+      experiment: "ppo_smoke",
+      seed: 2,
+      model: "transformer",
+      bc: { steps: 6, batchSize: 8, evalEvery: 3, evalSize: 4 },
+      runs: [
+        tinyRestRun(),
+        { name: "ppo", algorithm: { name: "ppo", config: { samples: 24 } } },
+      ],
     });
+    const { result } = await runTiny(manifest, out, { smoke: true });
     const restKeys = Object.keys(result.runs.rest.metrics).filter((k) =>
       !k.startsWith("train/grow")
     );
@@ -808,7 +779,5 @@ Deno.test("ppo in a smoke experiment: same final metric keys as rest; metrics.js
     const records = await readMetrics(join(result.dir, "ppo", "metrics.jsonl"));
     const keys = new Set(records.flatMap((r) => Object.keys(r)));
     for (const key of LISTED) assert.ok(keys.has(key), `metrics.jsonl lacks ${key}`);
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  });
 });

@@ -15,6 +15,7 @@ import gettext, { MAX_MO_BYTES, MAX_PO_BYTES, readCatalog } from "../../plugins/
 import jsonl from "../../plugins/data/jsonl.ts";
 import moses from "../../plugins/data/moses.ts";
 import tsv from "../../plugins/data/tsv.ts";
+import { withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** How long a refusal may take before the case counts as a hang. */
 const LIMIT_MS = 5000;
@@ -27,13 +28,9 @@ const deps: PluginDeps = {
   log: () => {},
 };
 
-async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "rest_special_files_test_" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+/** {@link withTempFolder} with folders named rest_special_files_test_*. */
+function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  return withTempFolder(fn, "rest_special_files_test_");
 }
 
 async function mkfifo(path: string): Promise<void> {

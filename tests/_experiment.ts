@@ -1,0 +1,101 @@
+/**
+ * Shared scaffolding of the tests that run tiny experiments: a temporary folder that is
+ * always removed, the tiny manifest most of them start from, and a run of a manifest with the
+ * built-in plugins that collects the log.
+ */
+
+import { runExperiment } from "../core/experiment.ts";
+import { resolveManifest } from "../core/manifest/mod.ts";
+import { createRegistries, type Registries } from "../core/registry.ts";
+import { builtinPlugins } from "../plugins/mod.ts";
+
+/**
+ * Calls `fn` with a fresh temporary folder (its name starting with `prefix`, if given) and
+ * removes the folder afterwards, whether `fn` succeeds or throws; returns what `fn` returns.
+ */
+export async function withTempDir<T>(
+  fn: (dir: string) => Promise<T>,
+  prefix?: string,
+): Promise<T> {
+  const dir = await Deno.makeTempDir(prefix === undefined ? {} : { prefix });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/**
+ * A tiny experiment manifest (a new object on every call): synthetic data, a BPE vocabulary of
+ * 300, a transformer 16 wide with one encoder and one decoder layer, chrF as reward and small
+ * BC and evaluation budgets, with the keys of `overrides` replacing its own (a key whose value
+ * is `undefined` is left out). Runs are empty unless given.
+ */
+export function tinyManifest(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  const manifest: Record<string, unknown> = {
+    experiment: "tiny",
+    seed: 3,
+    backend: "cpu",
+    data: { name: "synthetic", config: { pairs: 200 } },
+    tokenizer: { name: "bpe", config: { vocabSize: 300 } },
+    model: {
+      name: "transformer",
+      config: { dModel: 16, heads: 2, ffn: 32, encoderLayers: 1, decoderLayers: 1 },
+    },
+    reward: "chrf",
+    bc: { steps: 4, batchSize: 8, evalEvery: 0, evalSize: 4 },
+    evaluation: { maxLen: 10, validSize: 4, testSize: 4 },
+    runs: [],
+    ...overrides,
+  };
+  for (const [key, value] of Object.entries(manifest)) {
+    if (value === undefined) delete manifest[key];
+  }
+  return manifest;
+}
+
+/**
+ * The smallest ReST run, named "rest": one Grow step of 6 sources and one Improve step of 2
+ * gradient steps, with the BC loss and a fixed threshold of 0.
+ */
+export function tinyRestRun(): Record<string, unknown> {
+  return {
+    name: "rest",
+    algorithm: {
+      name: "rest",
+      config: { growSteps: 1, improveSteps: 1, grow: { sources: 6 }, improve: { steps: 2 } },
+    },
+    loss: "bc",
+    threshold: { name: "fixed", config: { values: [0] } },
+  };
+}
+
+/** Options of {@link runTiny}. */
+export interface RunTinyOptions {
+  /** Smoke mode, for both resolving and running (default false). */
+  smoke?: boolean;
+  /** The registries to resolve and run with (default: the built-in plugins). */
+  registries?: Registries;
+}
+
+/**
+ * Resolves `manifest` and runs it, without resuming, into the folder `out`; returns the
+ * experiment's result and the lines it logged.
+ */
+export async function runTiny(
+  manifest: Record<string, unknown>,
+  out: string,
+  options: RunTinyOptions = {},
+): Promise<{ result: Awaited<ReturnType<typeof runExperiment>>; logs: string[] }> {
+  const smoke = options.smoke ?? false;
+  const registries = options.registries ?? createRegistries(builtinPlugins);
+  const resolved = await resolveManifest(manifest, registries, smoke ? { smoke: true } : {});
+  const logs: string[] = [];
+  const result = await runExperiment(resolved, registries, {
+    out,
+    resume: false,
+    smoke,
+    log: (message) => logs.push(message),
+  });
+  return { result, logs };
+}
