@@ -978,6 +978,7 @@ export async function improve(
     improveSteps: position.improveSteps,
     rewards: Array.from(pool.rewards()),
     bySource,
+    sampleRewards: sampleRewardsOf(pool),
   });
   for (const note of decision.notes) ctx.log(`${label}: ${note}`);
   const kept = filterPool(pool, decision.tau, settings.references === "keep");
@@ -1141,4 +1142,11 @@ function tauKey(tau: number | Map<string, number>): string | number {
 /** Numbers that went through JSON as null (NaN, infinities) back to NaN. */
 function restoreNaN(values: Record<string, number | null>): Record<string, number> {
   return Object.fromEntries(Object.entries(values).map(([k, v]) => [k, v ?? NaN]));
+}
+
+/** The rewards of a pool's sampled rows (its original pairs left out). */
+function sampleRewardsOf(pool: GrowPool): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < pool.size; i++) if (pool.origin(i) === "sample") out.push(pool.reward(i));
+  return out;
 }

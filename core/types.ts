@@ -184,6 +184,11 @@ export interface ThresholdArgs {
   rewards: readonly number[];
   /** The same rewards grouped by source. */
   bySource: ReadonlyMap<string, readonly number[]>;
+  /**
+   * The rewards of the sampled rows only (not the original pairs), for schedules that place
+   * tau by the policy's own samples; absent when the caller does not tell rows apart.
+   */
+  sampleRewards?: readonly number[];
 }
 
 /** A schedule's threshold for one Improve step, with what it had to adjust and why. */

@@ -34,6 +34,8 @@ export interface PercentileConfig {
   perSource: boolean;
   /** Raise every threshold to at least the (per-source) mean reward. */
   aboveMean: boolean;
+  /** Percentiles of every row's reward (`all`) or of the sampled rows' only (`samples`). */
+  over: "all" | "samples";
 }
 
 export default definePlugin({
@@ -62,17 +64,34 @@ export default definePlugin({
           "all rows; a source whose rewards all tie is judged by the global percentile.",
       },
       aboveMean: ABOVE_MEAN_PROPERTY,
+      over: {
+        enum: ["all", "samples"],
+        default: "all",
+        description: "Rewards the percentiles are taken of: every row of the Grow set (`all`), " +
+          "or the policy's samples only (`samples`; global thresholds only). With a reward on " +
+          "which every original pair scores the maximum (chrF against the references), `all` " +
+          "puts every percentile above the originals' share at the maximum; `samples` spreads " +
+          "the thresholds over what the policy produced. The filter still applies to every row.",
+      },
     },
   },
-  check: (config: PercentileConfig) => increasingProblems(config.percentiles, "percentiles"),
+  check: (config: PercentileConfig) => [
+    ...increasingProblems(config.percentiles, "percentiles"),
+    ...(config.over === "samples" && config.perSource
+      ? [{ path: "/over", message: 'must be "all" with perSource (per-source thresholds)' }]
+      : []),
+  ],
   create(config: PercentileConfig): ThresholdSchedule {
-    const raw: RawTau = (improve, _steps, rewards) => {
-      if (rewards.length === 0) return 0;
-      const tau = percentile(rewards, scheduleValue(config.percentiles, improve));
-      return config.aboveMean ? Math.max(tau, mean(rewards)) : tau;
+    const decide = (args: ThresholdArgs) => {
+      const samples = config.over === "samples" ? args.sampleRewards : undefined;
+      const raw: RawTau = (improve, _steps, rewards) => {
+        const basis = samples !== undefined && samples.length > 0 ? samples : rewards;
+        if (basis.length === 0) return 0;
+        const tau = percentile(basis, scheduleValue(config.percentiles, improve));
+        return config.aboveMean ? Math.max(tau, mean(basis)) : tau;
+      };
+      return config.perSource ? decidePerSource(raw, args) : decideGlobal(raw, args);
     };
-    const decide = (args: ThresholdArgs) =>
-      config.perSource ? decidePerSource(raw, args) : decideGlobal(raw, args);
     return { decide, threshold: (args) => decide(args).tau };
   },
 });

@@ -209,3 +209,34 @@ Deno.test("decreasing schedules are rejected with their path", async () => {
     );
   }
 });
+
+Deno.test("percentile over: samples places tau by the samples when the originals saturate the reward", async () => {
+  // 7 original pairs at the maximum (chrF of a reference against itself), 3 samples.
+  const saturated = [1, 1, 1, 1, 1, 1, 1, 0.2, 0.5, 0.8];
+  const input = (improve: number) => ({
+    grow: 1,
+    improve,
+    improveSteps: 2,
+    rewards: saturated,
+    bySource: new Map([["a", saturated]]),
+    sampleRewards: [0.2, 0.5, 0.8],
+  });
+  const all = await schedule("percentile", { percentiles: [0, 50], aboveMean: false });
+  const samples = await schedule("percentile", {
+    percentiles: [0, 50],
+    aboveMean: false,
+    over: "samples",
+  });
+  // Over all rows the 50th percentile is the maximum, capped to the largest reward below it:
+  // only the maxima (the originals) pass the strict filter.
+  assert.equal(all.threshold(input(2)), 0.8);
+  assert.equal(samples.threshold(input(2)), 0.5);
+  assert.equal(samples.threshold(input(1)), 0.2);
+  // Without sample rewards (a caller that does not tell rows apart) it falls back to all rows.
+  const { sampleRewards: _, ...plain } = input(2);
+  assert.equal(samples.threshold(plain), 0.8);
+  await assert.rejects(
+    () => schedule("percentile", { over: "samples", perSource: true }),
+    /over.*must be "all" with perSource/,
+  );
+});
