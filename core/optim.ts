@@ -43,27 +43,44 @@ const DEVICE_BACKENDS = new Set(["webgpu", "webgl", "tensorflow"]);
  */
 export class Adam {
   readonly #variables: tf.Variable[];
-  readonly #m: Float32Array[];
-  readonly #v: Float32Array[];
+  /** Host moments (host backends): first and second, one array per variable. */
+  readonly #m: Float32Array[] = [];
+  readonly #v: Float32Array[] = [];
+  /** Device moments (device backends): they stay on the device between steps. */
+  readonly #dm: tf.Variable[] = [];
+  readonly #dv: tf.Variable[] = [];
   readonly #options: AdamOptions;
-  readonly #placement: "auto" | "host" | "device";
+  readonly #onDevice: boolean;
   /** Number of updates applied so far. */
   step = 0;
 
   /**
-   * Creates zeroed moment estimates for `variables`. `placement` forces the host loop or the
-   * tfjs-op update (default: by backend; the tests compare the two).
+   * Creates zeroed moment estimates for `variables`, where the active backend keeps its
+   * tensors. `placement` forces the host loop or the tfjs-op update (default: by backend;
+   * the tests compare the two).
    */
   constructor(
     variables: readonly tf.Variable[],
     options: Partial<AdamOptions> = {},
     placement: "auto" | "host" | "device" = "auto",
   ) {
-    this.#placement = placement;
     this.#variables = [...variables];
     this.#options = { ...ADAM_DEFAULTS, ...options };
-    this.#m = this.#variables.map((v) => new Float32Array(v.size));
-    this.#v = this.#variables.map((v) => new Float32Array(v.size));
+    this.#onDevice = placement === "auto"
+      ? DEVICE_BACKENDS.has(tf.getBackend())
+      : placement === "device";
+    for (const v of this.#variables) {
+      if (this.#onDevice) {
+        // tidy frees the zero tensors; the variables (which copy them) survive it.
+        tf.tidy(() => {
+          this.#dm.push(tf.variable(tf.zerosLike(v), false));
+          this.#dv.push(tf.variable(tf.zerosLike(v), false));
+        });
+      } else {
+        this.#m.push(new Float32Array(v.size));
+        this.#v.push(new Float32Array(v.size));
+      }
+    }
   }
 
   /**
@@ -77,15 +94,14 @@ export class Adam {
     this.step++;
     const { beta1, beta2 } = this.#options;
     const stepSize = lr * Math.sqrt(1 - beta2 ** this.step) / (1 - beta1 ** this.step);
-    const onDevice = this.#placement === "auto"
-      ? DEVICE_BACKENDS.has(tf.getBackend())
-      : this.#placement === "device";
     for (let i = 0; i < this.#variables.length; i++) {
       const g = grads[i];
       if (g === undefined) continue;
-      const next = onDevice
-        ? this.#deviceUpdate(i, g, stepSize, lr)
-        : tf.tensor(this.#hostUpdate(i, g, stepSize, lr), g.shape, "float32");
+      if (this.#onDevice) {
+        this.#deviceUpdate(i, g, stepSize, lr);
+        continue;
+      }
+      const next = tf.tensor(this.#hostUpdate(i, g, stepSize, lr), g.shape, "float32");
       this.#variables[i].assign(next);
       next.dispose();
     }
@@ -116,50 +132,64 @@ export class Adam {
     return out;
   }
 
-  /** The same update as {@link Adam.#hostUpdate} as tfjs ops (moments read back once). */
-  #deviceUpdate(i: number, grad: tf.Tensor, stepSize: number, lr: number): tf.Tensor {
+  /** The same update as {@link Adam.#hostUpdate} as tfjs ops; nothing leaves the device. */
+  #deviceUpdate(i: number, grad: tf.Tensor, stepSize: number, lr: number): void {
     const { beta1, beta2, epsilon, weightDecay } = this.#options;
     const variable = this.#variables[i];
-    return tf.tidy(() => {
-      const m = tf.add(tf.mul(tf.tensor(this.#m[i], grad.shape), beta1), tf.mul(grad, 1 - beta1));
-      const v = tf.add(
-        tf.mul(tf.tensor(this.#v[i], grad.shape), beta2),
-        tf.mul(tf.square(grad), 1 - beta2),
-      );
-      this.#m[i] = m.dataSync() as Float32Array;
-      this.#v[i] = v.dataSync() as Float32Array;
+    tf.tidy(() => {
+      const m = tf.add(tf.mul(this.#dm[i], beta1), tf.mul(grad, 1 - beta1));
+      const v = tf.add(tf.mul(this.#dv[i], beta2), tf.mul(tf.square(grad), 1 - beta2));
+      this.#dm[i].assign(m);
+      this.#dv[i].assign(v);
       const update = tf.div(tf.mul(m, stepSize), tf.add(tf.sqrt(v), epsilon));
-      return tf.sub(tf.sub(variable, update), tf.mul(variable, lr * weightDecay));
+      variable.assign(tf.sub(tf.sub(variable, update), tf.mul(variable, lr * weightDecay)));
     });
   }
 
   /** The moment estimates and step, for checkpoints (copies). */
   state(): { step: number; m: Float32Array[]; v: Float32Array[] } {
-    return { step: this.step, m: this.#m.map((a) => a.slice()), v: this.#v.map((a) => a.slice()) };
+    const copy = (host: Float32Array[], device: tf.Variable[]) =>
+      this.#onDevice
+        ? device.map((t) => (t.dataSync() as Float32Array).slice())
+        : host.map((a) => a.slice());
+    return { step: this.step, m: copy(this.#m, this.#dm), v: copy(this.#v, this.#dv) };
   }
 
   /** Restores a state from {@link Adam.state}. */
   restore(state: { step: number; m: Float32Array[]; v: Float32Array[] }): void {
-    if (state.m.length !== this.#m.length || state.v.length !== this.#v.length) {
+    const n = this.#variables.length;
+    if (state.m.length !== n || state.v.length !== n) {
       throw new RangeError("optimizer state does not match the model's variables");
     }
-    for (let i = 0; i < this.#m.length; i++) {
-      if (state.m[i].length !== this.#m[i].length || state.v[i].length !== this.#v[i].length) {
+    for (let i = 0; i < n; i++) {
+      const size = this.#variables[i].size;
+      if (state.m[i].length !== size || state.v[i].length !== size) {
         throw new RangeError(
           `optimizer state of variable ${i} has ${state.m[i].length} values, the variable ` +
-            `${this.#m[i].length}`,
+            `${size}`,
         );
       }
     }
     this.step = state.step;
-    for (let i = 0; i < this.#m.length; i++) {
-      this.#m[i].set(state.m[i]);
-      this.#v[i].set(state.v[i]);
+    for (let i = 0; i < n; i++) {
+      if (this.#onDevice) {
+        const shape = this.#variables[i].shape;
+        tf.tidy(() => {
+          this.#dm[i].assign(tf.tensor(state.m[i], shape));
+          this.#dv[i].assign(tf.tensor(state.v[i], shape));
+        });
+      } else {
+        this.#m[i].set(state.m[i]);
+        this.#v[i].set(state.v[i]);
+      }
     }
   }
 
   /** Drops the moment estimates; the optimizer is not used afterwards. */
   dispose(): void {
+    tf.dispose([...this.#dm, ...this.#dv]);
+    this.#dm.length = 0;
+    this.#dv.length = 0;
     this.#m.length = 0;
     this.#v.length = 0;
   }
