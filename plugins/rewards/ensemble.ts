@@ -69,7 +69,8 @@ import {
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
-import { MetricsWriter, writeFileAtomic } from "../../core/run.ts";
+import { writeFileAtomic } from "../../core/run.ts";
+import { prepareWrapped } from "./_wrapped.ts";
 import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
 import { corrupt, CORRUPTION_KINDS } from "./_corrupt.ts";
 
@@ -284,17 +285,11 @@ export class EnsembleReward implements RewardModel {
             `${ctx.splits.train.length} pairs for ${c.members} members); use fewer members`,
         );
       }
-      const dir = join(ctx.dir, `member_${i}`);
-      await Deno.mkdir(dir, { recursive: true });
       const label = `member_${i} (${name})`;
-      await member.prepare({
-        ...ctx,
-        dir,
+      await prepareWrapped(member, ctx, `member_${i}`, label, {
         seed,
         splits: { ...ctx.splits, train },
-        metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
         progress: (what, total, unit) => ctx.progress(`${label} ${what}`, total, unit),
-        log: (message) => ctx.log(`${label}: ${message}`),
       });
     }
     const rows = this.#calibrationSet(ctx);

@@ -73,7 +73,8 @@ import {
   PLUGIN_REF_KEYWORD,
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
-import { MetricsWriter, writeFileAtomic } from "../../core/run.ts";
+import { writeFileAtomic } from "../../core/run.ts";
+import { prepareWrapped } from "./_wrapped.ts";
 import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
 
 /** The rules, in the order they are checked and reported. */
@@ -591,16 +592,7 @@ export class GuardedReward implements RewardModel {
 
   /** Prepares the inner reward, then learns the rules from the training pairs and saves them. */
   async prepare(ctx: RewardPrepareContext): Promise<void> {
-    if (this.#inner.prepare !== undefined) {
-      const dir = join(ctx.dir, "inner");
-      await Deno.mkdir(dir, { recursive: true });
-      await this.#inner.prepare({
-        ...ctx,
-        dir,
-        metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
-        log: (message) => ctx.log(`${this.#config.reward.name}: ${message}`),
-      });
-    }
+    await prepareWrapped(this.#inner, ctx, "inner", this.#config.reward.name);
     const rules = learnGuards(ctx.splits.train, this.#config);
     await Deno.mkdir(ctx.dir, { recursive: true });
     const path = join(ctx.dir, RULES_FILE);
