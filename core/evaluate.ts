@@ -169,17 +169,35 @@ export async function selectionReward(
     return greedy.reward;
   }
   if (examples.length === 0) return NaN;
-  const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
+  const { scores } = await sampleAndScore(policy, tokenizer, reward, examples, {
     ...opts,
     n: settings.selectSamples,
     temperature: settings.temperature,
-    topK: 0,
-    topP: 1,
     seed: seed + 65_537,
   });
+  return mean(scores);
+}
+
+/**
+ * `n` samples per example's source (temperature `temperature`, no truncation), decoded, and
+ * scored by `reward`: `hypotheses[i][j]` is sample j of example i, its score
+ * `scores[i * n + j]`.
+ */
+async function sampleAndScore(
+  policy: Policy,
+  tokenizer: Tokenizer,
+  reward: RewardModel,
+  examples: readonly Example[],
+  options: { n: number; temperature: number; seed: number; maxLen: number; batchSize: number },
+): Promise<{ hypotheses: string[][]; scores: number[] }> {
+  const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
+    ...options,
+    topK: 0,
+    topP: 1,
+  });
+  const hypotheses = samples.map((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
   const rows = examples.flatMap((e, i) => samples[i].map(() => e));
-  const hypotheses = samples.flatMap((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
-  return mean(await scoreOutputs(reward, rows, hypotheses));
+  return { hypotheses, scores: await scoreOutputs(reward, rows, hypotheses.flat()) };
 }
 
 /** What {@link finalEvaluation} needs besides the policy and the data. */
@@ -390,18 +408,13 @@ export async function bestOfN(
 ): Promise<Record<string, number>> {
   if (examples.length === 0 || options.ns.length === 0) return {};
   const most = maxOf(options.ns);
-  const samples = await policy.sample(examples.map((e) => tokenizer.encode(e.source, "source")), {
+  const { hypotheses, scores } = await sampleAndScore(policy, tokenizer, reward, examples, {
     n: most,
     temperature: options.temperature,
-    topK: 0,
-    topP: 1,
     seed: options.seed + 7919,
     maxLen: options.maxLen,
     batchSize: Math.max(1, Math.floor(options.batchSize / most)),
   });
-  const hypotheses = samples.map((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
-  const flatExamples = examples.flatMap((e) => Array.from({ length: most }, () => e));
-  const scores = await scoreOutputs(reward, flatExamples, hypotheses.flat());
   const references = examples.map((e) => e.reference);
   const out: Record<string, number> = {};
   for (const n of [...options.ns].sort((a, b) => a - b)) {
