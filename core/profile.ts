@@ -91,7 +91,7 @@ export class Profiler {
   #entry(name: string): PhaseProfile {
     let entry = this.#phases.get(name);
     if (entry === undefined) {
-      entry = { seconds: 0, userSeconds: 0, systemSeconds: 0, gemmSeconds: 0, calls: 0, units: {} };
+      entry = emptyPhase();
       this.#phases.set(name, entry);
     }
     return entry;
@@ -109,6 +109,11 @@ export class Profiler {
   }
 }
 
+/** A phase with nothing charged to it yet. */
+function emptyPhase(): PhaseProfile {
+  return { seconds: 0, userSeconds: 0, systemSeconds: 0, gemmSeconds: 0, calls: 0, units: {} };
+}
+
 function now(): Mark {
   const cpu = process.cpuUsage();
   return { wall: performance.now(), user: cpu.user, system: cpu.system, gemm: gemmMs };
@@ -124,14 +129,7 @@ export function mergeProfiles(
   const out: Record<string, PhaseProfile> = {};
   for (const profile of profiles) {
     for (const [name, p] of Object.entries(profile)) {
-      const into = out[name] ??= {
-        seconds: 0,
-        userSeconds: 0,
-        systemSeconds: 0,
-        gemmSeconds: 0,
-        calls: 0,
-        units: {},
-      };
+      const into = out[name] ??= emptyPhase();
       into.seconds += p.seconds;
       into.userSeconds += p.userSeconds;
       into.systemSeconds += p.systemSeconds;
