@@ -51,6 +51,7 @@ import {
   PLUGIN_REF_KEYWORD,
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
+import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import type {
@@ -124,91 +125,6 @@ export interface LearnedConfig {
 export const MODEL_NAME = "qe_model";
 
 const FORMAT = "rest-learned-reward";
-
-/** Pearson's correlation coefficient (NaN with fewer than two rows or a constant side). */
-export function pearson(x: readonly number[], y: readonly number[]): number {
-  if (x.length !== y.length) throw new RangeError(`${x.length} x values, ${y.length} y values`);
-  const n = x.length;
-  if (n < 2) return NaN;
-  let mx = 0;
-  let my = 0;
-  for (let i = 0; i < n; i++) {
-    mx += x[i];
-    my += y[i];
-  }
-  mx /= n;
-  my /= n;
-  let sxy = 0;
-  let sxx = 0;
-  let syy = 0;
-  for (let i = 0; i < n; i++) {
-    const dx = x[i] - mx;
-    const dy = y[i] - my;
-    sxy += dx * dy;
-    sxx += dx * dx;
-    syy += dy * dy;
-  }
-  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : NaN;
-}
-
-/**
- * Kendall's tau-b, (concordant - discordant) / sqrt((n0 - n1)(n0 - n2)) with n1, n2 the
- * pairs tied in x, in y; O(n log n) by Knight's method (sort by x, count inversions of y by
- * merge sort). NaN with fewer than two rows or a constant side.
- */
-export function kendallTauB(x: readonly number[], y: readonly number[]): number {
-  if (x.length !== y.length) throw new RangeError(`${x.length} x values, ${y.length} y values`);
-  const n = x.length;
-  if (n < 2) return NaN;
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[a] - x[b] || y[a] - y[b]);
-  let tiedX = 0;
-  let tiedBoth = 0;
-  for (let i = 0; i < n;) {
-    let j = i;
-    while (j < n && x[order[j]] === x[order[i]]) j++;
-    tiedX += ((j - i) * (j - i - 1)) / 2;
-    for (let k = i; k < j;) {
-      let m = k;
-      while (m < j && y[order[m]] === y[order[k]]) m++;
-      tiedBoth += ((m - k) * (m - k - 1)) / 2;
-      k = m;
-    }
-    i = j;
-  }
-  // Discordant pairs = strict inversions of y in this order (merge sort).
-  let ys = order.map((i) => y[i]);
-  let buffer = new Array<number>(n);
-  let discordant = 0;
-  for (let width = 1; width < n; width *= 2) {
-    for (let lo = 0; lo < n; lo += 2 * width) {
-      const mid = Math.min(lo + width, n);
-      const hi = Math.min(lo + 2 * width, n);
-      let a = lo;
-      let b = mid;
-      let k = lo;
-      while (a < mid && b < hi) {
-        if (ys[b] < ys[a]) {
-          discordant += mid - a;
-          buffer[k++] = ys[b++];
-        } else buffer[k++] = ys[a++];
-      }
-      while (a < mid) buffer[k++] = ys[a++];
-      while (b < hi) buffer[k++] = ys[b++];
-    }
-    [ys, buffer] = [buffer, ys];
-  }
-  let tiedY = 0;
-  for (let i = 0; i < n;) {
-    let j = i;
-    while (j < n && ys[j] === ys[i]) j++;
-    tiedY += ((j - i) * (j - i - 1)) / 2;
-    i = j;
-  }
-  const total = (n * (n - 1)) / 2;
-  const denominator = Math.sqrt((total - tiedX) * (total - tiedY));
-  if (!(denominator > 0)) return NaN;
-  return (total - tiedX - tiedY + tiedBoth - 2 * discordant) / denominator;
-}
 
 /**
  * Whether the tokenizer's two sides share ids: equal sizes and every id decodes to the

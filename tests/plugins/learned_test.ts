@@ -9,13 +9,8 @@ import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
 import bpe from "../../plugins/tokenizers/bpe.ts";
 import transformer from "../../plugins/models/transformer.ts";
-import learned, {
-  buildRows,
-  kendallTauB,
-  pearson,
-  sharesIds,
-  smokeLearned,
-} from "../../plugins/rewards/learned.ts";
+import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned.ts";
+import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import {
   corrupt,
   CORRUPTION_KINDS,
@@ -160,56 +155,6 @@ Deno.test("buildRows: references, samples and corruptions per source, determinis
     corruptionsPerSource: 0,
   }, new Rng(1));
   assert.deepEqual(none, []);
-});
-
-// --- statistics ----------------------------------------------------------------------------
-
-function naiveTauB(x: number[], y: number[]): number {
-  let s = 0;
-  let tx = 0;
-  let ty = 0;
-  let n0 = 0;
-  for (let i = 0; i < x.length; i++) {
-    for (let j = i + 1; j < x.length; j++) {
-      n0++;
-      const a = Math.sign(x[i] - x[j]);
-      const b = Math.sign(y[i] - y[j]);
-      s += a * b;
-      if (a === 0) tx++;
-      if (b === 0) ty++;
-    }
-  }
-  return s / Math.sqrt((n0 - tx) * (n0 - ty));
-}
-
-Deno.test("pearson: hand-computed cases", () => {
-  assert.equal(pearson([1, 2, 3], [2, 4, 6]), 1);
-  assert.equal(pearson([1, 2, 3], [3, 2, 1]), -1);
-  // dx = dy-ish: sxy = 4, sxx = syy = 5.
-  assert.ok(Math.abs(pearson([1, 2, 3, 4], [1, 3, 2, 4]) - 0.8) < 1e-12);
-  assert.ok(Number.isNaN(pearson([1, 1, 1], [1, 2, 3])), "constant side");
-  assert.ok(Number.isNaN(pearson([1], [1])));
-  assert.throws(() => pearson([1, 2], [1]), RangeError);
-});
-
-Deno.test("kendall tau-b: hand-computed cases, ties, and agreement with the O(n^2) definition", () => {
-  // 6 pairs, one discordant: (5 - 1) / 6.
-  assert.ok(Math.abs(kendallTauB([1, 2, 3, 4], [1, 3, 2, 4]) - 4 / 6) < 1e-12);
-  // One tie in x, one in y, four concordant: 4 / sqrt(5 * 5).
-  assert.ok(Math.abs(kendallTauB([1, 1, 2, 3], [1, 2, 2, 3]) - 0.8) < 1e-12);
-  assert.equal(kendallTauB([1, 2, 3], [3, 2, 1]), -1);
-  assert.equal(kendallTauB([1, 2, 3], [10, 20, 30]), 1);
-  assert.ok(Number.isNaN(kendallTauB([2, 2, 2], [1, 2, 3])));
-  const rng = new Rng(11);
-  for (let trial = 0; trial < 20; trial++) {
-    const n = 2 + rng.int(60);
-    const x = Array.from({ length: n }, () => rng.int(5));
-    const y = Array.from({ length: n }, (_, i) => (trial % 2 ? x[i] : 0) + rng.int(4));
-    const expected = naiveTauB(x, y);
-    const got = kendallTauB(x, y);
-    if (Number.isNaN(expected)) assert.ok(Number.isNaN(got));
-    else assert.ok(Math.abs(got - expected) < 1e-12, `trial ${trial}: ${got} vs ${expected}`);
-  }
 });
 
 // --- the network ---------------------------------------------------------------------------
