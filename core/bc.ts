@@ -61,7 +61,7 @@ export function encodePairs(
 
 /** Everything the BC phase needs. */
 export interface BcContext {
-  /** The experiment folder; BC writes `<dir>/bc/`. */
+  /** The experiment folder; BC writes `<experimentDir>/shared/<folder>/` (unless `dir`). */
   experimentDir: string;
   /** Builds policies. */
   factory: ModelFactory;
@@ -79,6 +79,11 @@ export interface BcContext {
   seed: number;
   /** Folder under `<experiment>/shared/` (default `bc`). */
   folder?: string;
+  /**
+   * The folder BC writes, overriding `experimentDir` and `folder` (e.g. a reward that trains
+   * its own translation models in its folder).
+   */
+  dir?: string;
   /** Save the training state this often, for `--resume` (default 120 s). */
   checkpointSeconds?: number;
   /** Log lines. */
@@ -108,7 +113,7 @@ export function buildPolicy(
  * policy with the best BC weights (the caller owns and disposes it).
  */
 export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
-  const dir = join(ctx.experimentDir, "shared", ctx.folder ?? "bc");
+  const dir = ctx.dir ?? join(ctx.experimentDir, "shared", ctx.folder ?? "bc");
   const policy = buildPolicy(ctx.factory, ctx.tokenizer, ctx.seed);
   if (await hasCheckpoint(dir, "policy")) {
     await loadPolicyCheckpoint(policy, dir, "policy");
