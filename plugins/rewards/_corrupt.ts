@@ -11,11 +11,14 @@
  * | kind | what it does |
  * |---|---|
  * | `drop` | removes a random 10-60 % of the words (at least one) |
+ * | `drop_clause` | removes one clause (text between `,` `;` `:` or sentence ends), or a contiguous 30-60 % of the words when there is only one clause |
+ * | `add` | inserts 1-4 words of another pair's reference (invented content) at a random place |
  * | `repeat` | repeats a random span of 1-3 words 1-3 extra times in place |
  * | `shuffle` | permutes a random window of the words (the whole text or part of it) |
  * | `truncate` | keeps a random proper prefix of the words (possibly nothing) |
  * | `copy_source` | returns the source sentence unchanged (an untranslated output) |
  * | `mismatch` | returns another pair's reference (fluent but unrelated) |
+ * | `wrong_language` | returns another language's translation of the same source (needs one) |
  *
  * @module
  */
@@ -23,9 +26,14 @@
 import { appendAll } from "../../core/append.ts";
 import type { Rng } from "../../core/random.ts";
 
-/** The corruption kinds, in a fixed order. */
+/**
+ * The corruption kinds that need only the text, the source and another pair's reference, in
+ * a fixed order.
+ */
 export const CORRUPTION_KINDS = [
   "drop",
+  "drop_clause",
+  "add",
   "repeat",
   "shuffle",
   "truncate",
@@ -33,8 +41,14 @@ export const CORRUPTION_KINDS = [
   "mismatch",
 ] as const;
 
-/** One of {@link CORRUPTION_KINDS}. */
-export type CorruptionKind = typeof CORRUPTION_KINDS[number];
+/**
+ * Every corruption kind: {@link CORRUPTION_KINDS} and `wrong_language`, which also needs
+ * another language's translation of the same source ({@link CorruptionInput.foreign}).
+ */
+export const ALL_CORRUPTION_KINDS = [...CORRUPTION_KINDS, "wrong_language"] as const;
+
+/** One of {@link ALL_CORRUPTION_KINDS}. */
+export type CorruptionKind = typeof ALL_CORRUPTION_KINDS[number];
 
 /** What a corruption may use besides the text it damages. */
 export interface CorruptionInput {
@@ -42,8 +56,10 @@ export interface CorruptionInput {
   text: string;
   /** The source sentence (for `copy_source`). */
   source: string;
-  /** Another pair's reference (for `mismatch`). */
+  /** Another pair's reference (for `mismatch` and `add`). */
   other: string;
+  /** Another language's translation of the same source (for `wrong_language`). */
+  foreign?: string;
 }
 
 function words(text: string): string[] {
@@ -109,19 +125,66 @@ export function shuffleWords(text: string, rng: Rng): string {
   });
 }
 
+/** Clause boundaries: after `,` `;` `:` or a sentence end, before the next word. */
+const CLAUSE_END = /[,;:.!?]$/;
+
+/**
+ * Removes one clause: the text is cut after words ending in `,` `;` `:` `.` `!` `?`, and one
+ * of the pieces is dropped (the punctuation of the piece before it is kept). A text of one
+ * clause loses a contiguous 30-60 % of its words instead (of its characters: one word).
+ */
+export function dropClause(text: string, rng: Rng): string {
+  return onUnits(text, (units) => {
+    const clauses: number[][] = [[]];
+    units.forEach((u, i) => {
+      clauses[clauses.length - 1].push(i);
+      if (units.length >= 2 && CLAUSE_END.test(u) && i < units.length - 1) clauses.push([]);
+    });
+    if (clauses.length >= 2) {
+      const gone = new Set(clauses[rng.int(clauses.length)]);
+      return units.filter((_, i) => !gone.has(i));
+    }
+    const rate = uniform(rng, 0.3, 0.6);
+    const count = Math.max(1, Math.min(units.length - 1, Math.round(rate * units.length)));
+    const start = rng.int(units.length - count + 1);
+    return [...units.slice(0, start), ...units.slice(start + count)];
+  });
+}
+
+/**
+ * Inserts a span of 1-4 words of `other` (another pair's reference) at a random position:
+ * content the source does not have. With an empty `other` a word of the text is doubled.
+ */
+export function addWords(text: string, other: string, rng: Rng): string {
+  const ws = words(text);
+  const pool = words(other);
+  const from = pool.length > 0 ? pool : ws;
+  if (from.length === 0) return "";
+  const span = Math.min(from.length, 1 + rng.int(4));
+  const start = rng.int(from.length - span + 1);
+  const at = rng.int(ws.length + 1);
+  return [...ws.slice(0, at), ...from.slice(start, start + span), ...ws.slice(at)].join(" ");
+}
+
 /** Keeps a random proper prefix: 0 to n-1 of the n words (one word: of its characters). */
 export function truncateWords(text: string, rng: Rng): string {
   return onUnits(text, (units) => units.slice(0, rng.int(units.length)));
 }
 
 /**
- * Applies one corruption kind. `copy_source` and `mismatch` ignore `input.text` and draw
- * nothing from `rng`.
+ * Applies one corruption kind. `copy_source`, `mismatch` and `wrong_language` ignore
+ * `input.text` and draw nothing from `rng`.
+ *
+ * @throws {RangeError} for `wrong_language` without `input.foreign`.
  */
 export function corrupt(kind: CorruptionKind, input: CorruptionInput, rng: Rng): string {
   switch (kind) {
     case "drop":
       return dropWords(input.text, rng);
+    case "drop_clause":
+      return dropClause(input.text, rng);
+    case "add":
+      return addWords(input.text, input.other, rng);
     case "repeat":
       return repeatWords(input.text, rng);
     case "shuffle":
@@ -132,5 +195,10 @@ export function corrupt(kind: CorruptionKind, input: CorruptionInput, rng: Rng):
       return input.source;
     case "mismatch":
       return input.other;
+    case "wrong_language":
+      if (input.foreign === undefined) {
+        throw new RangeError("wrong_language needs another language's translation (foreign)");
+      }
+      return input.foreign;
   }
 }

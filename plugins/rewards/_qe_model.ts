@@ -361,13 +361,21 @@ export class QeModel {
 
   /**
    * Mean binary cross-entropy between sigmoid(logits) and soft targets in [0, 1]:
-   * softplus(z) - y z, whose minimum over z is at sigmoid(z) = y.
+   * softplus(z) - y z, whose minimum over z is at sigmoid(z) = y; plus, when `ranking` is
+   * given with a positive weight, that weight times {@link rankingLoss} of the same logits.
    */
-  loss(items: readonly QeItem[], targets: readonly number[]): tf.Scalar {
+  loss(
+    items: readonly QeItem[],
+    targets: readonly number[],
+    ranking?: { groups: readonly number[]; weight: number },
+  ): tf.Scalar {
     return tf.tidy(() => {
       const z = this.logits(items, true);
       const y = tf.tensor1d(targets as number[], "float32");
-      return tf.mean(tf.sub(tf.softplus(z), tf.mul(y, z))) as tf.Scalar;
+      const regression = tf.mean(tf.sub(tf.softplus(z), tf.mul(y, z))) as tf.Scalar;
+      if (ranking === undefined || ranking.weight <= 0) return regression;
+      const rank = rankingLoss(z, targets, ranking.groups);
+      return tf.add(regression, tf.mul(rank, ranking.weight)) as tf.Scalar;
     });
   }
 
@@ -420,6 +428,39 @@ export class QeModel {
     this.#disposed = true;
     for (const v of this.#vars.values()) v.dispose();
   }
+}
+
+/**
+ * Within-source pairwise ranking loss (RankNet's logistic loss): over every ordered pair
+ * (i, j) of rows in the same group with `targets[i] > targets[j]`, the mean of
+ * softplus(-(z_i - z_j)) = -log sigmoid(z_i - z_j), so a pair costs little once the better
+ * hypothesis has the clearly higher logit. Pairs are found on the host and applied as a
+ * `[B, B]` mask, so one batch costs one B x B element-wise pass. 0 when no pair differs.
+ * Call inside `tf.tidy` or a gradient function.
+ */
+export function rankingLoss(
+  z: tf.Tensor1D,
+  targets: readonly number[],
+  groups: readonly number[],
+): tf.Scalar {
+  const b = targets.length;
+  if (z.shape[0] !== b || groups.length !== b) {
+    throw new RangeError(`${z.shape[0]} logits, ${b} targets, ${groups.length} groups`);
+  }
+  const mask = new Float32Array(b * b);
+  let pairs = 0;
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < b; j++) {
+      if (groups[i] === groups[j] && targets[i] > targets[j]) {
+        mask[i * b + j] = 1;
+        pairs++;
+      }
+    }
+  }
+  if (pairs === 0) return tf.scalar(0);
+  const diff = tf.sub(tf.reshape(z, [b, 1]), tf.reshape(z, [1, b]));
+  const losses = tf.mul(tf.softplus(tf.neg(diff)), tf.tensor2d(mask, [b, b]));
+  return tf.div(tf.sum(losses), pairs) as tf.Scalar;
 }
 
 /** Rebuilds a network from {@link QeModel.save}'s state. */

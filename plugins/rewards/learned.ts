@@ -38,6 +38,7 @@
  * @module
  */
 
+import { appendAll } from "../../core/append.ts";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
@@ -49,6 +50,7 @@ import {
   int,
   num,
   PLUGIN_REF_KEYWORD,
+  type PluginDeps,
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
@@ -62,7 +64,7 @@ import type {
   RewardPrepareContext,
   Tokenizer,
 } from "../../core/types.ts";
-import { corrupt, CORRUPTION_KINDS, type CorruptionKind } from "./_corrupt.ts";
+import { ALL_CORRUPTION_KINDS, corrupt, type CorruptionKind } from "./_corrupt.ts";
 import {
   type QeArchitecture,
   type QeItem,
@@ -87,6 +89,11 @@ export interface LearnedTraining {
   weightDecay: number;
   /** Also evaluate on the held-out rows every this many steps (0: only at the end). */
   evalEvery: number;
+  /**
+   * Weight of the within-source pairwise ranking loss added to the regression loss (0: off,
+   * and batches are length buckets of rows instead of whole sources).
+   */
+  rankingWeight: number;
 }
 
 /** How the training rows are made. */
@@ -99,8 +106,12 @@ export interface LearnedDataset {
   references: boolean;
   /** Corrupted hypotheses per source. */
   corruptionsPerSource: number;
-  /** Corruption kinds drawn from. */
-  corruptions: CorruptionKind[];
+  /** Relative weight of each corruption kind. */
+  corruptions: CorruptionWeights;
+  /** Samples per source at each temperature. */
+  samplesPerTemperature: number;
+  /** Data sources in other languages with the same source strings (for `wrong_language`). */
+  foreign: ResolvedPluginRef[];
 }
 
 /** Config of the `learned` reward (after resolution: `target` is a resolved reference). */
@@ -200,15 +211,48 @@ export function smokeLearned(config: LearnedConfig): LearnedConfig {
   };
 }
 
+/** Relative weight of each corruption kind (kinds absent or at 0 are never drawn). */
+export type CorruptionWeights = Partial<Record<CorruptionKind, number>>;
+
+/**
+ * Draws a corruption kind with probability weight / (sum of the weights of the kinds that
+ * can be made for this row): `wrong_language` only when `hasForeign`. Undefined when none can.
+ */
+export function drawKind(
+  weights: CorruptionWeights,
+  hasForeign: boolean,
+  rng: Rng,
+): CorruptionKind | undefined {
+  let total = 0;
+  for (const kind of ALL_CORRUPTION_KINDS) {
+    if (kind === "wrong_language" && !hasForeign) continue;
+    total += weights[kind] ?? 0;
+  }
+  if (!(total > 0)) return undefined;
+  let u = rng.next() * total;
+  let last: CorruptionKind | undefined;
+  for (const kind of ALL_CORRUPTION_KINDS) {
+    const w = kind === "wrong_language" && !hasForeign ? 0 : weights[kind] ?? 0;
+    if (w <= 0) continue;
+    last = kind;
+    if (u < w) return kind;
+    u -= w;
+  }
+  return last;
+}
+
 /**
  * Makes the hypotheses for some examples: references, the given samples (`samples[i]`
- * for example i, each with its kind) and corruptions; deterministic from `rng`.
+ * for example i, each with its kind) and corruptions of kinds drawn by `dataset.corruptions`'
+ * weights; `foreign` maps a source to its translation in another language (for
+ * `wrong_language`). Deterministic from `rng`.
  */
 export function buildRows(
   examples: readonly Example[],
   samples: readonly { text: string; kind: string }[][],
   dataset: Pick<LearnedDataset, "references" | "corruptionsPerSource" | "corruptions">,
   rng: Rng,
+  foreign: ReadonlyMap<string, string> = new Map(),
 ): QeRow[] {
   const rows: QeRow[] = [];
   for (let i = 0; i < examples.length; i++) {
@@ -218,20 +262,57 @@ export function buildRows(
       rows.push({ source, reference, hypothesis: reference, kind: "reference" });
     }
     for (const s of own) rows.push({ source, reference, hypothesis: s.text, kind: s.kind });
-    if (dataset.corruptions.length === 0) continue;
+    const translated = foreign.get(source);
     for (let c = 0; c < dataset.corruptionsPerSource; c++) {
-      const kind = rng.pick(dataset.corruptions);
+      const kind = drawKind(dataset.corruptions, translated !== undefined, rng);
+      if (kind === undefined) break;
       const base = own.length > 0 && rng.next() < 0.5 ? rng.pick(own).text : reference;
       let other = "";
       if (examples.length > 1) {
         const j = (i + 1 + rng.int(examples.length - 1)) % examples.length;
         other = examples[j].reference;
       }
-      const hypothesis = corrupt(kind, { text: base, source, other }, rng);
-      rows.push({ source, reference, hypothesis, kind });
+      const input = { text: base, source, other, foreign: translated };
+      rows.push({ source, reference, hypothesis: corrupt(kind, input, rng), kind });
     }
   }
   return rows;
+}
+
+/**
+ * Batches of whole sources (every row of a source in one batch, for the ranking loss):
+ * sources in a new random order, stably sorted by their rows' mean length so padding stays
+ * small, then packed until a batch holds at least `size` rows; batches in shuffled order.
+ */
+export function sourceBatches(
+  items: readonly QeItem[],
+  groups: readonly number[],
+  size: number,
+  rng: Rng,
+): number[][] {
+  const members = new Map<number, number[]>();
+  groups.forEach((g, i) => {
+    const list = members.get(g);
+    if (list === undefined) members.set(g, [i]);
+    else list.push(i);
+  });
+  const len = (i: number) => items[i].source.length + items[i].hypothesis.length;
+  const sources = rng.shuffle([...members.values()]).map((rows) => ({
+    rows,
+    length: rows.reduce((sum, i) => sum + len(i), 0) / rows.length,
+  }));
+  sources.sort((a, b) => a.length - b.length);
+  const batches: number[][] = [];
+  let current: number[] = [];
+  for (const { rows } of sources) {
+    appendAll(current, rows);
+    if (current.length >= size) {
+      batches.push(current);
+      current = [];
+    }
+  }
+  if (current.length > 0) batches.push(current);
+  return rng.shuffle(batches);
 }
 
 /** Length-sorted batches of row indices, in shuffled order (a new shuffle each call). */
@@ -260,10 +341,25 @@ class LearnedReward implements RewardModel {
   #tokenizer: Tokenizer | undefined;
   #meta: Record<string, unknown> = {};
 
-  constructor(config: LearnedConfig, target: RewardModel, baseDir: string) {
+  readonly #deps: PluginDeps;
+
+  constructor(config: LearnedConfig, target: RewardModel, deps: PluginDeps) {
     this.#config = config;
     this.#target = target;
-    this.#baseDir = baseDir;
+    this.#baseDir = deps.baseDir;
+    this.#deps = deps;
+  }
+
+  /** Source -> translation in another language, from `dataset.foreign` (first one wins). */
+  async #foreign(dataset: LearnedDataset): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    for (const ref of dataset.foreign) {
+      const splits = await (await this.#deps.create("data", ref)).load();
+      for (const e of [...splits.train, ...splits.valid, ...splits.test]) {
+        if (!out.has(e.source)) out.set(e.source, e.reference);
+      }
+    }
+    return out;
   }
 
   /** The loaded network (undefined before {@link LearnedReward.prepare}). */
@@ -376,9 +472,10 @@ class LearnedReward implements RewardModel {
       }
       throw error;
     }
-    const total = groups.reduce((sum, g) => sum + g.length, 0) * temperatures.length;
+    const n = this.#config.dataset.samplesPerTemperature;
+    const total = groups.reduce((sum, g) => sum + g.length, 0) * temperatures.length * n;
     const progress = ctx.progress("sampling", total, "samples");
-    const chunk = Math.max(1, ctx.evaluation.batchSize);
+    const chunk = Math.max(1, Math.floor(ctx.evaluation.batchSize / n));
     try {
       for (let g = 0; g < groups.length; g++) {
         const encoded = groups[g].map((e) => ctx.tokenizer.encode(e.source, "source"));
@@ -386,7 +483,7 @@ class LearnedReward implements RewardModel {
           const seed = rng.nextUint32();
           for (let start = 0; start < encoded.length; start += chunk) {
             const generations = await policy.sample(encoded.slice(start, start + chunk), {
-              n: 1,
+              n,
               temperature,
               topK: 0,
               topP: 1,
@@ -395,10 +492,12 @@ class LearnedReward implements RewardModel {
               seed: seed + start,
             });
             generations.forEach((gens, k) => {
-              const text = ctx.tokenizer.decode(gens[0].tokens, "target");
-              out[g][start + k].push({ text, kind: `sample_t${temperature}` });
+              for (const gen of gens) {
+                const text = ctx.tokenizer.decode(gen.tokens, "target");
+                out[g][start + k].push({ text, kind: `sample_t${temperature}` });
+              }
             });
-            progress.tick(generations.length);
+            progress.tick(generations.length * n);
           }
         }
       }
@@ -441,8 +540,28 @@ class LearnedReward implements RewardModel {
       dataset.temperatures,
       rng.fork("samples"),
     );
-    const trainRows = buildRows(trainExamples, samples[0], dataset, rng.fork("rows/train"));
-    const heldRows = buildRows(heldExamples, samples[1], dataset, rng.fork("rows/heldout"));
+    const foreign = await this.#foreign(dataset);
+    if (dataset.foreign.length > 0) {
+      const covered = trainExamples.filter((e) => foreign.has(e.source)).length;
+      ctx.log(
+        `dataset.foreign: ${foreign.size} translated sources, ${covered} of the ` +
+          `${trainExamples.length} training sources can have wrong_language rows`,
+      );
+    }
+    const trainRows = buildRows(
+      trainExamples,
+      samples[0],
+      dataset,
+      rng.fork("rows/train"),
+      foreign,
+    );
+    const heldRows = buildRows(
+      heldExamples,
+      samples[1],
+      dataset,
+      rng.fork("rows/heldout"),
+      foreign,
+    );
     if (trainRows.length === 0) {
       throw new UserError(
         "learned reward: no training rows (enable dataset.references, temperatures or corruptions)",
@@ -484,7 +603,14 @@ class LearnedReward implements RewardModel {
           mse: predictions.length > 0 ? mse / predictions.length : NaN,
         };
       };
-      const trainedSteps = await this.#fit(ctx, config, model, trainItems, trainTargets, (step) => {
+      const sourceIds = new Map<string, number>();
+      const trainGroups = trainRows.map((r) => {
+        let id = sourceIds.get(r.source);
+        if (id === undefined) sourceIds.set(r.source, id = sourceIds.size);
+        return id;
+      });
+      const data = { items: trainItems, targets: trainTargets, groups: trainGroups };
+      const trainedSteps = await this.#fit(ctx, config, model, data, (step) => {
         const e = evaluate();
         return ctx.metrics.log({
           "learned/heldout_pearson": e.pearson,
@@ -559,10 +685,10 @@ class LearnedReward implements RewardModel {
     ctx: RewardPrepareContext,
     config: LearnedConfig,
     model: QeModel,
-    items: readonly QeItem[],
-    targets: readonly number[],
+    data: { items: readonly QeItem[]; targets: readonly number[]; groups: readonly number[] },
     evaluate: (step: number) => Promise<void>,
   ): Promise<number> {
+    const { items, targets, groups } = data;
     const t = config.training;
     const rng = new Rng(ctx.seed).fork("learned/batches");
     const meanTarget = targets.reduce((a, b) => a + b, 0) / targets.length;
@@ -578,7 +704,11 @@ class LearnedReward implements RewardModel {
     let windowSteps = 0;
     try {
       for (let step = 1; step <= t.steps; step++) {
-        if (batches.length === 0) batches = buckets(items, indices, t.batchSize, rng);
+        if (batches.length === 0) {
+          batches = t.rankingWeight > 0
+            ? sourceBatches(items, groups, t.batchSize, rng)
+            : buckets(items, indices, t.batchSize, rng);
+        }
         const batch = batches.pop()!;
         const lr = learningRate(step, {
           peak: t.learningRate,
@@ -590,7 +720,12 @@ class LearnedReward implements RewardModel {
         const update = await optimizerStep(
           variables,
           optimizer,
-          () => model.loss(batch.map((i) => items[i]), batch.map((i) => targets[i])),
+          () =>
+            model.loss(
+              batch.map((i) => items[i]),
+              batch.map((i) => targets[i]),
+              { groups: batch.map((i) => groups[i]), weight: t.rankingWeight },
+            ),
           lr,
           t.clipNorm,
         );
@@ -622,6 +757,19 @@ class LearnedReward implements RewardModel {
     return t.steps;
   }
 }
+
+const CORRUPTION_HELP: Record<CorruptionKind, string> = {
+  drop: "Weight of drop: 10-60 % of the words removed.",
+  drop_clause: "Weight of drop_clause: one clause (or a contiguous 30-60 % of the words) removed.",
+  add: "Weight of add: 1-4 words of another reference inserted (invented content).",
+  repeat: "Weight of repeat: a span of 1-3 words repeated 1-3 extra times.",
+  shuffle: "Weight of shuffle: a window of the words permuted.",
+  truncate: "Weight of truncate: a proper prefix of the words kept.",
+  copy_source: "Weight of copy_source: the source copied unchanged (untranslated).",
+  mismatch: "Weight of mismatch: another pair's reference (fluent but unrelated).",
+  wrong_language:
+    "Weight of wrong_language: the source's translation in a dataset.foreign language.",
+};
 
 function isLearnedRef(ref: unknown): boolean {
   if (ref === "learned") return true;
@@ -695,6 +843,12 @@ export default definePlugin({
             0,
             "Also log held-out correlations every this many steps (0: only at the end).",
           ),
+          rankingWeight: num(
+            0,
+            1000,
+            1,
+            "Weight of the within-source pairwise ranking loss (logistic loss on the logit difference of each pair of hypotheses of one source with different targets) added to the regression loss; batches then hold whole sources. 0: regression only.",
+          ),
         },
       },
       dataset: {
@@ -719,12 +873,33 @@ export default definePlugin({
           },
           corruptionsPerSource: int(0, 100, 2, "Corrupted hypotheses per source."),
           corruptions: {
-            type: "array",
-            items: { enum: [...CORRUPTION_KINDS] },
-            uniqueItems: true,
-            default: [...CORRUPTION_KINDS],
+            type: "object",
+            additionalProperties: false,
+            default: {},
             description:
-              "Corruption kinds drawn from: drop, repeat, shuffle, truncate (words of the reference or a sample), copy_source (the source unchanged), mismatch (another pair's reference).",
+              "Relative weight (proportion) of each corruption kind; a corruption's kind is drawn with probability weight / sum of the weights (wrong_language counts only for sources that dataset.foreign translates). 0 turns a kind off.",
+            properties: Object.fromEntries(
+              ALL_CORRUPTION_KINDS.map((kind) => [kind, num(0, 1000, 1, CORRUPTION_HELP[kind])]),
+            ),
+          },
+          samplesPerTemperature: int(
+            1,
+            64,
+            1,
+            "BC-policy samples per source at each temperature (more hypotheses of one source for the ranking loss).",
+          ),
+          foreign: {
+            type: "array",
+            items: {
+              [PLUGIN_REF_KEYWORD]: "data",
+              type: ["string", "object"],
+              default: "gettext",
+              description: "A data plugin with the same source strings in another language.",
+            },
+            maxItems: 16,
+            default: [],
+            description:
+              "Data sources (e.g. gettext catalogs of another LibreOffice language) whose translation of a training source is a wrong_language corruption of it; matched by the exact source string. []: no wrong_language rows.",
           },
         },
       },
@@ -754,8 +929,12 @@ export default definePlugin({
         message: "makes no training rows: enable references, temperatures or corruptions",
       });
     }
-    if (d.corruptionsPerSource > 0 && d.corruptions.length === 0) {
-      problems.push({ path: "/dataset/corruptions", message: "must name at least one kind" });
+    const weights = Object.entries(d.corruptions).filter(([k]) => k !== "wrong_language");
+    if (d.corruptionsPerSource > 0 && !weights.some(([, w]) => (w ?? 0) > 0)) {
+      problems.push({
+        path: "/dataset/corruptions",
+        message: "must give a positive weight to at least one kind besides wrong_language",
+      });
     }
     return problems;
   },
@@ -768,6 +947,6 @@ export default definePlugin({
           `not one that needs training itself`,
       );
     }
-    return new LearnedReward(config, target, deps.baseDir);
+    return new LearnedReward(config, target, deps);
   },
 });

@@ -136,7 +136,11 @@ Deno.test("buildRows: references, samples and corruptions per source, determinis
     { source: "d e", reference: "u v w" },
   ];
   const samples = [[{ text: "x y", kind: "sample_t1" }], [{ text: "u", kind: "sample_t1" }]];
-  const dataset = { references: true, corruptionsPerSource: 3, corruptions: [...CORRUPTION_KINDS] };
+  const dataset = {
+    references: true,
+    corruptionsPerSource: 3,
+    corruptions: Object.fromEntries(CORRUPTION_KINDS.map((k) => [k, 1])),
+  };
   const rows = buildRows(examples, samples, dataset, new Rng(4));
   assert.equal(rows.length, 2 * (1 + 1 + 3));
   assert.deepEqual(rows, buildRows(examples, samples, dataset, new Rng(4)));
@@ -427,7 +431,11 @@ Deno.test("learned: config checks and the smoke rule", async () => {
     /\/config\/model\/heads: must divide model\.dModel \(30\)/,
   );
   await bad({ target: "chfr" }, /did you mean "chrf"/);
-  await bad({ dataset: { corruptions: ["explode"] } }, /\/config\/dataset\/corruptions\/0/);
+  await bad({ dataset: { corruptions: { explode: 1 } } }, /\/config\/dataset\/corruptions/);
+  await bad(
+    { dataset: { corruptions: Object.fromEntries(CORRUPTION_KINDS.map((k) => [k, 0])) } },
+    /\/config\/dataset\/corruptions: must give a positive weight/,
+  );
   await bad(
     { dataset: { references: false, temperatures: [], corruptionsPerSource: 0 } },
     /makes no training rows/,
