@@ -32,18 +32,22 @@ import { sampleInOrder } from "./random.ts";
 import { maxOf, mean } from "./append.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
 import { GrowPool } from "./grow_pool.ts";
-import { makeBatch } from "./batch.ts";
 import { DistinctSamples, limit, selectionReward } from "./evaluate.ts";
 import { finishRun } from "./finish.ts";
+import { growShard, rowTarget } from "./grow_shard.ts";
+import { hashText } from "./hash.ts";
+import { sha256Hex } from "./checkpoint.ts";
+import { planShards, runShards, shardFolder } from "./shards.ts";
 import { exists, prefixed } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
   BcSettings,
   EvalSettings,
   Example,
-  Generation,
+  Executor,
   GrowRow,
   GrowSettings,
+  GrowShard,
   ImproveSettings,
   Loss,
   LossInput,
@@ -53,11 +57,12 @@ import type {
   RewardModel,
   RunContext,
   RunSummary,
+  ShardJob,
   ThresholdDecision,
   ThresholdSchedule,
   Tokenizer,
+  WorkerRecipe,
 } from "./types.ts";
-import { checkScores } from "./evaluate.ts";
 import { learningRate } from "./optim.ts";
 import {
   assignExtras,
@@ -78,6 +83,7 @@ import {
 
 export { readGrowFile, writeGrowFile } from "./grow_file.ts";
 export { GrowPool } from "./grow_pool.ts";
+export { rowTarget, scoreTokens } from "./grow_shard.ts";
 
 /** Config of the `rest` algorithm. */
 export interface RestConfig {
@@ -117,6 +123,10 @@ export interface RestContext {
   labelSmoothing?: number;
   /** The experiment's shared folder (Grow sets and Improve steps computed once). */
   sharedDir?: string;
+  /** Where Grow shards are computed (absent: in this process). */
+  executor?: Executor;
+  /** How a remote worker rebuilds the run's plugins (absent: shards run locally only). */
+  recipe?: WorkerRecipe;
 }
 
 /** Name of the run's resumable state (after each finished Grow or Improve step). */
@@ -377,47 +387,6 @@ export function growPath(dir: string, g: number): string {
 }
 
 /**
- * The batcher's view of stored output tokens: it appends EOS itself, so a final EOS is
- * dropped; outputs without one were cut off at the length limit and are marked `truncated`.
- */
-export function rowTarget(source: number[], tokens: readonly number[], eos: number): TokenPair {
-  return tokens.at(-1) === eos
-    ? { source, target: tokens.slice(0, -1) }
-    : { source, target: [...tokens], truncated: true };
-}
-
-/**
- * Per-token log-probabilities of given outputs (no gradient), batched: log softmax(logits /
- * T)[a_t], the distribution a sample at temperature T was drawn from (T = 1: the policy's own).
- */
-export function scoreTokens(
-  policy: Policy,
-  pairs: readonly TokenPair[],
-  batchSize: number,
-  temperature = 1,
-): number[][] {
-  // Batches of similar lengths pad less; results go back in the input order.
-  const order = pairs.map((_, i) => i).sort((x, y) =>
-    pairs[x].target.length - pairs[y].target.length ||
-    pairs[x].source.length - pairs[y].source.length
-  );
-  const out: number[][] = new Array(pairs.length);
-  for (let i = 0; i < order.length; i += batchSize) {
-    const chunk = order.slice(i, i + batchSize);
-    const trimmed = chunk.map((k) =>
-      rowTarget(pairs[k].source, pairs[k].target, policy.specials.eos)
-    );
-    const values = tf.tidy(() => {
-      const batch = makeBatch(trimmed, policy.specials);
-      return policy.tokenLogProbs(batch, { training: false, temperature })
-        .arraySync() as number[][];
-    });
-    chunk.forEach((k, j) => out[k] = values[j].slice(0, pairs[k].target.length));
-  }
-  return out;
-}
-
-/**
  * Grow step `g`: D_g = N samples per source (from a seeded uniform sample of `sources` when
  * `settings.sources` is set) united with the original dataset D (every pair of `sources`,
  * unless `includeOriginal` is false), every row scored by the reward and stored with its
@@ -547,67 +516,16 @@ export async function grow(
     estimateGrowBytes(examples, originals, settings),
     `Grow step ${g}`,
   );
-  const rows: GrowRow[] = [];
-  const chunkSize = Math.max(1, settings.batchSize);
+  // Shards of the sources, each seeded by (seed, shard index) alone, computed wherever the
+  // executor puts them and merged in plan order: the same rows whoever computed them.
+  const shards = planShards(examples, originals, settings, seed);
+  const job = await growJob(policy, settings, ctx, g, seed, shards);
   const progress = ctx.progress(`grow ${g}`, examples.length + originals.length, "sources");
-  for (let start = 0; start < examples.length; start += chunkSize) {
-    const chunk = examples.slice(start, start + chunkSize);
-    const encoded = chunk.map((e) => ctx.tokenizer.encode(e.source, "source"));
-    const samples = await profiler.phase("grow/sample", () => {
-      profiler.count(chunk.length * settings.samplesPerSource, "samples");
-      return policy.sample(encoded, {
-        n: settings.samplesPerSource,
-        temperature: settings.temperature,
-        topK: settings.topK,
-        topP: settings.topP,
-        maxLen: settings.maxLen,
-        batchSize: settings.batchSize,
-        seed: seed + start,
-        behaviourLogProbs: true,
-      });
-    });
-    const pairs: TokenPair[] = [];
-    const pending: Omit<GrowRow, "reward" | "logProbs">[] = [];
-    // The sampler's own log mu(a_t) where the policy reports them (no teacher-forced pass).
-    const known: (number[] | undefined)[] = [];
-    for (let i = 0; i < chunk.length; i++) {
-      for (const s of samples[i]) {
-        pairs.push({ source: encoded[i], target: s.tokens });
-        known.push(behaviourOf(s));
-        pending.push({
-          source: chunk[i].source,
-          hypothesis: ctx.tokenizer.decode(s.tokens, "target"),
-          reference: chunk[i].reference,
-          tokens: s.tokens,
-          origin: "sample",
-          temperature: settings.temperature,
-        });
-      }
-    }
-    await scoreRows(policy, pairs, pending, settings, ctx, rows, known);
-    progress.tick(chunk.length);
-  }
-  // References in larger chunks: scoreTokens sorts each chunk by length, so its batches pad less.
-  const referenceChunk = 16 * chunkSize;
-  for (let start = 0; start < originals.length; start += referenceChunk) {
-    const chunk = originals.slice(start, start + referenceChunk);
-    const pairs = chunk.map((e) => ({
-      source: ctx.tokenizer.encode(e.source, "source"),
-      target: [...ctx.tokenizer.encode(e.reference, "target"), policy.specials.eos],
-    }));
-    const pending = chunk.map((e, i) => ({
-      source: e.source,
-      hypothesis: e.reference,
-      reference: e.reference,
-      tokens: pairs[i].target,
-      origin: "reference" as const,
-      temperature: settings.temperature,
-    }));
-    await scoreRows(policy, pairs, pending, settings, ctx, rows);
-    progress.tick(chunk.length);
-  }
+  const folder = shardFolder(ctx.dir, g);
+  const rows = await runShards(ctx.executor ?? inProcess, job, folder, progress, ctx.log);
   progress.done();
   await writeGrowFile(path, rows);
+  await Deno.remove(folder, { recursive: true });
   if (shared !== undefined) {
     await Deno.mkdir(dirname(shared), { recursive: true });
     await copyGrowFile(path, shared);
@@ -616,49 +534,49 @@ export async function grow(
   return rows;
 }
 
-/** A sample's behaviour log-probabilities when the policy reported them, one per token. */
-function behaviourOf(sample: Generation): number[] | undefined {
-  const lp = sample.behaviourLogProbs;
-  return lp !== undefined && lp.length === sample.tokens.length ? lp : undefined;
-}
+/** The executor of a context without one: every shard in this process, one after another. */
+const inProcess: Executor = {
+  async run(job, finished) {
+    for (const shard of job.shards) await finished(shard, await job.compute(shard));
+  },
+  close: () => Promise.resolve(),
+};
 
 /**
- * Completes rows with their behaviour log-probabilities and rewards, appending them to
- * `rows`. Row i takes `known[i]` when given (the sampler's own); the others are scored by
- * teacher forcing at the Grow temperature.
+ * A Grow step as an executor job: its shards, computed here by {@link growShard} or by a
+ * remote worker from the artefacts (the policy's weights, the tokenizer's state and the run's
+ * plugin sections). The key covers everything a shard's rows depend on (the weights by their
+ * SHA-256), so saved shards are reused only for the very same step.
  */
-async function scoreRows(
+async function growJob(
   policy: Policy,
-  pairs: readonly TokenPair[],
-  pending: readonly Omit<GrowRow, "reward" | "logProbs">[],
   settings: GrowSettings,
   ctx: RestContext,
-  rows: GrowRow[],
-  known: readonly (number[] | undefined)[] = [],
-): Promise<void> {
-  const logProbs = pairs.map((_, i) => known[i]);
-  const missing = logProbs.flatMap((lp, i) => lp === undefined ? [i] : []);
-  if (missing.length > 0) {
-    const scored = await profiler.phase("grow/logprobs", () => {
-      profiler.count(missing.length, "rows");
-      const forced = scoreTokens(
-        policy,
-        missing.map((i) => pairs[i]),
-        settings.batchSize,
-        settings.temperature,
-      );
-      return Promise.resolve(forced);
-    });
-    missing.forEach((i, k) => logProbs[i] = scored[k]);
-  }
-  const rewards = await profiler.phase("grow/reward", () => {
-    profiler.count(pending.length, "rows");
-    return ctx.reward.score(pending);
-  });
-  checkScores(rewards, pending.length);
-  for (let i = 0; i < pending.length; i++) {
-    rows.push({ ...pending[i], logProbs: logProbs[i]!, reward: rewards[i] });
-  }
+  g: number,
+  seed: number,
+  shards: GrowShard[],
+): Promise<ShardJob> {
+  const state = policy.save();
+  const weights = new Uint8Array(state.data.buffer, state.data.byteOffset, state.data.byteLength);
+  const key = hashText(JSON.stringify({
+    g,
+    seed,
+    settings,
+    weights: await sha256Hex(weights),
+    sections: ctx.recipe?.sections ?? null,
+  }));
+  const tools = { policy, tokenizer: ctx.tokenizer, reward: ctx.reward };
+  const recipe = ctx.recipe;
+  return {
+    key,
+    label: `grow ${g}`,
+    settings,
+    shards,
+    compute: (shard) => growShard(tools, shard, settings),
+    ...(recipe === undefined
+      ? {}
+      : { artefacts: () => ({ recipe, policy: state, tokenizer: ctx.tokenizer.save() }) }),
+  };
 }
 
 /** Distinct (source, hypothesis) pairs among `rows`, counted like Table 1's column. */

@@ -310,6 +310,10 @@ export interface RunContext {
   progress(label: string, total: number, unit?: string): Progress;
   /** Prints a line to the user. */
   log(message: string): void;
+  /** Where Grow shards are computed (absent: in this process, one after another). */
+  executor?: Executor;
+  /** How a remote worker rebuilds the run's plugins (absent: shards run locally only). */
+  recipe?: WorkerRecipe;
 }
 
 /** A padded batch of token ids. Padding id is 0 and always masked. */
@@ -640,6 +644,81 @@ export interface GrowSettings {
   includeOriginal: boolean;
   /** Training sources sampled from (a seeded uniform sample; 0: all). */
   sources: number;
+  /**
+   * Sources per Grow shard (the unit an executor computes and a resumed step keeps; default
+   * 256). Shards of the original pairs hold this many times N pairs.
+   */
+  shardSources?: number;
+}
+
+/** One shard of a Grow step: a slice of its sources, computed as a unit by an executor. */
+export interface GrowShard {
+  /** Position in the step's plan (0-based): shards are merged in this order. */
+  index: number;
+  /** `samples`: N samples per source, scored; `references`: the original pairs, scored. */
+  kind: "samples" | "references";
+  /** The shard's pairs. */
+  examples: Example[];
+  /** Seed of the shard's sampling, a pure function of (run seed, Grow step, shard index). */
+  seed: number;
+}
+
+/** A plugin reference as a remote worker rebuilds it (a resolved manifest section). */
+export interface WorkerSection {
+  /** The plugin kind. */
+  kind: string;
+  /** The plugin's name. */
+  name: string;
+  /** Absolute path of a user plugin module, when the section names one. */
+  module?: string;
+  /** The full config, defaults filled in. */
+  config: Record<string, unknown>;
+}
+
+/** How a remote worker rebuilds a run's Grow computation: its resolved sections and deps. */
+export interface WorkerRecipe {
+  /** The backend, tokenizer, model and reward sections of the run. */
+  sections: Record<"backend" | "tokenizer" | "model" | "reward", WorkerSection>;
+  /** Folder relative paths in configs resolve against (the manifest's folder). */
+  baseDir: string;
+  /** The run's seed (plugins derive their streams from it). */
+  seed: number;
+  /** True under `--smoke`. */
+  smoke: boolean;
+}
+
+/** The shards of one Grow step, handed to an {@link Executor}. */
+export interface ShardJob {
+  /** Content key of the step (its weights, settings and seed): names its shards everywhere. */
+  key: string;
+  /** Label for messages, e.g. `grow 1`. */
+  label: string;
+  /** The Grow settings every shard uses. */
+  settings: GrowSettings;
+  /** The shards still to compute (finished ones are not handed out again). */
+  shards: GrowShard[];
+  /** Computes one shard in this process (what the `local` executor does with every shard). */
+  compute(shard: GrowShard): Promise<GrowRow[]>;
+  /** What a remote worker rebuilds `compute` from (undefined: this job runs locally only). */
+  artefacts?(): { recipe: WorkerRecipe; policy: PolicyState; tokenizer: unknown };
+}
+
+/**
+ * An executor plugin: where a Grow step's shards are computed (in this process, or by
+ * workers on a job queue). It decides nothing about the results: each shard's rows depend
+ * only on the shard, so the merged Grow set is the same whatever executor computed it.
+ */
+export interface Executor {
+  /**
+   * Computes every shard of `job`, calling `finished` once per shard with its rows, in any
+   * order, as soon as they are in; resolves when every shard is finished.
+   */
+  run(
+    job: ShardJob,
+    finished: (shard: GrowShard, rows: GrowRow[]) => Promise<void>,
+  ): Promise<void>;
+  /** Releases what the executor holds (connections); called once, after the experiment. */
+  close(): Promise<void>;
 }
 
 /** Settings of the Improve steps. */

@@ -23,6 +23,7 @@ import { DataError, UserError } from "../../core/errors.ts";
 import type {
   EvalSettings,
   Example,
+  Executor,
   GrowRow,
   GrowSettings,
   Loss,
@@ -38,6 +39,7 @@ import { referenceBehaviour } from "../_behaviour_reference.ts";
 import { pluginDefaults } from "../../core/plugin.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { profiler } from "../../core/profile.ts";
+import { checkShardRows, planShards, rowsChecksum, shardSeed } from "../../core/shards.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -547,7 +549,7 @@ Deno.test("Grow stores the sampler's behaviour log-probs; teacher-forces only ro
     const samples = rows.filter((r) => r.origin === "sample");
     const references = rows.filter((r) => r.origin === "reference");
     assert.equal(rowsScored() - before, references.length, "samples are not teacher-forced");
-    // Exactly the sampler's log mu: the chunk of three sources was sampled with seed 8 + 0.
+    // Exactly the sampler's log mu: the one shard of three sources, seeded by (8, shard 0).
     const sources = sampleInOrder(EXAMPLES, 3, 8).map((e) =>
       ctx.tokenizer.encode(e.source, "source")
     );
@@ -558,7 +560,7 @@ Deno.test("Grow stores the sampler's behaviour log-probs; teacher-forces only ro
       topP: GROW.topP,
       maxLen: GROW.maxLen,
       batchSize: GROW.batchSize,
-      seed: 8,
+      seed: shardSeed(8, 0),
       behaviourLogProbs: true,
     });
     assert.deepEqual(samples.map((r) => r.logProbs), drawn.flat().map((g) => g.behaviourLogProbs));
@@ -748,4 +750,131 @@ Deno.test("Improve's learning rate starts below BC's final one and decays over t
   // A schedule that decays to zero: half of its rate at 90 % of the way.
   const linear = improveLearningRate(0, { ...bc, schedule: "linear" }, () => {});
   assert.ok(linear > 0 && linear < 2e-3 * 0.2);
+});
+
+/** An executor that computes shards in reverse order and reports every shard twice. */
+const backwardsTwice: Executor = {
+  async run(job, finished) {
+    for (const shard of [...job.shards].reverse()) {
+      const rows = await job.compute(shard);
+      await finished(shard, rows);
+      await finished(shard, rows);
+    }
+  },
+  close: () => Promise.resolve(),
+};
+
+Deno.test("Grow's file is byte-identical whatever order shards finish in, and duplicates count once", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  const other = await Deno.makeTempDir();
+  try {
+    const settings = { ...GROW, shardSources: 2 };
+    const rows = await grow(policy, EXAMPLES, settings, ctx, 1, 5);
+    const reordered = await grow(
+      policy,
+      EXAMPLES,
+      settings,
+      { ...ctx, dir: other, executor: backwardsTwice },
+      1,
+      5,
+    );
+    assert.deepEqual(reordered, rows);
+    assert.deepEqual(
+      await Deno.readFile(join(other, "grow_1.jsonl")),
+      await Deno.readFile(join(ctx.dir, "grow_1.jsonl")),
+    );
+    // The shards' seeds depend on (seed, index) only: another shard size draws other samples.
+    const coarse = await grow(policy, EXAMPLES, { ...GROW, shardSources: 100 }, ctx, 2, 5);
+    assert.notDeepEqual(coarse.map((r) => r.tokens), rows.map((r) => r.tokens));
+    // The shard folder is gone once the Grow file is written.
+    await assert.rejects(Deno.stat(join(other, "grow_1.shards")), Deno.errors.NotFound);
+  } finally {
+    policy.dispose();
+    await Deno.remove(ctx.dir, { recursive: true });
+    await Deno.remove(other, { recursive: true });
+  }
+});
+
+Deno.test("an interrupted Grow step keeps its finished shards and computes only the others", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  try {
+    const settings = { ...GROW, shardSources: 2 };
+    let computed = 0;
+    const failAfterTwo: Executor = {
+      async run(job, finished) {
+        for (const shard of job.shards) {
+          if (computed === 2) throw new Error("coordinator killed");
+          computed++;
+          await finished(shard, await job.compute(shard));
+        }
+      },
+      close: () => Promise.resolve(),
+    };
+    await assert.rejects(
+      grow(policy, EXAMPLES, settings, { ...ctx, executor: failAfterTwo }, 1, 5),
+      /coordinator killed/,
+    );
+    const counting: Executor = {
+      async run(job, finished) {
+        for (const shard of job.shards) {
+          computed++;
+          await finished(shard, await job.compute(shard));
+        }
+      },
+      close: () => Promise.resolve(),
+    };
+    computed = 0;
+    const resumed = await grow(policy, EXAMPLES, settings, { ...ctx, executor: counting }, 1, 5);
+    const shards = planShards(EXAMPLES, EXAMPLES, settings, 5).length;
+    assert.equal(computed, shards - 2, "the two finished shards are not computed again");
+    const other = await Deno.makeTempDir();
+    try {
+      const fresh = await grow(policy, EXAMPLES, settings, { ...ctx, dir: other }, 1, 5);
+      assert.deepEqual(resumed, fresh);
+    } finally {
+      await Deno.remove(other, { recursive: true });
+    }
+  } finally {
+    policy.dispose();
+    await Deno.remove(ctx.dir, { recursive: true });
+  }
+});
+
+Deno.test("a shard with missing, foreign or altered rows is refused before it is saved", async () => {
+  const { build, ctx } = await setup();
+  const policy = build(1);
+  try {
+    const settings = { ...GROW, shardSources: 2 };
+    const tamper = (change: (rows: GrowRow[]) => GrowRow[]): Executor => ({
+      async run(job, finished) {
+        for (const shard of job.shards) await finished(shard, change(await job.compute(shard)));
+      },
+      close: () => Promise.resolve(),
+    });
+    await assert.rejects(
+      grow(policy, EXAMPLES, settings, { ...ctx, executor: tamper((r) => r.slice(1)) }, 1, 5),
+      /shard 0 \(samples\) from the grow 1 executor: 5 rows, expected 6/,
+    );
+    await assert.rejects(
+      grow(
+        policy,
+        EXAMPLES,
+        settings,
+        { ...ctx, executor: tamper((r) => r.map((row) => ({ ...row, source: "other" }))) },
+        1,
+        5,
+      ),
+      /row 0 is not a sample of source 0/,
+    );
+    const rows = planShards(EXAMPLES, [], settings, 5)[0];
+    assert.throws(
+      () => checkShardRows(rows, settings, [], "a worker", rowsChecksum([])),
+      /0 rows, expected 6/,
+    );
+  } finally {
+    policy.dispose();
+    await Deno.remove(ctx.dir, { recursive: true });
+  }
 });
