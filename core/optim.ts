@@ -35,6 +35,18 @@ export const ADAM_DEFAULTS: AdamOptions = {
  */
 const DEVICE_BACKENDS = new Set(["webgpu", "webgl", "tensorflow"]);
 
+/** Backends whose tensors JavaScript cannot read synchronously (`dataSync`) under Deno. */
+const ASYNC_READ_BACKENDS = new Set(["webgpu"]);
+
+/**
+ * Whether tfjs backend `name` (default: the active one) can read tensors only
+ * asynchronously (`await data()`): WebGPU under Deno, where tfjs's synchronous read needs
+ * `OffscreenCanvas`. Code that reads tensors on the host must await them first there.
+ */
+export function readsOnlyAsync(name: string = tf.getBackend()): boolean {
+  return ASYNC_READ_BACKENDS.has(name);
+}
+
 /**
  * Adam over a fixed list of variables. On host-memory backends (cpu, blas, wasm) the update
  * is one fused loop per variable over its weights, gradient and moment estimates (about
@@ -203,9 +215,33 @@ export function clipByGlobalNorm(
   grads: readonly tf.Tensor[],
   maxNorm: number,
 ): { grads: tf.Tensor[]; norm: number } {
-  const norm = Math.sqrt(
-    tf.tidy(() => tf.addN(grads.map((g) => tf.sum(tf.square(g)))).dataSync()[0]),
-  );
+  const squared = globalNormSquared(grads);
+  const norm = Math.sqrt(squared.dataSync()[0]);
+  squared.dispose();
+  return clipToNorm(grads, norm, maxNorm);
+}
+
+/**
+ * The squared global L2 norm of `grads`, as a scalar tensor the caller disposes. Summed
+ * pairwise, not with `addN`: tfjs-webgpu's AddN binds every input to one shader, and past
+ * the adapter's storage-buffer limit that shader is invalid and its command buffer (with the
+ * loss computed in it) silently yields zeros.
+ */
+export function globalNormSquared(grads: readonly tf.Tensor[]): tf.Scalar {
+  return tf.tidy(() =>
+    grads.map((g) => tf.sum(tf.square(g))).reduce((a, b) => tf.add(a, b), tf.scalar(0))
+  ) as tf.Scalar;
+}
+
+/**
+ * {@link clipByGlobalNorm} given the norm (e.g. read asynchronously from
+ * {@link globalNormSquared}): new tensors scaled to at most `maxNorm`.
+ */
+export function clipToNorm(
+  grads: readonly tf.Tensor[],
+  norm: number,
+  maxNorm: number,
+): { grads: tf.Tensor[]; norm: number } {
   if (!(maxNorm > 0) || norm <= maxNorm || !Number.isFinite(norm)) {
     return { grads: grads.map((g) => tf.clone(g)), norm };
   }

@@ -8,7 +8,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { UserError } from "./errors.ts";
-import { Adam, clipByGlobalNorm, learningRate } from "./optim.ts";
+import { Adam, clipToNorm, globalNormSquared, learningRate, readsOnlyAsync } from "./optim.ts";
 import { Rng } from "./random.ts";
 import type { Metrics, MetricsLog, Policy, Progress, TokenBatch, TrainSettings } from "./types.ts";
 import { makeBatch } from "./batch.ts";
@@ -184,19 +184,23 @@ export async function optimizerStep(
   clipNorm: number,
 ): Promise<StepResult> {
   const { value, grads } = tf.variableGrads(loss, [...variables]);
-  const lossValue = (await value.data())[0];
-  value.dispose();
   const ordered = variables.map((v) => grads[v.name]);
   const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
-  const clipped = clipByGlobalNorm(present, clipNorm);
+  const squared = globalNormSquared(present);
+  const [lossValue, normSquared] = await Promise.all([value.data(), squared.data()]);
+  tf.dispose([value, squared]);
+  const clipped = clipToNorm(present, Math.sqrt(normSquared[0]), clipNorm);
   tf.dispose(Object.values(grads));
-  const applied = Number.isFinite(lossValue) && Number.isFinite(clipped.norm);
+  const applied = Number.isFinite(lossValue[0]) && Number.isFinite(clipped.norm);
   if (applied) {
     let k = 0;
     optimizer.apply(ordered.map((g) => g === undefined ? undefined : clipped.grads[k++]), lr);
   }
   tf.dispose(clipped.grads);
-  return { loss: lossValue, norm: clipped.norm, applied };
+  // Where tensors can only be read asynchronously, bring the new weights to the host now, so
+  // that checkpoints and decoding (which read them synchronously) find them there.
+  if (applied && readsOnlyAsync()) await Promise.all(variables.map((v) => v.data()));
+  return { loss: lossValue[0], norm: clipped.norm, applied };
 }
 
 /**

@@ -16,6 +16,7 @@ import blas from "./backends/blas.ts";
 import cpu from "./backends/cpu.ts";
 import tensorflow from "./backends/tensorflow.ts";
 import wasm from "./backends/wasm.ts";
+import webgpu from "./backends/webgpu.ts";
 import gettext from "./data/gettext.ts";
 import jsonl from "./data/jsonl.ts";
 import moses from "./data/moses.ts";
@@ -51,6 +52,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   cpu,
   tensorflow,
   wasm,
+  webgpu,
   // data
   gettext,
   jsonl,

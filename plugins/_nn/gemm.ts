@@ -12,7 +12,9 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { BlasLibrary } from "./blas_ffi.ts";
+import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { values } from "./custom_op.ts";
+import { isDeviceBackend } from "./device.ts";
 
 /** The tfjs backend whose matrix products are a CBLAS library's, and that library. */
 let blasBackend: { name: string; lib: BlasLibrary } | undefined;
@@ -61,6 +63,7 @@ export function matmul(
 ): Float32Array {
   const lib = relu ? undefined : activeBlas();
   if (lib !== undefined) return blasProduct(lib, a, b, transA, transB, bias, out);
+  if (isDeviceBackend()) return hostProduct(a, b, transA, transB, bias, relu, out);
   let result: Float32Array | undefined;
   // (tidy must not return the buffer: it would walk every element looking for tensors)
   tf.tidy(() => {
@@ -81,6 +84,50 @@ export function matmul(
   if (out === undefined) return result!;
   out.set(result!);
   return out;
+}
+
+let hostCpu: MathBackendCPU | undefined;
+
+/**
+ * {@link matmul} on the host while a device backend is active (its products could not be read
+ * back synchronously): tfjs-cpu's kernels run on a private cpu backend over the operands'
+ * host values (a tensor's must be cached on the host, e.g. by an earlier `await data()`).
+ */
+function hostProduct(
+  a: Mat,
+  b: Mat,
+  transA: boolean,
+  transB: boolean,
+  bias: tf.Tensor | undefined,
+  relu: boolean,
+  out: Float32Array | undefined,
+): Float32Array {
+  const cpu = hostCpu ??= new MathBackendCPU();
+  const written: tf.TensorInfo[] = [];
+  const put = (data: Float32Array, shape: number[]): tf.TensorInfo => {
+    const info = { dataId: cpu.write(data, shape, "float32"), shape, dtype: "float32" as const };
+    written.push(info);
+    return info;
+  };
+  const fused = bias !== undefined || relu;
+  const kernel = tf.getKernel(fused ? tf._FusedMatMul : tf.BatchMatMul, "cpu");
+  if (kernel === undefined) throw new Error("matmul: tfjs-backend-cpu is not loaded");
+  const inputs: tf.NamedTensorInfoMap = {
+    a: put(matData(a), a.shape),
+    b: put(matData(b), b.shape),
+  };
+  if (bias !== undefined) inputs.bias = put(values(bias), bias.shape);
+  const attrs = { transposeA: transA, transposeB: transB, activation: relu ? "relu" : "linear" };
+  const product = kernel.kernelFunc({ inputs, backend: cpu, attrs }) as tf.TensorInfo;
+  try {
+    const result = cpu.readSync(product.dataId) as Float32Array;
+    if (out === undefined) return result;
+    out.set(result);
+    return out;
+  } finally {
+    cpu.disposeData(product.dataId, true);
+    for (const info of written) cpu.disposeData(info.dataId, true);
+  }
 }
 
 function matData(m: Mat): Float32Array {

@@ -49,6 +49,15 @@ import type {
   TokenBatch,
 } from "../../core/types.ts";
 import { values } from "../_nn/custom_op.ts";
+import {
+  decoderLayerOps,
+  deviceMasks,
+  embedOps,
+  encoderLayerOps,
+  isDeviceBackend,
+  layerNormOps,
+  outputLogProbsOps,
+} from "../_nn/device.ts";
 import type { RunOptions } from "../_nn/dropout.ts";
 import { embedOp, type Lookup, sinusoidTable } from "../_nn/embedding.ts";
 import { fillNormal, fillXavierUniform } from "../_nn/init.ts";
@@ -296,6 +305,7 @@ export class TransformerPolicy implements Policy {
     const [b, sLen] = batch.source.shape;
     const [b2, tLen] = batch.targetIn.shape;
     if (b !== b2) throw new RangeError(`source batch ${b} != target batch ${b2}`);
+    if (isDeviceBackend()) return this.#deviceDecoderStates(batch, training);
     const pad = this.specials.pad;
     const srcIds = toInt32(batch.source);
     const tgtIds = toInt32(batch.targetIn);
@@ -350,6 +360,48 @@ export class TransformerPolicy implements Policy {
       );
     }
     return layerNormOp(xt, this.#v("decoder.norm.g"), this.#v("decoder.norm.b"), this.#dims.eps);
+  }
+
+  /** {@link TransformerPolicy.#decoderStates} as tfjs ops, for a device backend (`../_nn/device.ts`). */
+  #deviceDecoderStates(batch: TokenBatch, training: boolean): tf.Tensor2D {
+    const [b, sLen] = batch.source.shape;
+    const tLen = batch.targetIn.shape[1];
+    const run: RunOptions = {
+      training,
+      dropout: this.config.dropout,
+      attentionDropout: this.config.attentionDropout,
+      rng: this.#dropoutRng,
+    };
+    const scale = Math.sqrt(this.#dims.d);
+    const source = tf.cast(batch.source, "int32") as tf.Tensor2D;
+    const targetIn = tf.cast(batch.targetIn, "int32") as tf.Tensor2D;
+    const masks = deviceMasks(source, targetIn, this.specials.pad);
+    const table = (name: string) => this.#v(name) as tf.Tensor2D;
+    let xs: tf.Tensor2D;
+    let xt: tf.Tensor2D;
+    if (this.#srcTable === this.#tgtTable) {
+      const packed = embedOps(
+        table(this.#srcTable),
+        [source, targetIn],
+        scale,
+        this.#positionTable,
+        run,
+      );
+      [xs, xt] = tf.split(packed, [b * sLen, b * tLen], 0) as [tf.Tensor2D, tf.Tensor2D];
+    } else {
+      xs = embedOps(table(this.#srcTable), [source], scale, this.#positionTable, run);
+      xt = embedOps(table(this.#tgtTable), [targetIn], scale, this.#positionTable, run);
+    }
+    for (let i = 0; i < this.config.encoderLayers; i++) {
+      xs = encoderLayerOps(xs, this.#layerTensors("encoder", i), b, sLen, this.#dims, masks, run);
+    }
+    const eps = this.#dims.eps;
+    const enc = layerNormOps(xs, this.#v("encoder.norm.g"), this.#v("encoder.norm.b"), eps);
+    for (let i = 0; i < this.config.decoderLayers; i++) {
+      const params = this.#layerTensors("decoder", i);
+      xt = decoderLayerOps(xt, enc, params, b, tLen, sLen, this.#dims, masks, run);
+    }
+    return layerNormOps(xt, this.#v("decoder.norm.g"), this.#v("decoder.norm.b"), eps);
   }
 
   /** Teacher-forced forward pass: logits `[B, T, V]` (+ values `[B, T]` with a value head). */
@@ -446,11 +498,30 @@ export class TransformerPolicy implements Policy {
     const [b, tLen] = batch.targetOut.shape;
     // The output layer has no bias: logits / T are the logits of the states scaled by 1 / T.
     const h = temperature === 1 ? states : tf.div(states, temperature) as typeof states;
+    if (isDeviceBackend()) {
+      const lp = outputLogProbsOps(
+        h,
+        this.#v(this.#outTable) as tf.Tensor2D,
+        tf.reshape(tf.cast(batch.targetOut, "int32"), [b * tLen]) as tf.Tensor1D,
+        tf.reshape(tf.cast(tf.greater(batch.targetMask, 0), "float32"), [b * tLen]) as tf.Tensor1D,
+        eps,
+      );
+      return tf.reshape(lp, [b, tLen]) as tf.Tensor2D;
+    }
     const targets = toInt32(batch.targetOut);
     const maskValues = batch.targetMask.dataSync();
     const active = Uint8Array.from(maskValues, (m) => (m > 0 ? 1 : 0));
     const lp = outputLogProbsOp(h, this.#v(this.#outTable) as tf.Tensor2D, targets, active, eps);
     return tf.reshape(lp, [b, tLen]) as tf.Tensor2D;
+  }
+
+  /**
+   * On a device backend (`../_nn/device.ts`), reads every weight back to the host (cached
+   * there by tfjs until the weight changes), so that decoding and {@link TransformerPolicy.save}
+   * can read them synchronously; nothing to do elsewhere.
+   */
+  async #hostWeights(): Promise<void> {
+    if (isDeviceBackend()) await Promise.all([...this.#vars.values()].map((v) => v.data()));
   }
 
   /** A read-only view of the weights for decoding. */
@@ -522,8 +593,8 @@ export class TransformerPolicy implements Policy {
   }
 
   /** Greedy decoding, one output per source. */
-  // deno-lint-ignore require-await
   async greedy(sources: readonly number[][], options: DecodeOptions): Promise<Generation[]> {
+    await this.#hostWeights();
     const maxLen = checkMaxLen(options.maxLen);
     const model = this.#inference();
     const choose = greedyChooser(model);
@@ -545,8 +616,8 @@ export class TransformerPolicy implements Policy {
    * seed alone. With `options.behaviourLogProbs` each carries its behaviour log-probabilities
    * (see {@link Generation.behaviourLogProbs}); the tokens are the same either way.
    */
-  // deno-lint-ignore require-await
   async sample(sources: readonly number[][], options: SampleOptions): Promise<Generation[][]> {
+    await this.#hostWeights();
     const maxLen = checkMaxLen(options.maxLen);
     const { n, temperature, topK, topP, seed } = options;
     if (!Number.isInteger(n) || n < 1) {
@@ -585,8 +656,8 @@ export class TransformerPolicy implements Policy {
   }
 
   /** Beam search; returns the best finished hypothesis per source (score: length-penalised). */
-  // deno-lint-ignore require-await
   async beam(sources: readonly number[][], options: BeamOptions): Promise<Generation[]> {
+    await this.#hostWeights();
     const maxLen = checkMaxLen(options.maxLen);
     const { beamSize, lengthPenalty } = options;
     if (!Number.isInteger(beamSize) || beamSize < 1) {
