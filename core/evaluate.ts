@@ -183,7 +183,7 @@ export async function selectionReward(
  * scored by `reward`: `hypotheses[i][j]` is sample j of example i, its score
  * `scores[i * n + j]`.
  */
-async function sampleAndScore(
+export async function sampleAndScore(
   policy: Policy,
   tokenizer: Tokenizer,
   reward: RewardModel,
