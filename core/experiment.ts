@@ -22,6 +22,7 @@ import type {
 } from "./plugin.ts";
 import { setActivity, startProgress } from "./progress.ts";
 import { prepareSplits } from "./splits.ts";
+import { inProcessExecutor } from "./shards.ts";
 import { createGuarded } from "./plugin_guard.ts";
 import type { Registries, Registry } from "./registry.ts";
 import {
@@ -36,6 +37,7 @@ import {
 import { sentenceChrf } from "./metrics/chrf.ts";
 import type {
   BackendInfo,
+  Executor,
   Policy,
   PolicyState,
   RewardModel,
@@ -111,6 +113,7 @@ export function describePlan(manifest: ResolvedManifest, out: string): string {
     `  tokenizer ${ref(manifest.tokenizer)}`,
     `  model     ${ref(manifest.model)}`,
     `  reward    ${ref(manifest.reward)}`,
+    `  executor  ${manifest.executor ? redactUrls(ref(manifest.executor)) : "local {}"}`,
     `  bc        ${JSON.stringify(manifest.bc)}`,
     `  eval      ${JSON.stringify(manifest.evaluation)}`,
     `  runs (${manifest.runs.length}):`,
@@ -123,6 +126,11 @@ export function describePlan(manifest: ResolvedManifest, out: string): string {
     if (run.threshold) lines.push(`      threshold ${ref(run.threshold)}`);
   }
   return lines.join("\n");
+}
+
+/** `text` with the user and password of every `scheme://user:password@` URL replaced by `***`. */
+export function redactUrls(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s"]*@/gi, "$1***@");
 }
 
 /**
@@ -339,18 +347,26 @@ async function runLocked(
 
   const summaries: Record<string, RunSummary> = {};
   const profiles: Record<string, PhaseProfile>[] = [];
-  for (const run of manifest.runs) {
-    const executed = await executeRun(manifest, run, registries, {
-      experimentDir,
-      splits,
-      tokenizer,
-      options,
-      log,
-      backend: backendInfo,
-      bcPolicy,
-    });
-    summaries[run.name] = executed.summary;
-    if (executed.profile !== undefined) profiles.push(executed.profile);
+  const executor = manifest.executor === undefined
+    ? inProcessExecutor
+    : await createPlugin(registries, "executor", manifest.executor, deps);
+  try {
+    for (const run of manifest.runs) {
+      const executed = await executeRun(manifest, run, registries, {
+        experimentDir,
+        splits,
+        tokenizer,
+        options,
+        log,
+        backend: backendInfo,
+        bcPolicy,
+        executor,
+      });
+      summaries[run.name] = executed.summary;
+      if (executed.profile !== undefined) profiles.push(executed.profile);
+    }
+  } finally {
+    await executor.close();
   }
   if (profiles.length > 0) {
     const profile = mergeProfiles(profiles);
@@ -378,6 +394,7 @@ async function executeRun(
     log: (message: string) => void;
     backend: BackendInfo;
     bcPolicy: (bcSeed: number, options?: { valueHead?: boolean }) => Promise<Policy>;
+    executor: Executor;
   },
 ): Promise<{ summary: RunSummary; profile?: Record<string, PhaseProfile> }> {
   const { options, log } = shared;
@@ -468,6 +485,20 @@ async function executeRun(
       return startProgress(`${run.name}: ${label}`, total, unit);
     },
     log: (message) => log(`${run.name}: ${message}`),
+    executor: shared.executor,
+    ...(manifest.model === undefined ? {} : {
+      recipe: {
+        sections: {
+          backend: manifest.backend,
+          tokenizer: manifest.tokenizer,
+          model: manifest.model,
+          reward: run.reward,
+        },
+        baseDir: manifest.baseDir,
+        seed: run.seed,
+        smoke: options.smoke,
+      },
+    }),
   };
   if (run.loss) ctx.loss = await createPlugin(registries, "loss", run.loss, deps);
   if (run.threshold) {

@@ -14,6 +14,7 @@ import type {
   Algorithm,
   Backend,
   DataSource,
+  Executor,
   Loss,
   LossContext,
   LossInput,
@@ -37,6 +38,7 @@ export const PLUGIN_KINDS = [
   "loss",
   "threshold",
   "algorithm",
+  "executor",
 ] as const;
 
 /** One of {@link PLUGIN_KINDS}. */
@@ -60,6 +62,8 @@ export interface PluginInstances {
   threshold: ThresholdSchedule;
   /** Algorithm. */
   algorithm: Algorithm;
+  /** Where Grow shards are computed (this process, or a job queue). */
+  executor: Executor;
 }
 
 /** A JSON Schema object (draft-07 subset used by ajv). */

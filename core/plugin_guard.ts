@@ -130,7 +130,7 @@ export const REQUIRED_METHODS: Readonly<Record<string, readonly string[]>> = {
   loss: ["prepare", "compute", "afterStep", "dispose"],
   threshold: ["threshold"],
   algorithm: ["run"],
-  executor: [],
+  executor: ["run", "close"],
 };
 
 /**

@@ -37,7 +37,7 @@ import { finishRun } from "./finish.ts";
 import { growShard, rowTarget } from "./grow_shard.ts";
 import { hashText } from "./hash.ts";
 import { sha256Hex } from "./checkpoint.ts";
-import { planShards, runShards, shardFolder } from "./shards.ts";
+import { inProcessExecutor, planShards, runShards, shardFolder } from "./shards.ts";
 import { exists, prefixed } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
@@ -522,7 +522,7 @@ export async function grow(
   const job = await growJob(policy, settings, ctx, g, seed, shards);
   const progress = ctx.progress(`grow ${g}`, examples.length + originals.length, "sources");
   const folder = shardFolder(ctx.dir, g);
-  const rows = await runShards(ctx.executor ?? inProcess, job, folder, progress, ctx.log);
+  const rows = await runShards(ctx.executor ?? inProcessExecutor, job, folder, progress, ctx.log);
   progress.done();
   await writeGrowFile(path, rows);
   await Deno.remove(folder, { recursive: true });
@@ -533,14 +533,6 @@ export async function grow(
   await logGrow(rows, ctx, g, started, ctx.reward.diagnostics?.());
   return rows;
 }
-
-/** The executor of a context without one: every shard in this process, one after another. */
-const inProcess: Executor = {
-  async run(job, finished) {
-    for (const shard of job.shards) await finished(shard, await job.compute(shard));
-  },
-  close: () => Promise.resolve(),
-};
 
 /**
  * A Grow step as an executor job: its shards, computed here by {@link growShard} or by a

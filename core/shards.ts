@@ -118,6 +118,17 @@ export function checkShardRows(
   }
 }
 
+/**
+ * The executor that computes every shard in this process, one after another, in plan order
+ * (the `local` executor plugin, and Grow's when the context names none).
+ */
+export const inProcessExecutor: Executor = {
+  async run(job, finished) {
+    for (const shard of job.shards) await finished(shard, await job.compute(shard));
+  },
+  close: () => Promise.resolve(),
+};
+
 /** Where a run keeps the finished shards of a Grow step, and their files. */
 export function shardFolder(dir: string, g: number): string {
   return join(dir, `grow_${g}.shards`);

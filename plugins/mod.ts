@@ -22,6 +22,8 @@ import jsonl from "./data/jsonl.ts";
 import moses from "./data/moses.ts";
 import synthetic from "./data/synthetic.ts";
 import tsv from "./data/tsv.ts";
+import local from "./executors/local.ts";
+import queue from "./executors/queue.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
 import ensemble from "./rewards/ensemble.ts";
@@ -59,6 +61,9 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   moses,
   synthetic,
   tsv,
+  // executors
+  local,
+  queue,
   // rewards
   bleu,
   chrf,

@@ -25,6 +25,8 @@ export const TOP_LEVEL_PLUGINS = {
   tokenizer: { kind: "tokenizer", default: "bpe" },
   model: { kind: "model", default: undefined },
   reward: { kind: "reward", default: "chrf" },
+  // Absent: the shards of a Grow step are computed in the experiment's process (`local`).
+  executor: { kind: "executor", default: undefined },
 } as const satisfies Record<string, { kind: PluginKind; default: string | undefined }>;
 
 /** Run-level sections holding one plugin reference each. */

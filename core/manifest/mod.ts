@@ -84,6 +84,8 @@ export interface ResolvedManifest {
   model?: ResolvedPluginRef;
   /** Default reward plugin. */
   reward: ResolvedPluginRef;
+  /** Where Grow shards are computed (absent: in the experiment's process, as `local` does). */
+  executor?: ResolvedPluginRef;
   /** Behaviour-cloning settings. */
   bc: BcSettings;
   /** Evaluation settings. */
@@ -286,6 +288,7 @@ export async function resolveManifest(
     tokenizer: top.tokenizer!,
     ...(top.model ? { model: top.model } : {}),
     reward: top.reward!,
+    ...(top.executor ? { executor: top.executor } : {}),
     bc: options.smoke ? smokeBc(data.bc as BcSettings) : data.bc as BcSettings,
     evaluation: options.smoke
       ? smokeEval(data.evaluation as EvalSettings)

@@ -63,6 +63,14 @@ export default definePlugin({
             0,
             "Training sources to sample from: a seeded uniform sample of this many (0: all).",
           ),
+          shardSources: int(
+            1,
+            1000000,
+            256,
+            "Sources per Grow shard: the unit the executor hands out (to a queue worker) and " +
+              "a resumed Grow step keeps. Each shard is seeded by (seed, Grow step, shard " +
+              "index), so the Grow set depends on this size but never on the executor.",
+          ),
         },
       },
       improve: {

@@ -107,7 +107,7 @@ Deno.test("envelope errors: unknown keys, missing sections, empty runs", async (
       dta: 1,
     }),
     [
-      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, seeds, backend, data, tokenizer, model, reward, bc, evaluation, runs)',
+      '/dta: unknown key; did you mean "data"? (allowed: $schema, experiment, description, seed, seeds, backend, data, tokenizer, model, reward, executor, bc, evaluation, runs)',
       "/runs: must NOT have fewer than 1 items (got [])",
     ],
   );
