@@ -54,6 +54,7 @@ import {
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
+import { describeRewardReport, powersUpTo, rewardReport } from "../../core/reward_report.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import type {
@@ -114,12 +115,26 @@ export interface LearnedDataset {
   foreign: ResolvedPluginRef[];
 }
 
+/** Settings of the report made after training (`core/reward_report.ts`). */
+export interface LearnedReport {
+  /** Test sources sampled (0: no report). */
+  sources: number;
+  /** BC samples per source at the evaluation temperature (the largest Best-of-N). */
+  samples: number;
+  /** Samples per source for the within-source Kendall. */
+  withinSamples: number;
+}
+
 /** Config of the `learned` reward (after resolution: `target` is a resolved reference). */
 export interface LearnedConfig {
   /** The reference-based reward the model learns to predict. */
   target: ResolvedPluginRef;
   /** Load this saved model instead of training ("" : train or reload in the experiment). */
   path: string;
+  /** The tokenizer plugin that restores the saved tokenizer state when loaded outside an experiment. */
+  tokenizer: ResolvedPluginRef;
+  /** The held-out report on the policy's samples (see `core/reward_report.ts`). */
+  report: LearnedReport;
   /** Rows per scoring batch. */
   batchSize: number;
   /** Network size. */
@@ -136,6 +151,9 @@ export interface LearnedConfig {
 export const MODEL_NAME = "qe_model";
 
 const FORMAT = "rest-learned-reward";
+
+/** The tokenizer state saved next to a model (`qe_model.tokenizer.json`), for `path` loading. */
+export const TOKENIZER_SUFFIX = ".tokenizer.json";
 
 /**
  * Whether the tokenizer's two sides share ids: equal sizes and every id decodes to the
@@ -202,6 +220,11 @@ export function smokeLearned(config: LearnedConfig): LearnedConfig {
       steps: Math.min(config.training.steps, 20),
       warmupSteps: Math.min(config.training.warmupSteps, 5),
       evalEvery: 0,
+    },
+    report: {
+      sources: Math.min(config.report.sources, 4),
+      samples: Math.min(config.report.samples, 8),
+      withinSamples: Math.min(config.report.withinSamples, 8),
     },
     dataset: {
       ...config.dataset,
@@ -367,37 +390,71 @@ class LearnedReward implements RewardModel {
     return this.#model;
   }
 
-  score(rows: readonly RewardInput[]): Promise<number[]> {
+  async score(rows: readonly RewardInput[]): Promise<number[]> {
+    if (this.#model === undefined && this.#config.path !== "") await this.#loadStandalone();
     const model = this.#model;
     const tokenizer = this.#tokenizer;
     if (model === undefined || tokenizer === undefined) {
-      return Promise.reject(
-        new UserError(
-          "learned reward: no model loaded; it is trained or loaded by prepare(), which an " +
-            "experiment runs before the reward is used (`deno task exp`), not by a bare " +
-            "score() nor inside another reward (e.g. a weighted component)",
-        ),
+      throw new UserError(
+        'learned reward: no model loaded; set "path" to a saved model (a rewards/learned-<hash>/ ' +
+          "folder or its qe_model.json), or use it in an experiment (`deno task exp`), whose " +
+          "prepare() trains or reloads it",
       );
     }
     const items = rows.map((r) => qeItem(tokenizer, r.source, r.hypothesis));
-    return Promise.resolve(items.length === 0 ? [] : model.predict(items, this.#config.batchSize));
+    return items.length === 0 ? [] : model.predict(items, this.#config.batchSize);
+  }
+
+  /** `path` as a folder and checkpoint name; a user error when no model is there. */
+  async #savedModel(): Promise<{ dir: string; name: string }> {
+    const path = this.#config.path;
+    const where = isAbsolute(path) ? path : resolve(this.#baseDir, path);
+    const isFile = where.endsWith(".json");
+    const dir = isFile ? dirname(where) : where;
+    const name = isFile ? basename(where, ".json") : MODEL_NAME;
+    if (!(await exists(join(dir, `${name}.json`)))) {
+      throw new UserError(
+        `learned reward: path ${JSON.stringify(path)}: no saved model at ${
+          join(dir, `${name}.json`)
+        }`,
+      );
+    }
+    return { dir, name };
+  }
+
+  /**
+   * Loads `path` outside an experiment (e.g. `deno task score`): the model and the tokenizer
+   * state saved next to it, restored with the `tokenizer` plugin.
+   */
+  async #loadStandalone(): Promise<void> {
+    const { dir, name } = await this.#savedModel();
+    const file = join(dir, `${name}${TOKENIZER_SUFFIX}`);
+    if (!(await exists(file))) {
+      throw new UserError(
+        `learned reward: ${join(dir, `${name}.json`)} was saved without its tokenizer ` +
+          `(${file} is missing: it was trained before models carried one); use it inside the ` +
+          `experiment that trained it, or retrain it`,
+      );
+    }
+    const tokenizer = await this.#deps.create("tokenizer", this.#config.tokenizer);
+    try {
+      tokenizer.load(JSON.parse(await Deno.readTextFile(file)));
+    } catch (error) {
+      throw new UserError(
+        `learned reward: ${file}: not a state of the "${this.#config.tokenizer.name}" ` +
+          `tokenizer (${(error as Error).message}); set "tokenizer" to the one it was trained with`,
+      );
+    }
+    const fingerprint = await tokenizerFingerprint(tokenizer);
+    this.#install(await this.#load(dir, name, fingerprint), tokenizer);
+    this.#deps.log(`learned reward: loaded ${join(dir, `${name}.json`)}${this.#describe()}`);
   }
 
   async prepare(ctx: RewardPrepareContext): Promise<void> {
     const config = ctx.smoke ? smokeLearned(this.#config) : this.#config;
     const fingerprint = await tokenizerFingerprint(ctx.tokenizer);
     if (config.path !== "") {
-      const where = isAbsolute(config.path) ? config.path : resolve(this.#baseDir, config.path);
-      const isFile = where.endsWith(".json");
-      const dir = isFile ? dirname(where) : where;
-      const name = isFile ? basename(where, ".json") : MODEL_NAME;
-      if (!(await exists(join(dir, `${name}.json`)))) {
-        throw new UserError(
-          `learned reward: path ${JSON.stringify(config.path)}: no saved model at ${
-            join(dir, `${name}.json`)
-          }`,
-        );
-      }
+      const { dir, name } = await this.#savedModel();
       this.#install(await this.#load(dir, name, fingerprint), ctx.tokenizer);
       const target = (this.#meta.target as { name?: string } | undefined)?.name ?? "?";
       ctx.log(
@@ -640,6 +697,7 @@ class LearnedReward implements RewardModel {
       }
       await ctx.metrics.log(record, trainedSteps);
       const seconds = (performance.now() - started) / 1000 - this.#bcSeconds;
+      const report = await this.#report(ctx, config, model);
       const meta = {
         format: FORMAT,
         version: 1,
@@ -658,6 +716,7 @@ class LearnedReward implements RewardModel {
           kendall: final.kendall,
           mse: final.mse,
         },
+        report,
       };
       const lines = heldRows.map((row, i) =>
         JSON.stringify({ ...row, target: heldTargets[i], predicted: final.predictions[i] })
@@ -665,6 +724,10 @@ class LearnedReward implements RewardModel {
       await writeFileAtomic(
         join(ctx.dir, "heldout.jsonl"),
         lines.join("\n") + (lines.length ? "\n" : ""),
+      );
+      await writeFileAtomic(
+        join(ctx.dir, `${MODEL_NAME}${TOKENIZER_SUFFIX}`),
+        JSON.stringify(ctx.tokenizer.save()),
       );
       await saveCheckpoint(ctx.dir, MODEL_NAME, model.save(), meta);
       this.#meta = JSON.parse(JSON.stringify(meta));
@@ -678,6 +741,54 @@ class LearnedReward implements RewardModel {
       throw error;
     }
     this.#install(model, ctx.tokenizer);
+  }
+
+  /**
+   * The held-out report of `core/reward_report.ts` on `config.report.sources` test sources,
+   * logged as `learned/report_<key>`; null when off or when there is no BC policy.
+   */
+  async #report(
+    ctx: RewardPrepareContext,
+    config: LearnedConfig,
+    model: QeModel,
+  ): Promise<Record<string, number> | null> {
+    const { sources, samples, withinSamples } = config.report;
+    const examples = ctx.splits.test.slice(0, sources);
+    if (sources === 0 || examples.length === 0) return null;
+    let policy: Policy;
+    try {
+      policy = await ctx.bcPolicy();
+    } catch (error) {
+      if (!(error instanceof UserError)) throw error;
+      ctx.log(`no held-out report: it samples the BC policy (${error.message})`);
+      return null;
+    }
+    const reward: RewardModel = {
+      needsReference: false,
+      score: (rows) =>
+        Promise.resolve(
+          model.predict(rows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis)), 128),
+        ),
+    };
+    try {
+      const report = await rewardReport(policy, ctx.tokenizer, reward, examples, {
+        samples,
+        withinSamples: Math.min(withinSamples, samples),
+        ns: powersUpTo(samples),
+        temperature: ctx.evaluation.temperature,
+        seed: new Rng(ctx.seed).fork("learned/report").nextUint32(),
+        maxLen: ctx.evaluation.maxLen,
+        batchSize: ctx.evaluation.batchSize,
+      });
+      await ctx.metrics.log(
+        Object.fromEntries(Object.entries(report).map(([k, v]) => [`learned/report_${k}`, v])),
+        config.training.steps,
+      );
+      ctx.log(`held-out report on test sources: ${describeRewardReport(report)}`);
+      return report;
+    } finally {
+      policy.dispose();
+    }
   }
 
   /** The training loop; returns the number of steps taken. */
@@ -797,6 +908,35 @@ export default definePlugin({
         default: "",
         description:
           "Load the model saved by an earlier experiment (its rewards/learned-<hash>/ folder or the qe_model.json in it; relative to the manifest) instead of training; it must use the same tokenizer. Empty: train, or reload the model this experiment already trained.",
+      },
+      tokenizer: {
+        [PLUGIN_REF_KEYWORD]: "tokenizer",
+        type: ["string", "object"],
+        default: "bpe",
+        description:
+          "Tokenizer plugin that restores the tokenizer state saved with a model loaded by path outside an experiment (deno task score); inside an experiment the experiment's tokenizer is used.",
+      },
+      report: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description:
+          "After training: BC samples of test sources at the evaluation (Grow) temperature, scored by the model and by chrF: pooled Pearson/Kendall, within-source Kendall and the Best-of-N chrF curve (logged as learned/report_*, stored with the model).",
+        properties: {
+          sources: int(0, 100_000, 100, "Test sources sampled (0: no report)."),
+          samples: int(
+            1,
+            256,
+            32,
+            "Samples per source: the Best-of-N curve is N = 1, 2, 4, ... up to this.",
+          ),
+          withinSamples: int(
+            2,
+            256,
+            8,
+            "Samples per source for the within-source Kendall (at most samples).",
+          ),
+        },
       },
       batchSize: int(1, 65536, 128, "Rows per scoring batch."),
       model: {
@@ -927,6 +1067,12 @@ export default definePlugin({
       problems.push({
         path: "/dataset",
         message: "makes no training rows: enable references, temperatures or corruptions",
+      });
+    }
+    if (config.report.withinSamples > config.report.samples) {
+      problems.push({
+        path: "/report/withinSamples",
+        message: `must not exceed report.samples (${config.report.samples})`,
       });
     }
     const weights = Object.entries(d.corruptions).filter(([k]) => k !== "wrong_language");

@@ -1,13 +1,15 @@
 /**
  * `weighted`: a weighted mean of other rewards, sum_i w_i r_i / sum_i w_i, so the
- * result stays in [0, 1]. Each component is any reward plugin with its own config.
+ * result stays in [0, 1]. Each component is any reward plugin with its own config; one that
+ * needs preparing (a `learned` reward) is prepared in `component_<i>/` of this reward's folder.
  *
  * @module
  */
 
 import { definePlugin, PLUGIN_REF_KEYWORD, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { checkScores } from "../../core/evaluate.ts";
-import type { RewardInput, RewardModel } from "../../core/types.ts";
+import type { RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
+import { prepareWrapped } from "./_wrapped.ts";
 
 /** Config of the `weighted` reward (after resolution: components hold resolved references). */
 export interface WeightedConfig {
@@ -61,7 +63,7 @@ export default definePlugin({
       });
     }
     const total = parts.reduce((sum, p) => sum + p.weight, 0);
-    return {
+    const model: RewardModel = {
       needsReference: parts.some((p) => p.model.needsReference),
       async score(rows: readonly RewardInput[]): Promise<number[]> {
         const out = new Array<number>(rows.length).fill(0);
@@ -74,5 +76,15 @@ export default definePlugin({
         return out.map((s) => Math.min(1, Math.max(0, s)));
       },
     };
+    if (parts.some((p) => p.model.prepare !== undefined)) {
+      // Components that train or load something (e.g. `learned`) are prepared in
+      // component_<i>/ of this reward's folder.
+      model.prepare = async (ctx: RewardPrepareContext) => {
+        for (let i = 0; i < parts.length; i++) {
+          await prepareWrapped(parts[i].model, ctx, `component_${i}`, parts[i].name);
+        }
+      };
+    }
+    return model;
   },
 });

@@ -244,6 +244,7 @@ const TINY_CONFIG = {
   training: { steps: 80, batchSize: 32, learningRate: 0.004, warmupSteps: 10 },
   dataset: { sources: 150, temperatures: [1], corruptionsPerSource: 3 },
   heldOut: 0.3,
+  report: { sources: 12, samples: 8 },
 };
 
 async function makeReward(config: Record<string, unknown>, baseDir = "/"): Promise<RewardModel> {
@@ -251,6 +252,21 @@ async function makeReward(config: Record<string, unknown>, baseDir = "/"): Promi
   return await createPlugin(registries, "reward", ref, {
     seed: 1,
     baseDir,
+    smoke: false,
+    log: () => {},
+  });
+}
+
+async function makeWeighted(components: unknown[]): Promise<RewardModel> {
+  const ref = await resolvePluginRef(
+    registries,
+    "reward",
+    { name: "weighted", config: { components } },
+    "test",
+  );
+  return await createPlugin(registries, "reward", ref, {
+    seed: 1,
+    baseDir: "/",
     smoke: false,
     log: () => {},
   });
@@ -304,6 +320,13 @@ Deno.test("learned: prepare trains, correlates with chrF on held-out rows, saves
       logs.join("\n"),
     );
     assert.ok(logs.some((l) => /held-out Pearson 0\.\d+, Kendall/.test(l)), logs.join("\n"));
+    assert.ok(
+      logs.some((l) =>
+        /^held-out report on test sources: pooled Pearson .* over 12 sources x 8 samples; within-source Kendall .*Best-of-N chrF 1: [\d.]+, 2: .*, 8: [\d.]+$/
+          .test(l)
+      ),
+      logs.join("\n"),
+    );
 
     // The held-out rows come from validation sources and are written out with predictions.
     const valid = new Set(setup.splits.valid.map((e) => e.source));
@@ -325,8 +348,11 @@ Deno.test("learned: prepare trains, correlates with chrF on held-out rows, saves
     assert.ok(scores.every((s) => s >= 0 && s <= 1));
 
     const records = await readMetrics(join(dir, "metrics.jsonl"));
-    const last = records[records.length - 1];
+    const last = records.findLast((r) => "learned/heldout_rows" in r)!;
     assert.ok((last["learned/heldout_pearson"] as number) > 0.6);
+    const report = records[records.length - 1];
+    assert.equal(report["learned/report_sources"], 12);
+    assert.equal(typeof report["learned/report_bon_chrf@8"], "number");
     assert.equal(last["learned/heldout_rows"], held.length);
     assert.ok(records.some((r) => typeof r["learned/loss"] === "number"));
 
@@ -361,6 +387,22 @@ Deno.test("learned: prepare trains, correlates with chrF on held-out rows, saves
     );
     assert.deepEqual(await viaPath.score(held.slice(0, 10)), scores.slice(0, 10));
     await Deno.remove(other, { recursive: true });
+
+    // Outside an experiment (deno task score, a weighted component), `path` loads the model
+    // and the tokenizer saved with it: no prepare() needed.
+    const standalone = await makeReward({ ...TINY_CONFIG, path: dir }, "/");
+    assert.deepEqual(await standalone.score(held.slice(0, 10)), scores.slice(0, 10));
+    const weighted = await makeWeighted([
+      { reward: { name: "learned", config: { path: join(dir, "qe_model.json") } }, weight: 1 },
+      { reward: "chrf", weight: 1 },
+    ]);
+    const mixed = await weighted.score(held.slice(0, 10));
+    held.slice(0, 10).forEach((r, i) => {
+      const expected = (scores[i] + sentenceChrf(r.hypothesis, r.reference) / 100) / 2;
+      assert.ok(Math.abs(mixed[i] - expected) < 1e-9, `row ${i}: ${mixed[i]} vs ${expected}`);
+    });
+    const index = JSON.parse(await Deno.readTextFile(join(dir, "qe_model.json")));
+    assert.equal(index.meta.report.samples, 8);
 
     // A model trained with another tokenizer is refused.
     const otherSetup = await tinySetup(300);
@@ -519,4 +561,71 @@ Deno.test("learned: an experiment trains the reward once into rewards/<name>-<ha
     assert.equal(a["eval/valid_reward_copy"], b["eval/valid_reward_copy"]);
     assert.ok(a["eval/valid_reward_reference"] >= 0 && a["eval/valid_reward_reference"] <= 1);
   });
+});
+
+Deno.test("learned: nested in weighted (prepared in component_<i>/), and loaded by `deno task score`", async () => {
+  const setup = await tinySetup();
+  const dir = await Deno.makeTempDir();
+  try {
+    const tiny = {
+      ...TINY_CONFIG,
+      training: { steps: 10, batchSize: 32, warmupSteps: 2 },
+      dataset: { sources: 30, temperatures: [], corruptionsPerSource: 2 },
+      report: { sources: 0 },
+    };
+    const weighted = await makeWeighted([{ reward: { name: "learned", config: tiny } }, {
+      reward: "chrf",
+    }]);
+    const rows = setup.splits.valid.slice(0, 5).map((e) => ({ ...e, hypothesis: e.reference }));
+    await assert.rejects(() => weighted.score(rows), /learned reward: no model loaded/);
+    const logs: string[] = [];
+    await weighted.prepare!(context(setup, dir, logs));
+    assert.ok(logs.some((l) => /^learned: trained in /.test(l)), logs.join("\n"));
+    const saved = join(dir, "component_0", "qe_model.json");
+    assert.ok((await Deno.stat(saved)).isFile);
+    const scores = await weighted.score(rows);
+    assert.ok(scores.every((s) => s >= 0 && s <= 1));
+
+    // The score CLI loads the same model by path (the tokenizer comes from the model folder).
+    await Deno.writeTextFile(join(dir, "src.txt"), rows.map((r) => r.source).join("\n") + "\n");
+    await Deno.writeTextFile(join(dir, "hyp.txt"), rows.map((r) => r.hypothesis).join("\n") + "\n");
+    const cli = (config: unknown) =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-read",
+          "--allow-env",
+          "cli/score.ts",
+          "--reward",
+          "learned",
+          "--config",
+          JSON.stringify(config),
+          "--src",
+          join(dir, "src.txt"),
+          "--hyp",
+          join(dir, "hyp.txt"),
+          "--json",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const out = await cli({ path: saved });
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    const learnedOnly = await makeReward({ path: saved });
+    const { scores: cliScores } = JSON.parse(new TextDecoder().decode(out.stdout));
+    const direct = await learnedOnly.score(rows);
+    cliScores.forEach((s: number, i: number) => assert.ok(Math.abs(s - direct[i]) < 1e-6));
+
+    // A missing model, and one saved without its tokenizer, are user errors (exit code 2).
+    const missing = await cli({ path: join(dir, "nowhere") });
+    assert.equal(missing.code, 2);
+    assert.match(new TextDecoder().decode(missing.stderr), /no saved model at .*nowhere/);
+    await Deno.remove(join(dir, "component_0", "qe_model.tokenizer.json"));
+    const bare = await cli({ path: saved });
+    assert.equal(bare.code, 2);
+    assert.match(new TextDecoder().decode(bare.stderr), /was saved without its tokenizer/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
