@@ -142,13 +142,19 @@ export function lengthBuckets<P extends TokenPair>(
 }
 
 /**
- * `sys/tensors` (live tfjs tensors: flat over a healthy run) and `sys/rss_mb` (process
- * resident memory). RSS differs between runs, so it is left out of determinism checks.
+ * `sys/tensors` (live tfjs tensors: flat over a healthy run), `sys/rss_mb` (process
+ * resident memory), and the parts of it JavaScript accounts for: `sys/heap_mb` (V8's heap)
+ * and `sys/external_mb` (array buffers, i.e. tensor data and work buffers). RSS well above
+ * their sum is memory held outside them (WebAssembly memories, BLAS, the allocator). These
+ * differ between runs, so they are left out of determinism checks.
  */
 export function systemMetrics(): Metrics {
+  const memory = Deno.memoryUsage();
   return {
     "sys/tensors": tf.memory().numTensors,
-    "sys/rss_mb": Math.round(Deno.memoryUsage().rss / 2 ** 20),
+    "sys/rss_mb": Math.round(memory.rss / 2 ** 20),
+    "sys/heap_mb": Math.round(memory.heapTotal / 2 ** 20),
+    "sys/external_mb": Math.round(memory.external / 2 ** 20),
   };
 }
 

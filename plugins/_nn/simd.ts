@@ -378,13 +378,13 @@ export class SimdMatrix {
    * Allocates a `[rows, n]` matrix (contents unspecified), plus `extra` more matrices of the
    * same shape in the same memory ({@link SimdMatrix.slot}), for kernels that read two.
    */
-  constructor(rows: number, n: number, extra = 0) {
-    this.#w = newInstance();
+  constructor(rows: number, n: number, extra = 0, instance: Exports = newInstance()) {
+    this.#w = instance;
     this.#rows = rows;
     this.#n = n;
-    this.#slotBytes = Math.ceil((4 * rows * n) / 16) * 16;
+    this.#slotBytes = slotBytes(rows, n);
     this.#stats = BASE + (1 + extra) * this.#slotBytes;
-    const need = this.#stats + 16 * rows;
+    const need = matrixBytes(rows, n, extra);
     const have = this.#w.memory.buffer.byteLength;
     if (need > have) this.#w.memory.grow(Math.ceil((need - have) / 65536));
     this.#slots = Array.from(
@@ -393,6 +393,11 @@ export class SimdMatrix {
     );
     this.data = this.#slots[0];
     owners.set(this.#w.memory.buffer, this);
+  }
+
+  /** The module instance whose memory holds this matrix (the pool's unit of reuse). */
+  get instance(): Exports {
+    return this.#w;
   }
 
   /** Matrix `i` of this memory (0 is {@link SimdMatrix.data}). */
@@ -499,8 +504,6 @@ export class SimdMatrix {
   }
 }
 
-const matrixPool = new Map<string, SimdMatrix[]>();
-
 /** The matrix whose `[rows, n]` rows start at `src[offset]`, when `src` views one's memory. */
 function ownerOf(src: Float32Array, offset: number, rows: number, n: number) {
   const m = owners.get(src.buffer);
@@ -508,15 +511,65 @@ function ownerOf(src: Float32Array, offset: number, rows: number, n: number) {
   return m.cols === n && rows <= m.rows ? m : undefined;
 }
 
-/** A {@link SimdMatrix} of the given shape and slots, reused from earlier calls when one is free. */
-export function takeSimdMatrix(rows: number, n: number, extra = 0): SimdMatrix {
-  return matrixPool.get(`${rows}x${n}+${extra}`)?.pop() ?? new SimdMatrix(rows, n, extra);
+/** Bytes of one slot of a `[rows, n]` matrix (16-aligned). */
+function slotBytes(rows: number, n: number): number {
+  return Math.ceil((4 * rows * n) / 16) * 16;
 }
 
-/** Gives back a matrix that nothing will use again (up to 16 of each shape are kept). */
+/** Bytes of module memory a `[rows, n]` matrix with `extra` slots needs (slots + row stats). */
+function matrixBytes(rows: number, n: number, extra: number): number {
+  return BASE + (1 + extra) * slotBytes(rows, n) + 16 * rows;
+}
+
+/**
+ * Module instances no matrix holds, for {@link takeSimdMatrix} to reuse whatever shape it is
+ * asked for. Pooling instances rather than matrices of one shape matters: batch shapes vary
+ * from step to step, and an instance's memory is returned to the system only when the
+ * garbage collector finalises it, so one kept matrix per shape grew the process by gigabytes.
+ */
+const freeInstances: Exports[] = [];
+/** Free instances kept; more are left to the garbage collector. */
+const FREE_INSTANCES = 32;
+
+/**
+ * A {@link SimdMatrix} of the given shape and slots, in the memory of a free instance when
+ * there is one: the smallest that fits, else the largest, grown. Live instances thus number
+ * the most matrices held at once, each as large as the largest matrix it held.
+ */
+export function takeSimdMatrix(rows: number, n: number, extra = 0): SimdMatrix {
+  const need = matrixBytes(rows, n, extra);
+  let pick = -1;
+  for (let i = 0; i < freeInstances.length; i++) {
+    const size = freeInstances[i].memory.buffer.byteLength;
+    const best = pick < 0 ? undefined : freeInstances[pick].memory.buffer.byteLength;
+    const fits = size >= need;
+    if (best === undefined) pick = i;
+    else if (fits && (best < need || size < best)) pick = i;
+    else if (!fits && best < need && size > best) pick = i;
+  }
+  const instance = pick < 0 ? undefined : freeInstances.splice(pick, 1)[0];
+  return new SimdMatrix(rows, n, extra, instance);
+}
+
+/**
+ * Gives back a matrix that nothing will use again: its instance serves later
+ * {@link takeSimdMatrix} calls (up to 32 free instances are kept, the smallest dropped).
+ */
 export function giveSimdMatrix(m: SimdMatrix): void {
-  const key = `${m.rows}x${m.cols}+${m.slots - 1}`;
-  let list = matrixPool.get(key);
-  if (list === undefined) matrixPool.set(key, list = []);
-  if (list.length < 16 && !list.includes(m)) list.push(m);
+  const w = m.instance;
+  if (freeInstances.includes(w)) return;
+  freeInstances.push(w);
+  if (freeInstances.length > FREE_INSTANCES) {
+    let smallest = 0;
+    for (let i = 1; i < freeInstances.length; i++) {
+      const size = freeInstances[i].memory.buffer.byteLength;
+      if (size < freeInstances[smallest].memory.buffer.byteLength) smallest = i;
+    }
+    freeInstances.splice(smallest, 1);
+  }
+}
+
+/** Bytes held by free pooled instances (for tests and diagnostics). */
+export function pooledSimdBytes(): number {
+  return freeInstances.reduce((sum, w) => sum + w.memory.buffer.byteLength, 0);
 }
