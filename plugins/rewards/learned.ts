@@ -8,25 +8,45 @@
  * already exists (an earlier run of the same experiment trained it), it is reloaded
  * instead; `path` loads a model saved by another experiment with the same tokenizer.
  *
- * ## Training data
+ * ## Training data (MetricX-style)
  *
  * For `dataset.sources` training pairs (x, y) and, held out, for validation pairs:
  *
  * - the reference y itself (`dataset.references`),
- * - one sample of the BC policy at each of `dataset.temperatures` (low temperatures give
- *   near-greedy outputs, high ones poor outputs),
+ * - `dataset.samplesPerTemperature` samples of the BC policy at each of `dataset.temperatures`
+ *   (low temperatures give near-greedy outputs, high ones poor outputs),
  * - `dataset.corruptionsPerSource` corruptions of y or of one of the samples, each of a kind
- *   drawn from `dataset.corruptions`: word drops, repeats, shuffles, truncation, the source
- *   copied unchanged, or another pair's reference (see `_corrupt.ts`),
+ *   drawn with probability proportional to its weight in `dataset.corruptions`: scattered word
+ *   drops, a dropped clause, added content, repeats, shuffles, truncation, the source copied
+ *   unchanged, another pair's reference, or the source's translation in another language
+ *   (`wrong_language`, from the `dataset.foreign` data sources; see `_corrupt.ts`),
  *
- * each labelled with target(hypothesis, y). The held-out rows come from validation sources
- * (never seen in training): their Pearson and Kendall tau-b correlations between predicted
- * and target scores are logged (`learned/heldout_pearson`, `learned/heldout_kendall` in
- * `<dir>/metrics.jsonl`), stored with the model and printed.
+ * each labelled with target(hypothesis, y). `target` is any ready reward: chrF by default;
+ * a `weighted` reward mixes it with chrF++ (`chrf` with `wordOrder` 2) or sentence BLEU. The
+ * held-out rows come from validation sources (never seen in training): their Pearson and
+ * Kendall tau-b correlations between predicted and target scores are logged
+ * (`learned/heldout_pearson`, `learned/heldout_kendall` in `<dir>/metrics.jsonl`), stored with
+ * the model and printed.
+ *
+ * ## Objective
+ *
+ * Soft-target cross-entropy on the sigmoid output (regression to the target) plus
+ * `training.rankingWeight` times a within-source pairwise logistic loss (`rankingLoss` in
+ * `_qe_model.ts`): ReST's filter and Best-of-N compare hypotheses of one source, so the model
+ * is trained to order them. With the ranking loss on, training batches hold whole sources.
+ *
+ * ## Report
+ *
+ * After training, `report.samples` BC samples of `report.sources` test sources at the
+ * evaluation (Grow) temperature are scored (`core/reward_report.ts`): pooled Pearson and
+ * Kendall with chrF, within-source Kendall over the first `report.withinSamples`, and the
+ * Best-of-N chrF curve, logged as `learned/report_*` and stored with the model.
  *
  * ## Files in the reward folder
  *
- * `qe_model.json` and the weights file it names (a checkpoint in the format of
+ * `qe_model.tokenizer.json` (the tokenizer's state, so that `path` can load the model outside
+ * an experiment, e.g. in `deno task score`), `qe_model.json` and the weights file it names
+ * (a checkpoint in the format of
  * `core/checkpoint.ts`: weights with a SHA-256, and as metadata the configs, the tokenizer's
  * fingerprint, the held-out correlations and the data sizes), `metrics.jsonl` and
  * `heldout.jsonl` (each held-out row with its kind, target and prediction). The checkpoint
