@@ -26,6 +26,7 @@ import local from "./executors/local.ts";
 import queue from "./executors/queue.ts";
 import bleu from "./rewards/bleu.ts";
 import chrf from "./rewards/chrf.ts";
+import dualXent from "./rewards/dual_xent.ts";
 import ensemble from "./rewards/ensemble.ts";
 import guarded from "./rewards/guarded.ts";
 import learned from "./rewards/learned.ts";
@@ -67,6 +68,7 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   // rewards
   bleu,
   chrf,
+  dualXent,
   ensemble,
   guarded,
   learned,
