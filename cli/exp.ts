@@ -29,7 +29,7 @@ Options:
   --smoke          scale every budget down to a seconds-long end-to-end check
   --out DIR        output root (default: runs)
   --resume         continue the runs found in the output folder
-  --backend NAME   compute backend, overriding the manifest (auto, cpu, wasm, blas, tensorflow)
+  --backend NAME   compute backend, overriding the manifest (auto, cpu, wasm, blas, webgpu, tensorflow)
   --seed N         base seed, overriding the manifest
   --seeds N        repeat every run with N seeds (runs become <name>@seed<k>; the
                    report shows mean and standard deviation), overriding the manifest
@@ -179,6 +179,8 @@ export interface SandboxPlan {
   modules: string[];
   /** Passed to the worker. */
   worker: WorkerSandbox;
+  /** Unstable Deno features the worker needs (`webgpu` for the webgpu and auto backends). */
+  unstable?: string[];
 }
 
 type Json = Record<string, unknown>;
@@ -308,6 +310,9 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
     ...(inputs.npmCache ? [inputs.npmCache] : []),
     ...addons,
   ]);
+  // WebGPU (navigator.gpu) is an unstable Deno API: only runs that may choose it get it.
+  const webgpu = !args.dryRun && (backend.name === "webgpu" ||
+    (backend.name === "auto" && backend.config.tryWebgpu !== false));
   return {
     read,
     write,
@@ -316,6 +321,7 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
     ffi,
     modules,
     worker,
+    ...(webgpu ? { unstable: ["webgpu"] } : {}),
   };
 }
 
@@ -729,6 +735,7 @@ async function main(): Promise<number> {
     "run",
     `--config=${config}`,
     "--cached-only",
+    ...(plan.unstable ?? []).map((feature) => `--unstable-${feature}`),
     ...permissionFlags(plan),
     WORKER,
     `--sandbox=${JSON.stringify(plan.worker)}`,

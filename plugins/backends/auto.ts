@@ -1,13 +1,15 @@
 /**
  * The `auto` backend plugin: the fastest backend that works here. Tries
  * `tensorflow` (only when an installed tfjs-node is found on disk, so no
- * network), then `blas`, `wasm` and `cpu`, and returns the first that
- * initialises; `BackendInfo.detail` lists what was tried and why each earlier
+ * network), then `blas`, `wasm` and `cpu`, and takes the first that
+ * initialises; then switches to `webgpu` when a hardware adapter is present and a
+ * quick probe runs faster there (see {@link webgpuVerdict}); `BackendInfo.detail` lists what was tried and why each earlier
  * one was skipped.
  *
  * @module
  */
 
+import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin } from "../../core/plugin.ts";
 import type { PluginDeps } from "../../core/plugin.ts";
 import type { Backend, BackendInfo } from "../../core/types.ts";
@@ -15,6 +17,12 @@ import blas from "./blas.ts";
 import cpu from "./cpu.ts";
 import tensorflow, { probeTensorflow } from "./tensorflow.ts";
 import wasm from "./wasm.ts";
+import webgpu, {
+  type AdapterDescription,
+  describeAdapter,
+  isSoftwareAdapter,
+  requestAdapter,
+} from "./webgpu.ts";
 import { errorMessage } from "./_tfjs.ts";
 
 /** Config of the `auto` backend. */
@@ -27,13 +35,95 @@ export interface AutoConfig {
   tryWasm: boolean;
   /** OpenBLAS threads for blas (0 = all cores). */
   threads: number;
+  /** Try WebGPU when a hardware adapter is present and a probe finds it faster. */
+  tryWebgpu?: boolean;
+}
+
+/** Timings of the probe product on both candidates, in milliseconds. */
+export interface ProbeTimes {
+  /** The host backend auto chose first. */
+  hostMs: number;
+  /** WebGPU. */
+  webgpuMs: number;
+}
+
+/**
+ * Whether `auto` takes WebGPU: only with a hardware adapter (never a software one such as
+ * lavapipe, which is slower than the host backends) and, once probed, only when the probe ran
+ * faster there. Returns the verdict and why.
+ */
+export function webgpuVerdict(
+  adapter: AdapterDescription | undefined,
+  times?: ProbeTimes,
+): { use: boolean; why: string } {
+  if (adapter === undefined) return { use: false, why: "no WebGPU adapter" };
+  const name = describeAdapter(adapter);
+  if (isSoftwareAdapter(adapter)) return { use: false, why: `${name} is a software adapter` };
+  if (times === undefined) return { use: true, why: `${name} is a hardware adapter` };
+  const ms = `probe ${times.webgpuMs.toFixed(1)} ms vs ${times.hostMs.toFixed(1)} ms`;
+  return times.webgpuMs < times.hostMs
+    ? { use: true, why: `${name} faster (${ms})` }
+    : { use: false, why: `${name} not faster (${ms})` };
+}
+
+/** Milliseconds of a [256, 512] x [512, 512] product on the active backend (best of 3). */
+async function probeMs(): Promise<number> {
+  const a = tf.randomUniform([256, 512]);
+  const b = tf.randomUniform([512, 512]);
+  let best = Infinity;
+  for (let i = 0; i < 4; i++) {
+    const start = performance.now();
+    const c = tf.matMul(a, b);
+    await c.data();
+    c.dispose();
+    if (i > 0) best = Math.min(best, performance.now() - start); // the first one compiles
+  }
+  tf.dispose([a, b]);
+  return best;
+}
+
+/**
+ * After host backend `make()` was chosen (and is active): switches to WebGPU when
+ * {@link webgpuVerdict} says so, else re-activates the host backend. Notes why.
+ */
+async function tryWebgpu(
+  deps: PluginDeps,
+  make: () => Backend | Promise<Backend>,
+  notes: string[],
+): Promise<BackendInfo | undefined> {
+  const found = await requestAdapter();
+  const adapter = "missing" in found ? undefined : found.info;
+  const first = webgpuVerdict(adapter);
+  if (!first.use) {
+    notes.push(`webgpu: skipped, ${"missing" in found ? found.missing : first.why}`);
+    return undefined;
+  }
+  const hostMs = await probeMs();
+  try {
+    const gpuBackend = await webgpu.create(
+      { powerPreference: "high-performance", allowSoftware: false },
+      deps,
+    );
+    const info = await gpuBackend.init();
+    const verdict = webgpuVerdict(adapter, { hostMs, webgpuMs: await probeMs() });
+    if (verdict.use) {
+      notes.push(`webgpu: chosen, ${verdict.why} (${info.detail})`);
+      return info;
+    }
+    notes.push(`webgpu: skipped, ${verdict.why}`);
+  } catch (err) {
+    notes.push(`webgpu: skipped, ${errorMessage(err).split("\n")[0]}`);
+  }
+  await (await make()).init();
+  return undefined;
 }
 
 /** The `auto` backend plugin. */
 export default definePlugin({
   kind: "backend",
   name: "auto",
-  summary: "Picks the first backend that initialises: tensorflow (if installed), blas, wasm, cpu.",
+  summary: "Picks the first backend that initialises: tensorflow (if installed), blas, wasm, " +
+    "cpu; then webgpu if a hardware adapter is faster.",
   configSchema: {
     type: "object",
     additionalProperties: false,
@@ -53,6 +143,13 @@ export default definePlugin({
         type: "boolean",
         default: true,
         description: "Try the WebAssembly backend before falling back to plain cpu.",
+      },
+      tryWebgpu: {
+        type: "boolean",
+        default: true,
+        description: "Switch to WebGPU when a hardware adapter is present (never a software " +
+          "one such as lavapipe) and a quick matrix-product probe runs faster on it than on " +
+          "the host backend chosen first.",
       },
       threads: {
         type: "integer",
@@ -97,6 +194,10 @@ export default definePlugin({
           try {
             const info = await (await make()).init();
             notes.push(`${name}: chosen${info.detail ? ` (${info.detail})` : ""}`);
+            if (config.tryWebgpu !== false && name !== "tensorflow") {
+              const gpu = await tryWebgpu(deps, make, notes);
+              if (gpu !== undefined) return { ...gpu, detail: `auto: ${notes.join("; ")}` };
+            }
             return { ...info, detail: `auto: ${notes.join("; ")}` };
           } catch (err) {
             lastError = err;

@@ -15,6 +15,7 @@ import { Adam } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
 import type { PluginDeps } from "../../core/plugin.ts";
 import type { ModelFactory } from "../../core/types.ts";
+import { webgpuVerdict } from "../../plugins/backends/auto.ts";
 import cpu from "../../plugins/backends/cpu.ts";
 import webgpu, {
   describeAdapter,
@@ -194,4 +195,25 @@ Deno.test({ name: "webgpu: software adapters are recognised", ignore: noAdapter 
   assert.equal(isSoftwareAdapter(llvmpipe), true);
   assert.equal(isSoftwareAdapter({ ...llvmpipe, description: "NVIDIA H200" }), false);
   assert.equal(isSoftwareAdapter({ ...llvmpipe, description: "", isFallbackAdapter: true }), true);
+});
+
+Deno.test("auto: webgpu only for a hardware adapter that the probe finds faster", () => {
+  const hw = {
+    vendor: "nvidia",
+    architecture: "hopper",
+    device: "0x2335",
+    description: "NVIDIA H200",
+    isFallbackAdapter: false,
+  };
+  assert.equal(webgpuVerdict(undefined).use, false);
+  assert.equal(
+    webgpuVerdict({ ...hw, description: "llvmpipe (LLVM 15.0.6, 256 bits)" }).use,
+    false,
+  );
+  assert.equal(webgpuVerdict({ ...hw, isFallbackAdapter: true }).use, false);
+  assert.equal(webgpuVerdict(hw).use, true);
+  assert.equal(webgpuVerdict(hw, { hostMs: 10, webgpuMs: 2 }).use, true);
+  const slower = webgpuVerdict(hw, { hostMs: 2, webgpuMs: 10 });
+  assert.equal(slower.use, false);
+  assert.match(slower.why, /NVIDIA H200 not faster \(probe 10\.0 ms vs 2\.0 ms\)/);
 });
