@@ -66,7 +66,7 @@ export function denialError(denial: Error, error?: unknown): UserError {
  * backend later reuses the open library) and then gives FFI permission up, so plugins
  * cannot load native code. Returns why OpenBLAS could not be opened, if it could not.
  */
-function prepareSandbox(sandbox: WorkerSandbox): Error | undefined {
+export function prepareSandbox(sandbox: WorkerSandbox): Error | undefined {
   if (sandbox.npmCache !== undefined) setNpmCacheDir(sandbox.npmCache);
   let failure: Error | undefined;
   if (sandbox.preloadBlas !== undefined) {

@@ -12,29 +12,25 @@
  */
 
 import { Worker } from "bullmq";
+import type { Redis } from "ioredis";
 import { hostname } from "node:os";
+import { buildPolicy } from "../core/bc.ts";
 import { UserError } from "../core/errors.ts";
 import { createPlugin } from "../core/experiment.ts";
-import { buildPolicy } from "../core/bc.ts";
 import { growShard, type ShardTools } from "../core/grow_shard.ts";
+import { hashText } from "../core/hash.ts";
 import type { ResolvedPluginRef } from "../core/plugin.ts";
 import { createRegistries } from "../core/registry.ts";
 import { rowsChecksum } from "../core/shards.ts";
 import type { Policy, WorkerRecipe, WorkerSection } from "../core/types.ts";
-import { hashText } from "../core/hash.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { decodePolicy, getBlob } from "../plugins/executors/_artefacts.ts";
 import { parseQueueUrl, redact } from "../plugins/executors/_queue_url.ts";
 import { connect } from "../plugins/executors/_redis.ts";
-import {
-  MESSAGE_VERSION,
-  type ShardMessage,
-  type ShardReply,
-} from "../plugins/executors/queue.ts";
+import { MESSAGE_VERSION, type ShardMessage, type ShardReply } from "../plugins/executors/queue.ts";
 import { prepareSandbox } from "./_exp_worker.ts";
-import type { WorkerSandbox } from "./exp.ts";
 import { runMain } from "./_main.ts";
-import type { Redis } from "ioredis";
+import type { WorkerSandbox } from "./exp.ts";
 
 /** The worker's options, passed by the launcher as `--options=<json>`. */
 export interface WorkerOptions {
@@ -48,101 +44,62 @@ export interface WorkerOptions {
   stalledSeconds: number;
   /** Overrides the `threads` of the jobs' backend config (0: keep it). */
   threads: number;
-  /** Stop after this many shards (0: never), e.g. for a worker that leaves. */
+  /** Leave after this many shards (0: never). */
   maxShards: number;
 }
 
-/** The plugins built for one recipe and set of artefacts (kept while jobs share them). */
-interface Built {
-  id: string;
-  tools: ShardTools;
-}
-
-/** Builds (or reuses) the plugins and the policy a shard message needs. */
+/** Builds (or reuses) the plugins and the policy that shard messages need. */
 class Workshop {
   readonly #registries = createRegistries(builtinPlugins);
   readonly #options: WorkerOptions;
   readonly #redis: Redis;
   #backend?: string;
-  #built?: Built;
+  #built?: { id: string; tools: ShardTools };
 
   constructor(options: WorkerOptions, redis: Redis) {
     this.#options = options;
     this.#redis = redis;
   }
 
+  /** The policy, tokenizer and reward of `message`'s run, at the message's weights. */
   async tools(message: ShardMessage): Promise<ShardTools> {
-    const id = hashText(
-      JSON.stringify([message.recipe, message.artefacts, message.place]),
-    );
+    const id = hashText(JSON.stringify([message.recipe, message.artefacts, message.place]));
     if (this.#built?.id === id) return this.#built.tools;
     this.#built?.tools.policy.dispose();
     this.#built = undefined;
     const { recipe } = message;
-    const deps = {
-      seed: recipe.seed,
-      baseDir: recipe.baseDir,
-      smoke: recipe.smoke,
-      log,
-    };
+    const deps = { seed: recipe.seed, baseDir: recipe.baseDir, smoke: recipe.smoke, log };
     await this.#startBackend(recipe, deps);
-    const tokenizer = await createPlugin(
-      this.#registries,
-      "tokenizer",
-      ref(recipe.sections.tokenizer),
-      deps,
-    );
-    const blob = (sha: string) =>
-      getBlob(this.#redis, message.place, sha, this.#options.cache);
-    tokenizer.load(
-      JSON.parse(
-        new TextDecoder().decode(await blob(message.artefacts.tokenizer)),
-      ),
-    );
-    const factory = await createPlugin(
-      this.#registries,
-      "model",
-      ref(recipe.sections.model),
-      deps,
-    );
-    const policy: Policy = buildPolicy(factory, tokenizer, recipe.seed);
-    policy.load(decodePolicy(await blob(message.artefacts.policy)));
-    const reward = await createPlugin(
-      this.#registries,
-      "reward",
-      ref(recipe.sections.reward),
-      deps,
-    );
+    const create = <K extends "tokenizer" | "model" | "reward">(kind: K) =>
+      createPlugin(this.#registries, kind, ref(recipe.sections[kind]), deps);
+    const blob = (sha: string) => getBlob(this.#redis, message.place, sha, this.#options.cache);
+    const tokenizer = await create("tokenizer");
+    tokenizer.load(JSON.parse(new TextDecoder().decode(await blob(message.artefacts.tokenizer))));
+    const reward = await create("reward");
     if (reward.prepare !== undefined) {
-      policy.dispose();
       throw new UserError(
         `reward "${recipe.sections.reward.name}" prepares a model of its own, which queue ` +
-          "workers do not fetch yet: use the local executor for this run",
+          "workers do not fetch: use the local executor for this run",
       );
     }
+    const policy: Policy = buildPolicy(await create("model"), tokenizer, recipe.seed);
+    policy.load(decodePolicy(await blob(message.artefacts.policy)));
     this.#built = { id, tools: { policy, tokenizer, reward } };
     return this.#built.tools;
   }
 
   /** Starts the jobs' backend once; a later job asking for another one is refused. */
-  async #startBackend(
-    recipe: WorkerRecipe,
-    deps: Parameters<typeof createPlugin>[3],
-  ) {
+  async #startBackend(recipe: WorkerRecipe, deps: Parameters<typeof createPlugin>[3]) {
     const section = recipe.sections.backend;
     if (this.#backend !== undefined) {
-      if (this.#backend !== section.name) {
-        throw new UserError(
-          `this worker runs backend "${this.#backend}", the shard needs "${section.name}": ` +
-            "start another worker for it",
-        );
-      }
-      return;
+      if (this.#backend === section.name) return;
+      throw new UserError(
+        `this worker runs backend "${this.#backend}", the shard needs "${section.name}": ` +
+          "start a worker for it",
+      );
     }
     const config = { ...section.config };
-    if (this.#options.threads > 0 && "threads" in config) {
-      config.threads = this.#options.threads;
-    }
+    if (this.#options.threads > 0 && "threads" in config) config.threads = this.#options.threads;
     const backend = await createPlugin(
       this.#registries,
       "backend",
@@ -151,9 +108,7 @@ class Workshop {
     );
     const info = await backend.init();
     this.#backend = section.name;
-    log(
-      `backend: ${info.name} (tfjs ${info.tfBackend}, ${info.threads} threads)`,
-    );
+    log(`backend: ${info.name} (tfjs ${info.tfBackend}, ${info.threads} threads)`);
   }
 }
 
@@ -171,17 +126,14 @@ function checkMessage(data: unknown): ShardMessage {
   const m = data as ShardMessage;
   if (m?.version !== MESSAGE_VERSION) {
     throw new UserError(
-      `the shard's message has version ${
-        JSON.stringify(m?.version)
-      }, this worker reads ` +
+      `the shard's message has version ${JSON.stringify(m?.version)}, this worker reads ` +
         `${MESSAGE_VERSION}: run the same version of the framework as the coordinator`,
     );
   }
   if (
     typeof m.key !== "string" || !Array.isArray(m.shard?.examples) ||
     typeof m.shard.seed !== "number" || typeof m.settings !== "object" ||
-    typeof m.artefacts?.policy !== "string" ||
-    typeof m.artefacts?.tokenizer !== "string"
+    typeof m.artefacts?.policy !== "string" || typeof m.artefacts?.tokenizer !== "string"
   ) {
     throw new UserError("the shard's message is malformed");
   }
@@ -189,18 +141,12 @@ function checkMessage(data: unknown): ShardMessage {
 }
 
 async function main(args: string[]): Promise<number> {
-  const sandbox = JSON.parse(
-    args[0].slice("--sandbox=".length),
-  ) as WorkerSandbox;
-  const options = JSON.parse(
-    args[1].slice("--options=".length),
-  ) as WorkerOptions;
+  const sandbox = JSON.parse(args[0].slice("--sandbox=".length)) as WorkerSandbox;
+  const options = JSON.parse(args[1].slice("--options=".length)) as WorkerOptions;
   const url = (await new Response(Deno.stdin.readable).text()).trim();
   const address = parseQueueUrl(url, "--queue");
   const blasFailure = prepareSandbox(sandbox);
-  if (blasFailure !== undefined) {
-    log(`OpenBLAS not loaded: ${blasFailure.message.split("\n")[0]}`);
-  }
+  if (blasFailure !== undefined) log(`OpenBLAS not loaded: ${blasFailure.message.split("\n")[0]}`);
   const id = `${hostname()}:${Deno.pid}`;
   const redis = connect(url);
   redis.on("error", () => {});
@@ -214,15 +160,9 @@ async function main(args: string[]): Promise<number> {
       const tools = await workshop.tools(message);
       const rows = await growShard(tools, message.shard, message.settings);
       const seconds = ((performance.now() - started) / 1000).toFixed(2);
-      log(
-        `shard ${message.shard.index} of ${message.key}: ${rows.length} rows in ${seconds} s`,
-      );
+      log(`shard ${message.shard.index} of ${message.key}: ${rows.length} rows in ${seconds} s`);
       shards++;
-      return {
-        rows,
-        checksum: rowsChecksum(rows),
-        worker: id,
-      } satisfies ShardReply;
+      return { rows, checksum: rowsChecksum(rows), worker: id } satisfies ShardReply;
     },
     {
       connection: connect(url),
@@ -232,19 +172,12 @@ async function main(args: string[]): Promise<number> {
       maxStalledCount: 10,
     },
   );
-  worker.on(
-    "error",
-    (error) => log(`queue: ${redact(error.message, address)}`),
-  );
+  worker.on("error", (error) => log(`queue: ${redact(error.message, address)}`));
   worker.on("failed", (job, error) => {
-    log(
-      `shard job ${job?.id ?? "?"} failed: ${redact(error.message, address)}`,
-    );
+    log(`shard job ${job?.id ?? "?"} failed: ${redact(error.message, address)}`);
   });
-  log(
-    `${id} takes Grow shards from queue "${options.name}" on ${address.redacted}`,
-  );
-  const stopped = new Promise<void>((done) => {
+  log(`${id} takes Grow shards from queue "${options.name}" on ${address.redacted}`);
+  await new Promise<void>((done) => {
     let signals = 0;
     const stop = () => {
       if (++signals > 1) Deno.exit(130);
@@ -259,7 +192,6 @@ async function main(args: string[]): Promise<number> {
       });
     }
   });
-  await stopped;
   await worker.close();
   redis.disconnect();
   log(`${id} stopped after ${shards} shards`);

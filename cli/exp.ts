@@ -16,6 +16,11 @@ import { parseArgs } from "node:util";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../core/errors.ts";
+import {
+  netPermission,
+  parseQueueUrl,
+  type QueueAddress,
+} from "../plugins/executors/_queue_url.ts";
 import { EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, parseIntegerFlag, runMain } from "./_main.ts";
 
 /** The `--help` text. */
@@ -156,6 +161,8 @@ export interface SandboxInputs {
   raw: unknown;
   /** Deno's npm package cache folder, when known. */
   npmCache?: string;
+  /** Deno's cache root (`DENO_DIR`), when known. */
+  denoDir?: string;
   /** Whether a path exists (used to find an installed tfjs-node). */
   exists: (path: string) => boolean;
 }
@@ -179,6 +186,14 @@ export interface SandboxPlan {
   modules: string[];
   /** Passed to the worker. */
   worker: WorkerSandbox;
+  /** `host:port` the worker may connect to (the `queue` executor's Redis); none when absent. */
+  net?: string[];
+  /**
+   * The worker's whole environment, which it may then read freely (absent: the launcher's
+   * environment, none of it readable). The queue's libraries enumerate the environment, so
+   * a worker that talks to a queue gets an environment of Deno's cache folder alone.
+   */
+  cleanEnv?: Record<string, string>;
   /** Unstable Deno features the worker needs (`webgpu` for the webgpu and auto backends). */
   unstable?: string[];
 }
@@ -301,6 +316,8 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
     }
   }
 
+  // The queue executor talks to its Redis, and nothing else, over the network.
+  const queue = args.dryRun ? undefined : queueOf(raw);
   const read = unique([
     root,
     manifestDir,
@@ -321,8 +338,26 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
     ffi,
     modules,
     worker,
+    ...(queue === undefined ? {} : {
+      net: [netPermission(queue)],
+      cleanEnv: inputs.denoDir ? { DENO_DIR: inputs.denoDir } : {},
+    }),
     ...(webgpu ? { unstable: ["webgpu"] } : {}),
   };
+}
+
+/** The queue executor's address, when the manifest names that executor with a valid URL. */
+function queueOf(raw: unknown): QueueAddress | undefined {
+  const ref = isObject(raw) ? raw.executor : undefined;
+  const name = typeof ref === "string" ? ref : isObject(ref) ? ref.name : undefined;
+  if (name !== "queue") return undefined;
+  const config = isObject(ref) && isObject(ref.config) ? ref.config : {};
+  const url = typeof config.url === "string" ? config.url : "redis://127.0.0.1:6379/0";
+  try {
+    return parseQueueUrl(url, "/executor/config/url");
+  } catch {
+    return undefined; // the worker reports it with the manifest's other problems
+  }
 }
 
 /** Where an installed tfjs-node(-gpu), whose native addon needs FFI, may live. */
@@ -358,7 +393,9 @@ export function permissionFlags(plan: SandboxPlan): string[] {
   };
   const flags = ["--no-prompt", `--allow-read=${list(plan.read)}`];
   if (plan.write.length > 0) flags.push(`--allow-write=${list(plan.write)}`);
-  if (plan.env.length > 0) flags.push(`--allow-env=${list(plan.env)}`);
+  if (plan.cleanEnv !== undefined) flags.push("--allow-env");
+  else if (plan.env.length > 0) flags.push(`--allow-env=${list(plan.env)}`);
+  if (plan.net !== undefined && plan.net.length > 0) flags.push(`--allow-net=${list(plan.net)}`);
   if (plan.sys.length > 0) flags.push(`--allow-sys=${list(plan.sys)}`);
   if (plan.ffi === "all") flags.push("--allow-ffi");
   else if (plan.ffi.length > 0) flags.push(`--allow-ffi=${list(plan.ffi)}`);
@@ -366,7 +403,7 @@ export function permissionFlags(plan: SandboxPlan): string[] {
 }
 
 /** The Deno executable to re-run: this one when allowed, else `deno` from PATH. */
-function denoExecutable(): string {
+export function denoExecutable(): string {
   const exe = Deno.execPath();
   const state = Deno.permissions.querySync({ name: "run", command: exe }).state;
   return state === "granted" ? exe : "deno";
@@ -386,12 +423,14 @@ async function capture(exe: string, args: string[]): Promise<Deno.CommandOutput>
 }
 
 /** Deno's cache folders, from `deno info --json`. */
-async function denoInfo(exe: string): Promise<{ npmCache?: string; version?: string }> {
+export async function denoInfo(
+  exe: string,
+): Promise<{ npmCache?: string; denoDir?: string; version?: string }> {
   const output = await capture(exe, ["info", "--json"]);
   if (!output.success) return {};
   try {
     const info = JSON.parse(new TextDecoder().decode(output.stdout));
-    return { npmCache: info.npmCache, version: info.denoVersion };
+    return { npmCache: info.npmCache, denoDir: info.denoDir, version: info.denoVersion };
   } catch {
     return {};
   }
@@ -597,13 +636,18 @@ async function relayOutput(stream: ReadableStream<Uint8Array>, token: string): P
  * launcher (Ctrl-C, SIGTERM, a closed terminal) is passed on to the worker; a second one
  * kills it outright, so an interrupted experiment never keeps running on its own.
  */
-async function runWorker(exe: string, args: string[]): Promise<WorkerEnd> {
+async function runWorker(
+  exe: string,
+  args: string[],
+  cleanEnv?: Record<string, string>,
+): Promise<WorkerEnd> {
   const token = crypto.randomUUID();
   const child = new Deno.Command(exe, {
     args,
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
+    ...(cleanEnv === undefined ? {} : { clearEnv: true, env: cleanEnv }),
   }).spawn();
   const relayed = relayOutput(child.stdout, token);
   const writer = child.stdin.getWriter();
@@ -712,6 +756,7 @@ async function main(): Promise<number> {
     root: PROJECT_ROOT,
     raw,
     ...(info.npmCache ? { npmCache: info.npmCache } : {}),
+    ...(info.denoDir ? { denoDir: info.denoDir } : {}),
     exists,
   };
   const plan = sandboxPlan(inputs);
@@ -740,7 +785,7 @@ async function main(): Promise<number> {
     WORKER,
     `--sandbox=${JSON.stringify(plan.worker)}`,
     ...Deno.args,
-  ]);
+  ], plan.cleanEnv);
   const lock = lockPath(args, raw);
   if (lock !== undefined && end.code !== 0) await releaseLock(exe, lock, end.pid);
   return exitCodeFor(end, plan.modules.length > 0);

@@ -15,10 +15,7 @@ import { parseArgs } from "node:util";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../core/errors.ts";
-import {
-  netPermission,
-  parseQueueUrl,
-} from "../plugins/executors/_queue_url.ts";
+import { netPermission, parseQueueUrl } from "../plugins/executors/_queue_url.ts";
 import { parseIntegerFlag, runMain } from "./_main.ts";
 import {
   denoExecutable,
@@ -125,9 +122,7 @@ export function parseWorkerArgs(
   return {
     url,
     read: values.read.map((p) => resolve(p)),
-    ...(values.artefacts !== undefined
-      ? { artefacts: resolve(values.artefacts) }
-      : {}),
+    ...(values.artefacts !== undefined ? { artefacts: resolve(values.artefacts) } : {}),
     backend: values.backend,
     options: {
       name: values.name,
@@ -168,11 +163,7 @@ export function workerPlan(
     worker: {
       revokeFfi: blas,
       completionToken: false,
-      ...(blas
-        ? {
-          preloadBlas: { libraryPath: "", required: args.backend === "blas" },
-        }
-        : {}),
+      ...(blas ? { preloadBlas: { libraryPath: "", required: args.backend === "blas" } } : {}),
       ...(info.npmCache ? { npmCache: info.npmCache } : {}),
     },
     net: [netPermission(parseQueueUrl(args.url, "--queue"))],
@@ -198,9 +189,7 @@ async function main(): Promise<number> {
     args: ["cache", "--quiet", `--config=${config}`, PROCESS],
     stdin: "null",
   }).output();
-  if (!cached.success) {
-    throw new UserError("cannot fetch the worker's dependencies (see above)");
-  }
+  if (!cached.success) throw new UserError("cannot fetch the worker's dependencies (see above)");
   const child = new Deno.Command(exe, {
     args: [
       "run",

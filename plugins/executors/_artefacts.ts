@@ -15,10 +15,7 @@ import { DataError } from "../../core/errors.ts";
 import type { PolicyState } from "../../core/types.ts";
 
 /** Where blobs live: `redis` (keys `<prefix>:blob:<sha256>`) or a shared folder. */
-export type BlobPlace = { kind: "redis"; prefix: string } | {
-  kind: "folder";
-  path: string;
-};
+export type BlobPlace = { kind: "redis"; prefix: string } | { kind: "folder"; path: string };
 
 /** How long a blob stays in Redis after it was last stored (seconds): a day. */
 const BLOB_TTL_SECONDS = 86_400;
@@ -28,11 +25,7 @@ export function encodePolicy(state: PolicyState): Uint8Array {
   const header = new TextEncoder().encode(
     JSON.stringify({ config: state.config, weights: state.weights }),
   );
-  const data = new Uint8Array(
-    state.data.buffer,
-    state.data.byteOffset,
-    state.data.byteLength,
-  );
+  const data = new Uint8Array(state.data.buffer, state.data.byteOffset, state.data.byteLength);
   const out = new Uint8Array(4 + header.length + data.length);
   new DataView(out.buffer).setUint32(0, header.length, true);
   out.set(header, 4);
@@ -48,21 +41,13 @@ export function encodePolicy(state: PolicyState): Uint8Array {
 export function decodePolicy(bytes: Uint8Array): PolicyState {
   const bad = (why: string) => new DataError(`policy artefact: ${why}`);
   if (bytes.length < 4) throw bad("shorter than its header");
-  const length = new DataView(bytes.buffer, bytes.byteOffset).getUint32(
-    0,
-    true,
-  );
+  const length = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
   if (4 + length > bytes.length || (bytes.length - 4 - length) % 4 !== 0) {
     throw bad("its sizes do not add up");
   }
-  let header: {
-    config: PolicyState["config"];
-    weights: PolicyState["weights"];
-  };
+  let header: { config: PolicyState["config"]; weights: PolicyState["weights"] };
   try {
-    header = JSON.parse(
-      new TextDecoder().decode(bytes.subarray(4, 4 + length)),
-    );
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + length)));
   } catch {
     throw bad("its header is not JSON");
   }
@@ -74,11 +59,7 @@ export function decodePolicy(bytes: Uint8Array): PolicyState {
 }
 
 /** Stores `bytes` under their SHA-256 (unless already there) and returns the hash. */
-export async function putBlob(
-  redis: Redis,
-  place: BlobPlace,
-  bytes: Uint8Array,
-): Promise<string> {
+export async function putBlob(redis: Redis, place: BlobPlace, bytes: Uint8Array): Promise<string> {
   const sha = await sha256Hex(bytes);
   if (place.kind === "folder") {
     const path = join(place.path, sha);
@@ -92,12 +73,7 @@ export async function putBlob(
     }
     return sha;
   }
-  await redis.set(
-    `${place.prefix}:blob:${sha}`,
-    Buffer.from(bytes),
-    "EX",
-    BLOB_TTL_SECONDS,
-  );
+  await redis.set(`${place.prefix}:blob:${sha}`, Buffer.from(bytes), "EX", BLOB_TTL_SECONDS);
   return sha;
 }
 
@@ -113,9 +89,7 @@ export async function getBlob(
   sha: string,
   cache: string,
 ): Promise<Uint8Array> {
-  if (!/^[0-9a-f]{64}$/.test(sha)) {
-    throw new DataError(`artefact hash ${sha} is not a SHA-256`);
-  }
+  if (!/^[0-9a-f]{64}$/.test(sha)) throw new DataError(`artefact hash ${sha} is not a SHA-256`);
   const cached = join(cache, sha);
   try {
     const bytes = await Deno.readFile(cached);
@@ -129,13 +103,9 @@ export async function getBlob(
     bytes = buffer === null ? null : new Uint8Array(buffer);
   }
   const where = place.kind === "folder" ? place.path : "the queue's Redis";
-  if (bytes === null) {
-    throw new DataError(`artefact ${sha.slice(0, 16)} is not in ${where}`);
-  }
+  if (bytes === null) throw new DataError(`artefact ${sha.slice(0, 16)} is not in ${where}`);
   if (await sha256Hex(bytes) !== sha) {
-    throw new DataError(
-      `artefact ${sha.slice(0, 16)} from ${where} does not match its hash`,
-    );
+    throw new DataError(`artefact ${sha.slice(0, 16)} from ${where} does not match its hash`);
   }
   await Deno.mkdir(cache, { recursive: true });
   const temp = `${cached}.tmp-${Deno.pid}`;

@@ -44,27 +44,18 @@ export function parseQueueUrl(url: string, where: string): QueueAddress {
   const secrets = [parsed.username, parsed.password]
     .filter((s) => s !== "")
     .flatMap((s) => [s, decodeURIComponent(s)]);
-  const redacted =
-    `${parsed.protocol}//${secrets.length > 0 ? "***@" : ""}${parsed.host}` +
+  const redacted = `${parsed.protocol}//${secrets.length > 0 ? "***@" : ""}${parsed.host}` +
     parsed.pathname;
   if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
-    throw new UserError(
-      `${where}: ${redacted} must start with redis:// or rediss:// (TLS)`,
-    );
+    throw new UserError(`${where}: ${redacted} must start with redis:// or rediss:// (TLS)`);
   }
-  if (parsed.hostname === "") {
-    throw new UserError(`${where}: ${redacted} names no host`);
-  }
+  if (parsed.hostname === "") throw new UserError(`${where}: ${redacted} names no host`);
   const path = parsed.pathname.replace(/^\//, "");
   if (!/^\d{0,2}$/.test(path)) {
-    throw new UserError(
-      `${where}: ${redacted}: the path must be a database number (0-15)`,
-    );
+    throw new UserError(`${where}: ${redacted}: the path must be a database number (0-15)`);
   }
   if (parsed.search !== "" || parsed.hash !== "") {
-    throw new UserError(
-      `${where}: ${redacted}: query strings and fragments are not supported`,
-    );
+    throw new UserError(`${where}: ${redacted}: query strings and fragments are not supported`);
   }
   return {
     host: parsed.hostname.replace(/^\[(.*)\]$/, "$1"),
@@ -83,13 +74,8 @@ export function netPermission(address: QueueAddress): string {
 }
 
 /** `text` with every secret of `address` replaced by `***` (for any message that may hold one). */
-export function redact(
-  text: string,
-  address: Pick<QueueAddress, "secrets">,
-): string {
+export function redact(text: string, address: Pick<QueueAddress, "secrets">): string {
   let out = text;
-  for (const secret of address.secrets) {
-    if (secret !== "") out = out.split(secret).join("***");
-  }
+  for (const secret of address.secrets) if (secret !== "") out = out.split(secret).join("***");
   return out;
 }

@@ -12,8 +12,7 @@ import { inProcessExecutor } from "../../core/shards.ts";
 export default definePlugin({
   kind: "executor",
   name: "local",
-  summary:
-    "Computes Grow shards in the experiment's own process, one after another.",
+  summary: "Computes Grow shards in the experiment's own process, one after another.",
   configSchema: { type: "object", additionalProperties: false, properties: {} },
   create: () => inProcessExecutor,
 });

@@ -86,11 +86,7 @@ class QueueExecutor implements Executor {
   readonly #log: (message: string) => void;
   #open?: { redis: Redis; queue: Queue; events: QueueEvents };
 
-  constructor(
-    config: QueueConfig,
-    baseDir: string,
-    log: (message: string) => void,
-  ) {
+  constructor(config: QueueConfig, baseDir: string, log: (message: string) => void) {
     this.#config = config;
     this.#address = parseQueueUrl(config.url, "executor queue: url");
     this.#place = config.artefacts === ""
@@ -104,20 +100,13 @@ class QueueExecutor implements Executor {
     finished: (shard: GrowShard, rows: GrowRow[]) => Promise<void>,
   ): Promise<void> {
     if (job.artefacts === undefined) {
-      throw new TypeError(
-        `${job.label}: the queue executor needs the job's artefacts`,
-      );
+      throw new TypeError(`${job.label}: the queue executor needs the job's artefacts`);
     }
     const where = `${job.label} on ${this.#address.redacted}`;
-    const { redis, queue, events } = await this.#within(
-      where,
-      () => this.#connect(),
-    );
+    const { redis, queue, events } = await this.#within(where, () => this.#connect());
     const encoded = job.artefacts();
     const policy = encodePolicy(encoded.policy);
-    const tokenizer = new TextEncoder().encode(
-      JSON.stringify(encoded.tokenizer),
-    );
+    const tokenizer = new TextEncoder().encode(JSON.stringify(encoded.tokenizer));
     const upload = async () => ({
       policy: await putBlob(redis, this.#place, policy),
       tokenizer: await putBlob(redis, this.#place, tokenizer),
@@ -196,21 +185,14 @@ class QueueExecutor implements Executor {
     const ids = [...pending.keys()];
     const pipeline = redis.pipeline();
     for (const jobId of ids) {
-      pipeline.hmget(
-        queue.toKey(jobId),
-        "timestamp",
-        "finishedOn",
-        "failedReason",
-        "attemptsMade",
-      );
+      pipeline.hmget(queue.toKey(jobId), "timestamp", "finishedOn", "failedReason", "attemptsMade");
     }
     const answers = await pipeline.exec() ?? [];
     const lost: GrowShard[] = [];
     for (let k = 0; k < ids.length; k++) {
       const [error, fields] = answers[k] ?? [new Error("no answer"), null];
       if (error) throw error;
-      const [timestamp, finishedOn, failedReason, attemptsMade] =
-        fields as (string | null)[];
+      const [timestamp, finishedOn, failedReason, attemptsMade] = fields as (string | null)[];
       const shard = pending.get(ids[k])!;
       if (timestamp === null) {
         lost.push(shard);
@@ -220,9 +202,7 @@ class QueueExecutor implements Executor {
       const reply = await redis.hget(queue.toKey(ids[k]), "returnvalue");
       if (reply === null || reply === "null") {
         throw new UserError(
-          `grow shard ${shard.index} failed on a worker after ${
-            attemptsMade ?? "?"
-          } attempts: ${
+          `grow shard ${shard.index} failed on a worker after ${attemptsMade ?? "?"} attempts: ${
             redact(failedReason ?? "no reason given", this.#address)
           }`,
         );
@@ -235,24 +215,16 @@ class QueueExecutor implements Executor {
   }
 
   /** A worker's reply, parsed and checked against its checksum. */
-  #checkReply(
-    shard: GrowShard,
-    settings: GrowSettings,
-    text: string,
-  ): GrowRow[] {
+  #checkReply(shard: GrowShard, settings: GrowSettings, text: string): GrowRow[] {
     let reply: ShardReply;
     try {
       reply = JSON.parse(text);
     } catch {
-      throw new DataError(
-        `grow shard ${shard.index}: the worker's reply is not JSON`,
-      );
+      throw new DataError(`grow shard ${shard.index}: the worker's reply is not JSON`);
     }
     const from = `worker ${String(reply?.worker ?? "?")}`;
     if (!Array.isArray(reply?.rows) || typeof reply.checksum !== "string") {
-      throw new DataError(
-        `grow shard ${shard.index} from ${from}: no rows and checksum`,
-      );
+      throw new DataError(`grow shard ${shard.index} from ${from}: no rows and checksum`);
     }
     checkShardRows(shard, settings, reply.rows, from, reply.checksum);
     return reply.rows;
@@ -272,19 +244,13 @@ class QueueExecutor implements Executor {
         return await Promise.race([
           work(),
           new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new Error("no answer")),
-              Math.max(0, left),
-            );
+            timer = setTimeout(() => reject(new Error("no answer")), Math.max(0, left));
           }),
         ]);
       } catch (error) {
         if (error instanceof UserError) throw error;
         if (performance.now() - started >= limit) {
-          const reason = redact(
-            (error as Error).message ?? String(error),
-            this.#address,
-          );
+          const reason = redact((error as Error).message ?? String(error), this.#address);
           throw new UserError(
             `${where}: Redis has been unreachable for ${this.#config.unreachableSeconds} s ` +
               `(${reason}); finished shards are kept in the run folder: start Redis and the ` +
@@ -298,9 +264,7 @@ class QueueExecutor implements Executor {
     }
   }
 
-  async #connect(): Promise<
-    { redis: Redis; queue: Queue; events: QueueEvents }
-  > {
+  async #connect(): Promise<{ redis: Redis; queue: Queue; events: QueueEvents }> {
     if (this.#open !== undefined) return this.#open;
     // Loaded on first use: the queue's libraries read the environment when they load, which
     // a run with the local executor may not (and need not) do.
@@ -334,8 +298,7 @@ class QueueExecutor implements Executor {
 export default definePlugin({
   kind: "executor",
   name: "queue",
-  summary:
-    "Hands Grow shards to workers (deno task worker) through a BullMQ queue on Redis.",
+  summary: "Hands Grow shards to workers (deno task worker) through a BullMQ queue on Redis.",
   configSchema: {
     type: "object",
     additionalProperties: false,
@@ -343,8 +306,7 @@ export default definePlugin({
       url: {
         type: "string",
         default: "redis://127.0.0.1:6379/0",
-        description:
-          "The queue's Redis: redis://[user:password@]host:port/db, or rediss:// " +
+        description: "The queue's Redis: redis://[user:password@]host:port/db, or rediss:// " +
           "for TLS. The password is never printed; the experiment may connect to this host " +
           "and port only.",
       },
@@ -354,18 +316,8 @@ export default definePlugin({
         default: "rest-grow",
         description: "Queue name; start the workers with the same --name.",
       },
-      attempts: int(
-        1,
-        100,
-        3,
-        "Tries per shard before the run stops with the shard's error.",
-      ),
-      pollSeconds: num(
-        0.01,
-        60,
-        0.5,
-        "Seconds between checks of the pending shards.",
-      ),
+      attempts: int(1, 100, 3, "Tries per shard before the run stops with the shard's error."),
+      pollSeconds: num(0.01, 60, 0.5, "Seconds between checks of the pending shards."),
       unreachableSeconds: num(
         1,
         86400,
@@ -376,8 +328,7 @@ export default definePlugin({
       artefacts: {
         type: "string",
         default: "",
-        description:
-          "A folder shared with every worker (same path on each machine) for the " +
+        description: "A folder shared with every worker (same path on each machine) for the " +
           'policy and tokenizer artefacts; "" stores them in Redis.',
       },
     },
@@ -387,12 +338,8 @@ export default definePlugin({
       parseQueueUrl(config.url, "url");
       return [];
     } catch (error) {
-      return [{
-        path: "/url",
-        message: (error as Error).message.replace(/^url: /, ""),
-      }];
+      return [{ path: "/url", message: (error as Error).message.replace(/^url: /, "") }];
     }
   },
-  create: (config: QueueConfig, deps) =>
-    new QueueExecutor(config, deps.baseDir, deps.log),
+  create: (config: QueueConfig, deps) => new QueueExecutor(config, deps.baseDir, deps.log),
 });
