@@ -1,15 +1,10 @@
 /**
- * How a trained reward model is measured on sources held out from its training, the way issue
- * 13 (item 6) asks every reward model to report:
- *
- * - **pooled** rows, for each held-out source: its reference, one sample of the BC policy at
- *   each of `temperatures`, and `corruptionsPerSource` corruptions of the reference (kinds from
- *   `_corrupt.ts`, drawn uniformly); the reward's pooled Pearson r and Kendall tau-b with
- *   sentence chrF against the reference over all of them;
- * - **within-source** rows: `samples` (N >= 8 for the report) samples of the BC policy per
- *   source at the Grow temperature, and the mean over sources of Kendall tau-b between the
- *   reward and chrF among one source's samples (what ReST's filter and Best-of-N depend on:
- *   they only compare hypotheses of the same source; sources whose samples all tie are skipped).
+ * Held-out rows of graded quality for measuring a reward model against sentence chrF: for each
+ * held-out source, its reference, one sample of the BC policy at each of `temperatures`, and
+ * `corruptionsPerSource` corruptions of the reference (kinds from `_corrupt.ts`, drawn
+ * uniformly), each labelled with its chrF; and the reward's pooled Pearson r and Kendall tau-b
+ * with chrF over them, as the `learned` reward's held-out rows measure it. (The within-source
+ * figures over N samples per source and the Best-of-N curve are `core/reward_report.ts`.)
  *
  * The rows are a deterministic function of the examples, the policy and the seed, so two
  * rewards measured with the same settings and seed see the same rows.
@@ -18,7 +13,7 @@
  */
 
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
-import { kendallTauB, pearson, withinGroupKendall } from "../../core/metrics/correlation.ts";
+import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import { Rng } from "../../core/random.ts";
 import type { Example, Policy, Tokenizer } from "../../core/types.ts";
 import { corrupt, CORRUPTION_KINDS } from "./_corrupt.ts";
@@ -29,10 +24,6 @@ export interface HeldOutSettings {
   temperatures: readonly number[];
   /** Corruptions of the reference per source (pooled rows). */
   corruptionsPerSource: number;
-  /** Samples per source for the within-source Kendall (0: none). */
-  samples: number;
-  /** Temperature of those samples (the Grow temperature, 0.8 in the paper). */
-  temperature: number;
   /** Maximum output tokens when sampling. */
   maxLen: number;
   /** Decoded rows per batch. */
@@ -47,7 +38,7 @@ export interface HeldOutRow {
   reference: string;
   /** The hypothesis scored. */
   hypothesis: string;
-  /** `reference`, `sample_t<T>`, a corruption kind, or `within` (a within-source sample). */
+  /** `reference`, `sample_t<T>` or a corruption kind. */
   kind: string;
   /** Index of the source among the held-out examples. */
   group: number;
@@ -63,18 +54,11 @@ export interface HeldOutStats {
   pearson: number;
   /** Kendall tau-b over the pooled rows. */
   kendall: number;
-  /** Mean within-source Kendall tau-b over the within-source samples. */
-  withinKendall: number;
-  /** Sources with a defined within-source tau-b. */
-  withinSources: number;
   /** Per pooled kind: rows, mean chrF and mean reward. */
   byKind: Record<string, { rows: number; chrf: number; reward: number }>;
 }
 
-/**
- * Builds the held-out rows of `examples` (see the module doc): pooled rows first, then the
- * within-source samples (kind `within`). Samples come from `policy` (not disposed here).
- */
+/** Builds the held-out rows of `examples` (see the module doc); samples come from `policy`. */
 export async function heldOutRows(
   policy: Policy | undefined,
   tokenizer: Tokenizer,
@@ -84,11 +68,11 @@ export async function heldOutRows(
 ): Promise<HeldOutRow[]> {
   const rng = new Rng(seed).fork("heldout/rows");
   const sources = examples.map((e) => tokenizer.encode(e.source, "source"));
-  const draw = async (n: number, temperature: number, label: string): Promise<string[][]> => {
+  const draw = async (temperature: number, label: string): Promise<string[][]> => {
     if (policy === undefined) throw new RangeError("heldOutRows: samples need a policy");
     if (examples.length === 0) return [];
     const generations = await policy.sample(sources, {
-      n,
+      n: 1,
       temperature,
       topK: 0,
       topP: 1,
@@ -99,10 +83,7 @@ export async function heldOutRows(
     return generations.map((row) => row.map((g) => tokenizer.decode(g.tokens, "target")));
   };
   const pooledSamples: string[][][] = [];
-  for (const t of settings.temperatures) pooledSamples.push(await draw(1, t, `heldout/t${t}`));
-  const within = settings.samples > 0
-    ? await draw(settings.samples, settings.temperature, "heldout/within")
-    : [];
+  for (const t of settings.temperatures) pooledSamples.push(await draw(t, `heldout/t${t}`));
   const rows: HeldOutRow[] = [];
   const add = (group: number, hypothesis: string, kind: string) => {
     const { source, reference } = examples[group];
@@ -126,7 +107,6 @@ export async function heldOutRows(
       add(i, corrupt(kind, { text: e.reference, source: e.source, other }, rng), kind);
     }
   });
-  within.forEach((samples, i) => samples.forEach((s) => add(i, s, "within")));
   return rows;
 }
 
@@ -135,13 +115,7 @@ export function heldOutStats(rows: readonly HeldOutRow[], scores: readonly numbe
   if (rows.length !== scores.length) {
     throw new RangeError(`${rows.length} held-out rows, ${scores.length} scores`);
   }
-  const pooled = rows.map((r, i) => ({ r, s: scores[i] })).filter((x) => x.r.kind !== "within");
-  const within = rows.map((r, i) => ({ r, s: scores[i] })).filter((x) => x.r.kind === "within");
-  const grouped = withinGroupKendall(
-    within.map((x) => x.s),
-    within.map((x) => x.r.chrf),
-    within.map((x) => x.r.group),
-  );
+  const pooled = rows.map((r, i) => ({ r, s: scores[i] }));
   const byKind: HeldOutStats["byKind"] = {};
   for (const { r, s } of pooled) {
     const k = byKind[r.kind] ??= { rows: 0, chrf: 0, reward: 0 };
@@ -157,16 +131,13 @@ export function heldOutStats(rows: readonly HeldOutRow[], scores: readonly numbe
     pooledRows: pooled.length,
     pearson: pearson(pooled.map((x) => x.s), pooled.map((x) => x.r.chrf)),
     kendall: kendallTauB(pooled.map((x) => x.s), pooled.map((x) => x.r.chrf)),
-    withinKendall: grouped.mean,
-    withinSources: grouped.groups,
     byKind,
   };
 }
 
-/** One line: `pooled Pearson 0.512, Kendall 0.401 on 1000 rows; within-source Kendall ...`. */
+/** One line: `Pearson 0.512, Kendall 0.401 with chrF on 1000 rows`. */
 export function describeStats(stats: HeldOutStats): string {
   const f = (x: number) => Number.isFinite(x) ? x.toFixed(3) : "n/a";
-  return `pooled Pearson ${f(stats.pearson)}, Kendall ${f(stats.kendall)} with chrF on ` +
-    `${stats.pooledRows} rows; within-source Kendall ${f(stats.withinKendall)} over ` +
-    `${stats.withinSources} sources`;
+  return `Pearson ${f(stats.pearson)}, Kendall ${f(stats.kendall)} with chrF on ` +
+    `${stats.pooledRows} rows (references, samples, corruptions)`;
 }

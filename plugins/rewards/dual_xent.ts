@@ -56,11 +56,17 @@
  *
  * ## Report
  *
- * On `report.sources` validation pairs (the report half, never used for training, selection
- * or calibration): pooled Pearson and Kendall tau-b with sentence chrF over references, BC
- * samples and corruptions, and within-source Kendall over `report.samples` BC samples per
- * source at `report.temperature` (see `_heldout_report.ts`), logged as `dual_xent/...` in the
- * reward's `metrics.jsonl`, printed, and stored in `dual_xent.json`.
+ * Two measurements after training, logged in the reward's `metrics.jsonl`, printed, and stored
+ * in `dual_xent.json`:
+ *
+ * - on `report.sources` validation pairs (the report half, never used for training, selection
+ *   or calibration): Pearson and Kendall tau-b with sentence chrF over references, BC samples
+ *   at `report.temperatures` and corruptions (`_heldout_report.ts`; `dual_xent/heldout_*`,
+ *   also for each direction's cross-entropy alone);
+ * - on `report.testSources` test sources, as the `learned` reward reports
+ *   (`core/reward_report.ts`): `report.samples` BC samples per source at the evaluation (Grow)
+ *   temperature, their pooled Pearson/Kendall with chrF, the within-source Kendall over the
+ *   first `report.withinSamples`, and the Best-of-N chrF curve (`dual_xent/report_*`).
  *
  * @module
  */
@@ -76,6 +82,7 @@ import { definePlugin, int, PLUGIN_REF_KEYWORD } from "../../core/plugin.ts";
 import type { JsonSchema, ResolvedPluginRef } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
+import { describeRewardReport, powersUpTo, rewardReport } from "../../core/reward_report.ts";
 import { BC_SCHEMA, smokeBc } from "../../core/sections.ts";
 import { disposeBatch } from "../../core/train.ts";
 import type {
@@ -111,16 +118,18 @@ export interface DualCalibration {
 
 /** What the held-out report is made of. */
 export interface DualReport {
-  /** Validation (report half) sources measured (0: none). */
+  /** Validation (report half) sources of the pooled rows (0: none). */
   sources: number;
   /** One BC sample per source at each of these temperatures (pooled rows). */
   temperatures: number[];
   /** Corruptions of the reference per source (pooled rows). */
   corruptionsPerSource: number;
-  /** BC samples per source for the within-source Kendall. */
+  /** Test sources of the samples report (0: none). */
+  testSources: number;
+  /** BC samples per test source at the evaluation temperature (the largest Best-of-N). */
   samples: number;
-  /** Their temperature (the Grow temperature). */
-  temperature: number;
+  /** Samples per test source for the within-source Kendall. */
+  withinSamples: number;
 }
 
 /** Config of the `dual_xent` reward (after resolution: `model` is a resolved reference). */
@@ -304,6 +313,7 @@ interface DualMeta {
   seeds: { forward: number; backward: number };
   calibration: CalibrationParams;
   heldOut: HeldOutStats | null;
+  report: Record<string, number> | null;
   seconds: number;
 }
 
@@ -324,7 +334,9 @@ export function smokeDualXent(config: DualXentConfig): DualXentConfig {
     report: {
       ...config.report,
       sources: Math.min(config.report.sources, 8),
-      samples: Math.min(config.report.samples, 4),
+      testSources: Math.min(config.report.testSources, 4),
+      samples: Math.min(config.report.samples, 8),
+      withinSamples: Math.min(config.report.withinSamples, 8),
     },
   };
 }
@@ -414,12 +426,14 @@ export class DualXentReward implements RewardModel {
       this.#meta = saved;
       ctx.log(
         `reloaded ${metaPath}` +
-          (saved.heldOut ? `: held-out ${describeStats(saved.heldOut)}` : ""),
+          (saved.heldOut ? `: held-out ${describeStats(saved.heldOut)}` : "") +
+          (saved.report ? `; test samples: ${describeRewardReport(saved.report)}` : ""),
       );
       return;
     }
     this.#calibration = await this.#fitCalibration(ctx, config);
-    const heldOut = await this.#report(ctx, config);
+    const heldOut = await this.#heldOut(ctx, config);
+    const report = await this.#samplesReport(ctx, config);
     const meta: DualMeta = {
       format: FORMAT,
       version: 1,
@@ -427,6 +441,7 @@ export class DualXentReward implements RewardModel {
       seeds,
       calibration: this.#calibration,
       heldOut,
+      report,
       seconds: (performance.now() - started) / 1000,
     };
     await writeFileAtomic(metaPath, JSON.stringify(meta, null, 2) + "\n");
@@ -487,13 +502,11 @@ export class DualXentReward implements RewardModel {
     return { forward: trained.forward!, backward: trained.backward! };
   }
 
-  /** The held-out rows' settings for `sources` examples. */
-  #rowSettings(ctx: RewardPrepareContext, report: DualReport, within: boolean): HeldOutSettings {
+  /** The settings of the pooled held-out and calibration rows. */
+  #rowSettings(ctx: RewardPrepareContext, report: DualReport): HeldOutSettings {
     return {
       temperatures: report.temperatures,
       corruptionsPerSource: report.corruptionsPerSource,
-      samples: within ? report.samples : 0,
-      temperature: report.temperature,
       maxLen: ctx.evaluation.maxLen,
       batchSize: ctx.evaluation.batchSize,
     };
@@ -505,7 +518,7 @@ export class DualXentReward implements RewardModel {
     settings: HeldOutSettings,
     seed: number,
   ): Promise<HeldOutRow[]> {
-    const needsPolicy = settings.temperatures.length > 0 || settings.samples > 0;
+    const needsPolicy = settings.temperatures.length > 0;
     const policy = needsPolicy && examples.length > 0 ? await ctx.bcPolicy() : undefined;
     try {
       return await heldOutRows(policy, ctx.tokenizer, examples, settings, seed);
@@ -525,7 +538,7 @@ export class DualXentReward implements RewardModel {
     const rows = await this.#rows(
       ctx,
       examples,
-      this.#rowSettings(ctx, config.report, false),
+      this.#rowSettings(ctx, config.report),
       ctx.seed + 1,
     );
     const d = (await this.entropies(rows)).map(dualScore);
@@ -550,18 +563,16 @@ export class DualXentReward implements RewardModel {
     return { method: "sigmoid", ...fit };
   }
 
-  async #report(ctx: RewardPrepareContext, config: DualXentConfig): Promise<HeldOutStats | null> {
+  /** Pooled correlations on validation rows (references, samples, corruptions). */
+  async #heldOut(ctx: RewardPrepareContext, config: DualXentConfig): Promise<HeldOutStats | null> {
     const examples = ctx.splits.valid.slice(0, config.report.sources);
     if (examples.length < 2) {
-      ctx.log("held-out report skipped: fewer than 2 validation sources");
+      if (config.report.sources > 0) {
+        ctx.log("held-out rows skipped: fewer than 2 validation sources");
+      }
       return null;
     }
-    const rows = await this.#rows(
-      ctx,
-      examples,
-      this.#rowSettings(ctx, config.report, true),
-      ctx.seed,
-    );
+    const rows = await this.#rows(ctx, examples, this.#rowSettings(ctx, config.report), ctx.seed);
     const entropies = await this.entropies(rows);
     const scores = entropies.map((h) => calibrate(dualScore(h), this.#calibration!));
     const stats = heldOutStats(rows, scores);
@@ -571,12 +582,8 @@ export class DualXentReward implements RewardModel {
       "dual_xent/heldout_rows": stats.pooledRows,
       "dual_xent/heldout_pearson": stats.pearson,
       "dual_xent/heldout_kendall": stats.kendall,
-      "dual_xent/within_kendall": stats.withinKendall,
-      "dual_xent/within_sources": stats.withinSources,
       "dual_xent/heldout_kendall_forward_only": forwardOnly.kendall,
       "dual_xent/heldout_kendall_backward_only": backwardOnly.kendall,
-      "dual_xent/within_kendall_forward_only": forwardOnly.withinKendall,
-      "dual_xent/within_kendall_backward_only": backwardOnly.withinKendall,
     };
     for (const [kind, k] of Object.entries(stats.byKind)) {
       record[`dual_xent/heldout_chrf_${kind}`] = k.chrf;
@@ -592,14 +599,42 @@ export class DualXentReward implements RewardModel {
       })
     );
     await writeFileAtomic(join(ctx.dir, "heldout.jsonl"), lines.join("\n") + "\n");
-    ctx.log(`held-out (${examples.length} validation sources): ${describeStats(stats)}`);
     ctx.log(
-      `  forward model alone: Kendall ${forwardOnly.kendall.toFixed(3)}, within ` +
-        `${forwardOnly.withinKendall.toFixed(3)}; backward alone: Kendall ${
+      `held-out (${examples.length} validation sources): ${describeStats(stats)}; Kendall of ` +
+        `-H_f alone ${forwardOnly.kendall.toFixed(3)}, of -H_b alone ${
           backwardOnly.kendall.toFixed(3)
-        }, within ${backwardOnly.withinKendall.toFixed(3)}`,
+        }`,
     );
     return stats;
+  }
+
+  /** The samples report of `core/reward_report.ts` on test sources (as `learned` reports). */
+  async #samplesReport(
+    ctx: RewardPrepareContext,
+    config: DualXentConfig,
+  ): Promise<Record<string, number> | null> {
+    const { testSources, samples, withinSamples } = config.report;
+    const examples = ctx.splits.test.slice(0, testSources);
+    if (examples.length === 0) return null;
+    const policy = await ctx.bcPolicy();
+    try {
+      const report = await rewardReport(policy, ctx.tokenizer, this, examples, {
+        samples,
+        withinSamples: Math.min(withinSamples, samples),
+        ns: powersUpTo(samples),
+        temperature: ctx.evaluation.temperature,
+        seed: new Rng(ctx.seed).fork("dual_xent/report").nextUint32(),
+        maxLen: ctx.evaluation.maxLen,
+        batchSize: ctx.evaluation.batchSize,
+      });
+      await ctx.metrics.log(
+        Object.fromEntries(Object.entries(report).map(([k, v]) => [`dual_xent/report_${k}`, v])),
+      );
+      ctx.log(`held-out report on test sources: ${describeRewardReport(report)}`);
+      return report;
+    } finally {
+      policy.dispose();
+    }
   }
 }
 
@@ -719,9 +754,14 @@ export default definePlugin({
         additionalProperties: false,
         default: {},
         description:
-          "Held-out measurement on validation sources (the report half): pooled and within-source correlation with sentence chrF.",
+          "Held-out measurement after training: pooled correlation with sentence chrF on validation rows (references, BC samples, corruptions), and on test sources the samples report of core/reward_report.ts (pooled and within-source Kendall, Best-of-N chrF), as the learned reward reports.",
         properties: {
-          sources: int(0, 100_000, 200, "Validation sources measured (0: no report)."),
+          sources: int(
+            0,
+            100_000,
+            200,
+            "Validation (report-half) sources of the pooled rows (0: none).",
+          ),
           temperatures: {
             type: "array",
             items: { type: "number", exclusiveMinimum: 0, maximum: 100 },
@@ -736,19 +776,19 @@ export default definePlugin({
             2,
             "Pooled rows: corruptions of the reference per source.",
           ),
+          testSources: int(0, 100_000, 100, "Test sources of the samples report (0: none)."),
           samples: int(
-            0,
-            1024,
-            8,
-            "BC samples per source for the within-source Kendall (the issue asks for N >= 8).",
+            1,
+            256,
+            32,
+            "Samples report: BC samples per test source at the evaluation (Grow) temperature; the Best-of-N curve is N = 1, 2, 4, ... up to this.",
           ),
-          temperature: {
-            type: "number",
-            exclusiveMinimum: 0,
-            maximum: 100,
-            default: 0.8,
-            description: "Temperature of the within-source samples (the Grow temperature).",
-          },
+          withinSamples: int(
+            2,
+            256,
+            8,
+            "Samples report: samples per source for the within-source Kendall (the issue asks for N >= 8; at most samples).",
+          ),
         },
       },
     },
@@ -757,6 +797,12 @@ export default definePlugin({
     const problems: { path: string; message: string }[] = [];
     if (config.training.steps < 1) {
       problems.push({ path: "/training/steps", message: "must be at least 1 for a reward model" });
+    }
+    if (config.report.withinSamples > config.report.samples) {
+      problems.push({
+        path: "/report/withinSamples",
+        message: `must not exceed report.samples (${config.report.samples})`,
+      });
     }
     return problems;
   },

@@ -120,7 +120,11 @@ function lexiconSplits(pairs: number): Splits {
       reference: ids.map((k) => target[k]).join(" "),
     };
   });
-  return { train: examples.slice(0, pairs - 80), valid: examples.slice(pairs - 80), test: [] };
+  return {
+    train: examples.slice(0, pairs - 100),
+    valid: examples.slice(pairs - 100, pairs - 20),
+    test: examples.slice(pairs - 20),
+  };
 }
 
 async function tinySetup(tokenizerConfig: Record<string, unknown> = {}): Promise<Setup> {
@@ -163,7 +167,14 @@ const TINY_CONFIG = {
     labelSmoothing: 0,
   },
   calibration: { sources: 20 },
-  report: { sources: 20, temperatures: [1], corruptionsPerSource: 2, samples: 8 },
+  report: {
+    sources: 20,
+    temperatures: [1],
+    corruptionsPerSource: 2,
+    testSources: 10,
+    samples: 8,
+    withinSamples: 8,
+  },
 };
 
 async function makeReward(config: Record<string, unknown>): Promise<DualXentReward> {
@@ -270,7 +281,7 @@ Deno.test("dual_xent: trained in prepare, ranks references above dropped content
     assert.match(text, /forward: bc: \d+ training pairs/);
     assert.match(text, /backward: bc: \d+ training pairs/);
     assert.match(text, /calibration: reward = sigmoid\(/);
-    assert.match(text, /held-out \(20 validation sources\): pooled Pearson 0\.\d+/);
+    assert.match(text, /held-out \(20 validation sources\): Pearson 0\.\d+/);
 
     // Held-out sources (the report half of validation, never trained on).
     const trainSources = new Set(setup.splits.train.map((e) => e.source));
@@ -300,14 +311,16 @@ Deno.test("dual_xent: trained in prepare, ranks references above dropped content
     );
     const heldOut = reward.heldOut!;
     assert.ok(heldOut.pearson > 0.5, `held-out Pearson ${heldOut.pearson}`);
-    assert.ok(heldOut.withinSources > 0);
+    const report = (await readMeta(dir)).report;
+    assert.equal(report.sources, 10);
+    assert.ok(report.within_sources > 0, "within-source Kendall measured");
+    assert.equal(typeof report["bon_chrf@8"], "number");
     const records = await readMetrics(join(dir, "metrics.jsonl"));
-    const last = records[records.length - 1];
-    assert.equal(last["dual_xent/heldout_pearson"], heldOut.pearson);
-    assert.equal(typeof last["dual_xent/within_kendall"], "number");
+    assert.ok(records.some((r) => r["dual_xent/heldout_pearson"] === heldOut.pearson));
+    assert.ok(records.some((r) => typeof r["dual_xent/report_within_kendall"] === "number"));
     assert.equal(
       (await Deno.readTextFile(join(dir, "heldout.jsonl"))).trim().split("\n").length,
-      20 * (1 + 1 + 2 + 8),
+      20 * (1 + 1 + 2),
     );
     // Scoring leaks no tensors.
     const tensors = tf.memory().numTensors;
@@ -323,7 +336,10 @@ Deno.test("dual_xent: trained in prepare, ranks references above dropped content
     await again.prepare(ctx2);
     assert.match(logs2.join("\n"), /forward: bc: loaded .*forward\/policy\.json/);
     assert.match(logs2.join("\n"), /backward: bc: loaded .*backward\/policy\.json/);
-    assert.match(logs2.join("\n"), /reloaded .*dual_xent\.json: held-out pooled Pearson/);
+    assert.match(
+      logs2.join("\n"),
+      /reloaded .*dual_xent\.json: held-out Pearson .*; test samples: pooled Pearson/,
+    );
     assert.doesNotMatch(logs2.join("\n"), /training pairs/);
     assert.deepEqual(await again.score(rows), scores);
 
@@ -367,6 +383,10 @@ Deno.test("dual_xent: trained in prepare, ranks references above dropped content
   }
 });
 
+async function readMeta(dir: string) {
+  return JSON.parse(await Deno.readTextFile(join(dir, "dual_xent.json")));
+}
+
 async function copyDir(from: string, to: string): Promise<void> {
   await Deno.mkdir(to, { recursive: true });
   for await (const entry of Deno.readDir(from)) {
@@ -383,7 +403,7 @@ Deno.test("dual_xent: a corrupt dual_xent.json is a user error naming the file",
       ...TINY_CONFIG,
       training: { ...TINY_CONFIG.training, steps: 2, evalEvery: 0 },
       calibration: { method: "none" },
-      report: { sources: 0 },
+      report: { sources: 0, testSources: 0 },
     };
     await (await makeReward(config)).prepare(context(setup, dir, []));
     await Deno.writeTextFile(join(dir, "dual_xent.json"), "{not json");
@@ -415,7 +435,11 @@ Deno.test("dual_xent: config errors name the option", async () => {
   await bad({ training: { stepz: 10 } }, /\/training.*stepz/);
   await bad({ model: "transformr" }, /transformer/);
   await bad({ model: { name: "transformer", config: { dModel: 30, heads: 4 } } }, /heads/);
-  await bad({ report: { samples: -1 } }, /\/report\/samples/);
+  await bad({ report: { samples: 0 } }, /\/report\/samples/);
+  await bad(
+    { report: { samples: 4, withinSamples: 8 } },
+    /\/report\/withinSamples: must not exceed/,
+  );
   // The default config resolves, with the nested model filled in.
   const ref = await resolvePluginRef(registries, "reward", "dual_xent", "m.json");
   const model = ref.config.model as { name: string; config: Record<string, unknown> };
