@@ -24,6 +24,7 @@ import {
   saveCheckpoint,
 } from "./checkpoint.ts";
 import { clearUnitState } from "./resume.ts";
+import { savePolicy } from "./host_read.ts";
 
 /** Name of BC's resumable training state in its folder. */
 const TRAIN_STATE = "train_state";
@@ -168,7 +169,7 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
         };
       },
       onBest: async (step, score) => {
-        await saveCheckpoint(dir, "best", policy.save(), { step, score });
+        await saveCheckpoint(dir, "best", await savePolicy(policy), { step, score });
         saved = true;
       },
       checkpoint: {
@@ -183,7 +184,7 @@ export async function trainOrLoadBc(ctx: BcContext): Promise<Policy> {
   if (saved) {
     await loadPolicyCheckpoint(policy, dir, "best");
   }
-  await saveCheckpoint(dir, "policy", policy.save(), {
+  await saveCheckpoint(dir, "policy", await savePolicy(policy), {
     steps: result.steps,
     bestStep: result.bestStep,
     bestChrf: result.bestScore,

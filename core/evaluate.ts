@@ -306,26 +306,30 @@ export async function sequenceKl(
       ? { source: sources[i], target: tokens.slice(0, -1) }
       : { source: sources[i], target: tokens, truncated: true };
   });
-  const own = sequenceLogProbs(policy, pairs, options.batchSize);
-  const ref = reference === policy ? own : sequenceLogProbs(reference, pairs, options.batchSize);
+  const own = await sequenceLogProbs(policy, pairs, options.batchSize);
+  const ref = reference === policy
+    ? own
+    : await sequenceLogProbs(reference, pairs, options.batchSize);
   return mean(own.map((lp, i) => lp - ref[i]));
 }
 
 /** log p(target | source) of each pair under `policy` (teacher-forced, no dropout), batched. */
-function sequenceLogProbs(
+async function sequenceLogProbs(
   policy: Policy,
   pairs: readonly { source: number[]; target: number[]; truncated?: boolean }[],
   batchSize: number,
-): number[] {
+): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < pairs.length; i += batchSize) {
     const chunk = pairs.slice(i, i + batchSize);
     const sums = tf.tidy(() => {
       const batch = makeBatch(chunk, policy.specials);
       const logProbs = policy.tokenLogProbs(batch, { training: false });
-      return tf.sum(tf.mul(logProbs, batch.targetMask), 1).arraySync() as number[];
+      return tf.sum(tf.mul(logProbs, batch.targetMask), 1);
     });
-    for (const s of sums) out.push(s);
+    // data(), not dataSync(): a device backend (webgpu under Deno) reads only asynchronously.
+    for (const s of await sums.data()) out.push(s);
+    sums.dispose();
   }
   return out;
 }

@@ -8,6 +8,7 @@
 import { hashText } from "./hash.ts";
 import { join, resolve } from "node:path";
 import { UserError } from "./errors.ts";
+import { savePolicy } from "./host_read.ts";
 import { readRegularText } from "./fs.ts";
 import { PROFILE_FILE, SHARED_FOLDER, SPLITS_FILE, TOKENIZER_FILE } from "./layout.ts";
 import { formatProfile, mergeProfiles, type PhaseProfile, profiler } from "./profile.ts";
@@ -334,7 +335,7 @@ async function runLocked(
           return startProgress(label, total, unit);
         },
       });
-      state = policy.save();
+      state = await savePolicy(policy);
       bcStates.set(bcSeed, state);
       if (!options.valueHead) return policy;
       policy.dispose();

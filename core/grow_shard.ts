@@ -120,12 +120,12 @@ export function rowTarget(source: number[], tokens: readonly number[], eos: numb
  * Per-token log-probabilities of given outputs (no gradient), batched: log softmax(logits /
  * T)[a_t], the distribution a sample at temperature T was drawn from (T = 1: the policy's own).
  */
-export function scoreTokens(
+export async function scoreTokens(
   policy: Policy,
   pairs: readonly TokenPair[],
   batchSize: number,
   temperature = 1,
-): number[][] {
+): Promise<number[][]> {
   // Batches of similar lengths pad less; results go back in the input order.
   const order = pairs.map((_, i) => i).sort((x, y) =>
     pairs[x].target.length - pairs[y].target.length ||
@@ -137,11 +137,12 @@ export function scoreTokens(
     const trimmed = chunk.map((k) =>
       rowTarget(pairs[k].source, pairs[k].target, policy.specials.eos)
     );
-    const values = tf.tidy(() => {
-      const batch = makeBatch(trimmed, policy.specials);
-      return policy.tokenLogProbs(batch, { training: false, temperature })
-        .arraySync() as number[][];
-    });
+    const logProbs = tf.tidy(() =>
+      policy.tokenLogProbs(makeBatch(trimmed, policy.specials), { training: false, temperature })
+    );
+    // array(), not arraySync(): a device backend (webgpu under Deno) reads only asynchronously.
+    const values = await logProbs.array() as number[][];
+    logProbs.dispose();
     chunk.forEach((k, j) => out[k] = values[j].slice(0, pairs[k].target.length));
   }
   return out;
@@ -172,13 +173,12 @@ async function scoreRows(
   if (missing.length > 0) {
     const scored = await profiler.phase("grow/logprobs", () => {
       profiler.count(missing.length, "rows");
-      const forced = scoreTokens(
+      return scoreTokens(
         policy,
         missing.map((i) => pairs[i]),
         settings.batchSize,
         settings.temperature,
       );
-      return Promise.resolve(forced);
     });
     missing.forEach((i, k) => logProbs[i] = scored[k]);
   }

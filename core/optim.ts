@@ -7,6 +7,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import { UserError } from "./errors.ts";
 import type { Schedule } from "./types.ts";
 
 /** Adam hyper-parameters (Kingma & Ba 2015). */
@@ -45,6 +46,22 @@ const ASYNC_READ_BACKENDS = new Set(["webgpu"]);
  */
 export function readsOnlyAsync(name: string = tf.getBackend()): boolean {
   return ASYNC_READ_BACKENDS.has(name);
+}
+
+/**
+ * Throws a clear error when the active backend cannot read tensors synchronously
+ * ({@link readsOnlyAsync}) and `what` (e.g. `loss "gold"`) needs such reads: it would
+ * otherwise fail mid-run with tfjs's own message.
+ *
+ * @throws {UserError} naming `what` and the backend.
+ */
+export function requireSyncReads(what: string): void {
+  if (!readsOnlyAsync()) return;
+  throw new UserError(
+    `${what} reads tensors on the host while computing a step, which the ` +
+      `${tf.getBackend()} backend cannot do under Deno (only asynchronous reads); run it ` +
+      "with the cpu, blas or wasm backend",
+  );
 }
 
 /**
@@ -158,13 +175,19 @@ export class Adam {
     });
   }
 
-  /** The moment estimates and step, for checkpoints (copies). */
-  state(): { step: number; m: Float32Array[]; v: Float32Array[] } {
-    const copy = (host: Float32Array[], device: tf.Variable[]) =>
-      this.#onDevice
-        ? device.map((t) => (t.dataSync() as Float32Array).slice())
-        : host.map((a) => a.slice());
-    return { step: this.step, m: copy(this.#m, this.#dm), v: copy(this.#v, this.#dv) };
+  /**
+   * The moment estimates and step, for checkpoints (copies). Asynchronous because device
+   * moments are read back with `data()`: WebGPU under Deno has no synchronous read.
+   */
+  async state(): Promise<{ step: number; m: Float32Array[]; v: Float32Array[] }> {
+    const step = this.step;
+    if (!this.#onDevice) {
+      return { step, m: this.#m.map((a) => a.slice()), v: this.#v.map((a) => a.slice()) };
+    }
+    const read = (device: tf.Variable[]) =>
+      Promise.all(device.map(async (t) => Float32Array.from(await t.data() as Float32Array)));
+    const [m, v] = await Promise.all([read(this.#dm), read(this.#dv)]);
+    return { step, m, v };
   }
 
   /** Restores a state from {@link Adam.state}. */

@@ -28,6 +28,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { dirname, join } from "node:path";
 import { UserError } from "./errors.ts";
+import { savePolicy } from "./host_read.ts";
 import { sampleInOrder } from "./random.ts";
 import { maxOf, mean } from "./append.ts";
 import { copyGrowFile, readGrowFile, writeGrowFile } from "./grow_file.ts";
@@ -548,7 +549,7 @@ async function growJob(
   seed: number,
   shards: GrowShard[],
 ): Promise<ShardJob> {
-  const state = policy.save();
+  const state = await savePolicy(policy);
   const weights = new Uint8Array(state.data.buffer, state.data.byteOffset, state.data.byteLength);
   const key = hashText(JSON.stringify({
     g,
@@ -993,9 +994,8 @@ export async function improve(
         if (step === 0) incomingReward = score;
         return { score, metrics: { "improve/select_reward": score } };
       },
-      onBest: (step, score) => {
-        best = { score, step, state: policy.save() };
-        return Promise.resolve();
+      onBest: async (step, score) => {
+        best = { score, step, state: await savePolicy(policy) };
       },
     }, seed));
   progress.done();

@@ -23,6 +23,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
 import { hasCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { UserError } from "./errors.ts";
+import { savePolicy } from "./host_read.ts";
 import { checkRegularFile, readRegularText } from "./fs.ts";
 import type { Policy, PolicyState } from "./types.ts";
 import { exists } from "./run.ts";
@@ -62,12 +63,20 @@ export interface UnitCheckpoint<S> {
   due(): boolean;
 }
 
+/** What a {@link UnitCodec} saves beside the policy's weights. */
+export interface UnitEncoding {
+  /** The tensors to save, in order (read asynchronously, so device tensors are fine). */
+  extras: readonly (tf.Tensor | Float32Array)[];
+  /** JSON-able meta holding the loop's state. */
+  meta: Record<string, unknown>;
+}
+
 /** How a loop's state is stored in a unit state and put back: the loop's part of a save. */
 export interface UnitCodec<S> {
   /** The tensors to save beside the policy's weights, in order, and the meta holding `state`. */
   encode(
     state: S,
-  ): { extras: readonly (tf.Tensor | Float32Array)[]; meta: Record<string, unknown> };
+  ): UnitEncoding | Promise<UnitEncoding>;
   /**
    * Checks a loaded state (its meta with {@link checkMeta}, its tensors' count) before anything
    * is applied, and returns the loop's state; undefined when the state was saved for other
@@ -131,7 +140,7 @@ export function unitCheckpoint<S>(
       return state;
     },
     async save(state) {
-      const { extras, meta } = codec.encode(state);
+      const { extras, meta } = await codec.encode(state);
       await saveUnitState(dir, name, policy, extras, meta, metricsPath);
       lastSave = performance.now();
     },
@@ -172,8 +181,11 @@ async function saveUnitState(
   meta: Record<string, unknown>,
   metricsPath?: string,
 ): Promise<void> {
-  const base = policy.save();
-  const arrays = extras.map((e) => e instanceof Float32Array ? e : e.dataSync() as Float32Array);
+  const base = await savePolicy(policy);
+  // data(), not dataSync(): a device backend (webgpu under Deno) cannot read synchronously.
+  const arrays = await Promise.all(
+    extras.map(async (e) => e instanceof Float32Array ? e : await e.data() as Float32Array),
+  );
   const extraShapes = extras.map((e) => e instanceof Float32Array ? [e.length] : [...e.shape]);
   let total = base.data.length;
   for (const a of arrays) total += a.length;

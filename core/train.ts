@@ -383,8 +383,8 @@ function trainCheckpoint(
   if (cp === undefined) return notResumable();
   const extraVariables = [...(hooks.variables ?? [])];
   return unitCheckpoint({ ...cp, resume: true }, policy, {
-    encode(c) {
-      const adam = optimizer.state();
+    async encode(c) {
+      const adam = await optimizer.state();
       return {
         extras: [...adam.m, ...adam.v, ...extraVariables],
         meta: {

@@ -83,8 +83,9 @@ import { definePlugin, int, num } from "../../core/plugin.ts";
 import { makeBatch } from "../../core/batch.ts";
 import { checkScores, DistinctSamples, limit, selectionReward } from "../../core/evaluate.ts";
 import { UserError } from "../../core/errors.ts";
-import { Adam, learningRate } from "../../core/optim.ts";
+import { Adam, learningRate, requireSyncReads } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
+import { savePolicy } from "../../core/host_read.ts";
 import { profiler } from "../../core/profile.ts";
 import { prefixed } from "../../core/run.ts";
 import { finishRun } from "../../core/finish.ts";
@@ -295,6 +296,7 @@ export function rolloutPlan(budget: number, rolloutSize: number): number[] {
 
 /** Runs PPO for one run (the `ppo` plugin's `run`). */
 export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metrics: Metrics }> {
+  requireSyncReads(`run ${ctx.run}: ppo`);
   const started = performance.now();
   // Drawn like ReST's Grow sources: a seeded uniform sample, not the split's first rows.
   const pool = sampleInOrder(ctx.splits.train, config.sources, ctx.seed * 1000 + 1);
@@ -422,8 +424,8 @@ function ppoCheckpoint(
     resume: ctx.resume,
   };
   return unitCheckpoint(place, models.policy, {
-    encode(s) {
-      const adam = optimizer.state();
+    async encode(s) {
+      const adam = await optimizer.state();
       const extras: (tf.Tensor | Float32Array)[] = [...adam.m, ...adam.v, ...valueNetVariables];
       if (s.bestData !== undefined) extras.push(s.bestData);
       return {
@@ -578,7 +580,7 @@ async function loop(
     const previous = p.best === null ? NaN : Number(p.best.score ?? NaN);
     if (Number.isNaN(previous) || score > previous) {
       p.best = { score, rollout };
-      s.bestData = policy.save().data;
+      s.bestData = (await savePolicy(policy)).data;
     }
   };
 
@@ -743,7 +745,7 @@ async function loop(
   progress.done();
   await evaluate(plan.length);
   const best = p.best!;
-  const bestState = policy.save();
+  const bestState = await savePolicy(policy);
   policy.load({ ...bestState, data: s.bestData! });
   ctx.log(
     `ppo: ${plan.length} rollout batches, ${p.samplesUsed} samples, ${p.step} gradient steps; ` +

@@ -47,6 +47,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin, type PluginDeps } from "../../core/plugin.ts";
+import { requireSyncReads } from "../../core/optim.ts";
 import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { Rng } from "../../core/random.ts";
 import { entropyFromLogits, klFromLogits, maskedMean, pickTokens } from "../_nn/token_stats.ts";
@@ -371,6 +372,7 @@ export default definePlugin({
         return useValueHead ? [own.state] : [own.state, ...own.critic];
       },
       prepare(ctx) {
+        requireSyncReads('loss "bvmpo"');
         own ??= {
           state: tf.tidy(() => tf.variable(tf.zeros([MULTIPLIER_STATE]))),
           critic: createCritic(config.criticHidden, deps.seed),

@@ -22,6 +22,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin } from "../../core/plugin.ts";
+import { requireSyncReads } from "../../core/optim.ts";
 import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { prepared } from "./_common.ts";
 
@@ -128,6 +129,7 @@ export default definePlugin({
     return {
       variables: [],
       prepare(ctx) {
+        requireSyncReads('loss "gold"');
         if (state === undefined || state.policy !== ctx.policy) {
           state?.lagged.dispose();
           state = { policy: ctx.policy, lagged: ctx.policy.clone(), bc: ctx.bcPolicy };

@@ -33,6 +33,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { defineLoss } from "../../core/plugin.ts";
+import { requireSyncReads } from "../../core/optim.ts";
 import type { GrowRow } from "../../core/types.ts";
 import {
   entropyFromLogits,
@@ -145,6 +146,7 @@ export default defineLoss({
   create(config: OfflinePpoConfig) {
     return {
       prepare(ctx) {
+        requireSyncReads('loss "offline_ppo"');
         if (config.advantage === "value_head" && !ctx.policy.hasValueHead) {
           throw new TypeError(
             'loss "offline_ppo": advantage "value_head" needs a model with a value head ' +

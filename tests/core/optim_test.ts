@@ -13,7 +13,7 @@ import { join } from "node:path";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
-Deno.test("Adam matches the update rule computed by hand", () => {
+Deno.test("Adam matches the update rule computed by hand", async () => {
   const w = tf.variable(tf.tensor1d([1, -2]));
   const adam = new Adam([w], { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
   const g = tf.tensor1d([0.5, -1]);
@@ -23,7 +23,7 @@ Deno.test("Adam matches the update rule computed by hand", () => {
   assert.ok(Math.abs(after[0] - (1 - 0.1)) < 1e-6);
   assert.ok(Math.abs(after[1] - (-2 + 0.1)) < 1e-6);
   adam.apply([g], 0.1);
-  const state = adam.state();
+  const state = await adam.state();
   assert.equal(state.step, 2);
   assert.ok(Math.abs(state.m[0][0] - (0.9 * 0.05 + 0.1 * 0.5)) < 1e-7);
   const before = tf.memory().numTensors;
@@ -33,10 +33,10 @@ Deno.test("Adam matches the update rule computed by hand", () => {
   adam.dispose();
 });
 
-Deno.test("Adam's host loop and tfjs-op update agree, weight decay and restore included", () => {
+Deno.test("Adam's host loop and tfjs-op update agree, weight decay and restore included", async () => {
   const init = [0.3, -1.2, 2.5, 0.01, -0.7, 1.1];
   const grads = [[0.5, -1, 0.2, 0, 3, -0.1], [-0.2, 0.4, 0.9, 1e-4, -2, 0.3]];
-  const run = (placement: "host" | "device") => {
+  const run = async (placement: "host" | "device") => {
     const w = tf.variable(tf.tensor2d(init, [2, 3]));
     const adam = new Adam([w, tf.variable(tf.zeros([1]))], { weightDecay: 0.01 }, placement);
     for (let step = 0; step < 6; step++) {
@@ -44,12 +44,12 @@ Deno.test("Adam's host loop and tfjs-op update agree, weight decay and restore i
       adam.apply([g, undefined], 0.05);
       g.dispose();
     }
-    const result = { w: Array.from(w.dataSync()), state: adam.state() };
+    const result = { w: Array.from(w.dataSync()), state: await adam.state() };
     w.dispose();
     return result;
   };
-  const host = run("host");
-  const device = run("device");
+  const host = await run("host");
+  const device = await run("device");
   for (let j = 0; j < init.length; j++) {
     assert.ok(Math.abs(host.w[j] - device.w[j]) < 1e-6, `weight ${j}: ${host.w[j]} ${device.w[j]}`);
     assert.ok(Math.abs(host.state.v[0][j] - device.state.v[0][j]) < 1e-7);
@@ -65,7 +65,7 @@ Deno.test("Adam's host loop and tfjs-op update agree, weight decay and restore i
   assert.ok(Math.abs(w.dataSync()[2] - host.w[2]) > 1e-4, "weight decay changes the update");
   // A restored state continues exactly where the saved one left off.
   const restored = new Adam([w], {}, "host");
-  restored.restore(plain.state());
+  restored.restore(await plain.state());
   assert.equal(restored.step, 6);
   assert.throws(
     () => restored.restore({ step: 1, m: [new Float32Array(2)], v: [new Float32Array(2)] }),

@@ -502,8 +502,8 @@ Deno.test("Grow's D_g is the samples united with every training pair, scored, wi
       source: ctx.tokenizer.encode(r.source, "source"),
       target: r.tokens,
     }));
-    const tempered = scoreTokens(policy, pairs, 4, GROW.temperature);
-    const plain = scoreTokens(policy, pairs, 4, 1);
+    const tempered = await scoreTokens(policy, pairs, 4, GROW.temperature);
+    const plain = await scoreTokens(policy, pairs, 4, 1);
     const { pad, bos } = policy.specials;
     const drawable = referenceBehaviour(
       policy,
@@ -574,7 +574,7 @@ Deno.test("Grow stores the sampler's behaviour log-probs; teacher-forces only ro
       source: ctx.tokenizer.encode(r.source, "source"),
       target: r.tokens,
     }));
-    const expected = scoreTokens(policy, pairs, 4, GROW.temperature);
+    const expected = await scoreTokens(policy, pairs, 4, GROW.temperature);
     forced.forEach((r, i) =>
       r.logProbs.forEach((lp, t) => assert.ok(Math.abs(lp - expected[i][t]) < 1e-5, `row ${i}`))
     );

@@ -835,7 +835,7 @@ Deno.test("sampled behaviour log-probs are log softmax(logits / T) over the draw
   // Teacher forcing (scoreTokens, what Grow stored before) normalises over the whole
   // vocabulary: on this untrained model the banned ids hold real mass, so the sampler's
   // log mu is larger by -log(1 - their tempered mass).
-  const forced = scoreTokens(
+  const forced = await scoreTokens(
     policy,
     flat.map((s) => ({ source: s.source, target: s.tokens })),
     8,
