@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../core/errors.ts";
+import { WEBGPU_DIAGNOSTIC_PATHS, WEBGPU_ENV_VARS } from "../plugins/backends/_webgpu_env.ts";
 import {
   netPermission,
   parseQueueUrl,
@@ -275,7 +276,10 @@ function unique(paths: string[]): string[] {
  *   code runs and then gives FFI up; for `tensorflow`, and `auto` when a tfjs-node copy is
  *   installed, only the folders holding its native addon (kept, as it loads later); none
  *   for `cpu`, `wasm`, a backend from a user module, or `--dry-run`;
- * - env: none (the npm cache's location is passed in the sandbox argument); sys: `statfs`
+ * - env: none (the npm cache's location is passed in the sandbox argument), except, for
+ *   runs that may use WebGPU, the variables that decide which adapters exist
+ *   (`WEBGPU_ENV_VARS`), with read access to the Vulkan driver files, so that a missing
+ *   adapter is explained; sys: `statfs`
  *   (the free-space check before a Grow step); net, run and import: nothing.
  */
 export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
@@ -331,9 +335,10 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
   const webgpu = !args.dryRun && (backend.name === "webgpu" ||
     (backend.name === "auto" && backend.config.tryWebgpu !== false));
   return {
-    read,
+    // The driver files and variables the backend reads to explain a missing adapter.
+    read: webgpu ? unique([...read, ...WEBGPU_DIAGNOSTIC_PATHS]) : read,
     write,
-    env: [],
+    env: webgpu ? [...WEBGPU_ENV_VARS] : [],
     sys: ["statfs"],
     ffi,
     modules,

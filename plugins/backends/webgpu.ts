@@ -22,6 +22,7 @@ import { definePlugin } from "../../core/plugin.ts";
 import { UserError } from "../../core/errors.ts";
 import type { Backend, BackendInfo } from "../../core/types.ts";
 import { activateBackend, errorMessage } from "./_tfjs.ts";
+import { LIBVULKAN_PATHS, NVIDIA_PATHS, VULKAN_ICD_DIRS } from "./_webgpu_env.ts";
 
 /** The tfjs backend name this plugin registers. */
 export const WEBGPU_BACKEND = "webgpu";
@@ -81,25 +82,19 @@ function envVar(name: string): string | undefined {
   }
 }
 
-const LIBVULKAN = [
-  "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
-  "/usr/lib/aarch64-linux-gnu/libvulkan.so.1",
-  "/usr/lib64/libvulkan.so.1",
-  "/usr/lib/libvulkan.so.1",
-];
-const ICD_DIRS = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
-
 /**
  * Why no adapter was found, as far as the filesystem tells (Linux): libvulkan missing, no
- * Vulkan ICD, `VK_ICD_FILENAMES` naming a missing file, or an NVIDIA container started
- * without the `graphics` driver capability. Returns hints, most likely first.
+ * Vulkan ICD, `VK_ICD_FILENAMES` naming a missing file, `DENO_WEBGPU_BACKEND` restricting
+ * Deno to some wgpu backends, or an NVIDIA container started without the `graphics` driver
+ * capability. Returns hints, most likely first. Paths and variables this process may not
+ * read are not guessed at.
  */
 export function diagnoseNoAdapter(): string[] {
   const hints: string[] = [];
   if (Deno.build.os !== "linux") {
     return ["check that the GPU driver is installed and that the GPU supports WebGPU"];
   }
-  if (LIBVULKAN.every((p) => exists(p) === false)) {
+  if (LIBVULKAN_PATHS.every((p) => exists(p) === false)) {
     hints.push("the Vulkan loader is missing (Debian/Ubuntu: apt-get install libvulkan1)");
   }
   const icdEnv = envVar("VK_ICD_FILENAMES") ?? envVar("VK_DRIVER_FILES");
@@ -111,14 +106,20 @@ export function diagnoseNoAdapter(): string[] {
       hints.push(`VK_ICD_FILENAMES/VK_DRIVER_FILES restricts Vulkan to ${icdEnv}`);
     }
   }
-  const icds = ICD_DIRS.flatMap((dir) => {
+  const backends = envVar("DENO_WEBGPU_BACKEND");
+  if (backends) {
+    hints.push(`DENO_WEBGPU_BACKEND=${backends} restricts Deno's WebGPU to those wgpu backends`);
+  }
+  let unreadable = false;
+  const icds = VULKAN_ICD_DIRS.flatMap((dir) => {
     try {
       return [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".json")).map((e) => e.name);
-    } catch {
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) unreadable = true;
       return [];
     }
   });
-  const nvidia = exists("/proc/driver/nvidia") === true || exists("/dev/nvidia0") === true;
+  const nvidia = NVIDIA_PATHS.some((p) => exists(p) === true);
   if (nvidia && !icds.some((n) => n.startsWith("nvidia"))) {
     const caps = envVar("NVIDIA_DRIVER_CAPABILITIES");
     hints.push(
@@ -127,14 +128,18 @@ export function diagnoseNoAdapter(): string[] {
         `NVIDIA_DRIVER_CAPABILITIES=all; now ${caps === undefined ? "unset or unreadable" : caps})`,
     );
   }
-  if (icds.length === 0) {
+  if (icds.length === 0 && !unreadable) {
     hints.push(
-      "no Vulkan driver (ICD) is installed in " + ICD_DIRS.join(", ") +
+      "no Vulkan driver (ICD) is installed in " + VULKAN_ICD_DIRS.join(", ") +
         " (a GPU vendor's driver, or Mesa's software one: apt-get install mesa-vulkan-drivers)",
     );
   }
   if (hints.length === 0) {
-    hints.push(`Vulkan drivers found (${icds.join(", ")}), but none offered a usable adapter`);
+    hints.push(
+      icds.length > 0
+        ? `Vulkan drivers found (${icds.join(", ")}), but none offered a usable adapter`
+        : "the GPU driver's files could not be inspected from this process",
+    );
   }
   return hints;
 }

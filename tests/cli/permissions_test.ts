@@ -370,3 +370,22 @@ Deno.test("sandboxPlan: only backends that use OpenBLAS get FFI, given up before
   assert.equal(tf.worker.revokeFfi, false);
   assert.ok(tf.read.includes(installed));
 });
+
+Deno.test("sandboxPlan: runs that may use WebGPU get the unstable flag and the driver diagnosis", () => {
+  const gpu = sandboxPlan({ ...inputs, args: args(["--backend", "webgpu"]), raw: {} });
+  assert.deepEqual(gpu.unstable, ["webgpu"]);
+  assert.deepEqual(gpu.env, [
+    "VK_ICD_FILENAMES",
+    "VK_DRIVER_FILES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "DENO_WEBGPU_BACKEND",
+  ]);
+  assert.ok(gpu.read.includes("/usr/share/vulkan/icd.d"), gpu.read.join(" "));
+  assert.ok(permissionFlags(gpu).includes(`--allow-env=${gpu.env.join(",")}`));
+  const cpu = sandboxPlan({ ...inputs, args: args(["--backend", "cpu"]), raw: {} });
+  assert.equal(cpu.unstable, undefined);
+  assert.deepEqual(cpu.env, []);
+  assert.ok(!cpu.read.includes("/usr/share/vulkan/icd.d"));
+  const noGpu = { backend: { name: "auto", config: { tryWebgpu: false } } };
+  assert.deepEqual(sandboxPlan({ ...inputs, args: args(), raw: noGpu }).env, []);
+});
