@@ -314,7 +314,10 @@ interface DualMeta {
   calibration: CalibrationParams;
   heldOut: HeldOutStats | null;
   report: Record<string, number> | null;
+  /** Seconds from the start of prepare (both models, calibration, reports). */
   seconds: number;
+  /** Resident memory of the process at the end of prepare, MiB. */
+  rssMb: number;
 }
 
 function chrfReward(): RewardModel {
@@ -443,10 +446,13 @@ export class DualXentReward implements RewardModel {
       heldOut,
       report,
       seconds: (performance.now() - started) / 1000,
+      rssMb: Math.round(Deno.memoryUsage().rss / 2 ** 20),
     };
     await writeFileAtomic(metaPath, JSON.stringify(meta, null, 2) + "\n");
     this.#meta = meta;
-    ctx.log(`ready in ${meta.seconds.toFixed(1)}s; saved ${metaPath}`);
+    ctx.log(
+      `ready in ${meta.seconds.toFixed(1)}s (process RSS ${meta.rssMb} MiB); saved ${metaPath}`,
+    );
   }
 
   /** Writes the tokenizer's fingerprint before anything is trained; refuses a different one. */
