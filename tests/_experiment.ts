@@ -8,6 +8,7 @@ import { runExperiment } from "../core/experiment.ts";
 import { resolveManifest } from "../core/manifest/mod.ts";
 import { createRegistries, type Registries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
+import type { EvalSettings } from "../core/types.ts";
 
 /**
  * Calls `fn` with a fresh temporary folder (its name starting with `prefix`, if given) and
@@ -23,6 +24,26 @@ export async function withTempDir<T>(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/**
+ * The evaluation settings of unit tests that call BC, Improve, PPO or the evaluators directly
+ * (a new object on every call): short outputs, no validation/test budget, no Best-of-N, and
+ * selection by the mean reward of 2 samples per source; `overrides` replaces fields.
+ */
+export function tinyEvalSettings(overrides: Partial<EvalSettings> = {}): EvalSettings {
+  return {
+    maxLen: 8,
+    batchSize: 16,
+    validSize: 0,
+    testSize: 0,
+    temperature: 0.8,
+    bestOfN: [],
+    bestOfNSize: 0,
+    selectBy: "sample",
+    selectSamples: 2,
+    ...overrides,
+  };
 }
 
 /**

@@ -7,7 +7,6 @@ import { evaluatePolicy } from "../../core/evaluate.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import type {
   BcSettings,
-  EvalSettings,
   Example,
   ModelFactory,
   RewardModel,
@@ -16,6 +15,7 @@ import type {
 import { fakeTokenizer } from "./_fakes.ts";
 import { writeReport } from "../../core/report.ts";
 import { BC_CURVE_FILE } from "../../core/report/bc_curve.ts";
+import { tinyEvalSettings } from "../_experiment.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -45,17 +45,7 @@ const SETTINGS: BcSettings = {
   checkpointSeconds: 0,
 };
 
-const EVALUATION: EvalSettings = {
-  maxLen: 8,
-  batchSize: 16,
-  validSize: 0,
-  testSize: 0,
-  temperature: 0.8,
-  bestOfN: [],
-  bestOfNSize: 0,
-  selectBy: "sample",
-  selectSamples: 2,
-};
+const EVALUATION = tinyEvalSettings();
 
 function context(dir: string, logs: string[]): BcContext {
   const tokenizer = fakeTokenizer.create({}, {} as never) as Tokenizer;

@@ -6,7 +6,6 @@ import { DistinctSamples, finalEvaluation, sequenceKl } from "../../core/evaluat
 import { hash53 } from "../../core/hash.ts";
 import { Rng } from "../../core/random.ts";
 import type {
-  EvalSettings,
   Example,
   Generation,
   Policy,
@@ -14,6 +13,7 @@ import type {
   TokenBatch,
   Tokenizer,
 } from "../../core/types.ts";
+import { tinyEvalSettings } from "../_experiment.ts";
 
 await tf.setBackend("cpu");
 
@@ -84,17 +84,7 @@ function examples(n: number): Example[] {
   return Array.from({ length: n }, (_, i) => ({ source: `s${i}`, reference: "a a a" }));
 }
 
-const SETTINGS: EvalSettings = {
-  maxLen: 8,
-  batchSize: 64,
-  validSize: 0,
-  testSize: 0,
-  temperature: 0.8,
-  bestOfN: [],
-  bestOfNSize: 0,
-  selectBy: "sample",
-  selectSamples: 2,
-};
+const SETTINGS = tinyEvalSettings({ batchSize: 64 });
 
 /** Exact KL(Bernoulli(p) || Bernoulli(q)). */
 function coinKl(p: number, q: number): number {

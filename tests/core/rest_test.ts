@@ -21,7 +21,6 @@ import {
 } from "../../core/rest.ts";
 import { DataError, UserError } from "../../core/errors.ts";
 import type {
-  EvalSettings,
   Example,
   Executor,
   GrowRow,
@@ -40,6 +39,7 @@ import { pluginDefaults } from "../../core/plugin.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { profiler } from "../../core/profile.ts";
 import { checkShardRows, planShards, rowsChecksum, shardSeed } from "../../core/shards.ts";
+import { tinyEvalSettings } from "../_experiment.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -144,17 +144,7 @@ async function setup() {
 }
 
 /** How the Improve steps under test score candidates on the selection split. */
-const SELECT_EVAL: EvalSettings = {
-  maxLen: 8,
-  batchSize: 8,
-  validSize: 0,
-  testSize: 0,
-  temperature: 0.8,
-  bestOfN: [],
-  bestOfNSize: 0,
-  selectBy: "sample",
-  selectSamples: 2,
-};
+const SELECT_EVAL = tinyEvalSettings({ batchSize: 8 });
 
 const GROW: GrowSettings = {
   samplesPerSource: 3,

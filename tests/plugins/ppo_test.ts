@@ -27,7 +27,13 @@ import {
   whiten,
 } from "../../plugins/algorithms/_ppo.ts";
 import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
-import { runTiny, tinyManifest, tinyRestRun, withTempDir } from "../_experiment.ts";
+import {
+  runTiny,
+  tinyEvalSettings,
+  tinyManifest,
+  tinyRestRun,
+  withTempDir,
+} from "../_experiment.ts";
 import ppo, {
   type MinibatchTargets,
   type PpoConfig,
@@ -390,17 +396,7 @@ function harness(seed = 3): Harness {
       evalSize: 0,
       checkpointSeconds: 120,
     },
-    evaluation: {
-      maxLen: 6,
-      batchSize: 16,
-      validSize: 0,
-      testSize: 0,
-      temperature: 0.8,
-      bestOfN: [],
-      bestOfNSize: 0,
-      selectBy: "sample",
-      selectSamples: 2,
-    },
+    evaluation: tinyEvalSettings({ maxLen: 6 }),
     progress: () => ({ tick() {}, done() {} }),
     log: (m) => logs.push(m),
   };
