@@ -16,7 +16,7 @@ import { UserError } from "../core/errors.ts";
 import { loadManifest } from "../core/manifest/mod.ts";
 import { createRegistries } from "../core/registry.ts";
 import { describePlan, runExperiment } from "../core/experiment.ts";
-import { renderTable, writeReport } from "../core/report.ts";
+import { renderTable, writeReport } from "../core/report/mod.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { loadBlas } from "../plugins/backends/blas.ts";
 import { EXIT_USER, exitProcess, runMain } from "./_main.ts";

@@ -8,7 +8,7 @@
 
 import { parseArgs } from "node:util";
 import { UserError } from "../core/errors.ts";
-import { renderTable, writeReport } from "../core/report.ts";
+import { renderTable, writeReport } from "../core/report/mod.ts";
 import { runMain } from "./_main.ts";
 
 const HELP = `Usage: deno task report <experiment-folder>

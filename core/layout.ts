@@ -6,7 +6,7 @@
  * @module
  */
 
-import { REPORT_FILES, SPLITS_FILE } from "./report.ts";
+import { REPORT_FILES, SPLITS_FILE } from "./report/mod.ts";
 
 export { SPLITS_FILE };
 
@@ -28,7 +28,7 @@ export const LOCK_FILE = ".lock";
 /**
  * Every name the framework gives an entry of the experiment folder: the tokenizer, the
  * shared folder, the lock, the record of the splits ({@link SPLITS_FILE}), the profile and the report's
- * tables and figures (core/report.ts). Files are
+ * tables and figures (core/report/). Files are
  * written atomically through a temporary sibling `<name>.tmp-<pid>-<id>`.
  */
 export const EXPERIMENT_FOLDER_ENTRIES: readonly string[] = [

@@ -11,7 +11,7 @@
 
 import { join } from "node:path";
 import { readMetrics } from "../run.ts";
-import { type ChartSpec, hasDrawablePoints, lineChart, type Series } from "../svg.ts";
+import { type ChartSpec, hasDrawablePoints, lineChart, type Series } from "./svg.ts";
 
 /** File name of the figure in the experiment folder. */
 export const BC_CURVE_FILE = "bc_curve.svg";

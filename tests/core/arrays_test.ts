@@ -3,7 +3,7 @@
 import "@tensorflow/tfjs-backend-cpu";
 import assert from "node:assert/strict";
 import { appendAll, maxOf, minOf } from "../../core/append.ts";
-import { lineChart } from "../../core/svg.ts";
+import { lineChart } from "../../core/report/svg.ts";
 import { makeBatch } from "../../core/batch.ts";
 
 Deno.test("maxOf/minOf: like Math.max/min, for any length", () => {

@@ -13,7 +13,7 @@ import type {
   Tokenizer,
 } from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
-import { writeReport } from "../../core/report.ts";
+import { writeReport } from "../../core/report/mod.ts";
 import { BC_CURVE_FILE } from "../../core/report/bc_curve.ts";
 import { tinyEvalSettings } from "../_experiment.ts";
 

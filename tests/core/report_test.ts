@@ -2,17 +2,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
 import { reservedEntry } from "../../core/layout.ts";
-import {
-  buildReport,
-  loadRuns,
-  loadSplitStats,
-  meanStd,
-  parseRunName,
-  renderCsv,
-  SPLITS_FILE,
-  writeReport,
-} from "../../core/report.ts";
-import { escapeXml, lineChart, niceTicks, stackedCharts } from "../../core/svg.ts";
+import { loadRuns, loadSplitStats, parseRunName } from "../../core/report/load.ts";
+import { buildReport, SPLITS_FILE, writeReport } from "../../core/report/mod.ts";
+import { escapeXml, lineChart, niceTicks, stackedCharts } from "../../core/report/svg.ts";
+import { meanStd, renderCsv } from "../../core/report/table.ts";
 import { hasStackTrace, runTask } from "../_cli.ts";
 
 const FIXTURE = new URL("../fixtures/report/demo", import.meta.url).pathname;

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { maxOf, minOf } from "./append.ts";
+import { maxOf, minOf } from "../append.ts";
 
 /** One line of a chart: a name for the legend and its (x, y) points. */
 export interface Series {
