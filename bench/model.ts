@@ -52,9 +52,31 @@ export const BENCH_SMALL = {
   length: 24,
   decodeBatch: 64,
   decodeSteps: 24,
-} as const;
+};
 
-/** Measured throughput of the bench-small shape on the active backend. */
+/** A model and batch shape {@link benchModel} can time. */
+export type BenchShape = { readonly [K in keyof typeof BENCH_SMALL]: number };
+
+/**
+ * The larger shape where a GPU should pull ahead: d_model 512, 8 heads, FFN 2048, 6+6 layers,
+ * training batch 64 (lengths, vocabulary and decoding as bench-small).
+ */
+export const BENCH_LARGE: BenchShape = {
+  ...BENCH_SMALL,
+  dModel: 512,
+  heads: 8,
+  ffn: 2048,
+  layers: 6,
+  batch: 64,
+};
+
+/** The shapes by the name `deno task bench --shape` takes. */
+export const BENCH_SHAPES: Readonly<Record<string, BenchShape>> = {
+  small: BENCH_SMALL,
+  large: BENCH_LARGE,
+};
+
+/** Measured throughput of a bench shape on the active backend. */
 export interface ModelBench {
   /** Target tokens per second of full training steps. */
   train_tokens_per_s: number;
@@ -90,6 +112,8 @@ function cpuSeconds(): number {
 export interface BenchOptions {
   /** Seconds to time training and decoding, each. */
   seconds: number;
+  /** The model and batch shape (default {@link BENCH_SMALL}). */
+  shape: BenchShape;
 }
 
 /** Times training and decoding on the active backend (one warm-up call each first). */
@@ -98,9 +122,10 @@ export async function benchModel(
 ): Promise<ModelBench> {
   const opts: BenchOptions = {
     seconds: 8,
+    shape: BENCH_SMALL,
     ...(typeof options === "number" ? { seconds: options } : options),
   };
-  const s = BENCH_SMALL;
+  const s = opts.shape;
   const factory = transformer.create({
     dModel: s.dModel,
     heads: s.heads,

@@ -3,7 +3,11 @@
 Not part of CI. Needs Debian's python3-torch (PyTorch 1.13 on OpenBLAS):
 
     apt-get install python3-torch
-    /usr/bin/python3 bench/pytorch_bench.py [--threads 1] [--seconds 5]
+    /usr/bin/python3 bench/pytorch_bench.py [--threads 1] [--seconds 5] [--shape small|large]
+        [--device cpu|cuda]
+
+`--shape large` is the shape of `deno task bench --shape large`; `--device cuda` runs on a
+GPU (PyTorch >= 2.0, timings synchronised with the device; bench/gpu.sh uses it).
 
 Prints one JSON line with train_tokens_per_s and decode_tokens_per_s (plus the same per
 CPU-second of this process), measured the way `deno task bench` measures the transformer
@@ -30,6 +34,11 @@ import time
 _parser = argparse.ArgumentParser()
 _parser.add_argument("--threads", type=int, default=1, help="threads (0 = every core)")
 _parser.add_argument("--seconds", type=float, default=5.0, help="seconds per phase")
+_parser.add_argument("--shape", choices=("small", "large"), default="small",
+                     help="small: bench-small; large: d_model 512, 8 heads, FFN 2048, 6+6 "
+                     "layers, training batch 64 (deno task bench --shape large)")
+_parser.add_argument("--device", default="cpu",
+                     help="torch device, e.g. cuda (needs PyTorch >= 2.0 for set_default_device)")
 ARGS = _parser.parse_args()
 if ARGS.threads > 0:
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -39,8 +48,12 @@ import torch  # noqa: E402  (after the thread variables)
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-D, HEADS, FFN, LAYERS, VOCAB = 256, 4, 1024, 3, 8000
-BATCH, SRC_LEN, TGT_LEN = 32, 24, 24
+if ARGS.shape == "large":
+    D, HEADS, FFN, LAYERS, VOCAB = 512, 8, 2048, 6, 8000
+    BATCH, SRC_LEN, TGT_LEN = 64, 24, 24
+else:
+    D, HEADS, FFN, LAYERS, VOCAB = 256, 4, 1024, 3, 8000
+    BATCH, SRC_LEN, TGT_LEN = 32, 24, 24
 DEC_BATCH, DEC_STEPS = 64, 24
 
 
@@ -172,9 +185,18 @@ def blas_threads():
     return None
 
 
+def sync():
+    """Waits for queued GPU work, so wall-clock timings cover it (nothing to do on the CPU)."""
+    if ARGS.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main():
     if ARGS.threads > 0:
         torch.set_num_threads(ARGS.threads)
+    if ARGS.device != "cpu":
+        # Every tensor below (parameters, batches, masks, caches) is created on the device.
+        torch.set_default_device(ARGS.device)
     torch.manual_seed(0)
     model = Model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -192,26 +214,32 @@ def main():
 
     for _ in range(2):
         step()
+    sync()
     steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while steps < 3 or time.perf_counter() - start < ARGS.seconds:
         step()
         steps += 1
+    sync()
     train_wall = time.perf_counter() - start
     train_cpu = time.process_time() - cpu
 
     model.eval()
     dsrc = torch.randint(4, VOCAB, (DEC_BATCH, SRC_LEN))
     model.greedy(dsrc, DEC_STEPS)
+    sync()
     runs, start, cpu = 0, time.perf_counter(), time.process_time()
     while runs < 3 or time.perf_counter() - start < ARGS.seconds:
         model.greedy(dsrc, DEC_STEPS)
         runs += 1
+    sync()
     decode_wall = time.perf_counter() - start
     decode_cpu = time.process_time() - cpu
     train_tokens = steps * BATCH * TGT_LEN
     decode_tokens = runs * DEC_BATCH * DEC_STEPS
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}",
+        "device": ARGS.device,
+        "shape": ARGS.shape,
         "threads": torch.get_num_threads(),
         "blas_threads": blas_threads(),
         "train_tokens_per_s": round(train_tokens / train_wall),

@@ -14,19 +14,22 @@ import { resolvePluginRef } from "../core/manifest/mod.ts";
 import { createPlugin } from "../core/experiment.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { benchBackend } from "../bench/matmul.ts";
-import { benchModel } from "../bench/model.ts";
+import { BENCH_SHAPES, benchModel } from "../bench/model.ts";
 import { runMain } from "./_main.ts";
 import { UserError } from "../core/errors.ts";
 
-const HELP = `Usage: deno task bench [--json] [--backend NAME] [--threads N]
+const HELP = `Usage: deno task bench [--json] [--backend NAME] [--threads N] [--shape small|large]
+                       [--seconds S] [--model-only]
 
-Times, on this machine, with the chosen backend (default auto):
+Times, on this machine, with the chosen backend (default auto; webgpu included):
 - the "bench-small" transformer (d_model 256, 4 heads, FFN 1024, 3+3 layers,
   shared vocabulary 8000, batch 32, lengths 24, Adam, no dropout): training
   target tokens/s and greedy decoding tokens/s (batch 64, 24 steps, cached),
-  also per CPU-second of this process;
+  also per CPU-second of this process; --shape large: d_model 512, 8 heads,
+  FFN 2048, 6+6 layers, training batch 64 (where a GPU should pull ahead);
+  --seconds: time per phase (default 5);
 - a 512x512x512 matrix multiply (GFLOP/s);
-- sentence chrF/BLEU scoring and BPE tokenizer training.
+- sentence chrF/BLEU scoring and BPE tokenizer training (not with --model-only).
 --threads sets the backend's BLAS threads (default 1, as bench/pytorch_bench.py;
 0 = every core). Prints a table, or one JSON line with --json.
 See bench/README.md for the comparison with PyTorch.`;
@@ -50,6 +53,9 @@ async function main(): Promise<number> {
       json: { type: "boolean", default: false },
       backend: { type: "string", default: "auto" },
       threads: { type: "string", default: "1" },
+      shape: { type: "string", default: "small" },
+      seconds: { type: "string", default: "5" },
+      "model-only": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -61,12 +67,44 @@ async function main(): Promise<number> {
   if (!/^\d+$/.test(values.threads!) || !Number.isSafeInteger(threads)) {
     throw new UserError(`--threads must be an integer >= 0, got ${JSON.stringify(values.threads)}`);
   }
+  const shape = BENCH_SHAPES[values.shape!];
+  if (shape === undefined || !Object.hasOwn(BENCH_SHAPES, values.shape!)) {
+    throw new UserError(
+      `--shape must be one of ${Object.keys(BENCH_SHAPES).join(", ")}, got ` +
+        JSON.stringify(values.shape),
+    );
+  }
+  const seconds = Number(values.seconds);
+  if (!(seconds > 0 && seconds <= 3600)) {
+    throw new UserError(
+      `--seconds must be a number in (0, 3600], got ${JSON.stringify(values.seconds)}`,
+    );
+  }
   const registries = createRegistries(builtinPlugins);
   const deps = { seed: 1, baseDir: Deno.cwd(), smoke: false, log: () => {} };
   const backendRef = await resolvePluginRef(registries, "backend", values.backend, "--backend");
   const backendPlugin = registries.backend.get(backendRef.name);
   const matmul = await benchBackend(backendPlugin, 512, 1, { threads });
-  const model = await benchModel(5);
+  if (matmul.gflops === null && matmul.threads === undefined) {
+    // The backend did not start: timing the model would measure whatever backend is active.
+    throw new UserError(`--backend ${backendRef.name}: ${matmul.error}`);
+  }
+  const model = await benchModel({ seconds, shape });
+  const modelResult = {
+    train_tokens_per_s: model.train_tokens_per_s,
+    decode_tokens_per_s: model.decode_tokens_per_s,
+    train_tokens_per_cpu_s: model.train_tokens_per_cpu_s,
+    decode_tokens_per_cpu_s: model.decode_tokens_per_cpu_s,
+    decode_tokens_per_run: model.decode_tokens_per_run,
+    train_steps: model.train_steps,
+    decode_runs: model.decode_runs,
+    shape: values.shape!,
+    backend: backendRef.name === "auto" ? `auto (${tf.getBackend()})` : backendRef.name,
+    threads: matmul.threads ?? null,
+    matmul_gflops: matmul.gflops,
+    ...(matmul.error ? { matmul_error: matmul.error } : {}),
+  };
+  if (values["model-only"]) return report(modelResult, values.json!);
 
   const dataRef = await resolvePluginRef(
     registries,
@@ -98,22 +136,19 @@ async function main(): Promise<number> {
   const tokenizerSeconds = (performance.now() - trainStart) / 1000;
 
   const result = {
-    train_tokens_per_s: model.train_tokens_per_s,
-    decode_tokens_per_s: model.decode_tokens_per_s,
-    train_tokens_per_cpu_s: model.train_tokens_per_cpu_s,
-    decode_tokens_per_cpu_s: model.decode_tokens_per_cpu_s,
-    decode_tokens_per_run: model.decode_tokens_per_run,
-    backend: backendRef.name === "auto" ? `auto (${tf.getBackend()})` : backendRef.name,
-    threads: matmul.threads ?? null,
-    matmul_gflops: matmul.gflops,
-    ...(matmul.error ? { matmul_error: matmul.error } : {}),
+    ...modelResult,
     chrf_sentences_per_s: Math.round(chrfPerSecond),
     bleu_sentences_per_s: Math.round(bleuPerSecond),
     corpus_chrf_seconds: Number(corpusSeconds.toFixed(4)),
     corpus_sentences: hyps.length,
     bpe_train_seconds: Number(tokenizerSeconds.toFixed(4)),
   };
-  if (values.json) {
+  return report(result, values.json!);
+}
+
+/** Prints `result` as a table, or one JSON line; returns the exit code 0. */
+function report(result: Record<string, unknown>, json: boolean): number {
+  if (json) {
     console.log(JSON.stringify(result));
   } else {
     for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(24)} ${value}`);
