@@ -126,3 +126,23 @@ Deno.test("schema: the committed manifest schema is up to date", async () => {
   const committed = await Deno.readTextFile(join(ROOT_DIR, "experiments/manifest.schema.json"));
   assert.equal(committed, schemaText(), "run `deno task schema` and commit the result");
 });
+
+Deno.test("exp --backend tensorflow without tfjs-node: exit 2 naming the packages and the steps", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tensorflow_none_" });
+  try {
+    const r = await runTask("exp", [
+      "experiments/quickstart.json",
+      "--smoke",
+      "--backend",
+      "tensorflow",
+      "--out",
+      dir,
+    ]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /tensorflow backend unavailable: @tensorflow\/tfjs-node-gpu: /);
+    assert.match(r.stderr, /deno install --allow-scripts=npm:@tensorflow\/tfjs-node/);
+    assert.ok(!hasStackTrace(r.stderr), r.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
