@@ -56,13 +56,19 @@ Deno.test({
     assert.equal(r.code, 0, `exit ${r.code}\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`);
     assert.match(r.stdout + r.stderr, /backend: webgpu/);
     assert.doesNotMatch(r.stderr, /GPU rejected work/);
+    const records = async (path: string) =>
+      (await Deno.readTextFile(join(out, "quickstart", path))).trim().split("\n")
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const values = (rows: Record<string, unknown>[], key: RegExp) =>
+      rows.flatMap((m) => Object.entries(m).filter(([k]) => key.test(k)).map(([, v]) => v));
+    // Training losses of BC (shared by the runs) and of ReST's Improve steps, then test chrF.
+    for (const path of ["shared/bc/metrics.jsonl", "rest/metrics.jsonl"]) {
+      const losses = values(await records(path), /\/loss$/);
+      assert.ok(losses.length > 0 && losses.every(Number.isFinite), `${path}: losses ${losses}`);
+    }
     for (const run of ["bc", "rest"]) {
-      const metrics = await Deno.readTextFile(join(out, "quickstart", run, "metrics.jsonl"));
-      const records = metrics.trim().split("\n").map((line) => JSON.parse(line));
-      const chrf = records.map((m) => m["eval/test_chrf"]).filter((v) => v !== undefined);
+      const chrf = values(await records(`${run}/metrics.jsonl`), /^eval\/test_chrf$/);
       assert.ok(chrf.length > 0 && chrf.every(Number.isFinite), `${run}: test chrF ${chrf}`);
-      const losses = records.map((m) => m["train/loss"]).filter((v) => v !== undefined);
-      assert.ok(losses.length > 0 && losses.every(Number.isFinite), `${run}: losses ${losses}`);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
