@@ -149,13 +149,15 @@ async function main(args: string[]): Promise<number> {
   if (blasFailure !== undefined) log(`OpenBLAS not loaded: ${blasFailure.message.split("\n")[0]}`);
   const id = `${hostname()}:${Deno.pid}`;
   const redis = connect(url);
-  redis.on("error", () => {});
   const workshop = new Workshop(options, redis);
   let shards = 0;
   const worker = new Worker(
     options.name,
     async (job) => {
       const message = checkMessage(job.data);
+      log(
+        `shard ${message.shard.index} of ${message.key}: started (attempt ${job.attemptsMade + 1})`,
+      );
       const started = performance.now();
       const tools = await workshop.tools(message);
       const rows = await growShard(tools, message.shard, message.settings);
@@ -172,10 +174,21 @@ async function main(args: string[]): Promise<number> {
       maxStalledCount: 10,
     },
   );
-  worker.on("error", (error) => log(`queue: ${redact(error.message, address)}`));
+  let lastError = "";
+  worker.on("error", (error) => {
+    // While Redis is away every reconnect fails alike: say it once.
+    if (error.message !== lastError) log(`queue: ${redact(error.message, address)}`);
+    lastError = error.message;
+  });
   worker.on("failed", (job, error) => {
     log(`shard job ${job?.id ?? "?"} failed: ${redact(error.message, address)}`);
   });
+  // A worker whose launcher is gone (killed, even by SIGKILL) stops at once, like its
+  // launcher: BullMQ hands its shard to another worker once its lock expires.
+  const parent = Deno.ppid;
+  Deno.unrefTimer(setInterval(() => {
+    if (Deno.ppid !== parent) Deno.exit(137);
+  }, 250));
   log(`${id} takes Grow shards from queue "${options.name}" on ${address.redacted}`);
   await new Promise<void>((done) => {
     let signals = 0;

@@ -11,10 +11,14 @@ import { Redis } from "ioredis";
  * blocking commands survive a reconnect). TLS for `rediss://`.
  */
 export function connect(url: string, options: { lazy?: boolean } = {}): Redis {
-  return new Redis(url, {
+  const redis = new Redis(url, {
     maxRetriesPerRequest: null,
     lazyConnect: options.lazy ?? false,
     // Reconnect quickly while the server restarts, then back off to one try a second.
     retryStrategy: (times: number) => Math.min(50 * times, 1000),
   });
+  // Connection errors surface as failed commands (the executor retries them, then reports
+  // the queue unreachable); without a listener ioredis would print each with a stack trace.
+  redis.on("error", () => {});
+  return redis;
 }

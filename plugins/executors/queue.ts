@@ -271,8 +271,6 @@ class QueueExecutor implements Executor {
     const { Queue, QueueEvents } = await import("bullmq");
     const { connect } = await import("./_redis.ts");
     const redis = connect(this.#config.url);
-    // Connection errors are retried (and reported by #within); keep them off the console.
-    redis.on("error", () => {});
     const queue = new Queue(this.#config.queue, { connection: redis });
     queue.on("error", () => {});
     const events = new QueueEvents(this.#config.queue, {
@@ -289,8 +287,11 @@ class QueueExecutor implements Executor {
     const open = this.#open;
     this.#open = undefined;
     if (open === undefined) return;
-    await open.events.close().catch(() => {});
-    await open.queue.close().catch(() => {});
+    // With Redis gone, closing politely would wait for it forever: a second at most.
+    const briefly = (closing: Promise<unknown>) =>
+      Promise.race([closing.catch(() => {}), new Promise((done) => setTimeout(done, 1000))]);
+    await briefly(open.events.close());
+    await briefly(open.queue.close());
     open.redis.disconnect();
   }
 }
