@@ -66,10 +66,12 @@ export type {
   DecodeOptions,
   EvalSettings,
   Example,
+  Executor,
   ForwardOutput,
   Generation,
   GrowRow,
   GrowSettings,
+  GrowShard,
   ImproveSettings,
   Loss,
   LossContext,
@@ -91,6 +93,7 @@ export type {
   Scalar,
   Schedule,
   SectionUse,
+  ShardJob,
   Side,
   SpecialIds,
   Splits,
@@ -104,6 +107,8 @@ export type {
   Tokenizer,
   TrainSettings,
   Variable,
+  WorkerRecipe,
+  WorkerSection,
 } from "./core/types.ts";
 export { type ExperimentOptions, type ExperimentResult, runExperiment } from "./core/experiment.ts";
 export {
