@@ -23,7 +23,8 @@ import { ManifestError, UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
-import { MetricsWriter, readMetrics } from "../../core/run.ts";
+import { exists, MetricsWriter, readMetrics } from "../../core/run.ts";
+import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import type {
   EvalSettings,
@@ -447,4 +448,48 @@ Deno.test("dual_xent: config errors name the option", async () => {
   assert.equal(model.config.dModel, 128);
   assert.equal((ref.config.training as { steps: number }).steps, 3000);
   assert.equal(typeof dualXent.smoke, "function");
+});
+
+Deno.test("dual_xent: nested in weighted, prepared in its component folder and averaged", async () => {
+  const setup = await tinySetup();
+  const dir = await Deno.makeTempDir();
+  try {
+    const dual = {
+      ...TINY_CONFIG,
+      training: { ...TINY_CONFIG.training, steps: 20, evalEvery: 0 },
+      calibration: { method: "none" },
+      report: { sources: 0, testSources: 0 },
+    };
+    const ref = await resolvePluginRef(registries, "reward", {
+      name: "weighted",
+      config: {
+        components: [
+          { reward: { name: "dual_xent", config: dual }, weight: 3 },
+          { reward: "chrf", weight: 1 },
+        ],
+      },
+    }, "test");
+    const deps = { seed: 1, baseDir: "/", smoke: false, log: () => {} };
+    const weighted = await createPlugin(registries, "reward", ref, deps);
+    await weighted.prepare!(context(setup, dir, []));
+    assert.ok(await exists(join(dir, "component_0", "forward", "policy.json")));
+    assert.ok(await exists(join(dir, "component_0", "dual_xent.json")));
+    // The same dual_xent alone, reloaded from that folder.
+    const alone = await makeReward(dual);
+    await alone.prepare(context(setup, join(dir, "component_0"), []));
+    const rows = setup.splits.valid.slice(0, 6).map((e, i) => ({
+      source: e.source,
+      hypothesis: setup.splits.valid[i + 1].reference,
+      reference: e.reference,
+    }));
+    const mixed = await weighted.score(rows);
+    const parts = await alone.score(rows);
+    const chrf = rows.map((r) => sentenceChrf(r.hypothesis, r.reference) / 100);
+    mixed.forEach((s, i) => {
+      const expected = 0.75 * parts[i] + 0.25 * chrf[i];
+      assert.ok(Math.abs(s - expected) < 1e-9, `row ${i}: ${s} vs ${expected}`);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
