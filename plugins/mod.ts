@@ -9,7 +9,7 @@ import type { PluginDefinition } from "../core/plugin.ts";
 
 import baselines from "./algorithms/baselines.ts";
 import bc from "./algorithms/bc.ts";
-import ppo from "./algorithms/ppo.ts";
+import ppo from "./algorithms/ppo/mod.ts";
 import rest from "./algorithms/rest.ts";
 import auto from "./backends/auto.ts";
 import blas from "./backends/blas.ts";

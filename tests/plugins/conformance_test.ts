@@ -1,7 +1,7 @@
 /**
  * Every built-in plugin: its schema compiles in strict mode, its defaults validate,
- * `create` works with the defaults, its name is its file stem, and every plugin
- * file is listed in plugins/mod.ts.
+ * `create` works with the defaults, its name is its file stem (or its folder's name for a
+ * plugin folder `<name>/mod.ts`), and every plugin file is listed in plugins/mod.ts.
  */
 import { REQUIRED_METHODS } from "../../core/plugin_guard.ts";
 import assert from "node:assert/strict";
@@ -27,7 +27,7 @@ Deno.test("builtin plugin names are unique per kind", () => {
   createRegistries(builtinPlugins);
 });
 
-Deno.test("every plugin file is registered, under its file stem and its folder's kind", async () => {
+Deno.test("every plugin file (or folder) is registered, under its stem and its folder's kind", async () => {
   const registered = new Set<PluginDefinition>(builtinPlugins);
   for (const [folder, kind] of Object.entries(FOLDERS)) {
     const dir = join(ROOT_DIR, "plugins", folder);
@@ -36,13 +36,19 @@ Deno.test("every plugin file is registered, under its file stem and its folder's
       throw error;
     });
     for (const entry of entries) {
-      if (!entry.isFile || !entry.name.endsWith(".ts") || entry.name.startsWith("_")) continue;
-      const module = await import(`file://${join(dir, entry.name)}`);
+      if (entry.name.startsWith("_")) continue;
+      // A plugin is a file `<name>.ts` or a folder `<name>/` whose `mod.ts` is the plugin.
+      let file: string, stem: string;
+      if (entry.isDirectory) [file, stem] = [`${entry.name}/mod.ts`, entry.name];
+      else if (entry.isFile && entry.name.endsWith(".ts")) {
+        [file, stem] = [entry.name, basename(entry.name, ".ts")];
+      } else continue;
+      const module = await import(`file://${join(dir, file)}`);
       const plugin = module.default as PluginDefinition;
-      assert.ok(plugin, `${folder}/${entry.name} has no default export`);
-      assert.equal(plugin.name, basename(entry.name, ".ts"), `${folder}/${entry.name}`);
-      assert.equal(plugin.kind, kind, `${folder}/${entry.name}`);
-      assert.ok(registered.has(plugin), `${folder}/${entry.name} is not listed in plugins/mod.ts`);
+      assert.ok(plugin, `${folder}/${file} has no default export`);
+      assert.equal(plugin.name, stem, `${folder}/${file}`);
+      assert.equal(plugin.kind, kind, `${folder}/${file}`);
+      assert.ok(registered.has(plugin), `${folder}/${file} is not listed in plugins/mod.ts`);
     }
   }
 });

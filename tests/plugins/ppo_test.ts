@@ -25,7 +25,7 @@ import {
   PositionBaseline,
   rolloutAdvantages,
   whiten,
-} from "../../plugins/algorithms/_ppo.ts";
+} from "../../plugins/algorithms/ppo/math.ts";
 import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
 import {
   runTiny,
@@ -34,7 +34,8 @@ import {
   tinyRestRun,
   withTempDir,
 } from "../_experiment.ts";
-import ppo, {
+import ppo from "../../plugins/algorithms/ppo/mod.ts";
+import {
   type MinibatchTargets,
   type PpoConfig,
   ppoLoss,
@@ -43,7 +44,7 @@ import ppo, {
   runPpo,
   scoreRollout,
   type StepStats,
-} from "../../plugins/algorithms/ppo.ts";
+} from "../../plugins/algorithms/ppo/loop.ts";
 import { makeBatch } from "../../core/batch.ts";
 import { disposeBatch } from "../../core/train.ts";
 import { rowTarget } from "../../core/rest.ts";

@@ -18,14 +18,14 @@
  *   `[B, T]` tensors, masked to real tokens;
  * - {@link PositionBaseline}: a critic-free baseline for policies without a value head.
  *
- * Per-token log-probabilities, entropies and masked means are in `../_nn/token_stats.ts`.
+ * Per-token log-probabilities, entropies and masked means are in `../../_nn/token_stats.ts`.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { appendAll } from "../../core/append.ts";
-import { maskedMean } from "../_nn/token_stats.ts";
+import { appendAll } from "../../../core/append.ts";
+import { maskedMean } from "../../_nn/token_stats.ts";
 
 /** Per-token rewards of one sampled sequence and its KL estimate to the reference. */
 export interface PenalisedRewards {
@@ -78,7 +78,7 @@ export interface GaeResult {
  *
  * @example Three steps, gamma 0.9, lambda 0.8
  * ```ts
- * import { gae } from "./_ppo.ts";
+ * import { gae } from "./math.ts";
  * const { advantages } = gae([0, 0, 1], [0.5, 0.6, 0.7], 0.9, 0.8);
  * console.assert(Math.abs(advantages[2] - 0.3) < 1e-12);
  * ```
