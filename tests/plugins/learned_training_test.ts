@@ -304,12 +304,18 @@ function trainOnce(): Promise<Trained> {
     );
     const reward = await makeReward({
       model: { dModel: 16, heads: 2, ffn: 32, layers: 1, hidden: 16, dropout: 0, maxTokens: 64 },
-      training: { steps: 300, batchSize: 64, learningRate: 0.004, warmupSteps: 20 },
+      training: {
+        steps: 300,
+        batchSize: 64,
+        learningRate: 0.004,
+        warmupSteps: 20,
+        rankingWeight: 1,
+      },
       dataset: {
         sources: 80,
         temperatures: [],
         corruptionsPerSource: 9,
-        corruptions: { mismatch: 0 },
+        corruptions: { mismatch: 0, drop_clause: 1, add: 1 },
         foreign: [{ name: "tsv", config: { paths: ["foreign.tsv"], validSize: 0, testSize: 0 } }],
       },
       heldOut: 0.1,
