@@ -34,7 +34,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { parseArgs } from "node:util";
 import process from "node:process";
-import transformer from "../plugins/models/transformer.ts";
+import transformer from "../plugins/models/transformer/mod.ts";
 import { Adam } from "../core/optim.ts";
 import { optimizerStep } from "../core/train.ts";
 import { makeBatch, nllLoss } from "../core/batch.ts";

@@ -35,7 +35,7 @@ import bcLoss from "./losses/bc.ts";
 import bvmpo from "./losses/bvmpo.ts";
 import gold from "./losses/gold.ts";
 import offlinePpo from "./losses/offline_ppo.ts";
-import transformer from "./models/transformer.ts";
+import transformer from "./models/transformer/mod.ts";
 import fixed from "./thresholds/fixed.ts";
 import interpolate from "./thresholds/interpolate.ts";
 import linear from "./thresholds/linear.ts";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import { type BcContext, trainOrLoadBc } from "../../core/bc.ts";
 import { evaluatePolicy } from "../../core/evaluate.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";

@@ -3,7 +3,7 @@ import { sampleInOrder } from "../../core/random.ts";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import bcLoss from "../../plugins/losses/bc.ts";
 import fixed from "../../plugins/thresholds/fixed.ts";
 import {

@@ -17,7 +17,8 @@ import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
 import tensorflow, { probeTensorflow } from "../../plugins/backends/tensorflow.ts";
 import wasm from "../../plugins/backends/wasm.ts";
 import { loadBlas, sgemm } from "../../plugins/_nn/blas_ffi.ts";
-import transformer, { type TransformerPolicy } from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
+import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
 import {
   rowArgmaxExpSums,
   rowExpSums,
@@ -33,7 +34,7 @@ import {
 } from "../../plugins/_nn/simd.ts";
 import { giveBuffer, takeBuffer } from "../../plugins/_nn/buffer_pool.ts";
 import { maskedSoftmaxInPlace, softmaxBackwardInPlace } from "../../plugins/_nn/attention.ts";
-import { attendOne } from "../../plugins/models/_decode.ts";
+import { attendOne } from "../../plugins/models/transformer/decode.ts";
 import { SIMD_SOURCE_SHA256 } from "../../plugins/_nn/simd_wasm.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 

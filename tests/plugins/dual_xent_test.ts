@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import dualXent, {
   calibrate,
   crossEntropies,

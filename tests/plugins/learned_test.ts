@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
 import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import {

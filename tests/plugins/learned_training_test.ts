@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
 import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import { buildRows, drawKind, sourceBatches } from "../../plugins/rewards/learned.ts";
 import { addWords, corrupt, CORRUPTION_KINDS, dropClause } from "../../plugins/rewards/_corrupt.ts";
 import { type QeItem, QeModel, rankingLoss } from "../../plugins/rewards/_qe_model.ts";

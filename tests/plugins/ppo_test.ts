@@ -50,7 +50,7 @@ import { disposeBatch } from "../../core/train.ts";
 import { rowTarget } from "../../core/rest.ts";
 import { maskedMean } from "../../plugins/_nn/token_stats.ts";
 import { Rng } from "../../core/random.ts";
-import transformer from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { createAjv } from "../../core/manifest/ajv.ts";
 

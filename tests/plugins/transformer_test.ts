@@ -1,18 +1,19 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer, {
+import transformer from "../../plugins/models/transformer/mod.ts";
+import {
   restoreTransformer,
   sampleToken,
   TRANSFORMER_DEFAULTS,
   type TransformerPolicy,
-} from "../../plugins/models/transformer.ts";
+} from "../../plugins/models/transformer/policy.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
 import { Rng } from "../../core/random.ts";
 import type { Generation, ModelFactory, Policy } from "../../core/types.ts";
 import { scoreTokens } from "../../core/rest.ts";
-import { RowSampler } from "../../plugins/models/_decode.ts";
+import { RowSampler } from "../../plugins/models/transformer/search.ts";
 import { preciseExp } from "../../plugins/_nn/exp.ts";
 import { referenceBehaviour } from "../_behaviour_reference.ts";
 

@@ -22,7 +22,8 @@ import webgpu, {
   isSoftwareAdapter,
   requestAdapter,
 } from "../../plugins/backends/webgpu.ts";
-import transformer, { type TransformerPolicy } from "../../plugins/models/transformer.ts";
+import transformer from "../../plugins/models/transformer/mod.ts";
+import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
 
 const found = await requestAdapter();
 const noAdapter = "missing" in found;

@@ -1,5 +1,5 @@
 /**
- * `transformer`: a pre-LN encoder-decoder transformer (Vaswani et al. 2017 with layer
+ * The policy of the `transformer` model plugin (`mod.ts`): a pre-LN encoder-decoder transformer (Vaswani et al. 2017 with layer
  * norm before each sublayer, as in Xiong et al. 2020, and a final layer norm on each
  * stack), written on tfjs-core without tfjs-layers.
  *
@@ -15,7 +15,8 @@
  *
  * Speed: every encoder/decoder layer is a single differentiable op with a hand-written
  * backward pass (see `../_nn/layers.ts`), the loss never materialises the logits as a tensor,
- * and decoding is incremental with key/value caches (see `_decode.ts`). On the `blas`
+ * and decoding is incremental with key/value caches (see `decode.ts`; the searches are in
+ * `search.ts`). On the `blas`
  * backend the layers call OpenBLAS directly and about 80% of a training step is spent
  * in its matrix products; the rest is mostly WebAssembly SIMD kernels (`../_nn/simd.ts`).
  * `bench/README.md` compares the speed with PyTorch.
@@ -34,21 +35,19 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 // Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
 import "@tensorflow/tfjs";
-import { definePlugin } from "../../core/plugin.ts";
-import { Rng } from "../../core/random.ts";
+import { Rng } from "../../../core/random.ts";
 import type {
   BeamOptions,
   DecodeOptions,
   ForwardOutput,
   Generation,
-  ModelFactory,
   Policy,
   PolicyState,
   SampleOptions,
   SpecialIds,
   TokenBatch,
-} from "../../core/types.ts";
-import { values } from "../_nn/custom_op.ts";
+} from "../../../core/types.ts";
+import { values } from "../../_nn/custom_op.ts";
 import {
   decoderLayerOps,
   deviceMasks,
@@ -57,12 +56,12 @@ import {
   isDeviceBackend,
   layerNormOps,
   outputLogProbsOps,
-} from "../_nn/device.ts";
-import type { RunOptions } from "../_nn/dropout.ts";
-import { embedOp, type Lookup, sinusoidTable } from "../_nn/embedding.ts";
-import { fillNormal, fillXavierUniform } from "../_nn/init.ts";
-import { decoderLayerOp, encoderLayerOp } from "../_nn/layers.ts";
-import { layerNormOp } from "../_nn/layer_norm.ts";
+} from "../../_nn/device.ts";
+import type { RunOptions } from "../../_nn/dropout.ts";
+import { embedOp, type Lookup, sinusoidTable } from "../../_nn/embedding.ts";
+import { fillNormal, fillXavierUniform } from "../../_nn/init.ts";
+import { decoderLayerOp, encoderLayerOp } from "../../_nn/layers.ts";
+import { layerNormOp } from "../../_nn/layer_norm.ts";
 import {
   type Activation,
   DECODER_PARAMS,
@@ -70,20 +69,18 @@ import {
   ENCODER_PARAMS,
   layerParamShapes,
   ParamView,
-} from "../_nn/layer_params.ts";
-import { outputLogProbsOp } from "../_nn/output_log_probs.ts";
-import { simdMark, simdRelease } from "../_nn/simd.ts";
+} from "../../_nn/layer_params.ts";
+import { outputLogProbsOp } from "../../_nn/output_log_probs.ts";
+import { simdMark, simdRelease } from "../../_nn/simd.ts";
+import { encode, type InferenceModel, StepDecoder } from "./decode.ts";
 import {
   beamSearch,
-  encode,
   greedyChooser,
   type Hypothesis,
-  type InferenceModel,
   RowSampler,
   runSearch,
   samplingChooser,
-  StepDecoder,
-} from "./_decode.ts";
+} from "./search.ts";
 
 /** Config of the `transformer` model plugin. */
 export interface TransformerConfig {
@@ -132,7 +129,7 @@ export const TRANSFORMER_DEFAULTS: Readonly<TransformerConfig> = Object.freeze({
   layerNormEps: 1e-5,
 });
 
-/** What {@link ModelFactory.build} receives. */
+/** What `ModelFactory.build` (core/types.ts) receives. */
 export interface BuildOptions {
   /** Source vocabulary size. */
   sourceVocab: number;
@@ -873,126 +870,3 @@ export function sampleToken(
 ): number {
   return new RowSampler(logProbs.length, options).sample(logProbs, 0, rng);
 }
-
-/** The smoke-test shape: d 32, 2 heads, FFN 64, one encoder and one decoder layer. */
-export function smokeConfig(config: Partial<TransformerConfig>): Partial<TransformerConfig> {
-  return { ...config, dModel: 32, heads: 2, ffn: 64, encoderLayers: 1, decoderLayers: 1 };
-}
-
-/** The `transformer` model plugin. */
-export default definePlugin({
-  kind: "model",
-  name: "transformer",
-  summary: "Pre-LN encoder-decoder transformer with sinusoidal positions, tied embeddings, " +
-    "cached incremental decoding (greedy, sampling, beam) and an optional value head.",
-  configSchema: {
-    type: "object",
-    additionalProperties: false,
-    properties: {
-      dModel: {
-        type: "integer",
-        minimum: 2,
-        default: TRANSFORMER_DEFAULTS.dModel,
-        description: "Model width d (embedding and hidden size); a multiple of heads.",
-      },
-      heads: {
-        type: "integer",
-        minimum: 1,
-        default: TRANSFORMER_DEFAULTS.heads,
-        description: "Attention heads per layer; must divide dModel.",
-      },
-      ffn: {
-        type: "integer",
-        minimum: 1,
-        default: TRANSFORMER_DEFAULTS.ffn,
-        description: "Inner width of each feed-forward sublayer.",
-      },
-      encoderLayers: {
-        type: "integer",
-        minimum: 0,
-        default: TRANSFORMER_DEFAULTS.encoderLayers,
-        description: "Number of encoder layers.",
-      },
-      decoderLayers: {
-        type: "integer",
-        minimum: 0,
-        default: TRANSFORMER_DEFAULTS.decoderLayers,
-        description: "Number of decoder layers.",
-      },
-      dropout: {
-        type: "number",
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: TRANSFORMER_DEFAULTS.dropout,
-        description: "Dropout rate on embeddings and sublayer outputs, applied only when training.",
-      },
-      attentionDropout: {
-        type: "number",
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: TRANSFORMER_DEFAULTS.attentionDropout,
-        description: "Dropout rate on attention probabilities, applied only when training.",
-      },
-      activation: {
-        type: "string",
-        enum: ["relu", "gelu"],
-        default: TRANSFORMER_DEFAULTS.activation,
-        description: "Feed-forward activation: relu, or gelu (tanh approximation).",
-      },
-      labelSmoothing: {
-        type: "number",
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: TRANSFORMER_DEFAULTS.labelSmoothing,
-        description: "Label smoothing eps used by nllLoss (core/batch.ts) when the loss does " +
-          "not set its own: the target is (1 - eps) one-hot + eps uniform.",
-      },
-      shareEmbeddings: {
-        type: "string",
-        enum: ["all", "decoder", "none"],
-        default: TRANSFORMER_DEFAULTS.shareEmbeddings,
-        description: "Tied embeddings: all (source, target and output projection share one " +
-          "table; needs a joint vocabulary, otherwise behaves as decoder), decoder (target " +
-          "embedding = output projection), none.",
-      },
-      maxPositions: {
-        type: "integer",
-        minimum: 1,
-        default: TRANSFORMER_DEFAULTS.maxPositions,
-        description: "Rows of the precomputed sinusoidal position table; longer sequences " +
-          "extend it (sinusoidal positions have no hard limit).",
-      },
-      initScale: {
-        type: "number",
-        exclusiveMinimum: 0,
-        default: TRANSFORMER_DEFAULTS.initScale,
-        description: "Multiplier on the initial weight scales (Xavier uniform projections, " +
-          "N(0, 1/d) embeddings).",
-      },
-      layerNormEps: {
-        type: "number",
-        exclusiveMinimum: 0,
-        default: TRANSFORMER_DEFAULTS.layerNormEps,
-        description: "Epsilon added to the variance in layer norm.",
-      },
-    },
-  },
-  check(partial: Partial<TransformerConfig>) {
-    // The same rule checkConfig enforces when a policy is built, reported at validation.
-    const config = { ...TRANSFORMER_DEFAULTS, ...partial };
-    return config.dModel % config.heads === 0 ? [] : [{
-      path: "/heads",
-      message: `must divide dModel (${config.dModel}) so that every head gets ` +
-        `dModel / heads dimensions (got ${config.heads})`,
-    }];
-  },
-  smoke: smokeConfig,
-  create(config: Partial<TransformerConfig>): ModelFactory {
-    const resolved = { ...TRANSFORMER_DEFAULTS, ...config };
-    return {
-      build(options: BuildOptions): Policy {
-        return new TransformerPolicy(resolved, options);
-      },
-    };
-  },
-});
