@@ -17,6 +17,8 @@ import {
   TransformerPolicy,
 } from "./policy.ts";
 
+export type { TransformerConfig } from "./policy.ts";
+
 /** The smoke-test shape: d 32, 2 heads, FFN 64, one encoder and one decoder layer. */
 export function smokeConfig(config: Partial<TransformerConfig>): Partial<TransformerConfig> {
   return { ...config, dModel: 32, heads: 2, ffn: 64, encoderLayers: 1, decoderLayers: 1 };
