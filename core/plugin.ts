@@ -18,6 +18,7 @@ import type {
   Loss,
   LossContext,
   LossInput,
+  LossRecorder,
   ModelFactory,
   RewardModel,
   RunSection,
@@ -300,7 +301,7 @@ export interface LossParts {
    */
   compute(
     input: LossInput,
-    record: (name: string, value: number) => void,
+    record: LossRecorder,
     ctx: LossContext,
   ): Scalar;
   /** Extra trainable variables (default none); read each time the trainer asks. */

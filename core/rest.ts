@@ -978,7 +978,8 @@ export async function improve(
       variables: loss.variables,
       stepOffset: position.stepOffset,
       afterStep: (step) => loss.afterStep(step),
-      loss: (batch, items) => loss.compute(lossInput(batch, items, sourceMeans), record),
+      loss: (batch, items, record) => loss.compute(lossInput(batch, items, sourceMeans), record),
+      record,
       // No selection data (evalSize covering nothing): no selection, the trained weights stay.
       // One seed for the whole run: every candidate, in every Improve step, is scored on the
       // same draws, so step i+1's incoming score is step i's best.

@@ -10,7 +10,15 @@ import * as tf from "@tensorflow/tfjs-core";
 import { UserError } from "./errors.ts";
 import { Adam, clipToNorm, globalNormSquared, learningRate, readsOnlyAsync } from "./optim.ts";
 import { Rng } from "./random.ts";
-import type { Metrics, MetricsLog, Policy, Progress, TokenBatch, TrainSettings } from "./types.ts";
+import type {
+  LossRecorder,
+  Metrics,
+  MetricsLog,
+  Policy,
+  Progress,
+  TokenBatch,
+  TrainSettings,
+} from "./types.ts";
 import { makeBatch } from "./batch.ts";
 import { profiler } from "./profile.ts";
 import {
@@ -72,10 +80,27 @@ export interface TokenPair {
   truncated?: boolean;
 }
 
+/**
+ * Hands the one-element tensor `value` to `record` as `name`: the tensor itself (kept out of the
+ * enclosing tidy) where the receiver takes tensors ({@link LossRecorder.tensor}, as
+ * {@link optimizerStep}'s does: it reads them after the step, asynchronously), else its
+ * number, read at once (which device backends such as WebGPU under Deno cannot do).
+ */
+export function recordScalar(record: LossRecorder, name: string, value: tf.Tensor): void {
+  if (record.tensor !== undefined) record.tensor(name, tf.keep(value) as tf.Scalar);
+  else record(name, value.dataSync()[0]);
+}
+
 /** What the loop calls back into. */
 export interface TrainHooks<P extends TokenPair = TokenPair> {
-  /** The scalar loss of a batch (called inside gradient computation). `items` are the batch's pairs. */
-  loss(batch: TokenBatch, items: readonly P[]): tf.Scalar;
+  /**
+   * The scalar loss of a batch (called inside gradient computation). `items` are the batch's
+   * pairs; `record` takes the step's diagnostics (see {@link LossRecorder}), which reach
+   * {@link TrainHooks.record} once read.
+   */
+  loss(batch: TokenBatch, items: readonly P[], record: LossRecorder): tf.Scalar;
+  /** Receives the diagnostics `loss` recorded, as numbers, after each step (in order). */
+  record?(name: string, value: number): void;
   /** Trainable variables besides the policy's (e.g. a loss's temperature). */
   variables?: readonly tf.Variable[];
   /** Called after every optimizer step. */
@@ -180,21 +205,40 @@ export interface StepResult {
  * One optimizer step, the one every training loop (BC, Improve, PPO) and the benchmark
  * take: gradients of `loss` with respect to `variables`, clipped to the global norm
  * `clipNorm` (0: off), then one Adam update at learning rate `lr`. A loss or gradient norm
- * that is not finite applies nothing. Frees every tensor it makes.
+ * that is not finite applies nothing. The diagnostics `loss` gives its {@link LossRecorder} are
+ * read (tensors asynchronously, with the loss and the norm) and handed to `onRecord` in the
+ * order recorded. Frees every tensor it makes, and the recorded tensors.
  */
 export async function optimizerStep(
   variables: readonly tf.Variable[],
   optimizer: Adam,
-  loss: () => tf.Scalar,
+  loss: (record: LossRecorder) => tf.Scalar,
   lr: number,
   clipNorm: number,
+  onRecord?: (name: string, value: number) => void,
 ): Promise<StepResult> {
-  const { value, grads } = tf.variableGrads(loss, [...variables]);
+  const recorded: [string, number | tf.Scalar][] = [];
+  const record: LossRecorder = (name: string, v: number) => void recorded.push([name, v]);
+  record.tensor = (name, v) => void recorded.push([name, tf.keep(v)]);
+  const tensors = () => recorded.flatMap(([, v]) => typeof v === "number" ? [] : [v]);
+  let computed: ReturnType<typeof tf.variableGrads>;
+  try {
+    computed = tf.variableGrads(() => loss(record), [...variables]);
+  } catch (error) {
+    tf.dispose(tensors());
+    throw error;
+  }
+  const { value, grads } = computed;
   const ordered = variables.map((v) => grads[v.name]);
   const present = ordered.filter((g): g is tf.Tensor => g !== undefined);
   const squared = globalNormSquared(present);
-  const [lossValue, normSquared] = await Promise.all([value.data(), squared.data()]);
-  tf.dispose([value, squared]);
+  const [lossValue, normSquared, diagnostics] = await Promise.all([
+    value.data(),
+    squared.data(),
+    Promise.all(recorded.map(([, v]) => typeof v === "number" ? v : v.data().then((d) => d[0]))),
+  ]);
+  tf.dispose([value, squared, ...tensors()]);
+  if (onRecord !== undefined) recorded.forEach(([name], i) => onRecord(name, diagnostics[i]));
   const clipped = clipToNorm(present, Math.sqrt(normSquared[0]), clipNorm);
   tf.dispose(Object.values(grads));
   const applied = Number.isFinite(lossValue[0]) && Number.isFinite(clipped.norm);
@@ -283,9 +327,10 @@ export async function trainLoop<P extends TokenPair>(
     const update = await optimizerStep(
       variables,
       optimizer,
-      () => hooks.loss(batch, items),
+      (record) => hooks.loss(batch, items, record),
       lr,
       settings.clipNorm,
+      hooks.record,
     );
     if (!update.applied) {
       disposeBatch(batch);

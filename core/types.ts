@@ -545,6 +545,19 @@ export interface LossContext {
 }
 
 /**
+ * Takes a loss's diagnostics: `record(name, value)` a number. A receiver that can also take
+ * tensors has `tensor(name, value)`: a scalar tensor kept out of the tape's tidy
+ * (`tf.keep`), which the receiver reads after the step (asynchronously, as device backends
+ * require) and disposes; a loss uses it where present instead of reading the value itself.
+ */
+export interface LossRecorder {
+  /** Records the number `value` as `name`. */
+  (name: string, value: number): void;
+  /** Optional: records the kept scalar tensor `value` as `name` (the receiver disposes it). */
+  tensor?(name: string, value: Scalar): void;
+}
+
+/**
  * An offline loss: what a loss plugin's `create` returns. `compute` runs inside the
  * gradient tape; gradients flow to `policy.variables` and the loss's own `variables`.
  */
@@ -555,9 +568,9 @@ export interface Loss {
   prepare(ctx: LossContext): void;
   /**
    * The scalar loss of a batch. `record(name, value)` logs a diagnostic (e.g. "kl"),
-   * averaged over steps under `improve/<name>`.
+   * averaged over steps under `improve/<name>` (see {@link LossRecorder}).
    */
-  compute(input: LossInput, record: (name: string, value: number) => void): Scalar;
+  compute(input: LossInput, record: LossRecorder): Scalar;
   /** Called after every optimizer step (e.g. to sync a lagged copy every K steps). */
   afterStep(step: number): void;
   /** Frees whatever the loss holds. */

@@ -33,7 +33,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { defineLoss } from "../../core/plugin.ts";
-import { requireSyncReads } from "../../core/optim.ts";
+import { recordScalar } from "../../core/train.ts";
 import type { GrowRow } from "../../core/types.ts";
 import {
   entropyFromLogits,
@@ -42,7 +42,6 @@ import {
   pickTokens,
   stopGradient,
 } from "../_nn/token_stats.ts";
-import { read } from "./_common.ts";
 
 /** Config of the `offline_ppo` loss. */
 export interface OfflinePpoConfig {
@@ -146,7 +145,6 @@ export default defineLoss({
   create(config: OfflinePpoConfig) {
     return {
       prepare(ctx) {
-        requireSyncReads('loss "offline_ppo"');
         if (config.advantage === "value_head" && !ctx.policy.hasValueHead) {
           throw new TypeError(
             'loss "offline_ppo": advantage "value_head" needs a model with a value head ' +
@@ -174,7 +172,7 @@ export default defineLoss({
           advantage = tf.div(advantage, tf.add(std, 1e-8));
         }
         const positive = tf.cast(tf.greater(advantage, 0), "float32");
-        record("positive_advantage", read(maskedMean(positive, mask)));
+        recordScalar(record, "positive_advantage", maskedMean(positive, mask));
         record(
           "untempered_rows",
           input.rows.filter((r) => r.temperature === undefined).length /
@@ -192,19 +190,23 @@ export default defineLoss({
           const bcLogits = bc.forward(batch, { training: false }).logits;
           const kl = maskedMean(klFromLogits(logits, bcLogits), mask);
           loss = tf.add(loss, tf.mul(kl, config.klCoef));
-          record("kl", read(kl));
+          recordScalar(record, "kl", kl);
         }
         if (config.advantage === "value_head") {
           const valueLoss = tf.mul(maskedMean(tf.square(tf.sub(values!, reward)), mask), 0.5);
           loss = tf.add(loss, tf.mul(valueLoss, config.valueCoef));
-          record("value_loss", read(valueLoss));
+          recordScalar(record, "value_loss", valueLoss);
         }
 
         const outside = tf.cast(tf.greater(tf.abs(tf.sub(ratio, 1)), config.clip), "float32");
-        record("clip_fraction", read(maskedMean(outside, mask)));
-        record("ratio", read(maskedMean(ratio, mask)));
-        record("entropy", read(entropy));
-        record("behaviour_kl", read(maskedMean(tf.sub(input.behaviourLogProbs, logP), mask)));
+        recordScalar(record, "clip_fraction", maskedMean(outside, mask));
+        recordScalar(record, "ratio", maskedMean(ratio, mask));
+        recordScalar(record, "entropy", entropy);
+        recordScalar(
+          record,
+          "behaviour_kl",
+          maskedMean(tf.sub(input.behaviourLogProbs, logP), mask),
+        );
         return loss as tf.Scalar;
       },
     };
