@@ -22,7 +22,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin } from "../../core/plugin.ts";
-import { requireSyncReads } from "../../core/optim.ts";
+import { recordScalar } from "../../core/train.ts";
 import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { prepared } from "./_common.ts";
 
@@ -59,6 +59,33 @@ export function truncatedReturns(
     for (let k = 0; k <= horizon; k++) sum += gamma ** k * (rewards[t + k] ?? pastEnd);
     return sum;
   });
+}
+
+/**
+ * `[B, T]` truncated returns b_t of {@link truncatedReturns} for a batch, as tfjs ops: the
+ * per-token rewards r_t from the BC log-probabilities `bcLogP`, positions past each row's
+ * end (mask 0, or past the batch's width) counting the reward of p_BC = 1.
+ */
+function goldReturns(bcLogP: tf.Tensor2D, mask: tf.Tensor2D, config: GoldConfig): tf.Tensor2D {
+  const [rows, width] = mask.shape;
+  const reward = (logP: tf.Tensor) =>
+    tf.maximum(
+      config.variant === "s" ? tf.exp(logP) : tf.sub(logP, config.logBaseline),
+      config.minReward,
+    );
+  const pastEnd = Math.max(config.variant === "s" ? 1 : -config.logBaseline, config.minReward);
+  const rewards = tf.add(tf.mul(reward(bcLogP), mask), tf.mul(tf.sub(1, mask), pastEnd));
+  // r_{t+k} for k <= shift read from the rewards padded on the right with pastEnd; further
+  // shifts lie wholly past every row's end.
+  const shift = Math.min(config.horizon, width);
+  const padded = tf.concat([rewards, tf.fill([rows, shift], pastEnd)], 1);
+  let returns: tf.Tensor = tf.zerosLike(rewards);
+  for (let k = 0; k <= shift; k++) {
+    returns = tf.add(returns, tf.mul(tf.slice(padded, [0, k], [rows, width]), config.gamma ** k));
+  }
+  let tail = 0;
+  for (let k = shift + 1; k <= config.horizon; k++) tail += config.gamma ** k * pastEnd;
+  return (tail === 0 ? returns : tf.add(returns, tail)) as tf.Tensor2D;
 }
 
 /** The `gold` loss plugin. */
@@ -129,7 +156,6 @@ export default definePlugin({
     return {
       variables: [],
       prepare(ctx) {
-        requireSyncReads('loss "gold"');
         if (state === undefined || state.policy !== ctx.policy) {
           state?.lagged.dispose();
           state = { policy: ctx.policy, lagged: ctx.policy.clone(), bc: ctx.bcPolicy };
@@ -142,40 +168,22 @@ export default definePlugin({
       compute(input: LossInput, record): tf.Scalar {
         const { policy, lagged, bc } = prepared(state, "gold");
         const { batch } = input;
-        const [rows, width] = batch.targetOut.shape;
-        // The weights carry no gradient: compute them as plain numbers.
-        const mask = batch.targetMask.dataSync();
-        const laggedLogP = lagged.tokenLogProbs(batch, { training: false }).dataSync();
-        const bcLogP = bc.tokenLogProbs(batch, { training: false }).dataSync();
-        const weights = new Float32Array(rows * width);
-        let sumW = 0;
-        let sumB = 0;
-        let tokens = 0;
-        for (let i = 0; i < rows; i++) {
-          const start = i * width;
-          let length = 0;
-          while (length < width && mask[start + length] > 0) length++;
-          const reward = (logP: number) =>
-            Math.max(
-              config.variant === "s" ? Math.exp(logP) : logP - config.logBaseline,
-              config.minReward,
-            );
-          const rewards = Array.from({ length }, (_, t) => reward(bcLogP[start + t]));
-          const returns = truncatedReturns(rewards, reward(0), config.gamma, config.horizon);
-          for (let t = 0; t < length; t++) {
-            const w = Math.min(Math.max(Math.exp(laggedLogP[start + t]), config.minWeight), 1);
-            weights[start + t] = w * returns[t];
-            sumW += w;
-            sumB += returns[t];
-            tokens++;
-          }
-        }
-        record("importance_weight", sumW / Math.max(tokens, 1));
-        record("return", sumB / Math.max(tokens, 1));
-        // L = -sum w_t b_t log pi(a_t|s_t) / N (tokenLogProbs is 0 at padding).
+        const mask = batch.targetMask;
+        // The weights come from the frozen copies alone, so they carry no gradient; tfjs ops
+        // (not host reads) so that device backends compute them too.
+        const weight = tf.clipByValue(
+          tf.exp(lagged.tokenLogProbs(batch, { training: false })),
+          config.minWeight,
+          1,
+        );
+        const returns = goldReturns(bc.tokenLogProbs(batch, { training: false }), mask, config);
+        const tokens = tf.maximum(tf.sum(mask), 1);
+        recordScalar(record, "importance_weight", tf.div(tf.sum(tf.mul(weight, mask)), tokens));
+        recordScalar(record, "return", tf.div(tf.sum(tf.mul(returns, mask)), tokens));
+        // L = -sum w_t b_t log pi(a_t|s_t) / N over real tokens.
         const logP = policy.tokenLogProbs(batch, { training: true });
-        const weighted = tf.sum(tf.mul(logP, tf.tensor2d(weights, [rows, width])));
-        return tf.div(tf.neg(weighted), Math.max(tokens, 1)) as tf.Scalar;
+        const weighted = tf.sum(tf.mul(logP, tf.mul(tf.mul(weight, returns), mask)));
+        return tf.div(tf.neg(weighted), tokens) as tf.Scalar;
       },
       afterStep() {
         steps++;
