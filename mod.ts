@@ -73,6 +73,7 @@ export type {
   GrowSettings,
   GrowShard,
   ImproveSettings,
+  LabelledRow,
   Loss,
   LossContext,
   LossInput,
@@ -82,6 +83,8 @@ export type {
   Policy,
   PolicyState,
   Progress,
+  RewardAdaptation,
+  RewardAdaptContext,
   RewardInput,
   RewardModel,
   RewardPrepareContext,
@@ -121,6 +124,7 @@ export {
   type RestContext,
   runRest,
 } from "./core/rest.ts";
+export { type RewardUpdateSettings, updateReward } from "./core/reward_update.ts";
 export { makeBatch, nllLoss, type NllOptions } from "./core/batch.ts";
 export { checkScores } from "./core/evaluate.ts";
 export { Rng } from "./core/random.ts";

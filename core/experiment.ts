@@ -429,6 +429,7 @@ async function executeRun(
   const deps = baseDepsFor(manifest, run.seed, options.smoke, log);
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
+  algorithm.checkReward?.(reward, run.reward.name);
   if (reward.prepare !== undefined) {
     const rewardDir = join(
       shared.experimentDir,

@@ -75,6 +75,12 @@ import {
 } from "./resume.ts";
 import { profiler } from "./profile.ts";
 import {
+  type RewardUpdate,
+  rewardUpdateOn,
+  type RewardUpdateSettings,
+  updateReward,
+} from "./reward_update.ts";
+import {
   lineageKey,
   loadSharedStep,
   recordingLog,
@@ -98,6 +104,11 @@ export interface RestConfig {
   improve: ImproveSettings;
   /** Train each Improve step on every Grow set so far, not only the latest. */
   accumulate: boolean;
+  /**
+   * Fine-tune the reward between each Grow step and its Improve steps on a chrF-labelled
+   * slice of the Grow set (core/reward_update.ts); absent or `fraction` 0: off.
+   */
+  rewardUpdate?: RewardUpdateSettings;
 }
 
 /** The pair of a Grow row as token ids, with the row's index in the pool. */
@@ -171,13 +182,16 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
   const pool = new GrowPool();
   const sampled = new DistinctSamples();
   let index = 0;
+  // With rewardUpdate: the latest reward version, and its lineage (null: the base reward).
+  let updated: RewardUpdate | undefined;
+  let rewardLineage: string | null | undefined = null;
   try {
     for (let g = 1; g <= config.growSteps; g++) {
       const growSeed = ctx.seed * 1000 + g;
       const growKey = state.lineage === undefined
         ? undefined
         : lineageKey([state.lineage, "grow", growSettings, growSeed]);
-      const rows = g <= state.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
+      const grown = g <= state.done.grow ? await readGrowFile(growPath(ctx.dir, g)) : await grow(
         policy,
         ctx.splits.train,
         growSettings,
@@ -186,19 +200,37 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
         growSeed,
         growKey === undefined ? undefined : sharedGrowPath(ctx.sharedDir, growKey),
       );
+      // Improve filters the Grow set, or with rewardUpdate the derived set it re-scored.
+      let rows = grown;
+      let setKey = growKey;
+      let improveCtx = restCtx;
+      if (rewardUpdateOn(config.rewardUpdate)) {
+        const settings = config.rewardUpdate!;
+        const latest = updated?.adaptation.reward ?? ctx.reward;
+        const quiet = g <= state.done.grow; // a resumed run logged this update already
+        const next = await updateReward(latest, grown, settings, restCtx, g, growSeed, quiet);
+        updated?.adaptation.dispose();
+        updated = next;
+        rows = next.rows;
+        rewardLineage = growKey === undefined || rewardLineage === undefined
+          ? undefined
+          : lineageKey([rewardLineage, growKey, "reward_update", settings, growSeed]);
+        setKey = rewardLineage;
+        improveCtx = { ...restCtx, reward: next.adaptation.reward };
+      }
       const accumulated = config.accumulate && g > 1;
-      state.poolKey = growKey === undefined || (accumulated && state.poolKey === undefined)
+      state.poolKey = setKey === undefined || (accumulated && state.poolKey === undefined)
         ? undefined
         : accumulated
-        ? lineageKey([state.poolKey, growKey])
-        : growKey;
+        ? lineageKey([state.poolKey, setKey])
+        : setKey;
       if (g > state.done.grow) {
         state.done = { grow: g, index };
         await checkpoint.save(state);
       }
       if (!config.accumulate) pool.clear();
       pool.addAll(rows);
-      for (const r of rows) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
+      for (const r of grown) if (r.origin === "sample") sampled.add(r.source, r.hypothesis);
       for (let i = 1; i <= config.improveSteps; i++) {
         index++;
         if (index <= state.done.index) continue;
@@ -214,7 +246,7 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
           ctx.threshold,
           select,
           improveSettings,
-          restCtx,
+          improveCtx,
           {
             grow: g,
             improve: i,
@@ -238,6 +270,7 @@ export async function runRest(ctx: RunContext, config: RestConfig): Promise<RunS
       "train/grow_mean_reward": pool.size > 0 ? mean(Array.from(pool.rewards())) : NaN,
     }, gradientSteps);
   } finally {
+    updated?.adaptation.dispose();
     policy.dispose();
     bcPolicy.dispose();
   }

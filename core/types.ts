@@ -128,6 +128,51 @@ export interface RewardModel {
    * `grow/reward_<key>`, PPO after each rollout batch as `ppo/reward_<key>`.
    */
   diagnostics?(): Record<string, number>;
+  /**
+   * Optional: a new version of this reward fine-tuned on `rows`, each labelled with the score
+   * it should give (e.g. chrF against the reference, a stand-in for fresh human labels);
+   * this reward itself is left unchanged. ReST calls it between Grow and Improve when the
+   * algorithm's `rewardUpdate` is on. The new version is saved in `ctx.dir` (the run's
+   * folder, never the experiment's shared reward folder); when `ctx.dir` already holds a
+   * complete version (a resumed run), it is reloaded instead of trained again.
+   */
+  adapt?(rows: readonly LabelledRow[], ctx: RewardAdaptContext): Promise<RewardAdaptation>;
+}
+
+/** A row to fine-tune a reward on: a hypothesis and the score in [0, 1] it should get. */
+export interface LabelledRow extends RewardInput {
+  /** The target score in [0, 1]. */
+  label: number;
+}
+
+/** What {@link RewardModel.adapt} gets. */
+export interface RewardAdaptContext {
+  /** Folder of the new version (created by the caller; a complete version there is reloaded). */
+  dir: string;
+  /** Seed of the fine-tuning (batch order, dropout). */
+  seed: number;
+  /** Passes over the rows. */
+  epochs: number;
+  /** Learning rate (constant). */
+  learningRate: number;
+  /** Rows per step. */
+  batchSize: number;
+  /** Starts a progress display. */
+  progress(label: string, total: number, unit?: string): Progress;
+  /** Prints a line to the user. */
+  log(message: string): void;
+}
+
+/** What {@link RewardModel.adapt} returns. */
+export interface RewardAdaptation {
+  /** The fine-tuned version (it can adapt again). */
+  reward: RewardModel;
+  /** Optimizer steps taken (0 when reloaded). */
+  steps: number;
+  /** True when the version was reloaded from `dir` instead of trained. */
+  reloaded: boolean;
+  /** Releases the version's weights (the caller calls it when done with the version). */
+  dispose(): void;
 }
 
 /** What {@link RewardModel.prepare} gets. */
@@ -232,6 +277,14 @@ export type SectionUse = "required" | "optional";
 export interface Algorithm {
   /** Runs to completion (or resumes) and returns the final metrics. */
   run(ctx: RunContext): Promise<RunSummary>;
+  /**
+   * Optional: refuses a reward the algorithm's config cannot work with (e.g. ReST's
+   * `rewardUpdate` needs {@link RewardModel.adapt}), called with the run's reward and its
+   * plugin name before the reward is prepared.
+   *
+   * @throws {UserError} naming the reward and the option.
+   */
+  checkReward?(reward: RewardModel, name: string): void;
 }
 
 /** The result an algorithm returns for one run. */

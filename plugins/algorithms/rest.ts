@@ -5,9 +5,11 @@
  * @module
  */
 
+import { UserError } from "../../core/errors.ts";
 import { definePlugin, int, num } from "../../core/plugin.ts";
 import { type RestConfig, runRest } from "../../core/rest.ts";
-import type { RunContext } from "../../core/types.ts";
+import { rewardUpdateOn } from "../../core/reward_update.ts";
+import type { RewardModel, RunContext } from "../../core/types.ts";
 
 export type { RestConfig } from "../../core/rest.ts";
 
@@ -126,7 +128,56 @@ export default definePlugin({
           },
         },
       },
+      rewardUpdate: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description: "A reward that learns between Grow steps (core/reward_update.ts): after " +
+          "each Grow step, the samples of a seeded slice of its sources are labelled with " +
+          "sentence chrF against the references (a stand-in for fresh human labels), the " +
+          "reward is fine-tuned on them (a new version in the run folder's " +
+          "reward_update_<g>/; the experiment's reward is unchanged), and Improve filters the " +
+          "Grow set without those sources, re-scored by the new version " +
+          "(grow_<g>.rescored.jsonl). Needs a reward that can adapt (learned). Off by default.",
+        properties: {
+          fraction: num(
+            0,
+            0.9,
+            0,
+            "Share of the Grow set's sources whose samples are labelled and trained on; " +
+              "their rows are left out of Improve. 0: off.",
+          ),
+          checkFraction: num(
+            0,
+            0.9,
+            0.05,
+            "Share of the sources (disjoint from the labelled ones) labelled only to report " +
+              "the reward's Pearson and Kendall with chrF before and after the update; they " +
+              "stay in Improve.",
+          ),
+          epochs: num(0, 1000, 3, "Passes of the fine-tuning over the labelled rows."),
+          learningRate: {
+            type: "number",
+            exclusiveMinimum: 0,
+            maximum: 1,
+            default: 0.0002,
+            description: "Constant learning rate of the fine-tuning (the learned reward " +
+              "trains at a peak of 0.002; a tenth of it moves the weights without forgetting).",
+          },
+          batchSize: int(1, 65536, 32, "Labelled rows per fine-tuning step."),
+        },
+      },
     },
+  },
+  check(config: RestConfig) {
+    if (rewardUpdateOn(config.rewardUpdate) && config.accumulate) {
+      return [{
+        path: "/rewardUpdate/fraction",
+        message: "cannot be used with accumulate: true (earlier Grow sets would keep the " +
+          "scores of older reward versions); set accumulate to false or fraction to 0",
+      }];
+    }
+    return [];
   },
   smoke: (config: RestConfig): RestConfig => ({
     ...config,
@@ -144,6 +195,17 @@ export default definePlugin({
     },
   }),
   create(config: RestConfig) {
-    return { run: (ctx: RunContext) => runRest(ctx, config) };
+    return {
+      run: (ctx: RunContext) => runRest(ctx, config),
+      checkReward(reward: RewardModel, name: string) {
+        if (rewardUpdateOn(config.rewardUpdate) && reward.adapt === undefined) {
+          throw new UserError(
+            `algorithm rest: rewardUpdate.fraction is ${config.rewardUpdate!.fraction}, but ` +
+              `reward "${name}" cannot be fine-tuned between Grow steps (it has no adapt()); ` +
+              `use the learned reward or set rewardUpdate.fraction to 0`,
+          );
+        }
+      },
+    };
   },
 });

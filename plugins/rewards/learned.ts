@@ -79,12 +79,16 @@ import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import type {
   Example,
+  LabelledRow,
   Policy,
+  RewardAdaptation,
+  RewardAdaptContext,
   RewardInput,
   RewardModel,
   RewardPrepareContext,
   Tokenizer,
 } from "../../core/types.ts";
+import { fineTuneQe } from "./_qe_finetune.ts";
 import { ALL_CORRUPTION_KINDS, corrupt, type CorruptionKind } from "./_corrupt.ts";
 import {
   type QeArchitecture,
@@ -489,6 +493,60 @@ class LearnedReward implements RewardModel {
       return;
     }
     await this.#train(ctx, config, fingerprint);
+  }
+
+  /**
+   * A copy of the network fine-tuned on `rows` (see `_qe_finetune.ts`), saved in `ctx.dir`
+   * with the tokenizer state (so `path` can load it), or reloaded from there when a complete
+   * copy exists; this reward keeps its own network.
+   */
+  async adapt(rows: readonly LabelledRow[], ctx: RewardAdaptContext): Promise<RewardAdaptation> {
+    const model = this.#model;
+    const tokenizer = this.#tokenizer;
+    if (model === undefined || tokenizer === undefined) {
+      throw new UserError("learned reward: adapt() needs a prepared or loaded model");
+    }
+    const fingerprint = await tokenizerFingerprint(tokenizer);
+    const next = new LearnedReward(this.#config, this.#target, this.#deps);
+    if (await hasCheckpoint(ctx.dir, MODEL_NAME)) {
+      next.#install(await next.#load(ctx.dir, MODEL_NAME, fingerprint), tokenizer);
+      ctx.log(`reloaded the fine-tuned reward ${join(ctx.dir, `${MODEL_NAME}.json`)}`);
+      return { reward: next, steps: 0, reloaded: true, dispose: () => next.#model?.dispose() };
+    }
+    const items = rows.map((r) => qeItem(tokenizer, r.source, r.hypothesis));
+    const { epochs, learningRate, batchSize, seed } = ctx;
+    const total = items.length === 0
+      ? 0
+      : Math.max(1, Math.ceil(epochs * items.length / batchSize));
+    const tuned = await fineTuneQe(model, items, rows.map((r) => r.label), {
+      epochs,
+      learningRate,
+      batchSize,
+      clipNorm: this.#config.training.clipNorm,
+      seed,
+    }, ctx.progress("fine-tuning the reward", total, "steps"));
+    try {
+      const meta = {
+        ...this.#meta,
+        adapted: { rows: rows.length, steps: tuned.steps, epochs, learningRate, batchSize, seed },
+      };
+      await writeFileAtomic(
+        join(ctx.dir, `${MODEL_NAME}${TOKENIZER_SUFFIX}`),
+        JSON.stringify(tokenizer.save()),
+      );
+      await saveCheckpoint(ctx.dir, MODEL_NAME, tuned.model.save(), meta);
+      next.#meta = JSON.parse(JSON.stringify(meta));
+    } catch (error) {
+      tuned.model.dispose();
+      throw error;
+    }
+    next.#install(tuned.model, tokenizer);
+    return {
+      reward: next,
+      steps: tuned.steps,
+      reloaded: false,
+      dispose: () => next.#model?.dispose(),
+    };
   }
 
   #describe(): string {
