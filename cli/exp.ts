@@ -345,10 +345,28 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
     worker,
     ...(queue === undefined ? {} : {
       net: [netPermission(queue)],
-      cleanEnv: inputs.denoDir ? { DENO_DIR: inputs.denoDir } : {},
+      cleanEnv: cleanEnvironment(inputs.denoDir),
     }),
     ...(webgpu ? { unstable: ["webgpu"] } : {}),
   };
+}
+
+/**
+ * OpenBLAS's tuning variables, which choose its kernels and so the last bits of every
+ * product: a worker or experiment process started with a clean environment gets the
+ * launcher's values, so it computes exactly what a process with the full environment would.
+ */
+export const BLAS_TUNING_ENV = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"] as const;
+
+/** A clean environment: Deno's cache folder and the {@link BLAS_TUNING_ENV} variables set here. */
+export function cleanEnvironment(denoDir: string | undefined): Record<string, string> {
+  const env: Record<string, string> = denoDir ? { DENO_DIR: denoDir } : {};
+  for (const name of BLAS_TUNING_ENV) {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") continue;
+    const value = Deno.env.get(name);
+    if (value !== undefined) env[name] = value;
+  }
+  return env;
 }
 
 /** The queue executor's address, when the manifest names that executor with a valid URL. */

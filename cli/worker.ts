@@ -18,6 +18,7 @@ import { UserError } from "../core/errors.ts";
 import { netPermission, parseQueueUrl } from "../plugins/executors/_queue_url.ts";
 import { parseIntegerFlag, runMain } from "./_main.ts";
 import {
+  cleanEnvironment,
   denoExecutable,
   denoInfo,
   permissionFlags,
@@ -167,7 +168,7 @@ export function workerPlan(
       ...(info.npmCache ? { npmCache: info.npmCache } : {}),
     },
     net: [netPermission(parseQueueUrl(args.url, "--queue"))],
-    cleanEnv: info.denoDir ? { DENO_DIR: info.denoDir } : {},
+    cleanEnv: cleanEnvironment(info.denoDir),
   };
 }
 
