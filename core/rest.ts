@@ -426,8 +426,11 @@ export function growPath(dir: string, g: number): string {
  * unless `includeOriginal` is false), every row scored by the reward and stored with its
  * behaviour log-probabilities at the sampling temperature (for samples, the policy's
  * `behaviourLogProbs` when it reports them; otherwise, and for the references, teacher-forced
- * by {@link scoreTokens}). When the file already exists (a resumed run) it is read back
- * instead. `shared`, when given, is an experiment-level copy keyed by everything the set
+ * by {@link scoreTokens}). The work is cut into shards of `settings.shardSources` sources,
+ * each seeded by (`seed`, shard index) alone and computed by `ctx.executor` (in this process
+ * when absent); finished shards are saved in `grow_<g>.shards/` until the set is written, so
+ * an interrupted step keeps them (core/shards.ts). When the file already exists (a resumed
+ * run) it is read back instead. `shared`, when given, is an experiment-level copy keyed by everything the set
  * depends on: an existing one is copied instead of sampling again, a new set is copied there.
  *
  * @example Grow step 1 of a tiny transformer on a copy task
