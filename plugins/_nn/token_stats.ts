@@ -11,20 +11,20 @@
 import * as tf from "@tensorflow/tfjs-core";
 
 /**
- * Stop-gradient: a copy of `x` whose gradient is zero. tfjs has no `stopGradient` op, so
- * this is a custom-gradient identity that passes zeros back (added to the other paths'
- * gradients, they change nothing); it reads nothing back, so it works on every backend.
+ * Stop-gradient: `x` cut from the gradient tape. tfjs has no `stopGradient` op, so this is
+ * a new tensor over `x`'s data made without running a kernel: the tape records nothing, so
+ * no gradient reaches whatever `x` was computed from (variables only reached through it get
+ * none at all). Nothing is copied or read back, so it works on every backend.
  *
  * Tensors computed only from frozen policies (the BC policy, a lagged copy) or from the
  * batch need no stop-gradient: the trainer differentiates only with respect to the
  * policy's and the loss's variables.
  */
 export function stopGradient<T extends tf.Tensor>(x: T): T {
-  const identity = tf.customGrad((input) => ({
-    value: tf.clone(input as tf.Tensor),
-    gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
-  }));
-  return identity(x) as T;
+  // The new tensor shares `x`'s data, so it takes a reference (as tfjs's own reshape does).
+  const engine = tf.engine();
+  engine.backend.incRef(x.dataId);
+  return engine.makeTensorFromDataId(x.dataId, x.shape, x.dtype) as T;
 }
 
 /** Mean of `x` over real tokens: sum(x * mask) / max(sum(mask), 1), so 0 when the mask is all zeros. */

@@ -1,17 +1,11 @@
 /**
- * Small helpers shared by the loss plugins: reading a scalar for `record`, and the check
- * that `prepare` ran. The tensor helpers the losses use (masked means, stop-gradient,
- * token log-probabilities, KL and entropy from logits) are in `../_nn/token_stats.ts`.
+ * A small helper shared by the loss plugins: the check that `prepare` ran. The tensor
+ * helpers the losses use (masked means, stop-gradient, token log-probabilities, KL and
+ * entropy from logits) are in `../_nn/token_stats.ts`; recording a tensor diagnostic is
+ * `recordScalar` in `core/train.ts`.
  *
  * @module
  */
-
-import type * as tf from "@tensorflow/tfjs-core";
-
-/** The value of a one-element tensor as a number (for `record`). */
-export function read(x: tf.Tensor): number {
-  return x.dataSync()[0];
-}
 
 /** Returns `value`, or throws when the loss is used before `prepare`. */
 export function prepared<T>(value: T | undefined, loss: string): T {

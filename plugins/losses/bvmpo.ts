@@ -47,11 +47,17 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { definePlugin, type PluginDeps } from "../../core/plugin.ts";
-import { requireSyncReads } from "../../core/optim.ts";
+import { recordScalar } from "../../core/train.ts";
 import type { Loss, LossInput, Policy } from "../../core/types.ts";
 import { Rng } from "../../core/random.ts";
-import { entropyFromLogits, klFromLogits, maskedMean, pickTokens } from "../_nn/token_stats.ts";
-import { prepared, read } from "./_common.ts";
+import {
+  entropyFromLogits,
+  klFromLogits,
+  maskedMean,
+  pickTokens,
+  stopGradient,
+} from "../_nn/token_stats.ts";
+import { prepared } from "./_common.ts";
 
 /** Config of the `bvmpo` loss. */
 export interface BvmpoConfig {
@@ -97,8 +103,9 @@ export function klWeight(step: number, start: number, end: number, annealSteps: 
 
 /**
  * V-MPO's E-step on plain numbers: keeps the ceil(n/2) real tokens (mask > 0) with the
- * largest advantages and returns psi = softmax(A / eta) over them (0 elsewhere, sums to 1)
- * and the kept advantages.
+ * largest advantages (ties: the earlier token) and returns psi = softmax(A / eta) over them
+ * (0 elsewhere, sums to 1) and the kept advantages. The loss computes the same with tfjs
+ * ops ({@link eStep}); this is its reference.
  */
 export function topHalfWeights(
   advantages: ArrayLike<number>,
@@ -161,49 +168,77 @@ const MULTIPLIER_STATE = 8;
 const ADAM = { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
 
 /**
- * eta and alpha from the state; on first use, sets log eta to log(etaInit) or, for
- * etaInit 0, to the log of the standard deviation of the real tokens' advantages (at least
- * 1e-3), and log alpha to log(alphaInit).
+ * `[8]` multipliers' state to use now, as tfjs ops: `state` (a gradient-free view of the
+ * variable) once initialised; on first use (flag 0), log eta = log(etaInit) or, for etaInit
+ * 0, the log of the standard deviation of the real tokens' advantages (at least 1e-3),
+ * log alpha = log(alphaInit), moments and step 0, flag 1.
  */
-function readMultipliers(
-  state: tf.Variable,
+function multiplierState(
+  state: tf.Tensor1D,
   config: BvmpoConfig,
-  advantages: ArrayLike<number>,
-  mask: ArrayLike<number>,
-): { eta: number; alpha: number } {
-  const s = Float64Array.from(state.dataSync());
-  if (s[7] === 0) {
-    const eta = config.etaInit > 0 ? config.etaInit : Math.max(stdOf(advantages, mask), 1e-3);
-    s.fill(0);
-    s[0] = Math.log(eta);
-    s[3] = Math.log(config.alphaInit);
-    s[7] = 1;
-    tf.tidy(() => state.assign(tf.tensor1d(Float32Array.from(s))));
-  }
-  return { eta: Math.exp(s[0]), alpha: Math.exp(s[3]) };
+  advantages: tf.Tensor2D,
+  mask: tf.Tensor2D,
+): tf.Tensor1D {
+  const eta = config.etaInit > 0 ? tf.scalar(config.etaInit) : tf.maximum(
+    tf.sqrt(maskedMean(tf.square(tf.sub(advantages, maskedMean(advantages, mask))), mask)),
+    1e-3,
+  );
+  const zero = tf.scalar(0);
+  const start = tf.stack([
+    tf.log(eta),
+    zero,
+    zero,
+    tf.scalar(Math.log(config.alphaInit)),
+    zero,
+    zero,
+    zero,
+    tf.scalar(1),
+  ]);
+  return tf.where(tf.greater(tf.slice(state, [7], [1]), 0), state, start) as tf.Tensor1D;
 }
 
-/** Standard deviation of the values where mask > 0 (0 when none). */
-function stdOf(values: ArrayLike<number>, mask: ArrayLike<number>): number {
-  let n = 0;
-  let sum = 0;
-  for (let i = 0; i < values.length; i++) {
-    if (mask[i] > 0) {
-      n++;
-      sum += values[i];
-    }
-  }
-  if (n === 0) return 0;
-  const mean = sum / n;
-  let sq = 0;
-  for (let i = 0; i < values.length; i++) if (mask[i] > 0) sq += (values[i] - mean) ** 2;
-  return Math.sqrt(sq / n);
+/**
+ * V-MPO's E-step as tfjs ops (see {@link topHalfWeights}, its reference on numbers): `[B, T]`
+ * psi = softmax(A / eta) over the ceil(n/2) real tokens with the largest advantages (ties:
+ * the earlier token, by a full sort), 0 elsewhere; and the temperature loss and
+ * KL(psi || uniform) of {@link temperatureLoss} on the kept advantages. `eta` is a scalar.
+ */
+function eStep(
+  advantages: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  eta: tf.Tensor,
+  eps: number,
+): { psi: tf.Tensor2D; loss: tf.Scalar; klUniform: tf.Scalar } {
+  const size = advantages.size;
+  const flat = tf.reshape(advantages, [size]);
+  const real = tf.greater(tf.reshape(mask, [size]), 0);
+  const ranked = tf.where(real, flat, tf.fill([size], -Infinity));
+  // rank[i]: position of token i in the descending order of the real tokens' advantages.
+  const order = tf.topk(ranked, size, true).indices;
+  const rank = tf.scatterND(tf.reshape(order, [size, 1]), tf.range(0, size, 1, "int32"), [size]);
+  const count = tf.sum(tf.cast(real, "float32"));
+  const keep = tf.logicalAnd(real, tf.less(tf.cast(rank, "float32"), tf.ceil(tf.div(count, 2))));
+  const kept = tf.cast(keep, "float32");
+  const any = tf.greater(count, 0);
+  const max = tf.where(any, tf.max(ranked), 0);
+  const w = tf.mul(tf.exp(tf.div(tf.sub(flat, max), eta)), kept);
+  const sum = tf.sum(w);
+  const safeSum = tf.where(tf.greater(sum, 0), sum, 1);
+  const keptCount = tf.maximum(tf.sum(kept), 1);
+  const logMeanExp = tf.add(tf.div(max, eta), tf.log(tf.div(safeSum, keptCount)));
+  const meanA = tf.div(tf.sum(tf.mul(w, flat)), safeSum);
+  return {
+    psi: tf.reshape(tf.div(w, safeSum), advantages.shape) as tf.Tensor2D,
+    loss: tf.mul(eta, tf.add(eps, logMeanExp)) as tf.Scalar,
+    klUniform: tf.maximum(tf.sub(tf.div(meanA, eta), logMeanExp), 0) as tf.Scalar,
+  };
 }
 
 /**
  * V-MPO's temperature loss on the kept advantages, L_eta = eta * eps + eta * log mean
  * exp(A / eta), and KL(psi || uniform) = E_psi[A] / eta - log mean exp(A / eta), so that
- * dL_eta / d eta = eps - KL(psi || uniform).
+ * dL_eta / d eta = eps - KL(psi || uniform). On plain numbers: the reference of what
+ * {@link eStep} computes with tfjs ops.
  */
 export function temperatureLoss(
   kept: readonly number[],
@@ -227,24 +262,31 @@ export function temperatureLoss(
   };
 }
 
-/** One Adam step on log eta and log alpha with the gradients `grads` (in log space). */
-function stepMultipliers(
-  state: tf.Variable,
-  grads: { eta: number; alpha: number },
-  lr: number,
-): void {
-  const s = Float64Array.from(state.dataSync());
-  const t = s[6] + 1;
-  s[6] = t;
-  const { beta1, beta2, epsilon } = ADAM;
-  for (const [offset, g] of [[0, grads.eta], [3, grads.alpha]] as const) {
-    s[offset + 1] = beta1 * s[offset + 1] + (1 - beta1) * g;
-    s[offset + 2] = beta2 * s[offset + 2] + (1 - beta2) * g * g;
-    const mHat = s[offset + 1] / (1 - beta1 ** t);
-    const vHat = s[offset + 2] / (1 - beta2 ** t);
-    s[offset] -= lr * mHat / (Math.sqrt(vHat) + epsilon);
-  }
-  tf.tidy(() => state.assign(tf.tensor1d(Float32Array.from(s))));
+/**
+ * One Adam step on log eta and log alpha with the `[2]` gradients `grads` (in log space), as
+ * tfjs ops on the state [log eta, m, v, log alpha, m, v, step, flag].
+ */
+function stepMultipliers(state: tf.Variable, grads: tf.Tensor1D, lr: number): void {
+  tf.tidy(() => {
+    const { beta1, beta2, epsilon } = ADAM;
+    const at = (i: number) => tf.slice(state, [i], [1]);
+    const t = tf.add(at(6), 1);
+    const parts: tf.Tensor[] = [];
+    for (
+      const [offset, g] of [[0, tf.slice(grads, [0], [1])], [3, tf.slice(grads, [1], [1])]] as const
+    ) {
+      const m = tf.add(tf.mul(at(offset + 1), beta1), tf.mul(g, 1 - beta1));
+      const v = tf.add(tf.mul(at(offset + 2), beta2), tf.mul(tf.square(g), 1 - beta2));
+      const mHat = tf.div(m, tf.sub(1, tf.pow(beta1, t)));
+      const vHat = tf.div(v, tf.sub(1, tf.pow(beta2, t)));
+      parts.push(
+        tf.sub(at(offset), tf.div(tf.mul(mHat, lr), tf.add(tf.sqrt(vHat), epsilon))),
+        m,
+        v,
+      );
+    }
+    state.assign(tf.concat([...parts, t, at(7)]));
+  });
 }
 
 /** The `bvmpo` loss plugin. */
@@ -364,15 +406,19 @@ export default definePlugin({
     let policies: { policy: Policy; bc: Policy; old?: Policy } | undefined;
     let useValueHead = false;
     let steps = 0;
-    // Gradients of the multipliers' losses from the last compute, applied by afterStep.
-    let pending: { eta: number; alpha: number } | undefined;
+    // `[2]` gradients of the multipliers' losses from the last compute (kept), applied by
+    // afterStep.
+    let pending: tf.Tensor1D | undefined;
+    const dropPending = () => {
+      pending?.dispose();
+      pending = undefined;
+    };
     return {
       get variables() {
         if (own === undefined) return [];
         return useValueHead ? [own.state] : [own.state, ...own.critic];
       },
       prepare(ctx) {
-        requireSyncReads('loss "bvmpo"');
         own ??= {
           state: tf.tidy(() => tf.variable(tf.zeros([MULTIPLIER_STATE]))),
           critic: createCritic(config.criticHidden, deps.seed),
@@ -396,7 +442,7 @@ export default definePlugin({
         }
         policies = { policy: ctx.policy, bc: ctx.bcPolicy, old };
         steps = 0;
-        pending = undefined;
+        dropPending();
       },
       compute(input: LossInput, record): tf.Scalar {
         const { policy, bc, old } = prepared(policies, "bvmpo");
@@ -419,17 +465,23 @@ export default definePlugin({
           value = tf.add(tf.expandDims(input.sourceMeanRewards, 1), residual) as tf.Tensor2D;
         }
 
-        // E-step on plain numbers (no gradient): top half of A = R - V, psi = softmax(A / eta).
-        const advantages = tf.sub(reward, value).dataSync();
-        const maskValues = mask.dataSync();
-        const multipliers = readMultipliers(state, config, advantages, maskValues);
-        const { eta, alpha } = multipliers;
-        const { psi, kept } = topHalfWeights(advantages, maskValues, eta);
-        const etaStats = temperatureLoss(kept, eta, config.epsEta);
+        // E-step without gradient: top half of A = R - V, psi = softmax(A / eta). The
+        // multipliers come from a gradient-free view of their state, initialised on first use.
+        const advantages = stopGradient(tf.sub(reward, value)) as tf.Tensor2D;
+        const current = multiplierState(
+          stopGradient(state) as tf.Tensor1D,
+          config,
+          advantages,
+          mask,
+        );
+        state.assign(current);
+        const eta = tf.exp(tf.slice(current, [0], [1]));
+        const alpha = tf.exp(tf.slice(current, [3], [1]));
+        const e = eStep(advantages, mask, eta, config.epsEta);
 
         // M-step: weighted NLL, trust region to pi_old, KL to pi_BC, value regression.
         const logP = pickTokens(tf.logSoftmax(logits), batch.targetOut);
-        const policyLoss = tf.neg(tf.sum(tf.mul(tf.tensor2d(psi, mask.shape), logP)));
+        const policyLoss = tf.neg(tf.sum(tf.mul(e.psi, logP)));
         const lambda = klWeight(steps, config.klStart, config.klEnd, config.klAnnealSteps);
         const kl = maskedMean(klFromLogits(bcLogits, logits), mask);
         const valueLoss = tf.mul(maskedMean(tf.square(tf.sub(value, reward)), mask), 0.5);
@@ -438,28 +490,28 @@ export default definePlugin({
           tf.mul(kl, lambda),
           tf.mul(valueLoss, config.valueCoef),
         ];
-        let trustKl = 0;
+        // Gradients of L_eta and of alpha * (eps_alpha - KL) with respect to log eta, log alpha.
+        let alphaGrad: tf.Tensor = tf.zeros([1]);
         if (old !== undefined) {
           const oldLogits = old.forward(batch, { training: false }).logits;
           const klOld = maskedMean(klFromLogits(oldLogits, logits), mask);
-          trustKl = read(klOld);
-          terms.push(tf.mul(klOld, alpha));
-          record("trust_kl", trustKl);
-          record("alpha", alpha);
+          terms.push(tf.mul(klOld, tf.reshape(alpha, [])));
+          alphaGrad = tf.mul(alpha, tf.sub(config.epsAlpha, stopGradient(klOld)));
+          recordScalar(record, "trust_kl", klOld);
+          recordScalar(record, "alpha", alpha);
         }
-        // Gradients of L_eta and of alpha * (eps_alpha - KL) with respect to log eta, log alpha.
-        pending = {
-          eta: eta * (config.epsEta - etaStats.klUniform),
-          alpha: old === undefined ? 0 : alpha * (config.epsAlpha - trustKl),
-        };
+        dropPending();
+        pending = tf.keep(
+          tf.concat([tf.mul(eta, tf.sub(config.epsEta, e.klUniform)), alphaGrad]),
+        ) as tf.Tensor1D;
 
-        record("eta", eta);
-        record("eta_loss", etaStats.loss);
-        record("psi_kl", etaStats.klUniform);
-        record("kl", read(kl));
+        recordScalar(record, "eta", eta);
+        recordScalar(record, "eta_loss", e.loss);
+        recordScalar(record, "psi_kl", e.klUniform);
+        recordScalar(record, "kl", kl);
         record("kl_weight", lambda);
-        record("value_loss", read(valueLoss));
-        record("policy_loss", read(policyLoss));
+        recordScalar(record, "value_loss", valueLoss);
+        recordScalar(record, "policy_loss", policyLoss);
         return tf.addN(terms) as tf.Scalar;
       },
       afterStep() {
@@ -467,7 +519,7 @@ export default definePlugin({
         if (own !== undefined && pending !== undefined) {
           stepMultipliers(own.state, pending, config.multiplierLearningRate);
         }
-        pending = undefined;
+        dropPending();
         const sync = config.trustRegionSyncEvery;
         if (policies?.old !== undefined && sync > 0 && steps % sync === 0) {
           policies.old.copyWeightsFrom(policies.policy);
@@ -478,6 +530,7 @@ export default definePlugin({
         own = undefined;
         policies?.old?.dispose();
         policies = undefined;
+        dropPending();
       },
     };
   },
