@@ -56,8 +56,8 @@ import { appendAll, mean } from "../../../core/append.ts";
 import { makeBatch } from "../../../core/batch.ts";
 import { checkScores, DistinctSamples, limit, selectionReward } from "../../../core/evaluate.ts";
 import { UserError } from "../../../core/errors.ts";
-import { Adam, learningRate, requireSyncReads } from "../../../core/optim.ts";
-import { optimizerStep } from "../../../core/train.ts";
+import { Adam, learningRate } from "../../../core/optim.ts";
+import { optimizerStep, recordScalar } from "../../../core/train.ts";
 import { savePolicy } from "../../../core/host_read.ts";
 import { profiler } from "../../../core/profile.ts";
 import { prefixed } from "../../../core/run.ts";
@@ -75,6 +75,7 @@ import {
 import { disposeBatch, lengthBuckets, systemMetrics, type TokenPair } from "../../../core/train.ts";
 import type {
   Example,
+  LossRecorder,
   Metrics,
   Policy,
   RunContext,
@@ -269,7 +270,6 @@ export function rolloutPlan(budget: number, rolloutSize: number): number[] {
 
 /** Runs PPO for one run (the `ppo` plugin's `run`). */
 export async function runPpo(ctx: RunContext, config: PpoConfig): Promise<{ metrics: Metrics }> {
-  requireSyncReads(`run ${ctx.run}: ppo`);
   const started = performance.now();
   // Drawn like ReST's Grow sources: a seeded uniform sample, not the split's first rows.
   const pool = sampleInOrder(ctx.splits.train, config.sources, ctx.seed * 1000 + 1);
@@ -625,7 +625,7 @@ async function loop(
     // 2. Old log-probabilities, values and reference log-probabilities; advantages.
     const { refLogProbs, entropy } = await profiler.phase("ppo/score", () => {
       profiler.count(items.length, "rows");
-      return Promise.resolve(scoreRollout(models, items, config, baseline));
+      return scoreRolloutAsync(models, items, config, baseline);
     });
     const beta = kl.value;
     const adv = rolloutAdvantages(
@@ -739,7 +739,9 @@ async function loop(
 
 /**
  * Fills each item's old log-probabilities and values (no gradient, dropout off) and
- * returns the reference log-probabilities and the `ppo/entropy` diagnostic.
+ * returns the reference log-probabilities and the `ppo/entropy` diagnostic. Reads tensors
+ * synchronously, so only on host backends; the loop uses {@link scoreRolloutAsync}, which
+ * computes the same.
  *
  * The log-probabilities of the policy and of the frozen BC reference come from
  * {@link Policy.tokenLogProbs} at the run's temperature (the model's fused output layer:
@@ -756,50 +758,112 @@ export function scoreRollout(
   baseline: PositionBaseline | undefined,
 ): { refLogProbs: number[][]; entropy: number } {
   const refLogProbs: number[][] = [];
-  const chunkSize = Math.max(1, config.minibatchSize);
-  for (let start = 0; start < items.length; start += chunkSize) {
-    const chunk = items.slice(start, start + chunkSize);
-    const out = tf.tidy(() => {
-      const batch = makeBatch(chunk, models.policy.specials);
-      const options = { training: false, temperature: config.temperature };
-      let own: tf.Tensor2D;
-      let values: tf.Tensor2D | undefined;
-      if (config.critic === "head") {
-        ({ logProbs: own, values } = logProbsAndValues(models.policy, batch, options));
-      } else {
-        own = models.policy.tokenLogProbs(batch, options);
-        if (config.critic === "network") values = valuesOf(models.valueNet!, batch, false);
-      }
-      const ref = models.reference.tokenLogProbs(batch, options);
-      return {
-        logProbs: own.arraySync(),
-        refLogProbs: ref.arraySync(),
-        values: values?.arraySync(),
-      };
-    });
-    const logProbs = perItem(out.logProbs, chunk);
-    const values = out.values === undefined
-      ? chunk.map((item) => baseline!.predict(item.length))
-      : perItem(out.values, chunk);
-    chunk.forEach((item, i) => {
-      item.oldLogProbs = logProbs[i];
-      item.oldValues = values[i];
-    });
-    appendAll(refLogProbs, perItem(out.refLogProbs, chunk));
+  for (const chunk of rolloutChunks(items, config)) {
+    const tensors = chunkScores(models, chunk, config);
+    const arrays = tensors.map((t) => t.arraySync());
+    tf.dispose(tensors);
+    appendAll(refLogProbs, fillChunk(chunk, arrays, baseline));
   }
-  return { refLogProbs, entropy: rolloutEntropy(models.policy, items.slice(0, chunkSize), config) };
+  const entropy = rolloutEntropy(models.policy, items.slice(0, chunkSize(config)), config);
+  const [sum, tokens] = entropy.map((t) => t.dataSync()[0]);
+  tf.dispose(entropy);
+  return { refLogProbs, entropy: tokens > 0 ? sum / tokens : NaN };
 }
 
 /**
- * The `ppo/entropy` diagnostic: the mean per-token entropy of the sampling policy
- * softmax(logits / temperature) (no gradient, dropout off) over `items`, the first
- * `minibatchSize` items of the rollout batch. The entropy needs the full `[B, T, V]`
- * distribution, the one costly path left in scoring, so it is measured on that fixed
- * subset rather than on the whole rollout batch. NaN without tokens.
+ * {@link scoreRollout} with asynchronous reads, so on every backend (WebGPU under Deno
+ * cannot read synchronously): the same values.
  */
-function rolloutEntropy(policy: Policy, items: readonly RolloutItem[], config: PpoConfig): number {
-  if (items.length === 0) return NaN;
-  const { sum, tokens } = tf.tidy(() => {
+export async function scoreRolloutAsync(
+  models: PpoModels,
+  items: RolloutItem[],
+  config: PpoConfig,
+  baseline: PositionBaseline | undefined,
+): Promise<{ refLogProbs: number[][]; entropy: number }> {
+  const refLogProbs: number[][] = [];
+  for (const chunk of rolloutChunks(items, config)) {
+    const tensors = chunkScores(models, chunk, config);
+    const arrays = await Promise.all(tensors.map((t) => t.array()));
+    tf.dispose(tensors);
+    appendAll(refLogProbs, fillChunk(chunk, arrays, baseline));
+  }
+  const entropy = rolloutEntropy(models.policy, items.slice(0, chunkSize(config)), config);
+  const [sum, tokens] = await Promise.all(entropy.map(async (t) => (await t.data())[0]));
+  tf.dispose(entropy);
+  return { refLogProbs, entropy: tokens > 0 ? sum / tokens : NaN };
+}
+
+/** Items per scoring pass: a minibatch's worth. */
+function chunkSize(config: PpoConfig): number {
+  return Math.max(1, config.minibatchSize);
+}
+
+/** The rollout's items in scoring passes of {@link chunkSize}. */
+function rolloutChunks(items: RolloutItem[], config: PpoConfig): RolloutItem[][] {
+  const chunks: RolloutItem[][] = [];
+  for (let start = 0; start < items.length; start += chunkSize(config)) {
+    chunks.push(items.slice(start, start + chunkSize(config)));
+  }
+  return chunks;
+}
+
+/**
+ * `[B, T]` tensors of one scoring pass (the caller reads and disposes them): the policy's
+ * log-probabilities, the reference's, and the critic's values where it is a network.
+ */
+function chunkScores(models: PpoModels, chunk: RolloutItem[], config: PpoConfig): tf.Tensor2D[] {
+  return tf.tidy(() => {
+    const batch = makeBatch(chunk, models.policy.specials);
+    const options = { training: false, temperature: config.temperature };
+    let own: tf.Tensor2D;
+    let values: tf.Tensor2D | undefined;
+    if (config.critic === "head") {
+      ({ logProbs: own, values } = logProbsAndValues(models.policy, batch, options));
+    } else {
+      own = models.policy.tokenLogProbs(batch, options);
+      if (config.critic === "network") values = valuesOf(models.valueNet!, batch, false);
+    }
+    const ref = models.reference.tokenLogProbs(batch, options);
+    return values === undefined ? [own, ref] : [own, ref, values];
+  });
+}
+
+/**
+ * Sets the old log-probabilities and values of `chunk`'s items from the read arrays of
+ * {@link chunkScores} (values from `baseline` when the critic is not a network) and
+ * returns the reference log-probabilities, each cut to its item's length.
+ */
+function fillChunk(
+  chunk: RolloutItem[],
+  [own, ref, critic]: number[][][],
+  baseline: PositionBaseline | undefined,
+): number[][] {
+  const logProbs = perItem(own, chunk);
+  const values = critic === undefined
+    ? chunk.map((item) => baseline!.predict(item.length))
+    : perItem(critic, chunk);
+  chunk.forEach((item, i) => {
+    item.oldLogProbs = logProbs[i];
+    item.oldValues = values[i];
+  });
+  return perItem(ref, chunk);
+}
+
+/**
+ * The `ppo/entropy` diagnostic's parts: the summed per-token entropy of the sampling policy
+ * softmax(logits / temperature) (no gradient, dropout off) over `items`, the first
+ * `minibatchSize` items of the rollout batch, and their token count, as scalar tensors the
+ * caller reads and disposes (none for no items). The entropy needs the full `[B, T, V]`
+ * distribution, the one costly path left in scoring, so it is measured on that fixed
+ * subset rather than on the whole rollout batch.
+ */
+function rolloutEntropy(
+  policy: Policy,
+  items: readonly RolloutItem[],
+  config: PpoConfig,
+): tf.Scalar[] {
+  if (items.length === 0) return [tf.scalar(0), tf.scalar(0)];
+  return tf.tidy(() => {
     const batch = makeBatch(items, policy.specials);
     const { logits } = policy.forward(batch, { training: false });
     const { entropy } = tokenLogProbsAndEntropy(
@@ -808,9 +872,8 @@ function rolloutEntropy(policy: Policy, items: readonly RolloutItem[], config: P
       batch.targetMask,
       config.temperature,
     );
-    return { sum: tf.sum(entropy).dataSync()[0], tokens: tf.sum(batch.targetMask).dataSync()[0] };
+    return [tf.sum(entropy), tf.sum(batch.targetMask)];
   });
-  return tokens > 0 ? sum / tokens : NaN;
 }
 
 /** `[B, T]` per-token inputs of a minibatch's PPO loss (zero-padded; no gradient). */
@@ -828,7 +891,9 @@ export interface MinibatchTargets {
 /**
  * The PPO loss of one minibatch, to be called inside the gradient tape: clipped policy loss
  * + `valueCoef` x (clipped) value loss - `entropyCoef` x mean entropy, with the diagnostics
- * written into `stats`.
+ * (named as {@link StepStats}'s fields) given to `record`; by default they are read at once
+ * into `stats` (host backends only: on device backends pass a recorder that takes tensors,
+ * such as {@link optimizerStep}'s).
  *
  * With `entropyCoef` 0 (the default) the log-probabilities come from the model's fused
  * output layer ({@link Policy.tokenLogProbs} at the run's temperature) and the values from
@@ -845,6 +910,9 @@ export function ppoLoss(
   targets: MinibatchTargets,
   config: PpoConfig,
   stats: StepStats,
+  record: LossRecorder = (name: string, value: number) => {
+    stats[name as keyof StepStats] = value;
+  },
 ): tf.Scalar {
   const training = config.dropout;
   const mask = batch.targetMask;
@@ -879,7 +947,7 @@ export function ppoLoss(
   let loss = pl.loss;
   if (entropy !== undefined) {
     loss = tf.sub(loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
-    stats.entropy = entropy.dataSync()[0];
+    recordScalar(record, "entropy", entropy);
   }
   if (values !== undefined) {
     const vl = clippedValueLoss(
@@ -890,12 +958,12 @@ export function ppoLoss(
       config.valueClipRange,
     );
     loss = tf.add(loss, tf.mul(vl.loss, config.valueCoef)) as tf.Scalar;
-    stats.valueLoss = vl.loss.dataSync()[0];
-    stats.valueClipFraction = vl.clipFraction.dataSync()[0];
+    recordScalar(record, "valueLoss", vl.loss);
+    recordScalar(record, "valueClipFraction", vl.clipFraction);
   }
-  stats.policyLoss = pl.loss.dataSync()[0];
-  stats.clipFraction = pl.clipFraction.dataSync()[0];
-  stats.approxKl = pl.approxKl.dataSync()[0];
+  recordScalar(record, "policyLoss", pl.loss);
+  recordScalar(record, "clipFraction", pl.clipFraction);
+  recordScalar(record, "approxKl", pl.approxKl);
   return loss;
 }
 
@@ -931,9 +999,10 @@ async function updateStep(
     const update = await optimizerStep(
       variables,
       optimizer,
-      () => ppoLoss(models, batch, targets, config, stats),
+      (record) => ppoLoss(models, batch, targets, config, stats, record),
       lr,
       config.clipNorm,
+      (name, value) => (stats[name as keyof StepStats] = value),
     );
     stats.loss = update.loss;
     stats.gradNorm = update.norm;
