@@ -147,7 +147,7 @@ export interface LabelledRow extends RewardInput {
 
 /** What {@link RewardModel.adapt} gets. */
 export interface RewardAdaptContext {
-  /** Folder of the new version (created by the caller; a complete version there is reloaded). */
+  /** Folder of the new version (created if missing; a complete version there is reloaded). */
   dir: string;
   /** Seed of the fine-tuning (batch order, dropout). */
   seed: number;

@@ -507,6 +507,7 @@ class LearnedReward implements RewardModel {
       throw new UserError("learned reward: adapt() needs a prepared or loaded model");
     }
     const fingerprint = await tokenizerFingerprint(tokenizer);
+    await Deno.mkdir(ctx.dir, { recursive: true });
     const next = new LearnedReward(this.#config, this.#target, this.#deps);
     if (await hasCheckpoint(ctx.dir, MODEL_NAME)) {
       next.#install(await next.#load(ctx.dir, MODEL_NAME, fingerprint), tokenizer);
