@@ -7,7 +7,6 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { UserError } from "./errors.ts";
 import type { Schedule } from "./types.ts";
 
 /** Adam hyper-parameters (Kingma & Ba 2015). */
@@ -46,22 +45,6 @@ const ASYNC_READ_BACKENDS = new Set(["webgpu"]);
  */
 export function readsOnlyAsync(name: string = tf.getBackend()): boolean {
   return ASYNC_READ_BACKENDS.has(name);
-}
-
-/**
- * Throws a clear error when the active backend cannot read tensors synchronously
- * ({@link readsOnlyAsync}) and `what` (e.g. `loss "gold"`) needs such reads: it would
- * otherwise fail mid-run with tfjs's own message.
- *
- * @throws {UserError} naming `what` and the backend.
- */
-export function requireSyncReads(what: string): void {
-  if (!readsOnlyAsync()) return;
-  throw new UserError(
-    `${what} reads tensors on the host while computing a step, which the ` +
-      `${tf.getBackend()} backend cannot do under Deno (only asynchronous reads); run it ` +
-      "with the cpu, blas or wasm backend",
-  );
 }
 
 /**
