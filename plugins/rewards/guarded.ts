@@ -75,7 +75,15 @@ import {
 } from "../../core/plugin.ts";
 import { writeFileAtomic } from "../../core/run.ts";
 import { prepareWrapped } from "./_wrapped.ts";
-import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
+import type {
+  Example,
+  LabelledRow,
+  RewardAdaptation,
+  RewardAdaptContext,
+  RewardInput,
+  RewardModel,
+  RewardPrepareContext,
+} from "../../core/types.ts";
 
 /** The rules, in the order they are checked and reported. */
 export const GUARD_RULES = ["length", "repetition", "copy", "script", "ending"] as const;
@@ -571,6 +579,15 @@ export class GuardedReward implements RewardModel {
   #rules: GuardRules | undefined;
   #counts: Record<string, number> = {};
 
+  /**
+   * Present when the inner reward can adapt (ReST's `rewardUpdate`): the inner reward's new
+   * version, guarded by the same rules.
+   */
+  readonly adapt?: (
+    rows: readonly LabelledRow[],
+    ctx: RewardAdaptContext,
+  ) => Promise<RewardAdaptation>;
+
   /** Wraps `inner`; the rules are learned by {@link GuardedReward.prepare}. */
   constructor(config: GuardedConfig, inner: RewardModel) {
     this.#config = config;
@@ -578,6 +595,15 @@ export class GuardedReward implements RewardModel {
     this.needsReference = inner.needsReference;
     this.#active = GUARD_RULES.filter((rule) => config[rule].enabled);
     this.#reset();
+    const adapt = inner.adapt?.bind(inner);
+    if (adapt !== undefined) {
+      this.adapt = async (rows, ctx) => {
+        const adapted = await adapt(rows, ctx);
+        const next = new GuardedReward(this.#config, adapted.reward);
+        if (this.#rules !== undefined) next.useRules(this.#rules);
+        return { ...adapted, reward: next };
+      };
+    }
   }
 
   /** The learned rules (undefined before {@link GuardedReward.prepare}). */

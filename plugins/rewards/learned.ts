@@ -52,6 +52,13 @@
  * `heldout.jsonl` (each held-out row with its kind, target and prediction). The checkpoint
  * is written atomically, its .json last, so a model whose .json exists is complete.
  *
+ * ## Fine-tuning between Grow steps
+ *
+ * {@link RewardModel.adapt} (ReST's `rewardUpdate`, core/reward_update.ts) fine-tunes a copy
+ * of the network on freshly labelled rows (`_qe_finetune.ts`) and saves it, with the tokenizer
+ * state, as `qe_model.json` in the folder it is given (the run's `reward_update_<g>/`); the
+ * experiment's model in the reward folder is never overwritten.
+ *
  * The network is in `_qe_model.ts` (a small transformer encoder over
  * `source EOS hypothesis EOS` with per-segment mean pooling and a sigmoid head).
  *

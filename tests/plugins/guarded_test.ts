@@ -458,3 +458,45 @@ Deno.test("guarded: a smoke experiment with {reward: chrf} runs (baselines and R
     assert.deepEqual(saved.rules.script.allowed, ["Latin"]);
   });
 });
+
+Deno.test("guarded: adapts when its inner reward can (same rules on the new version), else has no adapt", async () => {
+  const config = await resolvedConfig({ ...ALL_OFF, copy: { enabled: true } });
+  const rules = learnGuards(TRAIN, config);
+  assert.equal(
+    new GuardedReward(config, { needsReference: true, score: () => Promise.resolve([]) }).adapt,
+    undefined,
+  );
+  const seen: unknown[] = [];
+  const inner: RewardModel = {
+    needsReference: false,
+    score: (rows) => Promise.resolve(rows.map(() => 0.5)),
+    adapt: (rows, ctx) => {
+      seen.push(rows.length, ctx.dir);
+      const reward = {
+        needsReference: false,
+        score: (r: readonly RewardInput[]) => Promise.resolve(r.map(() => 0.9)),
+      };
+      return Promise.resolve({ reward, steps: 3, reloaded: false, dispose() {} });
+    },
+  };
+  const guarded = new GuardedReward(config, inner);
+  guarded.useRules(rules);
+  const ctx = {
+    dir: "/nowhere",
+    seed: 1,
+    epochs: 1,
+    learningRate: 0.001,
+    batchSize: 4,
+    progress: () => ({ tick() {}, done() {} }),
+    log: () => {},
+  };
+  const adapted = await guarded.adapt!([{ source: "a", hypothesis: "b", label: 0.2 }], ctx);
+  assert.deepEqual(seen, [1, "/nowhere"]);
+  assert.equal(adapted.steps, 3);
+  const rows = [
+    { source: "Open the file", hypothesis: "Öffne die Datei" },
+    { source: "Export the document as PDF", hypothesis: "Export the document as PDF" },
+  ];
+  // The new version's scores, with the copy of the source still zeroed by the same rule.
+  assert.deepEqual(await adapted.reward.score(rows), [0.9, 0]);
+});
