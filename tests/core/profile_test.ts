@@ -22,14 +22,19 @@ Deno.test("profiler charges time to the innermost phase only, with units and GEM
     });
     busy(30);
   });
+  const before = (performance.now() - started) / 1000;
   const profile = profiler.snapshot();
-  const elapsed = (performance.now() - started) / 1000;
+  const after = (performance.now() - started) / 1000;
   // Each phase got at least its own busy time, and the phases add up to the time that
-  // passed: the inner phase's 60 ms were not charged to the outer one as well.
+  // passed (bracketed by clock reads on either side of the snapshot, so a busy machine
+  // cannot fail it): the inner phase's 60 ms were not charged to the outer one as well.
   assert.ok(profile.outer.seconds >= 0.055, `${profile.outer.seconds}`);
   assert.ok(profile.inner.seconds >= 0.055, `${profile.inner.seconds}`);
   const charged = profile.outer.seconds + profile.inner.seconds + (profile.other?.seconds ?? 0);
-  assert.ok(Math.abs(charged - elapsed) < 0.01, `${charged} s charged, ${elapsed} s passed`);
+  assert.ok(
+    charged >= before - 0.002 && charged <= after + 0.002,
+    `${charged} s charged, ${before}-${after} s passed`,
+  );
   assert.equal(profile.inner.gemmSeconds, 0.025);
   assert.equal(profile.outer.gemmSeconds, 0);
   assert.deepEqual(profile.outer.units, { tokens: 100 });
@@ -40,15 +45,15 @@ Deno.test("profiler charges time to the innermost phase only, with units and GEM
   // An exception still closes the phase.
   await assert.rejects(profiler.phase("failing", () => Promise.reject(new Error("boom"))));
   busy(20);
-  const after = profiler.snapshot();
-  assert.ok(after.other.seconds >= 0.015, "time outside every phase is `other`");
+  const later = profiler.snapshot();
+  assert.ok(later.other.seconds >= 0.015, "time outside every phase is `other`");
 
   const merged = mergeProfiles([profile, profile]);
   assert.equal(merged.outer.calls, 2);
   assert.deepEqual(merged.inner.units, { rows: 14 });
   const lines = formatProfile(merged);
   assert.match(lines[0], /^(outer|inner) /);
-  assert.ok(lines.some((l) => /inner .* gemm \d+%\s+\d+ rows\/s/.test(l)), lines.join("\n"));
+  assert.ok(lines.some((l) => /inner .* gemm \d+%\s+[\d.,]+ rows\/s/.test(l)), lines.join("\n"));
 
   profiler.reset();
   assert.deepEqual(Object.keys(profiler.snapshot()), ["other"]);

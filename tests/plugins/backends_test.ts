@@ -964,7 +964,8 @@ Deno.test("tensorflow: without tfjs-node, init fails fast with an install hint",
   const error = await init(tensorflow).then(() => assert.fail("init should have thrown"), (e) => e);
   assert.ok(error instanceof UserError, String(error));
   assert.match(error.message, /@tensorflow\/tfjs-node-gpu: not installed/);
-  assert.match(error.message, /@tensorflow\/tfjs-node: not installed/);
+  // A copy in Deno's npm cache whose install script never ran counts as not installed.
+  assert.match(error.message, /@tensorflow\/tfjs-node: (not installed|\S+ has no native addon)/);
   assert.match(error.message, /libtensorflow/);
   assert.match(error.message, /blas, wasm or cpu/);
   assert.ok(performance.now() - start < 2000, "should not try the network");
