@@ -260,6 +260,7 @@ export async function acquireLock(
   }
   const previous = await Deno.readTextFile(path).catch(() => "");
   if (previous.trim() !== "") log(`lock: taking over ${path} from a process that has ended`);
+  await removeStaleTemporaries(dir);
   const text = JSON.stringify({ pid: Deno.pid, started: new Date().toISOString() }) + "\n";
   await file.truncate(0);
   await file.write(new TextEncoder().encode(text));
@@ -271,6 +272,19 @@ export async function acquireLock(
       file.close();
     }
   };
+}
+
+/**
+ * Removes the temporary files ({@link writeFileAtomic}'s `<name>.tmp-<pid>-<id>`) that a
+ * killed process left directly in `dir`. Called with the folder's lock held, so no live
+ * process is writing them; the files they were for are either complete or absent.
+ */
+async function removeStaleTemporaries(dir: string): Promise<void> {
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.isFile && /\.tmp-\d+(-[0-9a-f]+)?$/.test(entry.name)) {
+      await Deno.remove(join(dir, entry.name)).catch(() => {});
+    }
+  }
 }
 
 /** `counters` with `prefix` before each key (e.g. a reward's diagnostics in a metrics log). */

@@ -12,6 +12,7 @@ import { tinyManifest } from "../_experiment.ts";
 import { loadCheckpoint, saveCheckpoint } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { readGrowFile, writeGrowFile } from "../../core/grow_file.ts";
+import { acquireLock } from "../../core/run.ts";
 import type { GrowRow } from "../../core/types.ts";
 
 const MANIFEST = tinyManifest({
@@ -360,6 +361,22 @@ Deno.test("a checkpoint index of the wrong shape is a user error naming it", asy
     }
     await Deno.writeTextFile(path, "[1, 2");
     await assert.rejects(() => loadCheckpoint(dir, "c"), /c\.json: not valid JSON/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("taking an experiment's lock removes the temporary files a killed process left there", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A process killed between writing splits.json's temporary file and renaming it.
+    await Deno.writeTextFile(join(dir, "splits.json.tmp-4242-39ad39fa"), "{");
+    await Deno.writeTextFile(join(dir, "grow_1.jsonl.tmp-4242"), "");
+    await Deno.writeTextFile(join(dir, "notes.tmp-draft"), "kept: not ours");
+    const release = await acquireLock(dir);
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(names, [".lock", "notes.tmp-draft"]);
+    await release();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
