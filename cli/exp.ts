@@ -166,6 +166,12 @@ export interface SandboxInputs {
   denoDir?: string;
   /** Whether a path exists (used to find an installed tfjs-node). */
   exists: (path: string) => boolean;
+  /**
+   * Whether a tfjs-node folder that exists holds the native addon (`tfjs_binding.node`);
+   * absent: assumed to. A copy whose install script never ran must not cost `auto` the
+   * blas backend.
+   */
+  hasAddon?: (folder: string) => boolean;
 }
 
 /** The permissions of the worker process and what it does with them. */
@@ -301,7 +307,10 @@ export function sandboxPlan(inputs: SandboxInputs): SandboxPlan {
   if (!args.dryRun) {
     const tensorflow = backend.name === "tensorflow" ||
       (backend.name === "auto" && backend.config.tryTensorflow !== false);
-    addons = tensorflow ? tensorflowFolders(inputs).filter(inputs.exists) : [];
+    const usable = inputs.hasAddon ?? (() => true);
+    addons = tensorflow
+      ? tensorflowFolders(inputs).filter((f) => inputs.exists(f) && usable(f))
+      : [];
     const blas = backend.name === "blas" ||
       (backend.name === "auto" && backend.config.tryBlas !== false && addons.length === 0);
     if (blas) {
@@ -384,6 +393,29 @@ function queueOf(raw: unknown): QueueAddress | undefined {
 }
 
 /** Where an installed tfjs-node(-gpu), whose native addon needs FFI, may live. */
+/**
+ * Whether `folder` (a tfjs-node package folder, its folder of versions in Deno's npm cache, or
+ * a `node_modules/.deno` store) holds tfjs-node's native addon, searched a few levels deep.
+ */
+export function containsTensorflowAddon(folder: string): boolean {
+  const search = (dir: string, depth: number): boolean => {
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(dir)];
+    } catch {
+      return false;
+    }
+    for (const entry of entries) {
+      if (entry.isFile && entry.name === "tfjs_binding.node") return true;
+      // In a node_modules/.deno store, only the tfjs-node packages' folders.
+      if (basename(dir) === ".deno" && !entry.name.startsWith("@tensorflow+tfjs-node")) continue;
+      if (entry.isDirectory && depth > 0 && search(join(dir, entry.name), depth - 1)) return true;
+    }
+    return false;
+  };
+  return search(folder, basename(folder) === ".deno" ? 7 : 4);
+}
+
 function tensorflowFolders(inputs: SandboxInputs): string[] {
   const out: string[] = [];
   for (const pkg of ["tfjs-node", "tfjs-node-gpu"]) {
@@ -781,6 +813,7 @@ async function main(): Promise<number> {
     ...(info.npmCache ? { npmCache: info.npmCache } : {}),
     ...(info.denoDir ? { denoDir: info.denoDir } : {}),
     exists,
+    hasAddon: containsTensorflowAddon,
   };
   const plan = sandboxPlan(inputs);
   checkOutputFolder(inputs, plan.modules);

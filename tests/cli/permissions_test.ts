@@ -8,7 +8,13 @@ import { probeManifest, rewardModule } from "./_probe.ts";
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { hasStackTrace, ROOT_DIR, runTask, spawnTask } from "../_cli.ts";
-import { type ExpArgs, parseExpArgs, permissionFlags, sandboxPlan } from "../../cli/exp.ts";
+import {
+  containsTensorflowAddon,
+  type ExpArgs,
+  parseExpArgs,
+  permissionFlags,
+  sandboxPlan,
+} from "../../cli/exp.ts";
 
 interface Setup {
   dir: string;
@@ -369,6 +375,40 @@ Deno.test("sandboxPlan: only backends that use OpenBLAS get FFI, given up before
   assert.deepEqual(tf.ffi, [installed]);
   assert.equal(tf.worker.revokeFfi, false);
   assert.ok(tf.read.includes(installed));
+
+  // A copy without its native addon (its install script never ran) is no reason to give up
+  // blas: auto would otherwise fall back to wasm.
+  const broken = sandboxPlan({
+    ...inputs,
+    exists: (p) => p === installed,
+    hasAddon: () => false,
+    args: args(),
+    raw: {},
+  });
+  assert.equal(broken.ffi, "all");
+  assert.equal(broken.worker.preloadBlas?.required, false);
+});
+
+Deno.test("containsTensorflowAddon finds tfjs_binding.node in a package, a cache or a .deno store", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const cache = join(dir, "cache", "@tensorflow", "tfjs-node");
+    Deno.mkdirSync(join(cache, "4.22.0", "lib"), { recursive: true });
+    assert.equal(containsTensorflowAddon(cache), false, "no addon yet");
+    Deno.mkdirSync(join(cache, "4.22.0", "lib", "napi-v8"));
+    Deno.writeTextFileSync(join(cache, "4.22.0", "lib", "napi-v8", "tfjs_binding.node"), "");
+    assert.equal(containsTensorflowAddon(cache), true);
+    const store = join(dir, "node_modules", ".deno");
+    const pkg = join(store, "@tensorflow+tfjs-node@4.22.0", "node_modules", "@tensorflow");
+    Deno.mkdirSync(join(pkg, "tfjs-node", "lib", "napi-v8"), { recursive: true });
+    Deno.mkdirSync(join(store, "other@1.0.0", "lib"), { recursive: true });
+    Deno.writeTextFileSync(join(store, "other@1.0.0", "lib", "tfjs_binding.node"), "");
+    assert.equal(containsTensorflowAddon(store), false, "only tfjs-node's folders count");
+    Deno.writeTextFileSync(join(pkg, "tfjs-node", "lib", "napi-v8", "tfjs_binding.node"), "");
+    assert.equal(containsTensorflowAddon(store), true);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("sandboxPlan: runs that may use WebGPU get the unstable flag and the driver diagnosis", () => {
