@@ -21,6 +21,9 @@
  *   *current* weights for `epochs` passes over the kept rows (capped at `steps`) at a learning
  *   rate that starts below BC's final one and decays with every Improve step of the run; the
  *   rows are held compactly ({@link GrowPool}).
+ * - **Reward update** (`rewardUpdate`, off by default; core/reward_update.ts): between a Grow
+ *   step and its Improve steps, the reward is fine-tuned on a chrF-labelled slice of the Grow
+ *   set, and Improve filters and selects with the new version on the rest of the set, re-scored.
  *
  * @module
  */
