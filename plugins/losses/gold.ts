@@ -67,7 +67,7 @@ export function truncatedReturns(
  * end (mask 0, or past the batch's width) counting the reward of p_BC = 1.
  */
 function goldReturns(bcLogP: tf.Tensor2D, mask: tf.Tensor2D, config: GoldConfig): tf.Tensor2D {
-  const [rows, width] = mask.shape;
+  const width = mask.shape[1];
   const reward = (logP: tf.Tensor) =>
     tf.maximum(
       config.variant === "s" ? tf.exp(logP) : tf.sub(logP, config.logBaseline),
@@ -75,17 +75,22 @@ function goldReturns(bcLogP: tf.Tensor2D, mask: tf.Tensor2D, config: GoldConfig)
     );
   const pastEnd = Math.max(config.variant === "s" ? 1 : -config.logBaseline, config.minReward);
   const rewards = tf.add(tf.mul(reward(bcLogP), mask), tf.mul(tf.sub(1, mask), pastEnd));
-  // r_{t+k} for k <= shift read from the rewards padded on the right with pastEnd; further
-  // shifts lie wholly past every row's end.
-  const shift = Math.min(config.horizon, width);
-  const padded = tf.concat([rewards, tf.fill([rows, shift], pastEnd)], 1);
-  let returns: tf.Tensor = tf.zerosLike(rewards);
-  for (let k = 0; k <= shift; k++) {
-    returns = tf.add(returns, tf.mul(tf.slice(padded, [0, k], [rows, width]), config.gamma ** k));
+  // b = rewards . D + tail: D[j, t] = gamma^(j - t) for 0 <= j - t <= H, and tail[t] the
+  // positions t + k past the batch's width, which are past every row's end.
+  const discount = new Float32Array(width * width);
+  const tail = new Float32Array(width);
+  for (let t = 0; t < width; t++) {
+    let past = 0;
+    for (let k = 0; k <= config.horizon; k++) {
+      if (t + k < width) discount[(t + k) * width + t] = config.gamma ** k;
+      else past += config.gamma ** k * pastEnd;
+    }
+    tail[t] = past;
   }
-  let tail = 0;
-  for (let k = shift + 1; k <= config.horizon; k++) tail += config.gamma ** k * pastEnd;
-  return (tail === 0 ? returns : tf.add(returns, tail)) as tf.Tensor2D;
+  return tf.add(
+    tf.matMul(rewards, tf.tensor2d(discount, [width, width])),
+    tf.tensor2d(tail, [1, width]),
+  ) as tf.Tensor2D;
 }
 
 /** The `gold` loss plugin. */
