@@ -4,7 +4,8 @@
  *
  * 1. the Grow set's sources are cut, by a seeded shuffle, into a labelled slice
  *    (`fraction` of them), a disjoint check slice (`checkFraction`) and the rest;
- * 2. the sampled rows of both slices are labelled with sentence chrF against their
+ * 2. the sampled rows of both slices (and, with `references`, the labelled slice's original
+ *    pairs, which anchor the top of the scale) are labelled with sentence chrF against their
  *    references (sacreBLEU defaults, / 100): our stand-in for fresh human labels;
  * 3. the reward is fine-tuned on the labelled slice ({@link RewardModel.adapt}: a new version
  *    saved in the run's folder, `reward_update_<g>/`; the reward it came from is unchanged);
@@ -47,6 +48,8 @@ export interface RewardUpdateSettings {
   fraction: number;
   /** Share of the sources labelled only to measure the reward before and after. */
   checkFraction: number;
+  /** Also fine-tune on the labelled sources' original pairs (label: chrF of y against y). */
+  references: boolean;
   /** Passes of the fine-tuning over the labelled rows. */
   epochs: number;
   /** Learning rate of the fine-tuning (constant). */
@@ -93,9 +96,17 @@ export function sliceSources(
   };
 }
 
-/** The sampled rows of `sources`, labelled with sentence chrF / 100 against their references. */
-export function labelRows(rows: readonly GrowRow[], sources: ReadonlySet<string>): LabelledRow[] {
-  return rows.filter((r) => r.origin === "sample" && sources.has(r.source)).map((r) => ({
+/**
+ * The sampled rows of `sources` (and with `references` their original pairs too), labelled
+ * with sentence chrF / 100 against their references.
+ */
+export function labelRows(
+  rows: readonly GrowRow[],
+  sources: ReadonlySet<string>,
+  references = false,
+): LabelledRow[] {
+  const wanted = (r: GrowRow) => r.origin === "sample" || references;
+  return rows.filter((r) => wanted(r) && sources.has(r.source)).map((r) => ({
     source: r.source,
     hypothesis: r.hypothesis,
     reference: r.reference,
@@ -164,7 +175,7 @@ export async function updateReward(
     throw new UserError("rewardUpdate: the run's reward cannot adapt (it has no adapt())");
   }
   const slices = sliceSources(rows, settings.fraction, settings.checkFraction, seed);
-  const labelled = labelRows(rows, slices.labelled);
+  const labelled = labelRows(rows, slices.labelled, settings.references);
   if (labelled.length === 0) {
     throw new UserError(
       `rewardUpdate: Grow step ${g} has no sampled rows to label (it needs at least 2 sources)`,

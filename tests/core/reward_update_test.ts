@@ -65,6 +65,12 @@ Deno.test("sliceSources: seeded, disjoint, by source, and never every source", (
     assert.ok(a.labelled.has(r.source));
     assert.equal(r.label, sentenceChrf(r.hypothesis, r.reference!) / 100);
   }
+  // With references, the labelled sources' original pairs too (label 1).
+  const anchored = labelRows(rows, a.labelled, true);
+  assert.equal(anchored.length, 40);
+  assert.deepEqual(anchored.filter((r) => r.hypothesis === r.reference).map((r) => r.label), [
+    ...Array(10).fill(1),
+  ]);
   // Two sources: one labelled, one left for Improve, whatever the fraction.
   const two = sliceSources(rows.filter((r) => r.source === "s0" || r.source === "s1"), 0.9, 0.9, 1);
   assert.equal(two.labelled.size, 1);
@@ -175,6 +181,7 @@ Deno.test("a learned reward made bad on new samples is fine-tuned; its check cor
       epochs: 6,
       learningRate: 0.003,
       batchSize: 16,
+      references: false,
     };
     const update = await updateReward(bad.reward, rows, settings, ctx, 1, 11);
     const m = records[0];
