@@ -256,7 +256,7 @@ function updateManifest(fraction = 0.3, epochs = 3): Record<string, unknown> {
         },
       },
       loss: "bc",
-      threshold: { name: "fixed", config: { values: [0.5] } },
+      threshold: { name: "fixed", config: { values: [0.5], aboveMean: false } },
     }],
   });
 }
@@ -280,10 +280,9 @@ Deno.test("in a run, Improve filters the re-scored set without the labelled sour
         raw.map((r) => r.source).filter((s) => !derived.some((d) => d.source === s)),
       );
       assert.equal(left.size, update["grow/reward_update_sources"]);
-      assert.equal(
-        raw.filter((r) => left.has(r.source) && r.origin === "sample").length,
-        update["grow/reward_update_rows"],
-      );
+      // Their samples and (references: true, the default) their original pairs are labelled.
+      assert.equal(raw.filter((r) => left.has(r.source)).length, update["grow/reward_update_rows"]);
+      assert.ok(raw.some((r) => left.has(r.source) && r.origin === "reference"));
       // Same rows otherwise, with the new version's rewards.
       const rest = raw.filter((r) => !left.has(r.source));
       assert.deepEqual(
