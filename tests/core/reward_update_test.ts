@@ -220,9 +220,22 @@ Deno.test("a learned reward made bad on new samples is fine-tuned; its check cor
       await again.adaptation.reward.score(check),
       await update.adaptation.reward.score(check),
     );
+    const expected = await update.adaptation.reward.score(check);
     update.adaptation.dispose();
     again.adaptation.dispose();
     assert.equal(tf.memory().numTensors, tensors, "no tensors leak");
+    // The version is saved with its tokenizer: `path` loads it outside the run (deno task score).
+    const ref = await resolvePluginRef(registries, "reward", {
+      name: "learned",
+      config: { path: join(dir, "reward_update_1") },
+    }, "test");
+    const loaded = await createPlugin(registries, "reward", ref, {
+      seed: 1,
+      baseDir: "/",
+      smoke: false,
+      log: () => {},
+    });
+    assert.deepEqual(await loaded.score(check), expected);
     bad.dispose();
   }, "reward_update_");
 });
