@@ -19,10 +19,12 @@
  * @module
  */
 
+import { UserError } from "./errors.ts";
 import { sampleAndScore } from "./evaluate.ts";
 import { corpusChrf, sentenceChrf } from "./metrics/chrf.ts";
 import { kendallTauB, pearson, withinGroupKendall } from "./metrics/correlation.ts";
-import type { Example, Policy, RewardModel, Tokenizer } from "./types.ts";
+import { Rng } from "./random.ts";
+import type { Example, Policy, RewardModel, RewardPrepareContext, Tokenizer } from "./types.ts";
 
 /** Settings of {@link rewardReport}. */
 export interface RewardReportOptions {
@@ -122,4 +124,61 @@ export function describeRewardReport(report: Record<string, number>): string {
   return `pooled Pearson ${f(report.pooled_pearson)}, Kendall ${f(report.pooled_kendall)} with ` +
     `chrF over ${report.sources} sources x ${report.samples} samples; within-source Kendall ` +
     `${f(report.within_kendall)} (${report.within_sources} sources); Best-of-N chrF ${curve}`;
+}
+
+/** What {@link reportOnTestSources} measures, from a reward's `report` config. */
+export interface TestSourcesReport {
+  /** Test sources (0: no report). */
+  sources: number;
+  /** Samples per source. */
+  samples: number;
+  /** Samples per source for the within-source Kendall. */
+  withinSamples: number;
+  /** The reward's name: the seed stream `<name>/report` and the metrics `<name>/report_<key>`. */
+  name: string;
+  /** The step the metrics record carries, if any. */
+  step?: number;
+}
+
+/**
+ * The report a reward model gives of itself at the end of its `prepare`: {@link rewardReport}
+ * of `reward` on the first `sources` test sources with the BC policy's samples at the
+ * evaluation temperature, logged to the reward's metrics and printed. Null when off, or when
+ * there is no BC policy to sample (said in the log).
+ */
+export async function reportOnTestSources(
+  reward: RewardModel,
+  ctx: RewardPrepareContext,
+  options: TestSourcesReport,
+): Promise<Record<string, number> | null> {
+  const { sources, samples, withinSamples, name, step } = options;
+  const examples = ctx.splits.test.slice(0, sources);
+  if (sources === 0 || examples.length === 0) return null;
+  let policy: Policy;
+  try {
+    policy = await ctx.bcPolicy();
+  } catch (error) {
+    if (!(error instanceof UserError)) throw error;
+    ctx.log(`no held-out report: it samples the BC policy (${error.message})`);
+    return null;
+  }
+  try {
+    const report = await rewardReport(policy, ctx.tokenizer, reward, examples, {
+      samples,
+      withinSamples: Math.min(withinSamples, samples),
+      ns: powersUpTo(samples),
+      temperature: ctx.evaluation.temperature,
+      seed: new Rng(ctx.seed).fork(`${name}/report`).nextUint32(),
+      maxLen: ctx.evaluation.maxLen,
+      batchSize: ctx.evaluation.batchSize,
+    });
+    const record = Object.fromEntries(
+      Object.entries(report).map(([k, v]) => [`${name}/report_${k}`, v]),
+    );
+    await ctx.metrics.log(record, step);
+    ctx.log(`held-out report on test sources: ${describeRewardReport(report)}`);
+    return report;
+  } finally {
+    policy.dispose();
+  }
 }

@@ -82,7 +82,7 @@ import { definePlugin, int, PLUGIN_REF_KEYWORD } from "../../core/plugin.ts";
 import type { JsonSchema, ResolvedPluginRef } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
-import { describeRewardReport, powersUpTo, rewardReport } from "../../core/reward_report.ts";
+import { describeRewardReport, reportOnTestSources } from "../../core/reward_report.ts";
 import { BC_SCHEMA, smokeBc } from "../../core/sections.ts";
 import { disposeBatch } from "../../core/train.ts";
 import type {
@@ -620,27 +620,12 @@ export class DualXentReward implements RewardModel {
     config: DualXentConfig,
   ): Promise<Record<string, number> | null> {
     const { testSources, samples, withinSamples } = config.report;
-    const examples = ctx.splits.test.slice(0, testSources);
-    if (examples.length === 0) return null;
-    const policy = await ctx.bcPolicy();
-    try {
-      const report = await rewardReport(policy, ctx.tokenizer, this, examples, {
-        samples,
-        withinSamples: Math.min(withinSamples, samples),
-        ns: powersUpTo(samples),
-        temperature: ctx.evaluation.temperature,
-        seed: new Rng(ctx.seed).fork("dual_xent/report").nextUint32(),
-        maxLen: ctx.evaluation.maxLen,
-        batchSize: ctx.evaluation.batchSize,
-      });
-      await ctx.metrics.log(
-        Object.fromEntries(Object.entries(report).map(([k, v]) => [`dual_xent/report_${k}`, v])),
-      );
-      ctx.log(`held-out report on test sources: ${describeRewardReport(report)}`);
-      return report;
-    } finally {
-      policy.dispose();
-    }
+    return await reportOnTestSources(this, ctx, {
+      sources: testSources,
+      samples,
+      withinSamples,
+      name: "dual_xent",
+    });
   }
 }
 

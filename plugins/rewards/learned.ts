@@ -81,7 +81,7 @@ import {
   type ResolvedPluginRef,
 } from "../../core/plugin.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
-import { describeRewardReport, powersUpTo, rewardReport } from "../../core/reward_report.ts";
+import { reportOnTestSources } from "../../core/reward_report.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import type {
@@ -838,17 +838,6 @@ class LearnedReward implements RewardModel {
     config: LearnedConfig,
     model: QeModel,
   ): Promise<Record<string, number> | null> {
-    const { sources, samples, withinSamples } = config.report;
-    const examples = ctx.splits.test.slice(0, sources);
-    if (sources === 0 || examples.length === 0) return null;
-    let policy: Policy;
-    try {
-      policy = await ctx.bcPolicy();
-    } catch (error) {
-      if (!(error instanceof UserError)) throw error;
-      ctx.log(`no held-out report: it samples the BC policy (${error.message})`);
-      return null;
-    }
     const reward: RewardModel = {
       needsReference: false,
       score: (rows) =>
@@ -856,25 +845,11 @@ class LearnedReward implements RewardModel {
           model.predict(rows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis)), 128),
         ),
     };
-    try {
-      const report = await rewardReport(policy, ctx.tokenizer, reward, examples, {
-        samples,
-        withinSamples: Math.min(withinSamples, samples),
-        ns: powersUpTo(samples),
-        temperature: ctx.evaluation.temperature,
-        seed: new Rng(ctx.seed).fork("learned/report").nextUint32(),
-        maxLen: ctx.evaluation.maxLen,
-        batchSize: ctx.evaluation.batchSize,
-      });
-      await ctx.metrics.log(
-        Object.fromEntries(Object.entries(report).map(([k, v]) => [`learned/report_${k}`, v])),
-        config.training.steps,
-      );
-      ctx.log(`held-out report on test sources: ${describeRewardReport(report)}`);
-      return report;
-    } finally {
-      policy.dispose();
-    }
+    return await reportOnTestSources(reward, ctx, {
+      ...config.report,
+      name: "learned",
+      step: config.training.steps,
+    });
   }
 
   /** The training loop; returns the number of steps taken. */
