@@ -6,8 +6,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
-import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
 import dualXent, {
   calibrate,
   crossEntropies,
@@ -33,8 +31,8 @@ import type {
   Splits,
   Tokenizer,
 } from "../../core/types.ts";
-import type { PluginDefinition } from "../../core/plugin.ts";
 import { EVAL_SCHEMA } from "../../core/sections.ts";
+import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
 
 const registries = createRegistries(builtinPlugins);
 
@@ -46,10 +44,7 @@ await (await createPlugin(
   { seed: 1, baseDir: "/", smoke: false, log: () => {} } as never,
 )).init();
 
-function defaults(plugin: PluginDefinition): Record<string, unknown> {
-  const props = plugin.configSchema.properties as Record<string, { default: unknown }>;
-  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, structuredClone(v.default)]));
-}
+const defaults = pluginDefaults;
 
 // --- the score and its calibration -----------------------------------------------------------
 
@@ -130,23 +125,12 @@ function lexiconSplits(pairs: number): Splits {
 
 async function tinySetup(tokenizerConfig: Record<string, unknown> = {}): Promise<Setup> {
   const splits = lexiconSplits(500);
-  const tokenizer = await bpe.create(
-    { ...defaults(bpe), vocabSize: 320, ...tokenizerConfig } as never,
-    {} as never,
-  );
-  tokenizer.train({
-    sources: splits.train.map((e) => e.source),
-    targets: splits.train.map((e) => e.reference),
-  });
-  const factory = await transformer.create({
-    ...defaults(transformer),
+  const { tokenizer, factory } = await tinyTranslator(splits, {
+    vocabSize: 320,
     dModel: 32,
-    heads: 2,
     ffn: 64,
-    encoderLayers: 1,
-    decoderLayers: 1,
-    dropout: 0,
-  } as never, {} as never);
+    tokenizer: tokenizerConfig,
+  });
   return { splits, tokenizer, factory };
 }
 

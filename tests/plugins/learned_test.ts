@@ -7,8 +7,6 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
-import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
 import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import {
@@ -36,18 +34,15 @@ import type {
   Splits,
   Tokenizer,
 } from "../../core/types.ts";
-import type { PluginDefinition } from "../../core/plugin.ts";
 import { EVAL_SCHEMA } from "../../core/sections.ts";
 import { runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
+import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
 const registries = createRegistries(builtinPlugins);
 
-function defaults(plugin: PluginDefinition): Record<string, unknown> {
-  const props = plugin.configSchema.properties as Record<string, { default: unknown }>;
-  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, structuredClone(v.default)]));
-}
+const defaults = pluginDefaults;
 
 // --- corruptions ---------------------------------------------------------------------------
 
@@ -222,20 +217,7 @@ async function tinySetup(vocabSize = 320): Promise<Setup> {
     {} as never,
   );
   const splits = await data.load();
-  const tokenizer = await bpe.create({ ...defaults(bpe), vocabSize } as never, {} as never);
-  tokenizer.train({
-    sources: splits.train.map((e) => e.source),
-    targets: splits.train.map((e) => e.reference),
-  });
-  const factory = await transformer.create({
-    ...defaults(transformer),
-    dModel: 16,
-    heads: 2,
-    ffn: 32,
-    encoderLayers: 1,
-    decoderLayers: 1,
-    dropout: 0,
-  } as never, {} as never);
+  const { tokenizer, factory } = await tinyTranslator(splits, { vocabSize, dModel: 16, ffn: 32 });
   return { splits, tokenizer, factory };
 }
 

@@ -9,8 +9,6 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
-import bpe from "../../plugins/tokenizers/bpe.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
 import { buildRows, drawKind, sourceBatches } from "../../plugins/rewards/learned.ts";
 import { addWords, corrupt, CORRUPTION_KINDS, dropClause } from "../../plugins/rewards/_corrupt.ts";
 import { type QeItem, QeModel, rankingLoss } from "../../plugins/rewards/_qe_model.ts";
@@ -21,17 +19,14 @@ import { createPlugin } from "../../core/experiment.ts";
 import { MetricsWriter } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import type { EvalSettings, RewardModel, RewardPrepareContext, Splits } from "../../core/types.ts";
-import type { PluginDefinition } from "../../core/plugin.ts";
 import { EVAL_SCHEMA } from "../../core/sections.ts";
+import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
 const registries = createRegistries(builtinPlugins);
 
-function defaults(plugin: PluginDefinition): Record<string, unknown> {
-  const props = plugin.configSchema.properties as Record<string, { default: unknown }>;
-  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, structuredClone(v.default)]));
-}
+const defaults = pluginDefaults;
 
 // --- the new corruption kinds --------------------------------------------------------------
 
@@ -221,20 +216,11 @@ async function setup(): Promise<{ splits: Splits; ctx: (dir: string) => RewardPr
     {} as never,
   );
   const splits = await data.load();
-  const tokenizer = await bpe.create({ ...defaults(bpe), vocabSize: 320 } as never, {} as never);
-  tokenizer.train({
-    sources: splits.train.map((e) => e.source),
-    targets: splits.train.map((e) => e.reference),
-  });
-  const factory = await transformer.create({
-    ...defaults(transformer),
+  const { tokenizer, factory } = await tinyTranslator(splits, {
+    vocabSize: 320,
     dModel: 16,
-    heads: 2,
     ffn: 32,
-    encoderLayers: 1,
-    decoderLayers: 1,
-    dropout: 0,
-  } as never, {} as never);
+  });
   const ctx = (dir: string): RewardPrepareContext => ({
     dir,
     splits: { ...splits, select: splits.valid },
