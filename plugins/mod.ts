@@ -29,7 +29,7 @@ import chrf from "./rewards/chrf.ts";
 import dualXent from "./rewards/dual_xent.ts";
 import ensemble from "./rewards/ensemble.ts";
 import guarded from "./rewards/guarded.ts";
-import learned from "./rewards/learned.ts";
+import learned from "./rewards/learned/mod.ts";
 import weighted from "./rewards/weighted.ts";
 import bcLoss from "./losses/bc.ts";
 import bvmpo from "./losses/bvmpo.ts";

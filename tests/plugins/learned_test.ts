@@ -7,7 +7,7 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
-import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned.ts";
+import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned/mod.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import {
   corrupt,
@@ -17,7 +17,7 @@ import {
   shuffleWords,
   truncateWords,
 } from "../../plugins/rewards/_corrupt.ts";
-import { QeModel } from "../../plugins/rewards/_qe_model.ts";
+import { QeModel } from "../../plugins/rewards/learned/model.ts";
 import { Rng } from "../../core/random.ts";
 import { ManifestError, UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";

@@ -7,12 +7,12 @@
  * @module
  */
 
-import { Adam } from "../../core/optim.ts";
-import { UserError } from "../../core/errors.ts";
-import { Rng } from "../../core/random.ts";
-import { optimizerStep } from "../../core/train.ts";
-import type { Progress } from "../../core/types.ts";
-import { type QeItem, QeModel } from "./_qe_model.ts";
+import { Adam } from "../../../core/optim.ts";
+import { UserError } from "../../../core/errors.ts";
+import { Rng } from "../../../core/random.ts";
+import { optimizerStep } from "../../../core/train.ts";
+import type { Progress } from "../../../core/types.ts";
+import { type QeItem, QeModel } from "./model.ts";
 
 /** How a fine-tuning runs. */
 export interface QeFineTune {

@@ -19,7 +19,7 @@
  *   drawn with probability proportional to its weight in `dataset.corruptions`: scattered word
  *   drops, a dropped clause, added content, repeats, shuffles, truncation, the source copied
  *   unchanged, another pair's reference, or the source's translation in another language
- *   (`wrong_language`, from the `dataset.foreign` data sources; see `_corrupt.ts`),
+ *   (`wrong_language`, from the `dataset.foreign` data sources; see `../_corrupt.ts`),
  *
  * each labelled with target(hypothesis, y). `target` is any ready reward: chrF by default;
  * a `weighted` reward mixes it with chrF++ (`chrf` with `wordOrder` 2) or sentence BLEU. The
@@ -32,7 +32,7 @@
  *
  * Soft-target cross-entropy on the sigmoid output (regression to the target) plus
  * `training.rankingWeight` times a within-source pairwise logistic loss (`rankingLoss` in
- * `_qe_model.ts`): ReST's filter and Best-of-N compare hypotheses of one source, so the model
+ * `model.ts`): ReST's filter and Best-of-N compare hypotheses of one source, so the model
  * is trained to order them. With the ranking loss on, training batches hold whole sources.
  *
  * ## Report
@@ -55,23 +55,28 @@
  * ## Fine-tuning between Grow steps
  *
  * {@link RewardModel.adapt} (ReST's `rewardUpdate`, core/reward_update.ts) fine-tunes a copy
- * of the network on freshly labelled rows (`_qe_finetune.ts`) and saves it, with the tokenizer
+ * of the network on freshly labelled rows (`finetune.ts`) and saves it, with the tokenizer
  * state, as `qe_model.json` in the folder it is given (the run's `reward_update_<g>/`); the
  * experiment's model in the reward folder is never overwritten.
  *
- * The network is in `_qe_model.ts` (a small transformer encoder over
+ * The network is in `model.ts` (a small transformer encoder over
  * `source EOS hypothesis EOS` with per-segment mean pooling and a sigmoid head).
  *
  * @module
  */
 
-import { appendAll } from "../../core/append.ts";
+import { appendAll } from "../../../core/append.ts";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
-import { hasCheckpoint, loadCheckpoint, saveCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
-import { UserError } from "../../core/errors.ts";
-import { checkScores } from "../../core/evaluate.ts";
-import { Adam, learningRate } from "../../core/optim.ts";
-import { optimizerStep } from "../../core/train.ts";
+import {
+  hasCheckpoint,
+  loadCheckpoint,
+  saveCheckpoint,
+  sha256Hex,
+} from "../../../core/checkpoint.ts";
+import { UserError } from "../../../core/errors.ts";
+import { checkScores } from "../../../core/evaluate.ts";
+import { Adam, learningRate } from "../../../core/optim.ts";
+import { optimizerStep } from "../../../core/train.ts";
 import {
   definePlugin,
   int,
@@ -79,11 +84,11 @@ import {
   PLUGIN_REF_KEYWORD,
   type PluginDeps,
   type ResolvedPluginRef,
-} from "../../core/plugin.ts";
-import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
-import { reportOnTestSources } from "../../core/reward_report.ts";
-import { Rng } from "../../core/random.ts";
-import { exists, writeFileAtomic } from "../../core/run.ts";
+} from "../../../core/plugin.ts";
+import { kendallTauB, pearson } from "../../../core/metrics/correlation.ts";
+import { reportOnTestSources } from "../../../core/reward_report.ts";
+import { Rng } from "../../../core/random.ts";
+import { exists, writeFileAtomic } from "../../../core/run.ts";
 import type {
   Example,
   LabelledRow,
@@ -94,16 +99,16 @@ import type {
   RewardModel,
   RewardPrepareContext,
   Tokenizer,
-} from "../../core/types.ts";
-import { fineTuneQe } from "./_qe_finetune.ts";
-import { ALL_CORRUPTION_KINDS, corrupt, type CorruptionKind } from "./_corrupt.ts";
+} from "../../../core/types.ts";
+import { fineTuneQe } from "./finetune.ts";
+import { ALL_CORRUPTION_KINDS, corrupt, type CorruptionKind } from "../_corrupt.ts";
 import {
   type QeArchitecture,
   type QeItem,
   QeModel,
   type QeVocab,
   restoreQeModel,
-} from "./_qe_model.ts";
+} from "./model.ts";
 
 /** Training budget of the QE model. */
 export interface LearnedTraining {
@@ -503,7 +508,7 @@ class LearnedReward implements RewardModel {
   }
 
   /**
-   * A copy of the network fine-tuned on `rows` (see `_qe_finetune.ts`), saved in `ctx.dir`
+   * A copy of the network fine-tuned on `rows` (see `finetune.ts`), saved in `ctx.dir`
    * with the tokenizer state (so `path` can load it), or reloaded from there when a complete
    * copy exists; this reward keeps its own network.
    */

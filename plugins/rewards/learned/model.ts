@@ -34,19 +34,19 @@
  * @module
  */
 
-import { maxOf } from "../../core/append.ts";
+import { maxOf } from "../../../core/append.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 // Registers tfjs's gradient definitions (tfjs-core's Node build carries none).
 import "@tensorflow/tfjs";
-import type { PolicyState } from "../../core/types.ts";
-import { Rng } from "../../core/random.ts";
-import type { RunOptions } from "../_nn/dropout.ts";
-import { embedOp, sinusoidTable } from "../_nn/embedding.ts";
-import { fillNormal, fillXavierUniform } from "../_nn/init.ts";
-import { encoderLayerOp } from "../_nn/layers.ts";
-import { layerNormOp } from "../_nn/layer_norm.ts";
-import { type Dims, ENCODER_PARAMS, layerParamShapes } from "../_nn/layer_params.ts";
+import type { PolicyState } from "../../../core/types.ts";
+import { Rng } from "../../../core/random.ts";
+import type { RunOptions } from "../../_nn/dropout.ts";
+import { embedOp, sinusoidTable } from "../../_nn/embedding.ts";
+import { fillNormal, fillXavierUniform } from "../../_nn/init.ts";
+import { encoderLayerOp } from "../../_nn/layers.ts";
+import { layerNormOp } from "../../_nn/layer_norm.ts";
+import { type Dims, ENCODER_PARAMS, layerParamShapes } from "../../_nn/layer_params.ts";
 
 /** Size of the QE network. */
 export interface QeArchitecture {
