@@ -6,8 +6,10 @@
 
 import bpe from "../../plugins/tokenizers/bpe.ts";
 import transformer from "../../plugins/models/transformer/mod.ts";
+import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
+import { Rng } from "../../core/random.ts";
 import type { PluginDefinition } from "../../core/plugin.ts";
-import type { ModelFactory, Splits, Tokenizer } from "../../core/types.ts";
+import type { ModelFactory, SpecialIds, Splits, Tokenizer } from "../../core/types.ts";
 
 /** A plugin's config with every field at its schema default (a new object on every call). */
 export function pluginDefaults(plugin: PluginDefinition): Record<string, unknown> {
@@ -50,4 +52,39 @@ export async function tinyTranslator(
     dropout: 0,
   } as never, {} as never);
   return { tokenizer, factory };
+}
+
+/**
+ * The backend comparisons' case: a transformer 16 wide with 2+2 layers over a 29-token vocabulary
+ * (seed 7), three pairs of different lengths (so batches pad), and `ids(n)`, which draws more
+ * random token ids from the stream the pairs came from.
+ */
+export function tinyTransformerCase(activation: "relu" | "gelu", dropout: number) {
+  const factory = transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 24,
+    encoderLayers: 2,
+    decoderLayers: 2,
+    dropout,
+    attentionDropout: dropout,
+    activation,
+    shareEmbeddings: "all",
+  }, {} as never) as ModelFactory;
+  const specials: SpecialIds = { pad: 0, bos: 1, eos: 2, unk: 3 };
+  const policy = factory.build({
+    sourceVocab: 29,
+    targetVocab: 29,
+    specials,
+    valueHead: false,
+    seed: 7,
+  }) as TransformerPolicy;
+  const rng = new Rng(3);
+  const ids = (n: number) => Array.from({ length: n }, () => 4 + rng.int(25));
+  const pairs = [
+    { source: ids(5), target: ids(4) },
+    { source: ids(2), target: ids(6) },
+    { source: ids(7), target: ids(1) },
+  ];
+  return { policy, specials, pairs, ids };
 }

@@ -5,20 +5,19 @@
  * embedding training step; the error paths (missing OpenBLAS, absent tfjs-node).
  */
 
+import { tinyTransformerCase } from "./_tiny_translator.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../../core/random.ts";
 import { UserError } from "../../core/errors.ts";
 import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
-import type { BackendInfo, ModelFactory } from "../../core/types.ts";
+import type { BackendInfo } from "../../core/types.ts";
 import auto from "../../plugins/backends/auto.ts";
 import blas from "../../plugins/backends/blas.ts";
 import cpu, { useFastSegmentSumOnCpu } from "../../plugins/backends/cpu.ts";
 import tensorflow, { probeTensorflow } from "../../plugins/backends/tensorflow.ts";
 import wasm from "../../plugins/backends/wasm.ts";
 import { loadBlas, sgemm } from "../../plugins/_nn/blas_ffi.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
-import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
 import {
   rowArgmaxExpSums,
   rowExpSums,
@@ -512,32 +511,7 @@ Deno.test({
 
 /** A small transformer policy with padding in its batch, for the blas-vs-cpu comparisons. */
 function tinyTransformer(activation: "relu" | "gelu", dropout: number) {
-  const factory = transformer.create({
-    dModel: 16,
-    heads: 2,
-    ffn: 24,
-    encoderLayers: 2,
-    decoderLayers: 2,
-    dropout,
-    attentionDropout: dropout,
-    activation,
-    shareEmbeddings: "all",
-  }, {} as never) as ModelFactory;
-  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const policy = factory.build({
-    sourceVocab: 29,
-    targetVocab: 29,
-    specials,
-    valueHead: false,
-    seed: 7,
-  }) as TransformerPolicy;
-  const rng = new Rng(3);
-  const ids = (n: number) => Array.from({ length: n }, () => 4 + rng.int(25));
-  const pairs = [
-    { source: ids(5), target: ids(4) },
-    { source: ids(2), target: ids(6) },
-    { source: ids(7), target: ids(1) },
-  ];
+  const { policy, specials, pairs, ids } = tinyTransformerCase(activation, dropout);
   // no padding anywhere: the attention softmax takes its unmasked path
   const even = [0, 1, 2].map(() => ({ source: ids(4), target: ids(5) }));
   return {

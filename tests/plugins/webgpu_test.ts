@@ -7,14 +7,13 @@
  * a training step through `optimizerStep` keeps cpu's numbers.
  */
 
+import { tinyTransformerCase } from "./_tiny_translator.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { Rng } from "../../core/random.ts";
 import { makeBatch, nllLoss } from "../../core/batch.ts";
 import { Adam } from "../../core/optim.ts";
 import { optimizerStep } from "../../core/train.ts";
 import type { PluginDeps } from "../../core/plugin.ts";
-import type { ModelFactory } from "../../core/types.ts";
 import { webgpuVerdict } from "../../plugins/backends/auto.ts";
 import cpu from "../../plugins/backends/cpu.ts";
 import webgpu, {
@@ -22,8 +21,6 @@ import webgpu, {
   isSoftwareAdapter,
   requestAdapter,
 } from "../../plugins/backends/webgpu.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
-import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
 
 const found = await requestAdapter();
 const noAdapter = "missing" in found;
@@ -39,32 +36,7 @@ async function use(name: "cpu" | "webgpu"): Promise<void> {
 }
 
 function tinyTransformer(activation: "relu" | "gelu", dropout: number) {
-  const factory = transformer.create({
-    dModel: 16,
-    heads: 2,
-    ffn: 24,
-    encoderLayers: 2,
-    decoderLayers: 2,
-    dropout,
-    attentionDropout: dropout,
-    activation,
-    shareEmbeddings: "all",
-  }, deps) as ModelFactory;
-  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const policy = factory.build({
-    sourceVocab: 29,
-    targetVocab: 29,
-    specials,
-    valueHead: false,
-    seed: 7,
-  }) as TransformerPolicy;
-  const rng = new Rng(3);
-  const ids = (n: number) => Array.from({ length: n }, () => 4 + rng.int(25));
-  const pairs = [
-    { source: ids(5), target: ids(4) },
-    { source: ids(2), target: ids(6) },
-    { source: ids(7), target: ids(1) },
-  ];
+  const { policy, specials, pairs } = tinyTransformerCase(activation, dropout);
   return { policy, specials, pairs, sources: pairs.map((p) => p.source) };
 }
 
