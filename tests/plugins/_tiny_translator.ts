@@ -7,9 +7,20 @@
 import bpe from "../../plugins/tokenizers/bpe.ts";
 import transformer from "../../plugins/models/transformer/mod.ts";
 import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
+import { join } from "node:path";
 import { Rng } from "../../core/random.ts";
+import { MetricsWriter } from "../../core/run.ts";
+import { EVAL_SCHEMA } from "../../core/sections.ts";
 import type { PluginDefinition } from "../../core/plugin.ts";
-import type { ModelFactory, SpecialIds, Splits, Tokenizer } from "../../core/types.ts";
+import type {
+  EvalSettings,
+  ModelFactory,
+  RewardPrepareContext,
+  RunSplits,
+  SpecialIds,
+  Splits,
+  Tokenizer,
+} from "../../core/types.ts";
 
 /** A plugin's config with every field at its schema default (a new object on every call). */
 export function pluginDefaults(plugin: PluginDefinition): Record<string, unknown> {
@@ -87,4 +98,50 @@ export function tinyTransformerCase(activation: "relu" | "gelu", dropout: number
     { source: ids(7), target: ids(1) },
   ];
   return { policy, specials, pairs, ids };
+}
+
+/** What {@link tinyPrepareContext} varies. */
+export interface TinyPrepareOptions {
+  /** `evaluation.maxLen` (batch size 32, the rest at the evaluation schema's defaults). */
+  maxLen: number;
+  /** Where the reward's log lines go (default: dropped). */
+  log?: (message: string) => void;
+  /** The seed of each BC policy `bcPolicy()` builds (default: always 5). */
+  bcSeed?: () => number;
+}
+
+/**
+ * The {@link RewardPrepareContext} the reward tests give `prepare`: `dir`, the splits and
+ * tokenizer as given, BC policies freshly built by `factory`, seed 1, metrics in
+ * `<dir>/metrics.jsonl` and a silent progress display.
+ */
+export function tinyPrepareContext(
+  dir: string,
+  setup: { splits: RunSplits; tokenizer: Tokenizer; factory: ModelFactory },
+  options: TinyPrepareOptions,
+): RewardPrepareContext {
+  const { splits, tokenizer, factory } = setup;
+  return {
+    dir,
+    splits,
+    tokenizer,
+    bcPolicy: () =>
+      Promise.resolve(factory.build({
+        sourceVocab: tokenizer.vocabSize("source"),
+        targetVocab: tokenizer.vocabSize("target"),
+        specials: tokenizer.specials,
+        valueHead: false,
+        seed: options.bcSeed?.() ?? 5,
+      })),
+    evaluation: {
+      ...pluginDefaults({ configSchema: EVAL_SCHEMA } as never),
+      maxLen: options.maxLen,
+      batchSize: 32,
+    } as EvalSettings,
+    seed: 1,
+    smoke: false,
+    metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
+    progress: () => ({ tick() {}, done() {} }),
+    log: options.log ?? (() => {}),
+  };
 }

@@ -21,18 +21,11 @@ import { ManifestError, UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
-import { exists, MetricsWriter, readMetrics } from "../../core/run.ts";
+import { exists, readMetrics } from "../../core/run.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
-import type {
-  EvalSettings,
-  ModelFactory,
-  RewardPrepareContext,
-  Splits,
-  Tokenizer,
-} from "../../core/types.ts";
-import { EVAL_SCHEMA } from "../../core/sections.ts";
-import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
+import type { ModelFactory, RewardPrepareContext, Splits, Tokenizer } from "../../core/types.ts";
+import { tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
 
 const registries = createRegistries(builtinPlugins);
 
@@ -43,8 +36,6 @@ await (await createPlugin(
   await resolvePluginRef(registries, "backend", "auto", "test"),
   { seed: 1, baseDir: "/", smoke: false, log: () => {} } as never,
 )).init();
-
-const defaults = pluginDefaults;
 
 // --- the score and its calibration -----------------------------------------------------------
 
@@ -174,33 +165,8 @@ async function makeReward(config: Record<string, unknown>): Promise<DualXentRewa
 
 function context(setup: Setup, dir: string, logs: string[]): RewardPrepareContext {
   const valid = setup.splits.valid;
-  return {
-    dir,
-    splits: {
-      ...setup.splits,
-      valid: valid.slice(0, 40),
-      select: valid.slice(40),
-    },
-    tokenizer: setup.tokenizer,
-    bcPolicy: () =>
-      Promise.resolve(setup.factory.build({
-        sourceVocab: setup.tokenizer.vocabSize("source"),
-        targetVocab: setup.tokenizer.vocabSize("target"),
-        specials: setup.tokenizer.specials,
-        valueHead: false,
-        seed: 5,
-      })),
-    evaluation: {
-      ...defaults({ configSchema: EVAL_SCHEMA } as never),
-      maxLen: 24,
-      batchSize: 32,
-    } as EvalSettings,
-    seed: 1,
-    smoke: false,
-    metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
-    progress: () => ({ tick() {}, done() {} }),
-    log: (m) => logs.push(m),
-  };
+  const splits = { ...setup.splits, valid: valid.slice(0, 40), select: valid.slice(40) };
+  return tinyPrepareContext(dir, { ...setup, splits }, { maxLen: 24, log: (m) => logs.push(m) });
 }
 
 Deno.test("swapSides: the backward view encodes each text with the side of its language", async () => {

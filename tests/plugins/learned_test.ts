@@ -23,20 +23,18 @@ import { ManifestError, UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
-import { MetricsWriter, readMetrics } from "../../core/run.ts";
+import { readMetrics } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import type {
-  EvalSettings,
   ModelFactory,
   RewardModel,
   RewardPrepareContext,
   Splits,
   Tokenizer,
 } from "../../core/types.ts";
-import { EVAL_SCHEMA } from "../../core/sections.ts";
 import { runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
-import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
+import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -256,31 +254,12 @@ async function makeWeighted(components: unknown[]): Promise<RewardModel> {
 
 function context(setup: Setup, dir: string, logs: string[]): RewardPrepareContext {
   let policies = 0;
-  return {
-    dir,
-    splits: { ...setup.splits, select: setup.splits.valid },
-    tokenizer: setup.tokenizer,
-    bcPolicy: () => {
-      policies++;
-      return Promise.resolve(setup.factory.build({
-        sourceVocab: setup.tokenizer.vocabSize("source"),
-        targetVocab: setup.tokenizer.vocabSize("target"),
-        specials: setup.tokenizer.specials,
-        valueHead: false,
-        seed: 5 + policies,
-      }));
-    },
-    evaluation: {
-      ...defaults({ configSchema: EVAL_SCHEMA } as never),
-      maxLen: 16,
-      batchSize: 32,
-    } as EvalSettings,
-    seed: 1,
-    smoke: false,
-    metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
-    progress: () => ({ tick() {}, done() {} }),
+  const splits = { ...setup.splits, select: setup.splits.valid };
+  return tinyPrepareContext(dir, { ...setup, splits }, {
+    maxLen: 16,
     log: (m) => logs.push(m),
-  };
+    bcSeed: () => 5 + ++policies,
+  });
 }
 
 Deno.test("learned: prepare trains, correlates with chrF on held-out rows, saves, reloads identically", async () => {

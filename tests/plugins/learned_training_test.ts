@@ -16,11 +16,9 @@ import { Rng } from "../../core/random.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
-import { MetricsWriter } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
-import type { EvalSettings, RewardModel, RewardPrepareContext, Splits } from "../../core/types.ts";
-import { EVAL_SCHEMA } from "../../core/sections.ts";
-import { pluginDefaults, tinyTranslator } from "./_tiny_translator.ts";
+import type { RewardModel, RewardPrepareContext, Splits } from "../../core/types.ts";
+import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
@@ -221,29 +219,12 @@ async function setup(): Promise<{ splits: Splits; ctx: (dir: string) => RewardPr
     dModel: 16,
     ffn: 32,
   });
-  const ctx = (dir: string): RewardPrepareContext => ({
-    dir,
-    splits: { ...splits, select: splits.valid },
-    tokenizer,
-    bcPolicy: () =>
-      Promise.resolve(factory.build({
-        sourceVocab: tokenizer.vocabSize("source"),
-        targetVocab: tokenizer.vocabSize("target"),
-        specials: tokenizer.specials,
-        valueHead: false,
-        seed: 5,
-      })),
-    evaluation: {
-      ...defaults({ configSchema: EVAL_SCHEMA } as never),
-      maxLen: 16,
-      batchSize: 32,
-    } as EvalSettings,
-    seed: 1,
-    smoke: false,
-    metrics: new MetricsWriter(join(dir, "metrics.jsonl")),
-    progress: () => ({ tick() {}, done() {} }),
-    log: () => {},
-  });
+  const ctx = (dir: string): RewardPrepareContext =>
+    tinyPrepareContext(dir, {
+      splits: { ...splits, select: splits.valid },
+      tokenizer,
+      factory,
+    }, { maxLen: 16 });
   return { splits, ctx };
 }
 
