@@ -22,9 +22,11 @@ await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
 const VOCAB = 12;
 
-function tiny(options: { valueHead?: boolean; dropout?: number; seed?: number } = {}): Policy {
+function tiny(
+  options: { valueHead?: boolean; dropout?: number; seed?: number; dModel?: number } = {},
+): Policy {
   const factory = transformer.create({
-    dModel: 16,
+    dModel: options.dModel ?? 16,
     heads: 2,
     ffn: 32,
     encoderLayers: 1,
@@ -910,5 +912,35 @@ Deno.test("with top-k, behaviour log-probs are those of the truncated, renormali
   assert.ok(Math.abs(total(topP) - 1) < 1e-12, `sum ${total(topP)}`);
   for (const [id, lp] of expected([6, 2, 7, 3], 1)) {
     assert.ok(Math.abs(topP.get(id)! - lp) < 1e-12, `token ${id}`);
+  }
+});
+
+Deno.test("cached decoding (greedy, sampling, beam) equals teacher forcing with either attention kernel: head width 6 (plain loops) and 8 (SIMD)", async () => {
+  const sources = DATA.map((d) => d.source);
+  for (const dModel of [12, 16]) {
+    const policy = tiny({ dModel, seed: 5 });
+    const greedy = await policy.greedy(sources, { maxLen: 6 });
+    // several rows per source: each row's cache and its source's encoder states are apart
+    const sampled = await policy.sample(sources, {
+      n: 3,
+      maxLen: 6,
+      temperature: 1,
+      topK: 0,
+      topP: 1,
+      seed: 2,
+    });
+    const beam = await policy.beam(sources, { maxLen: 6, beamSize: 2, lengthPenalty: 0.6 });
+    const rows = [
+      ...greedy.map((g, i) => ({ source: sources[i], g })),
+      ...sampled.flatMap((s, i) => s.map((g) => ({ source: sources[i], g }))),
+      ...beam.map((g, i) => ({ source: sources[i], g })),
+    ];
+    const forced = await scoreTokens(
+      policy,
+      rows.map((r) => ({ source: r.source, target: r.g.tokens })),
+      32,
+    );
+    rows.forEach((r, i) => close(r.g.logProbs, forced[i], 1e-4, `d ${dModel}, row ${i}`));
+    policy.dispose();
   }
 });

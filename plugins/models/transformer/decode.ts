@@ -275,9 +275,6 @@ export class StepDecoder {
       }
       embedRow(model.tgtEmbed, id * d, model.scale, pe, t * d, x, i * d, d);
     }
-    const scores = this.#scores;
-    const qh = this.#qh;
-    const acc = this.#acc;
     const rowStride = this.#maxSteps * d;
     const headStride = this.#maxSteps * dk;
     const relu = model.dims.activation === "relu";
@@ -285,15 +282,7 @@ export class StepDecoder {
       const p = model.decoder[l];
       // masked self-attention over the cache
       layerNormForward(x, d, p.a("ln1.g"), p.a("ln1.b"), eps, false, ln);
-      matmul(
-        { data: ln, shape: [a, d] },
-        p.t("qkv.w"),
-        false,
-        false,
-        p.tensor("qkv.b"),
-        false,
-        qkv,
-      );
+      affine(ln, a, d, p, "qkv", qkv);
       const [keys, vals] = this.#cache(l);
       for (let i = 0; i < a; i++) {
         storeKeyValue(
@@ -308,116 +297,21 @@ export class StepDecoder {
           dk,
         );
       }
-      const simd = this.#simd;
-      if (simd !== undefined) {
-        simdF32().set(qkv, simd.q / 4);
-        for (let i = 0; i < a; i++) {
-          const base = 4 * active[i] * rowStride;
-          simdAttend(
-            simd.q + 4 * i * 3 * d,
-            simd.keys[l] + base,
-            simd.vals[l] + base,
-            4 * headStride,
-            t + 1,
-            0,
-            heads,
-            dk,
-            scale,
-            simd.scores,
-            simd.out + 4 * i * d,
-          );
-        }
-        att.set(simdF32().subarray(simd.out / 4, simd.out / 4 + a * d));
-      } else {
-        for (let i = 0; i < a; i++) {
-          attendOne(
-            qkv,
-            i * 3 * d,
-            keys,
-            vals,
-            active[i] * rowStride,
-            headStride,
-            t + 1,
-            null,
-            0,
-            heads,
-            dk,
-            scale,
-            scores,
-            qh,
-            acc,
-            att,
-            i * d,
-          );
-        }
-      }
-      matmul({ data: att, shape: [a, d] }, p.t("out.w"), false, false, p.tensor("out.b"), false, u);
+      this.#attend(l, false, active, qkv, 3 * d, t + 1, scale, att);
+      affine(att, a, d, p, "out", u);
       addInto(x, u);
       // cross-attention to the encoder
       layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), eps, false, ln);
-      matmul({ data: ln, shape: [a, d] }, p.t("q.w"), false, false, p.tensor("q.b"), false, q);
-      const sLen = this.#enc.sLen;
-      const ck = this.#enc.keys[l];
-      const cv = this.#enc.vals[l];
-      if (simd !== undefined) {
-        simdF32().set(q, simd.q / 4);
-        for (let i = 0; i < a; i++) {
-          const src = this.#rowSource[active[i]];
-          simdAttend(
-            simd.q + 4 * i * d,
-            simd.crossKeys[l] + 4 * src * sLen * d,
-            simd.crossVals[l] + 4 * src * sLen * d,
-            4 * sLen * dk,
-            sLen,
-            simd.mask + src * sLen,
-            heads,
-            dk,
-            scale,
-            simd.scores,
-            simd.out + 4 * i * d,
-          );
-        }
-        att.set(simdF32().subarray(simd.out / 4, simd.out / 4 + a * d));
-      } else {
-        for (let i = 0; i < a; i++) {
-          const src = this.#rowSource[active[i]];
-          attendOne(
-            q,
-            i * d,
-            ck,
-            cv,
-            src * sLen * d,
-            sLen * dk,
-            sLen,
-            this.#enc.srcMask,
-            src * sLen,
-            heads,
-            dk,
-            scale,
-            scores,
-            qh,
-            acc,
-            att,
-            i * d,
-          );
-        }
-      }
-      matmul(
-        { data: att, shape: [a, d] },
-        p.t("cout.w"),
-        false,
-        false,
-        p.tensor("cout.b"),
-        false,
-        u,
-      );
+      affine(ln, a, d, p, "q", q);
+      this.#attend(l, true, active, q, d, this.#enc.sLen, scale, att);
+      affine(att, a, d, p, "cout", u);
       addInto(x, u);
       // feed-forward
       layerNormForward(x, d, p.a("ln2.g"), p.a("ln2.b"), eps, false, ln);
-      matmul({ data: ln, shape: [a, d] }, p.t("ff1.w"), false, false, p.tensor("ff1.b"), false, h);
+      affine(ln, a, d, p, "ff1", h);
       if (relu) this.#hidden.relu(0, a * ffn);
       else geluArray(h);
-      matmul({ data: h, shape: [a, ffn] }, p.t("ff2.w"), false, false, p.tensor("ff2.b"), false, u);
+      affine(h, a, ffn, p, "ff2", u);
       addInto(x, u);
     }
     layerNormForward(x, d, model.decoderNorm.g, model.decoderNorm.b, eps, false, ln);
@@ -445,6 +339,78 @@ export class StepDecoder {
       f.subarray(simd.keys[l] / 4, simd.keys[l] / 4 + size),
       f.subarray(simd.vals[l] / 4, simd.vals[l] / 4 + size),
     ];
+  }
+
+  /**
+   * Attention of each active row in decoder layer `l`: row i's query (at `i * qStride` in
+   * `queries`) over the first `len` positions of its own self-attention cache or, when `cross`,
+   * over its source's encoder keys and values under the source mask. Writes `[a, d]` into `att`.
+   * Both stores are head-major with `capacity` positions per slot (a row's or a source's).
+   */
+  #attend(
+    l: number,
+    cross: boolean,
+    active: Int32Array,
+    queries: Float32Array,
+    qStride: number,
+    len: number,
+    scale: number,
+    att: Float32Array,
+  ): void {
+    const { d, heads } = this.#model.dims;
+    const dk = d / heads;
+    const a = active.length;
+    const capacity = cross ? this.#enc.sLen : this.#maxSteps;
+    const headStride = capacity * dk;
+    const slot = (i: number) => cross ? this.#rowSource[active[i]] : active[i];
+    const simd = this.#simd;
+    if (simd !== undefined) {
+      const keys = cross ? simd.crossKeys[l] : simd.keys[l];
+      const vals = cross ? simd.crossVals[l] : simd.vals[l];
+      simdF32().set(queries, simd.q / 4);
+      for (let i = 0; i < a; i++) {
+        const s = slot(i);
+        simdAttend(
+          simd.q + 4 * i * qStride,
+          keys + 4 * s * capacity * d,
+          vals + 4 * s * capacity * d,
+          4 * headStride,
+          len,
+          cross ? simd.mask + s * capacity : 0,
+          heads,
+          dk,
+          scale,
+          simd.scores,
+          simd.out + 4 * i * d,
+        );
+      }
+      att.set(simdF32().subarray(simd.out / 4, simd.out / 4 + a * d));
+      return;
+    }
+    const [keys, vals] = cross ? [this.#enc.keys[l], this.#enc.vals[l]] : this.#cache(l);
+    const mask = cross ? this.#enc.srcMask : null;
+    for (let i = 0; i < a; i++) {
+      const s = slot(i);
+      attendOne(
+        queries,
+        i * qStride,
+        keys,
+        vals,
+        s * capacity * d,
+        headStride,
+        len,
+        mask,
+        s * capacity,
+        heads,
+        dk,
+        scale,
+        this.#scores,
+        this.#qh,
+        this.#acc,
+        att,
+        i * d,
+      );
+    }
   }
 
   /** Copies the caches of rows `from[i]` to rows `to[i]` for positions `< len` (beam reordering). */
@@ -475,6 +441,26 @@ export class StepDecoder {
       });
     }
   }
+}
+
+/** `input W + b` over the `[rows, width]` rows of `input`, with the layer's `<name>.w` and `<name>.b`, into `out`. */
+function affine(
+  input: Float32Array,
+  rows: number,
+  width: number,
+  p: ParamView,
+  name: string,
+  out: Float32Array,
+): void {
+  matmul(
+    { data: input, shape: [rows, width] },
+    p.t(`${name}.w`),
+    false,
+    false,
+    p.tensor(`${name}.b`),
+    false,
+    out,
+  );
 }
 
 /** Appends one row's new key and value (from its fused QKV projection) to the head-major cache. */
