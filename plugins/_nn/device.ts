@@ -134,8 +134,7 @@ function selfAttentionOps(
   const qkv = linear(ln, param(p, "qkv.w"), param(p, "qkv.b"));
   const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
   const att = attentionOps(q, k, v, b, len, len, visible, dims, run);
-  const u = linear(att, param(p, "out.w"), param(p, "out.b"));
-  return tf.add(x, residualDropout(u, run)) as tf.Tensor2D;
+  return residualOps(x, linear(att, param(p, "out.w"), param(p, "out.b")), run);
 }
 
 /** `x + drop(Attn(LN(x) W_q, enc W_kv) W_o + b_o)`. */
@@ -156,8 +155,7 @@ function crossAttentionOps(
   const kv = linear(enc, param(p, "kv.w"), param(p, "kv.b"));
   const [k, v] = tf.split(kv, [d, d], 1) as tf.Tensor2D[];
   const att = attentionOps(q, k, v, b, tLen, sLen, visible, dims, run);
-  const u = linear(att, param(p, "cout.w"), param(p, "cout.b"));
-  return tf.add(x, residualDropout(u, run)) as tf.Tensor2D;
+  return residualOps(x, linear(att, param(p, "cout.w"), param(p, "cout.b")), run);
 }
 
 /** tanh-approximated GELU, as the host kernels compute it. */
@@ -174,8 +172,12 @@ function feedForwardOps(x: tf.Tensor2D, p: Params, dims: Dims, run: RunOptions):
   const ln = layerNormOps(x, param(p, "ln2.g"), param(p, "ln2.b"), dims.eps);
   const pre = linear(ln, param(p, "ff1.w"), param(p, "ff1.b"));
   const h = (dims.activation === "relu" ? tf.relu(pre) : geluOps(pre)) as tf.Tensor2D;
-  const z = linear(h, param(p, "ff2.w"), param(p, "ff2.b"));
-  return tf.add(x, residualDropout(z, run)) as tf.Tensor2D;
+  return residualOps(x, linear(h, param(p, "ff2.w"), param(p, "ff2.b")), run);
+}
+
+/** `x + drop(u)`: a sublayer's output `u` (dropout while training) added to its input. */
+function residualOps(x: tf.Tensor2D, u: tf.Tensor2D, run: RunOptions): tf.Tensor2D {
+  return tf.add(x, residualDropout(u, run)) as tf.Tensor2D;
 }
 
 /** One encoder layer as tfjs ops; `params` in {@link ENCODER_PARAMS} order. */

@@ -29,30 +29,10 @@ export interface Dims {
   eps: number;
 }
 
-/** Parameter names of an encoder layer, in the order the layer op takes them. */
-export const ENCODER_PARAMS = [
-  "ln1.g",
-  "ln1.b",
-  "qkv.w",
-  "qkv.b",
-  "out.w",
-  "out.b",
-  "ln2.g",
-  "ln2.b",
-  "ff1.w",
-  "ff1.b",
-  "ff2.w",
-  "ff2.b",
-] as const;
-
-/** Parameter names of a decoder layer, in the order the layer op takes them. */
-export const DECODER_PARAMS = [
-  "ln1.g",
-  "ln1.b",
-  "qkv.w",
-  "qkv.b",
-  "out.w",
-  "out.b",
+/** Parameters of a self-attention sublayer (pre-LN, fused QKV projection). */
+const SELF_ATTENTION = ["ln1.g", "ln1.b", "qkv.w", "qkv.b", "out.w", "out.b"] as const;
+/** Parameters of a decoder's cross-attention sublayer (query and fused KV projections). */
+const CROSS_ATTENTION = [
   "lnc.g",
   "lnc.b",
   "q.w",
@@ -61,42 +41,43 @@ export const DECODER_PARAMS = [
   "kv.b",
   "cout.w",
   "cout.b",
-  "ln2.g",
-  "ln2.b",
-  "ff1.w",
-  "ff1.b",
-  "ff2.w",
-  "ff2.b",
 ] as const;
+/** Parameters of a feed-forward sublayer. */
+const FEED_FORWARD = ["ln2.g", "ln2.b", "ff1.w", "ff1.b", "ff2.w", "ff2.b"] as const;
 
-/** Shapes of a layer's parameters. */
+/** Parameter names of an encoder layer, in the order the layer op takes them. */
+export const ENCODER_PARAMS = [...SELF_ATTENTION, ...FEED_FORWARD] as const;
+
+/** Parameter names of a decoder layer, in the order the layer op takes them. */
+export const DECODER_PARAMS = [...SELF_ATTENTION, ...CROSS_ATTENTION, ...FEED_FORWARD] as const;
+
+/** Shapes of a layer's parameters, in the order of {@link ENCODER_PARAMS} or {@link DECODER_PARAMS}. */
 export function layerParamShapes(kind: "encoder" | "decoder", dims: Dims): Map<string, number[]> {
   const { d, ffn } = dims;
-  const shapes = new Map<string, number[]>([
-    ["ln1.g", [d]],
-    ["ln1.b", [d]],
-    ["qkv.w", [d, 3 * d]],
-    ["qkv.b", [3 * d]],
-    ["out.w", [d, d]],
-    ["out.b", [d]],
-  ]);
-  if (kind === "decoder") {
-    shapes.set("lnc.g", [d]);
-    shapes.set("lnc.b", [d]);
-    shapes.set("q.w", [d, d]);
-    shapes.set("q.b", [d]);
-    shapes.set("kv.w", [d, 2 * d]);
-    shapes.set("kv.b", [2 * d]);
-    shapes.set("cout.w", [d, d]);
-    shapes.set("cout.b", [d]);
-  }
-  shapes.set("ln2.g", [d]);
-  shapes.set("ln2.b", [d]);
-  shapes.set("ff1.w", [d, ffn]);
-  shapes.set("ff1.b", [ffn]);
-  shapes.set("ff2.w", [ffn, d]);
-  shapes.set("ff2.b", [d]);
-  return shapes;
+  const shapes: Record<(typeof DECODER_PARAMS)[number], number[]> = {
+    "ln1.g": [d],
+    "ln1.b": [d],
+    "qkv.w": [d, 3 * d],
+    "qkv.b": [3 * d],
+    "out.w": [d, d],
+    "out.b": [d],
+    "lnc.g": [d],
+    "lnc.b": [d],
+    "q.w": [d, d],
+    "q.b": [d],
+    "kv.w": [d, 2 * d],
+    "kv.b": [2 * d],
+    "cout.w": [d, d],
+    "cout.b": [d],
+    "ln2.g": [d],
+    "ln2.b": [d],
+    "ff1.w": [d, ffn],
+    "ff1.b": [ffn],
+    "ff2.w": [ffn, d],
+    "ff2.b": [d],
+  };
+  const names = kind === "encoder" ? ENCODER_PARAMS : DECODER_PARAMS;
+  return new Map(names.map((name) => [name, shapes[name]]));
 }
 
 /**

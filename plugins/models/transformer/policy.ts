@@ -296,6 +296,37 @@ export class TransformerPolicy implements Policy {
     if (this.#disposed) throw new Error("transformer policy used after dispose()");
   }
 
+  /** The dropout settings of a pass (`training` switches them on). */
+  #runOptions(training: boolean): RunOptions {
+    return {
+      training,
+      dropout: this.config.dropout,
+      attentionDropout: this.config.attentionDropout,
+      rng: this.#dropoutRng,
+    };
+  }
+
+  /**
+   * The embedded source and target rows (`rows` of each): one lookup packing both, with one
+   * dropout mask, when they share a table, else one lookup each (source first). `embed` is
+   * the host op or its device counterpart.
+   */
+  #embedPair<B>(
+    embed: (table: tf.Tensor2D, blocks: B[]) => tf.Tensor2D,
+    source: B,
+    target: B,
+    rows: [number, number],
+  ): [tf.Tensor2D, tf.Tensor2D] {
+    const table = (name: string) => this.#v(name) as tf.Tensor2D;
+    if (this.#srcTable === this.#tgtTable) {
+      return tf.split(embed(table(this.#srcTable), [source, target]), rows, 0) as [
+        tf.Tensor2D,
+        tf.Tensor2D,
+      ];
+    }
+    return [embed(table(this.#srcTable), [source]), embed(table(this.#tgtTable), [target])];
+  }
+
   /** `[B * T, d]` final decoder states of a teacher-forced pass. */
   #decoderStates(batch: TokenBatch, training: boolean): tf.Tensor2D {
     this.#alive();
@@ -309,30 +340,16 @@ export class TransformerPolicy implements Policy {
     // null when nothing is padding: the attention softmax then skips the mask checks
     const srcMask = paddingMask(srcIds, pad);
     const tgtMask = paddingMask(tgtIds, pad);
-    const run: RunOptions = {
-      training,
-      dropout: this.config.dropout,
-      attentionDropout: this.config.attentionDropout,
-      rng: this.#dropoutRng,
-    };
+    const run = this.#runOptions(training);
     const scale = Math.sqrt(this.#dims.d);
     const src: Lookup = { ids: srcIds, len: sLen };
     const tgt: Lookup = { ids: tgtIds, len: tLen };
-    let xs: tf.Tensor2D;
-    let xt: tf.Tensor2D;
-    if (this.#srcTable === this.#tgtTable) {
-      const packed = embedOp(
-        this.#v(this.#srcTable) as tf.Tensor2D,
-        [src, tgt],
-        scale,
-        this.#positionTable,
-        run,
-      );
-      [xs, xt] = tf.split(packed, [b * sLen, b * tLen], 0) as [tf.Tensor2D, tf.Tensor2D];
-    } else {
-      xs = embedOp(this.#v(this.#srcTable) as tf.Tensor2D, [src], scale, this.#positionTable, run);
-      xt = embedOp(this.#v(this.#tgtTable) as tf.Tensor2D, [tgt], scale, this.#positionTable, run);
-    }
+    let [xs, xt] = this.#embedPair(
+      (table, blocks: Lookup[]) => embedOp(table, blocks, scale, this.#positionTable, run),
+      src,
+      tgt,
+      [b * sLen, b * tLen],
+    );
     for (let i = 0; i < this.config.encoderLayers; i++) {
       xs = encoderLayerOp(xs, this.#layerTensors("encoder", i), b, sLen, this.#dims, srcMask, run);
     }
@@ -363,32 +380,17 @@ export class TransformerPolicy implements Policy {
   #deviceDecoderStates(batch: TokenBatch, training: boolean): tf.Tensor2D {
     const [b, sLen] = batch.source.shape;
     const tLen = batch.targetIn.shape[1];
-    const run: RunOptions = {
-      training,
-      dropout: this.config.dropout,
-      attentionDropout: this.config.attentionDropout,
-      rng: this.#dropoutRng,
-    };
+    const run = this.#runOptions(training);
     const scale = Math.sqrt(this.#dims.d);
     const source = tf.cast(batch.source, "int32") as tf.Tensor2D;
     const targetIn = tf.cast(batch.targetIn, "int32") as tf.Tensor2D;
     const masks = deviceMasks(source, targetIn, this.specials.pad);
-    const table = (name: string) => this.#v(name) as tf.Tensor2D;
-    let xs: tf.Tensor2D;
-    let xt: tf.Tensor2D;
-    if (this.#srcTable === this.#tgtTable) {
-      const packed = embedOps(
-        table(this.#srcTable),
-        [source, targetIn],
-        scale,
-        this.#positionTable,
-        run,
-      );
-      [xs, xt] = tf.split(packed, [b * sLen, b * tLen], 0) as [tf.Tensor2D, tf.Tensor2D];
-    } else {
-      xs = embedOps(table(this.#srcTable), [source], scale, this.#positionTable, run);
-      xt = embedOps(table(this.#tgtTable), [targetIn], scale, this.#positionTable, run);
-    }
+    let [xs, xt] = this.#embedPair(
+      (table, blocks: tf.Tensor2D[]) => embedOps(table, blocks, scale, this.#positionTable, run),
+      source,
+      targetIn,
+      [b * sLen, b * tLen],
+    );
     for (let i = 0; i < this.config.encoderLayers; i++) {
       xs = encoderLayerOps(xs, this.#layerTensors("encoder", i), b, sLen, this.#dims, masks, run);
     }
