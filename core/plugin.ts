@@ -289,6 +289,14 @@ export function num(min: number, max: number, value: number, description: string
 }
 
 /**
+ * A config-schema property naming a plugin of `kind` (its name or `{name, config}`); the
+ * manifest's validation resolves it and checks its config against that plugin's schema.
+ */
+export function pluginRef(kind: PluginKind, value: unknown, description: string): JsonSchema {
+  return { [PLUGIN_REF_KEYWORD]: kind, type: ["string", "object"], default: value, description };
+}
+
+/**
  * What a loss declared with {@link defineLoss} implements: `compute`, and only what else it
  * needs. The rest of {@link Loss} is supplied: no `variables`, nothing to do before an
  * Improve step or after an optimizer step, nothing to dispose.

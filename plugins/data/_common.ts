@@ -591,6 +591,26 @@ export function pathsProperty(description: string): JsonSchema {
 }
 
 /**
+ * The splits of a plugin that reads files line by line: every file that `config.paths`
+ * names (with one of `extensions`, relative to `baseDir`), read in order by `read` into one
+ * corpus, then {@link finishSplits}. `plugin` labels a corpus of several files.
+ */
+export async function loadFileSplits<C extends CommonDataConfig & { paths: string[] }>(
+  plugin: string,
+  extensions: readonly string[],
+  config: C,
+  baseDir: string,
+  read: (file: string, config: C, pairs: Example[]) => Promise<Example[]>,
+): Promise<Splits> {
+  const files = await expandPaths(config.paths, baseDir, extensions);
+  const pairs: Example[] = [];
+  for (const file of files) await read(file, config, pairs);
+  const label = files.length === 1 ? files[0] : `${plugin} (${files.length} files)`;
+  const { train, valid, test } = finishSplits(pairs, config, label);
+  return { train, valid, test };
+}
+
+/**
  * Expands the `paths` option of a data plugin: files, folders (every file under
  * them ending in one of `extensions`) and glob patterns (see {@link expandGlob}),
  * relative to `baseDir`. Files keep the order of `paths`; each expansion is sorted.

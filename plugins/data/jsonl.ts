@@ -13,8 +13,7 @@ import type { Example } from "../../core/types.ts";
 import {
   commonConfigSchema,
   type CommonDataConfig,
-  expandPaths,
-  finishSplits,
+  loadFileSplits,
   pathsProperty,
   smokeConfig,
 } from "./_common.ts";
@@ -125,12 +124,7 @@ export default definePlugin<"data", JsonlConfig>({
   create(config, deps) {
     return {
       async load() {
-        const files = await expandPaths(config.paths, deps.baseDir, [".jsonl"]);
-        const pairs: Example[] = [];
-        for (const file of files) await readJsonl(file, config, pairs);
-        const label = files.length === 1 ? files[0] : `jsonl (${files.length} files)`;
-        const { train, valid, test } = finishSplits(pairs, config, label);
-        return { train, valid, test };
+        return await loadFileSplits("jsonl", [".jsonl"], config, deps.baseDir, readJsonl);
       },
     };
   },

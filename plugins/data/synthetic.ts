@@ -347,25 +347,19 @@ export default definePlugin<"data", SyntheticConfig>({
           "Number of distinct sentence pairs to generate, before the train/valid/test split.",
       },
       ...commonConfigSchema,
+      // the common options, described as this plugin applies them
       seed: {
-        type: "integer",
-        minimum: 0,
-        maximum: 2147483647,
-        default: 1,
+        ...commonConfigSchema.seed,
         description:
           "Seed of the generated language (pseudo-German word stems, noun genders), of the sentences and of the train/valid/test split.",
       },
       minWords: {
-        type: "integer",
-        minimum: 0,
-        default: 1,
+        ...commonConfigSchema.minWords,
         description:
           "Generate only sentences with at least this many words (both sides have the same number of words; the grammar yields 5 to 10).",
       },
       maxWords: {
-        type: "integer",
-        minimum: 0,
-        default: 0,
+        ...commonConfigSchema.maxWords,
         description: "Generate only sentences with at most this many words; 0 = no limit.",
       },
     },

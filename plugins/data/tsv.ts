@@ -13,8 +13,7 @@ import type { Example } from "../../core/types.ts";
 import {
   commonConfigSchema,
   type CommonDataConfig,
-  expandPaths,
-  finishSplits,
+  loadFileSplits,
   pathsProperty,
   smokeConfig,
 } from "./_common.ts";
@@ -107,12 +106,7 @@ export default definePlugin<"data", TsvConfig>({
             `tsv: sourceColumn and referenceColumn are both ${config.sourceColumn}; they must differ`,
           );
         }
-        const files = await expandPaths(config.paths, deps.baseDir, [".tsv"]);
-        const pairs: Example[] = [];
-        for (const file of files) await readTsv(file, config, pairs);
-        const label = files.length === 1 ? files[0] : `tsv (${files.length} files)`;
-        const { train, valid, test } = finishSplits(pairs, config, label);
-        return { train, valid, test };
+        return await loadFileSplits("tsv", [".tsv"], config, deps.baseDir, readTsv);
       },
     };
   },

@@ -78,7 +78,7 @@ import { makeBatch } from "../../core/batch.ts";
 import { hasCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
-import { definePlugin, int, PLUGIN_REF_KEYWORD } from "../../core/plugin.ts";
+import { definePlugin, int, pluginRef } from "../../core/plugin.ts";
 import type { JsonSchema, ResolvedPluginRef } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
@@ -687,10 +687,9 @@ export default definePlugin({
     type: "object",
     additionalProperties: false,
     properties: {
-      model: {
-        [PLUGIN_REF_KEYWORD]: "model",
-        type: ["string", "object"],
-        default: {
+      model: pluginRef(
+        "model",
+        {
           name: "transformer",
           config: {
             dModel: 128,
@@ -701,9 +700,8 @@ export default definePlugin({
             dropout: 0.1,
           },
         },
-        description:
-          "Model plugin (name or {name, config}) of both translation models; the default is the LibreOffice policy's size.",
-      },
+        "Model plugin (name or {name, config}) of both translation models; the default is the LibreOffice policy's size.",
+      ),
       training: trainingSchema(),
       batchSize: int(1, 65536, 64, "Rows per scoring batch."),
       maxTokens: int(

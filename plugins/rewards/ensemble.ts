@@ -61,13 +61,7 @@
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
-import {
-  definePlugin,
-  int,
-  num,
-  PLUGIN_REF_KEYWORD,
-  type ResolvedPluginRef,
-} from "../../core/plugin.ts";
+import { definePlugin, int, num, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { writeFileAtomic } from "../../core/run.ts";
 import { prepareWrapped } from "./_wrapped.ts";
@@ -412,13 +406,11 @@ export default definePlugin({
     type: "object",
     additionalProperties: false,
     properties: {
-      reward: {
-        [PLUGIN_REF_KEYWORD]: "reward",
-        type: ["string", "object"],
-        default: "learned",
-        description:
-          "The member reward: a reward plugin's name or {name, config}; each member is a separate instance prepared in member_<i>/ with seed seed * 1000 + i.",
-      },
+      reward: pluginRef(
+        "reward",
+        "learned",
+        "The member reward: a reward plugin's name or {name, config}; each member is a separate instance prepared in member_<i>/ with seed seed * 1000 + i.",
+      ),
       members: int(1, 64, 3, "Number of members K."),
       conservative: num(
         0,

@@ -66,13 +66,7 @@
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
-import {
-  definePlugin,
-  int,
-  num,
-  PLUGIN_REF_KEYWORD,
-  type ResolvedPluginRef,
-} from "../../core/plugin.ts";
+import { definePlugin, int, num, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { writeFileAtomic } from "../../core/run.ts";
 import { prepareWrapped } from "./_wrapped.ts";
 import type {
@@ -722,12 +716,11 @@ export default definePlugin({
     type: "object",
     additionalProperties: false,
     properties: {
-      reward: {
-        [PLUGIN_REF_KEYWORD]: "reward",
-        type: ["string", "object"],
-        default: "chrf",
-        description: "The inner reward: a reward plugin's name or {name, config}.",
-      },
+      reward: pluginRef(
+        "reward",
+        "chrf",
+        "The inner reward: a reward plugin's name or {name, config}.",
+      ),
       waiveForReference: {
         type: "boolean",
         default: true,

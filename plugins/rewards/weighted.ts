@@ -6,7 +6,7 @@
  * @module
  */
 
-import { definePlugin, PLUGIN_REF_KEYWORD, type ResolvedPluginRef } from "../../core/plugin.ts";
+import { definePlugin, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { checkScores } from "../../core/evaluate.ts";
 import type { RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
 import { prepareWrapped } from "./_wrapped.ts";
@@ -35,12 +35,7 @@ export default definePlugin({
           additionalProperties: false,
           required: ["reward"],
           properties: {
-            reward: {
-              [PLUGIN_REF_KEYWORD]: "reward",
-              type: ["string", "object"],
-              default: "chrf",
-              description: "A reward plugin: its name or {name, config}.",
-            },
+            reward: pluginRef("reward", "chrf", "A reward plugin: its name or {name, config}."),
             weight: {
               type: "number",
               exclusiveMinimum: 0,

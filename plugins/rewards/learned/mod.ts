@@ -81,8 +81,8 @@ import {
   definePlugin,
   int,
   num,
-  PLUGIN_REF_KEYWORD,
   type PluginDeps,
+  pluginRef,
   type ResolvedPluginRef,
 } from "../../../core/plugin.ts";
 import { kendallTauB, pearson } from "../../../core/metrics/correlation.ts";
@@ -980,26 +980,22 @@ export default definePlugin({
     type: "object",
     additionalProperties: false,
     properties: {
-      target: {
-        [PLUGIN_REF_KEYWORD]: "reward",
-        type: ["string", "object"],
-        default: "chrf",
-        description:
-          "The reference-based reward the model learns to predict (its name or {name, config}).",
-      },
+      target: pluginRef(
+        "reward",
+        "chrf",
+        "The reference-based reward the model learns to predict (its name or {name, config}).",
+      ),
       path: {
         type: "string",
         default: "",
         description:
           "Load the model saved by an earlier experiment (its rewards/learned-<hash>/ folder or the qe_model.json in it; relative to the manifest) instead of training; it must use the same tokenizer. Empty: train, or reload the model this experiment already trained.",
       },
-      tokenizer: {
-        [PLUGIN_REF_KEYWORD]: "tokenizer",
-        type: ["string", "object"],
-        default: "bpe",
-        description:
-          "Tokenizer plugin that restores the tokenizer state saved with a model loaded by path outside an experiment (deno task score); inside an experiment the experiment's tokenizer is used.",
-      },
+      tokenizer: pluginRef(
+        "tokenizer",
+        "bpe",
+        "Tokenizer plugin that restores the tokenizer state saved with a model loaded by path outside an experiment (deno task score); inside an experiment the experiment's tokenizer is used.",
+      ),
       report: {
         type: "object",
         additionalProperties: false,
@@ -1117,12 +1113,11 @@ export default definePlugin({
           ),
           foreign: {
             type: "array",
-            items: {
-              [PLUGIN_REF_KEYWORD]: "data",
-              type: ["string", "object"],
-              default: "gettext",
-              description: "A data plugin with the same source strings in another language.",
-            },
+            items: pluginRef(
+              "data",
+              "gettext",
+              "A data plugin with the same source strings in another language.",
+            ),
             maxItems: 16,
             default: [],
             description:
