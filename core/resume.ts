@@ -26,7 +26,7 @@ import { UserError } from "./errors.ts";
 import { savePolicy } from "./host_read.ts";
 import { checkRegularFile, readRegularText } from "./fs.ts";
 import type { Policy, PolicyState } from "./types.ts";
-import { exists } from "./run.ts";
+import { exists, parseMetrics } from "./run.ts";
 
 const EXTRA = "extra/";
 
@@ -346,28 +346,7 @@ async function rewindMetrics(path: string, meta: Record<string, unknown>): Promi
     );
   }
   if (size > bytes) await Deno.truncate(path, bytes);
-  if (bytes > 0) checkMetricsText(path, await readRegularText(path, { what: "metrics log" }), fix);
-}
-
-/**
- * Checks that every non-empty line of a metrics log is a JSON object.
- *
- * @throws {UserError} naming the file and line otherwise, with `fix` (what to do).
- */
-export function checkMetricsText(path: string, text: string, fix: string): void {
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    if (lines[i].trim() === "") continue;
-    let record: unknown;
-    try {
-      record = JSON.parse(lines[i]);
-    } catch {
-      record = undefined;
-    }
-    if (record === null || typeof record !== "object" || Array.isArray(record)) {
-      throw new UserError(`${path}:${i + 1}: not a JSON object (corrupt metrics log); ${fix}`);
-    }
-  }
+  if (bytes > 0) parseMetrics(path, await readRegularText(path, { what: "metrics log" }), fix);
 }
 
 /**

@@ -75,7 +75,17 @@ export class MetricsWriter implements MetricsLog {
  *   not a JSON object.
  */
 export async function readMetrics(path: string): Promise<Record<string, unknown>[]> {
-  const text = await readRegularText(path, { what: "metrics log" });
+  return parseMetrics(path, await readRegularText(path, { what: "metrics log" }), METRICS_FIX);
+}
+
+/**
+ * The records of a metrics log's text (`path` names it in errors): one JSON object per
+ * non-empty line.
+ *
+ * @throws {UserError} naming the file and line of one that is not JSON or not an object,
+ *   with `fix` (what to do).
+ */
+export function parseMetrics(path: string, text: string, fix: string): Record<string, unknown>[] {
   const records: Record<string, unknown>[] = [];
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
@@ -85,11 +95,11 @@ export async function readMetrics(path: string): Promise<Record<string, unknown>
       record = JSON.parse(lines[i]);
     } catch {
       throw new UserError(
-        `${path}:${i + 1}: not a JSON line (truncated or corrupt metrics log); ${METRICS_FIX}`,
+        `${path}:${i + 1}: not a JSON line (truncated or corrupt metrics log); ${fix}`,
       );
     }
     if (record === null || typeof record !== "object" || Array.isArray(record)) {
-      throw new UserError(`${path}:${i + 1}: expected a JSON object per line; ${METRICS_FIX}`);
+      throw new UserError(`${path}:${i + 1}: expected a JSON object per line; ${fix}`);
     }
     records.push(record as Record<string, unknown>);
   }

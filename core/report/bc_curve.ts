@@ -10,7 +10,7 @@
  */
 
 import { join } from "node:path";
-import { readMetrics } from "../run.ts";
+import { exists, readMetrics } from "../run.ts";
 import { type ChartSpec, hasDrawablePoints, lineChart, type Series } from "./svg.ts";
 
 /** File name of the figure in the experiment folder. */
@@ -37,16 +37,6 @@ async function bcFolders(experimentDir: string): Promise<string[]> {
     throw error;
   }
   return names.sort((a, b) => a === "bc" ? -1 : b === "bc" ? 1 : a.localeCompare(b));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 /** The (step, value) points of `key` in `records`, x`scale`. */

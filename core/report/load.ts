@@ -24,7 +24,7 @@
 import { join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import { readRegularText } from "../fs.ts";
-import { readMetrics, summaryProblem } from "../run.ts";
+import { exists, readMetrics, summaryProblem } from "../run.ts";
 import type { SplitStats } from "../splits.ts";
 import { BC_CURVE_FILE } from "./bc_curve.ts";
 
@@ -99,17 +99,6 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Whether anything exists at `path` (what it is is checked when it is read). */
-async function fileExists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 /** A readable label of a run's algorithm from its resolved manifest. */
 export function algorithmLabel(manifest: Record<string, unknown>): string {
   if (typeof manifest.label === "string" && manifest.label !== "") return manifest.label;
@@ -158,7 +147,7 @@ function evalTemperatureOf(manifest: Record<string, unknown>): number | undefine
  */
 export async function loadSplitStats(experimentDir: string): Promise<SplitStats | null> {
   const path = join(resolve(experimentDir), SPLITS_FILE);
-  if (!(await fileExists(path))) return null;
+  if (!(await exists(path))) return null;
   const parsed = await readJsonFile(path);
   const keys = ["testOverlap", "testRemoved", "testBefore", "select", "report"] as const;
   const bad = keys.find((k) =>
@@ -217,7 +206,7 @@ export async function loadRuns(experimentDir: string): Promise<RunData[]> {
 
   const names: string[] = [];
   for await (const entry of Deno.readDir(dir)) {
-    if (entry.isDirectory && await fileExists(join(dir, entry.name, RESOLVED))) {
+    if (entry.isDirectory && await exists(join(dir, entry.name, RESOLVED))) {
       names.push(entry.name);
     }
   }
@@ -237,15 +226,11 @@ export async function loadRuns(experimentDir: string): Promise<RunData[]> {
       throw new UserError(`${join(runDir, RESOLVED)}: expected a JSON object`);
     }
     const metricsPath = join(runDir, METRICS);
-    const records = await fileExists(metricsPath) ? await readMetrics(metricsPath) : [];
-    for (const [i, record] of records.entries()) {
-      if (!isObject(record)) {
-        throw new UserError(`${metricsPath}:${i + 1}: expected a JSON object per line`);
-      }
-    }
+    // readMetrics checks that every line is a JSON object
+    const records = await exists(metricsPath) ? await readMetrics(metricsPath) : [];
     const summaryPath = join(runDir, SUMMARY);
     let summary: Record<string, unknown> | undefined;
-    if (await fileExists(summaryPath)) {
+    if (await exists(summaryPath)) {
       const parsed = await readJsonFile(summaryPath);
       const problem = summaryProblem(parsed);
       if (problem !== undefined) throw new UserError(`${summaryPath}: ${problem}`);

@@ -79,6 +79,11 @@ Deno.test("metrics are namespaced JSON lines; non-finite values become null", as
       () => readMetrics(join(dir, "bad.jsonl")),
       /bad\.jsonl:2: not a JSON line/,
     );
+    await Deno.writeTextFile(join(dir, "list.jsonl"), '{"a":1}\n\n[1]\n');
+    await assert.rejects(
+      () => readMetrics(join(dir, "list.jsonl")),
+      /list\.jsonl:3: expected a JSON object per line; restore the file/,
+    );
   });
 });
 

@@ -249,7 +249,8 @@ const CASES: Case[] = [
       list[0] = "x".repeat(list[0].length);
       await writeLines(path, list);
     },
-    message: /ppo\/metrics\.jsonl:1: not a JSON object/,
+    message:
+      /ppo\/metrics\.jsonl:1: not a JSON line \(truncated or corrupt metrics log\); restore it/,
   },
   {
     label: "a metrics.jsonl replaced by a FIFO",
