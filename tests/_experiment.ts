@@ -1,13 +1,14 @@
 /**
  * Shared scaffolding of the tests that run tiny experiments: a temporary folder that is
- * always removed, the tiny manifest most of them start from, and a run of a manifest with the
- * built-in plugins that collects the log.
+ * always removed, the deps of a plugin created on its own, the tiny manifest most of them
+ * start from, and a run of a manifest with the built-in plugins that collects the log.
  */
 
 import { runExperiment } from "../core/experiment.ts";
 import { resolveManifest } from "../core/manifest/mod.ts";
 import { createRegistries, type Registries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
+import type { PluginDeps } from "../core/plugin.ts";
 import type { EvalSettings } from "../core/types.ts";
 
 /**
@@ -24,6 +25,20 @@ export async function withTempDir<T>(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/**
+ * The deps of a plugin created on its own, outside a manifest: the run's `seed`, paths
+ * relative to `baseDir`, no smoke run, no log, and no nested plugins (creating one rejects).
+ */
+export function standaloneDeps(baseDir = "/", seed = 1): PluginDeps {
+  return {
+    seed,
+    baseDir,
+    smoke: false,
+    create: () => Promise.reject(new Error("no nested plugins in a standalone plugin")),
+    log: () => {},
+  };
 }
 
 /**

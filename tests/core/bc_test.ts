@@ -1,17 +1,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
+import { tinyTransformerFactory } from "../plugins/_tiny_translator.ts";
 import { type BcContext, trainOrLoadBc } from "../../core/bc.ts";
 import { evaluatePolicy } from "../../core/evaluate.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
-import type {
-  BcSettings,
-  Example,
-  ModelFactory,
-  RewardModel,
-  Tokenizer,
-} from "../../core/types.ts";
+import type { BcSettings, Example, RewardModel, Tokenizer } from "../../core/types.ts";
 import { fakeTokenizer } from "./_fakes.ts";
 import { writeReport } from "../../core/report/mod.ts";
 import { BC_CURVE_FILE } from "../../core/report/bc_curve.ts";
@@ -50,14 +44,7 @@ const EVALUATION = tinyEvalSettings();
 function context(dir: string, logs: string[]): BcContext {
   const tokenizer = fakeTokenizer.create({}, {} as never) as Tokenizer;
   tokenizer.train({ sources: WORDS, targets: WORDS });
-  const factory = transformer.create({
-    dModel: 16,
-    heads: 2,
-    ffn: 32,
-    encoderLayers: 1,
-    decoderLayers: 1,
-    maxPositions: 32,
-  }, {} as never) as ModelFactory;
+  const factory = tinyTransformerFactory();
   return {
     experimentDir: dir,
     factory,

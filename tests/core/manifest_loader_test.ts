@@ -7,21 +7,16 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UserError } from "../../core/errors.ts";
 import { loadPluginModule, pluginFor } from "../../core/manifest/resolver.ts";
-import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
+import type { PluginDefinition } from "../../core/plugin.ts";
 import { PluginError } from "../../core/plugin_guard.ts";
 import { createRegistries } from "../../core/registry.ts";
 import type { RewardModel } from "../../core/types.ts";
 import { fakePlugins } from "./_fakes.ts";
+import { standaloneDeps } from "../_experiment.ts";
 
 const PLUGIN_MODULE = new URL("../../core/plugin.ts", import.meta.url).href;
 
-const DEPS: PluginDeps = {
-  seed: 1,
-  baseDir: ".",
-  smoke: false,
-  create: () => Promise.reject(new Error("no nested plugins here")),
-  log: () => {},
-};
+const DEPS = standaloneDeps(".");
 
 /** A reward module whose score is `value` for every row. */
 function rewardModule(value: number): string {

@@ -3,7 +3,7 @@ import { sampleInOrder } from "../../core/random.ts";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import transformer from "../../plugins/models/transformer/mod.ts";
+import { tinyTransformerFactory } from "../plugins/_tiny_translator.ts";
 import bcLoss from "../../plugins/losses/bc.ts";
 import fixed from "../../plugins/thresholds/fixed.ts";
 import {
@@ -27,7 +27,6 @@ import type {
   GrowSettings,
   Loss,
   Metrics,
-  ModelFactory,
   Policy,
   RewardModel,
   ThresholdSchedule,
@@ -109,14 +108,7 @@ const CHRF: RewardModel = {
 async function setup() {
   const tokenizer = fakeTokenizer.create({}, {} as never) as Tokenizer;
   tokenizer.train({ sources: WORDS, targets: WORDS });
-  const factory = transformer.create({
-    dModel: 16,
-    heads: 2,
-    ffn: 32,
-    encoderLayers: 1,
-    decoderLayers: 1,
-    maxPositions: 32,
-  }, {} as never) as ModelFactory;
+  const factory = tinyTransformerFactory();
   const build = (seed: number) =>
     factory.build({
       sourceVocab: tokenizer.vocabSize("source"),

@@ -1,7 +1,8 @@
 /**
- * Test scaffolding for plugins that train translation models of their own (the `learned` and
- * `dual_xent` rewards): a plugin's default config, and a BPE tokenizer trained on some splits
- * with a tiny transformer factory to go with it.
+ * Test scaffolding for tests that build tiny translation models: the core loop tests' tiny
+ * transformer factory, and for plugins that train models of their own (the `learned` and
+ * `dual_xent` rewards) a plugin's default config and a BPE tokenizer trained on some splits with
+ * a tiny transformer factory to go with it.
  */
 
 import bpe from "../../plugins/tokenizers/bpe.ts";
@@ -11,7 +12,7 @@ import { join } from "node:path";
 import { Rng } from "../../core/random.ts";
 import { MetricsWriter } from "../../core/run.ts";
 import { EVAL_SCHEMA } from "../../core/sections.ts";
-import type { PluginDefinition } from "../../core/plugin.ts";
+import { pluginDefaults } from "../../core/plugin.ts";
 import type {
   EvalSettings,
   ModelFactory,
@@ -22,10 +23,22 @@ import type {
   Tokenizer,
 } from "../../core/types.ts";
 
-/** A plugin's config with every field at its schema default (a new object on every call). */
-export function pluginDefaults(plugin: PluginDefinition): Record<string, unknown> {
-  const props = plugin.configSchema.properties as Record<string, { default: unknown }>;
-  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, structuredClone(v.default)]));
+/** A plugin's config with every field at its schema default (core's, re-exported for the tests). */
+export { pluginDefaults };
+
+/**
+ * The tiny transformer factory of the core loop tests (BC, ReST): 16 wide, 2 heads, FFN 32, one
+ * encoder and one decoder layer, positions up to 32, the plugin's defaults for the rest.
+ */
+export function tinyTransformerFactory(): ModelFactory {
+  return transformer.create({
+    dModel: 16,
+    heads: 2,
+    ffn: 32,
+    encoderLayers: 1,
+    decoderLayers: 1,
+    maxPositions: 32,
+  }, {} as never) as ModelFactory;
 }
 
 /** Sizes of {@link tinyTranslator}. */

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError } from "../../core/errors.ts";
 import { createAjv } from "../../core/manifest/ajv.ts";
-import type { PluginDefinition, PluginDeps } from "../../core/plugin.ts";
+import type { PluginDefinition } from "../../core/plugin.ts";
 import type { Example, Splits } from "../../core/types.ts";
 import {
   COMMON_DEFAULTS,
@@ -29,18 +29,12 @@ import moses from "../../plugins/data/moses.ts";
 import synthetic from "../../plugins/data/synthetic.ts";
 import tsv from "../../plugins/data/tsv.ts";
 import { hasStackTrace, ROOT_DIR, runTask } from "../_cli.ts";
-import { withTempDir as withTempFolder } from "../_experiment.ts";
+import { standaloneDeps, withTempDir as withTempFolder } from "../_experiment.ts";
 
 const FIXTURES = join(ROOT_DIR, "tests/fixtures/data");
 const PLUGINS = [tsv, jsonl, moses, gettext, synthetic] as PluginDefinition<"data">[];
 
-const deps: PluginDeps = {
-  seed: 7,
-  baseDir: FIXTURES,
-  smoke: false,
-  create: () => Promise.reject(new Error("no nested plugins")),
-  log: () => {},
-};
+const deps = standaloneDeps(FIXTURES, 7);
 
 /** The plugin's config with defaults filled in by ajv, as the manifest loader does. */
 function configOf(plugin: PluginDefinition<"data">, config: Record<string, unknown> = {}) {

@@ -13,13 +13,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../../core/plugin.ts";
+import { pluginDefaults, type PluginDefinition } from "../../core/plugin.ts";
 import { filterPool, growPath, GrowPool, readGrowFile, writeGrowFile } from "../../core/rest.ts";
 import type { GrowRow, Splits } from "../../core/types.ts";
 import gettext from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import tsv from "../../plugins/data/tsv.ts";
-import { withTempDir as withTempFolder } from "../_experiment.ts";
+import { standaloneDeps, withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** Pairs in each generated corpus. */
 const PAIRS = 1_000_000;
@@ -30,13 +30,7 @@ const CORPUS_RSS_MB = 800;
 /** Bound on the resident-set growth while building the 500k-row Grow pool, in MB. */
 const POOL_RSS_MB = 400;
 
-const deps: PluginDeps = {
-  seed: 1,
-  baseDir: "/",
-  smoke: false,
-  create: () => Promise.reject(new Error("no nested plugins")),
-  log: () => {},
-};
+const deps = standaloneDeps();
 
 /** {@link withTempFolder} with folders named rest_large_data_test_*. */
 function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {

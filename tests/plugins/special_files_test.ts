@@ -8,25 +8,19 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError } from "../../core/errors.ts";
-import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../../core/plugin.ts";
+import { pluginDefaults, type PluginDefinition } from "../../core/plugin.ts";
 import type { Splits } from "../../core/types.ts";
 import { readLines as readScoreLines } from "../../cli/score.ts";
 import gettext, { MAX_MO_BYTES, MAX_PO_BYTES, readCatalog } from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import moses from "../../plugins/data/moses.ts";
 import tsv from "../../plugins/data/tsv.ts";
-import { withTempDir as withTempFolder } from "../_experiment.ts";
+import { standaloneDeps, withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** How long a refusal may take before the case counts as a hang. */
 const LIMIT_MS = 5000;
 
-const deps: PluginDeps = {
-  seed: 1,
-  baseDir: "/",
-  smoke: false,
-  create: () => Promise.reject(new Error("no nested plugins")),
-  log: () => {},
-};
+const deps = standaloneDeps();
 
 /** {@link withTempFolder} with folders named rest_special_files_test_*. */
 function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
