@@ -8,8 +8,8 @@ import { runExperiment } from "../core/experiment.ts";
 import { resolveManifest } from "../core/manifest/mod.ts";
 import { createRegistries, type Registries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import type { PluginDeps } from "../core/plugin.ts";
-import type { EvalSettings } from "../core/types.ts";
+import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../core/plugin.ts";
+import type { EvalSettings, Splits } from "../core/types.ts";
 
 /**
  * Calls `fn` with a fresh temporary folder (its name starting with `prefix`, if given) and
@@ -39,6 +39,22 @@ export function standaloneDeps(baseDir = "/", seed = 1): PluginDeps {
     create: () => Promise.reject(new Error("no nested plugins in a standalone plugin")),
     log: () => {},
   };
+}
+
+/**
+ * Loads a data plugin as the framework does, standalone: created with its defaults and
+ * `config` (paths relative to `baseDir`), then `load()`.
+ */
+export async function loadStandalone(
+  plugin: PluginDefinition<"data">,
+  config: Record<string, unknown>,
+  baseDir: string,
+): Promise<Splits> {
+  const source = await plugin.create(
+    { ...pluginDefaults(plugin), ...config },
+    standaloneDeps(baseDir),
+  );
+  return await source.load();
 }
 
 /**

@@ -13,13 +13,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { pluginDefaults, type PluginDefinition } from "../../core/plugin.ts";
 import { filterPool, growPath, GrowPool, readGrowFile, writeGrowFile } from "../../core/rest.ts";
 import type { GrowRow, Splits } from "../../core/types.ts";
 import gettext from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import tsv from "../../plugins/data/tsv.ts";
-import { standaloneDeps, withTempDir as withTempFolder } from "../_experiment.ts";
+import { loadStandalone as load, withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** Pairs in each generated corpus. */
 const PAIRS = 1_000_000;
@@ -29,8 +28,6 @@ const GROW_ROWS = 500_000;
 const CORPUS_RSS_MB = 800;
 /** Bound on the resident-set growth while building the 500k-row Grow pool, in MB. */
 const POOL_RSS_MB = 400;
-
-const deps = standaloneDeps();
 
 /** {@link withTempFolder} with folders named rest_large_data_test_*. */
 function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
@@ -52,19 +49,6 @@ async function writeLines(file: string, count: number, line: (i: number) => stri
   } finally {
     out.close();
   }
-}
-
-/** Loads through the plugin as the framework does: create(config).load(). */
-async function load(
-  plugin: PluginDefinition<"data">,
-  config: Record<string, unknown>,
-  baseDir: string,
-): Promise<Splits> {
-  const source = await plugin.create({ ...pluginDefaults(plugin), ...config }, {
-    ...deps,
-    baseDir,
-  });
-  return await source.load();
 }
 
 /** Runs `fn` and returns its result and the growth of the resident set in MB. */

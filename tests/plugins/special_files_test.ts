@@ -8,19 +8,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError } from "../../core/errors.ts";
-import { pluginDefaults, type PluginDefinition } from "../../core/plugin.ts";
-import type { Splits } from "../../core/types.ts";
 import { readLines as readScoreLines } from "../../cli/score.ts";
 import gettext, { MAX_MO_BYTES, MAX_PO_BYTES, readCatalog } from "../../plugins/data/gettext.ts";
 import jsonl from "../../plugins/data/jsonl.ts";
 import moses from "../../plugins/data/moses.ts";
 import tsv from "../../plugins/data/tsv.ts";
-import { standaloneDeps, withTempDir as withTempFolder } from "../_experiment.ts";
+import { loadStandalone as load, withTempDir as withTempFolder } from "../_experiment.ts";
 
 /** How long a refusal may take before the case counts as a hang. */
 const LIMIT_MS = 5000;
-
-const deps = standaloneDeps();
 
 /** {@link withTempFolder} with folders named rest_special_files_test_*. */
 function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
@@ -72,18 +68,6 @@ async function refusedQuickly(
 
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-async function load(
-  plugin: PluginDefinition<"data">,
-  config: Record<string, unknown>,
-  baseDir: string,
-): Promise<Splits> {
-  const source = await plugin.create({ ...pluginDefaults(plugin), ...config }, {
-    ...deps,
-    baseDir,
-  });
-  return await source.load();
 }
 
 const FIFO = /is a FIFO \(named pipe\)/;
