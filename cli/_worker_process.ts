@@ -1,12 +1,14 @@
 /**
  * The body of `deno task worker`, run by the launcher in `cli/worker.ts` as a child Deno
  * process with the permissions of `deno task exp`'s sandbox plus network access to the
- * queue's host and port only. It takes Grow shards from the queue, one at a time: for each it
- * rebuilds the run's plugins from the job's sections (kept while consecutive jobs share
- * them), fetches the policy's weights and the tokenizer's state by content hash (cached in
- * the worker's folder, checked against the hash), computes the shard with the same function
- * the experiment's own process uses (core/grow_shard.ts) and returns the rows with their
- * checksum. The queue URL arrives on standard input, so its password is in no process list.
+ * queue's host and port only. It takes shards from the queue (Grow shards), one at a time: for each it rebuilds the run's plugins from
+ * the job's sections (kept while consecutive jobs share them), fetches the policy's weights,
+ * the tokenizer's state and a prepared reward's files by content hash (cached in the
+ * worker's folder, checked against the hash; the reward is rebuilt by its `restore()`, which
+ * loads and never trains), computes the shard with the same function the experiment's own
+ * process uses (core/grow_shard.ts) and returns the rows with their
+ * checksum and the reward's counters. The queue URL arrives on standard input, so its
+ * password is in no process list.
  *
  * @module
  */
@@ -22,9 +24,16 @@ import { hashText } from "../core/hash.ts";
 import type { ResolvedPluginRef } from "../core/plugin.ts";
 import { createRegistries } from "../core/registry.ts";
 import { rowsChecksum } from "../core/shards.ts";
-import type { Policy, WorkerRecipe, WorkerSection } from "../core/types.ts";
+import type {
+  Policy,
+  RewardModel,
+  ShardDiagnostics,
+  Tokenizer,
+  WorkerRecipe,
+  WorkerSection,
+} from "../core/types.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import { decodePolicy, getBlob } from "../plugins/executors/_artefacts.ts";
+import { decodePolicy, getBlob, getFolder } from "../plugins/executors/_artefacts.ts";
 import { parseQueueUrl, redact } from "../plugins/executors/_queue_url.ts";
 import { connect } from "../plugins/executors/_redis.ts";
 import { MESSAGE_VERSION, type ShardMessage, type ShardReply } from "../plugins/executors/queue.ts";
@@ -76,16 +85,43 @@ class Workshop {
     const tokenizer = await create("tokenizer");
     tokenizer.load(JSON.parse(new TextDecoder().decode(await blob(message.artefacts.tokenizer))));
     const reward = await create("reward");
-    if (reward.prepare !== undefined) {
-      throw new UserError(
-        `reward "${recipe.sections.reward.name}" prepares a model of its own, which queue ` +
-          "workers do not fetch: use the local executor for this run",
-      );
-    }
+    await this.#restoreReward(reward, message, tokenizer);
     const policy: Policy = buildPolicy(await create("model"), tokenizer, recipe.seed);
     policy.load(decodePolicy(await blob(message.artefacts.policy)));
     this.#built = { id, tools: { policy, tokenizer, reward } };
     return this.#built.tools;
+  }
+
+  /**
+   * A reward that prepares something is rebuilt by loading the files its `prepare` saved
+   * (fetched by hash into the cache): a worker never trains a reward.
+   */
+  async #restoreReward(reward: RewardModel, message: ShardMessage, tokenizer: Tokenizer) {
+    if (reward.prepare === undefined) return;
+    const { recipe } = message;
+    const name = `reward "${recipe.sections.reward.name}"`;
+    if (reward.restore === undefined) {
+      throw new UserError(
+        `${name} prepares a model of its own but has no restore() to load it from the files ` +
+          "its prepare() saved, so queue workers cannot use it: use the local executor",
+      );
+    }
+    const listing = message.artefacts.reward;
+    if (listing === undefined) {
+      throw new UserError(`${name}: the shard's message lists none of its prepared files`);
+    }
+    let dir: string;
+    try {
+      dir = await getFolder(this.#redis, message.place, listing, this.#options.cache);
+    } catch (error) {
+      throw new UserError(`${name}: prepared file ${(error as Error).message}`);
+    }
+    await reward.restore({
+      dir,
+      tokenizer,
+      smoke: recipe.smoke,
+      log: (line) => log(`reward: ${line}`),
+    });
   }
 
   /** Starts the jobs' backend once; a later job asking for another one is refused. */
@@ -119,6 +155,15 @@ function ref(section: WorkerSection): ResolvedPluginRef {
 
 function log(message: string): void {
   console.error(`worker: ${message}`);
+}
+
+/** Computes a shard of the message's task with the function the experiment's process uses. */
+function computeShard(tools: ShardTools, message: ShardMessage): Promise<unknown[]> {
+  if (message.task === "grow") {
+    const m = message as ShardMessage<"grow">;
+    return growShard(tools, m.shard, m.settings);
+  }
+  throw new UserError(`the shard's task ${JSON.stringify(message.task)} is unknown to this worker`);
 }
 
 /** Checks a job's data before it is trusted as a {@link ShardMessage}. */
@@ -160,11 +205,21 @@ async function main(args: string[]): Promise<number> {
       );
       const started = performance.now();
       const tools = await workshop.tools(message);
-      const rows = await growShard(tools, message.shard, message.settings);
+      tools.reward.diagnostics?.(); // counters from here on belong to this shard
+      const rows = await computeShard(tools, message);
+      const counters = tools.reward.diagnostics?.();
+      const diagnostics: ShardDiagnostics | undefined = counters === undefined
+        ? undefined
+        : { counters, rows: rows.length };
       const seconds = ((performance.now() - started) / 1000).toFixed(2);
       log(`shard ${message.shard.index} of ${message.key}: ${rows.length} rows in ${seconds} s`);
       shards++;
-      return { rows, checksum: rowsChecksum(rows), worker: id } satisfies ShardReply;
+      return {
+        rows,
+        checksum: rowsChecksum(rows),
+        worker: id,
+        ...(diagnostics === undefined ? {} : { diagnostics }),
+      } satisfies ShardReply;
     },
     {
       connection: connect(url),

@@ -430,13 +430,11 @@ async function executeRun(
   const algorithm = await createPlugin(registries, "algorithm", run.algorithm, deps);
   const reward = await createPlugin(registries, "reward", run.reward, deps);
   algorithm.checkReward?.(reward, run.reward.name);
-  if (reward.prepare !== undefined) {
-    const rewardDir = join(
-      shared.experimentDir,
-      SHARED_FOLDER,
-      "rewards",
-      rewardFolderName(run.reward),
-    );
+  // The folder the reward prepares in (and queue workers restore it from).
+  const rewardDir = reward.prepare === undefined
+    ? undefined
+    : join(shared.experimentDir, SHARED_FOLDER, "rewards", rewardFolderName(run.reward));
+  if (reward.prepare !== undefined && rewardDir !== undefined) {
     await Deno.mkdir(rewardDir, { recursive: true });
     setActivity(`run ${run.name}, preparing the reward`);
     const prepare = reward.prepare.bind(reward);
@@ -499,6 +497,7 @@ async function executeRun(
         baseDir: manifest.baseDir,
         seed: run.seed,
         smoke: options.smoke,
+        ...(rewardDir === undefined ? {} : { rewardDir }),
       },
     }),
   };

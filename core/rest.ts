@@ -41,7 +41,7 @@ import { finishRun } from "./finish.ts";
 import { growShard, rowTarget } from "./grow_shard.ts";
 import { hashText } from "./hash.ts";
 import { sha256Hex } from "./checkpoint.ts";
-import { inProcessExecutor, planShards, runShards, shardFolder } from "./shards.ts";
+import { DiagnosticsSum, inProcessExecutor, planShards, runShards, shardFolder } from "./shards.ts";
 import { exists, prefixed } from "./run.ts";
 import { type TokenPair, trainLoop } from "./train.ts";
 import type {
@@ -562,15 +562,20 @@ export async function grow(
   const job = await growJob(policy, settings, ctx, g, seed, shards);
   const progress = ctx.progress(`grow ${g}`, examples.length + originals.length, "sources");
   const folder = shardFolder(ctx.dir, g);
-  const rows = await runShards(ctx.executor ?? inProcessExecutor, job, folder, progress, ctx.log);
+  const remote = new DiagnosticsSum();
+  const executor = ctx.executor ?? inProcessExecutor;
+  const rows = await runShards(executor, job, folder, progress, ctx.log, remote);
   progress.done();
+  // The reward's counters: this process's own, or those the workers sent with their shards.
+  const local = ctx.reward.diagnostics?.();
+  const counters = remote.shards > 0 ? remote.counters() : local;
   await writeGrowFile(path, rows);
   await Deno.remove(folder, { recursive: true });
   if (shared !== undefined) {
     await Deno.mkdir(dirname(shared), { recursive: true });
     await copyGrowFile(path, shared);
   }
-  await logGrow(rows, ctx, g, started, ctx.reward.diagnostics?.());
+  await logGrow(rows, ctx, g, started, counters);
   return rows;
 }
 

@@ -26,6 +26,7 @@ import type {
   GrowSettings,
   GrowShard,
   Progress,
+  ShardDiagnostics,
   ShardJob,
 } from "./types.ts";
 
@@ -78,7 +79,7 @@ export function expectedRows(shard: GrowShard, settings: Pick<GrowSettings, "sam
 }
 
 /** SHA-256 (hex) of rows as the JSON lines a Grow file stores them in: a shard's checksum. */
-export function rowsChecksum(rows: readonly GrowRow[]): string {
+export function rowsChecksum(rows: readonly unknown[]): string {
   const hash = createHash("sha256");
   for (const row of rows) hash.update(JSON.stringify(row) + "\n");
   return hash.digest("hex");
@@ -129,6 +130,42 @@ export const inProcessExecutor: Executor = {
   close: () => Promise.resolve(),
 };
 
+/**
+ * The reward's diagnostic counters of a step's shards computed elsewhere, put together: sums,
+ * except keys ending in `_mean`, averaged weighted by the rows each shard scored.
+ */
+export class DiagnosticsSum {
+  readonly #sums = new Map<string, { value: number; rows: number }>();
+  #shards = 0;
+
+  /** Adds one shard's counters. */
+  add(diagnostics: ShardDiagnostics): void {
+    this.#shards++;
+    for (const [key, value] of Object.entries(diagnostics.counters)) {
+      if (typeof value !== "number") continue;
+      const sum = this.#sums.get(key) ?? { value: 0, rows: 0 };
+      const weight = key.endsWith("_mean") ? diagnostics.rows : 1;
+      sum.value += value * weight;
+      sum.rows += weight;
+      this.#sums.set(key, sum);
+    }
+  }
+
+  /** Shards added so far. */
+  get shards(): number {
+    return this.#shards;
+  }
+
+  /** The counters: sums, and row-weighted means for `_mean` keys (0 over no rows). */
+  counters(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [key, { value, rows }] of this.#sums) {
+      out[key] = key.endsWith("_mean") ? (rows > 0 ? value / rows : 0) : value;
+    }
+    return out;
+  }
+}
+
 /** Where a run keeps the finished shards of a Grow step, and their files. */
 export function shardFolder(dir: string, g: number): string {
   return join(dir, `grow_${g}.shards`);
@@ -139,7 +176,8 @@ export function shardFolder(dir: string, g: number): string {
  * by an interrupted attempt (same `job.key`) are read back, checked, and not computed again;
  * every shard the executor finishes is checked ({@link checkShardRows}) and saved before it
  * counts; a shard finished twice (a worker presumed dead that finished after all) is kept
- * once. `progress` ticks by sources.
+ * once. `progress` ticks by sources. The reward counters that shards computed elsewhere
+ * bring are added to `diagnostics`, when given.
  */
 export async function runShards(
   executor: Executor,
@@ -147,6 +185,7 @@ export async function runShards(
   folder: string,
   progress: Progress,
   log: (message: string) => void,
+  diagnostics?: DiagnosticsSum,
 ): Promise<GrowRow[]> {
   await Deno.mkdir(folder, { recursive: true });
   const path = (shard: GrowShard) => join(folder, `${job.key}-${shard.index}.jsonl`);
@@ -163,12 +202,15 @@ export async function runShards(
   }
   const missing = job.shards.filter((s) => !done.has(s.index));
   if (missing.length > 0) {
-    await executor.run({ ...job, shards: missing }, async (shard, rows) => {
+    const check = (shard: GrowShard, rows: readonly GrowRow[], from: string, sum?: string) =>
+      checkShardRows(job.shards[shard.index], job.settings, rows, from, sum);
+    await executor.run({ ...job, shards: missing, check }, async (shard, rows, counters) => {
       if (done.has(shard.index)) return;
       const planned = job.shards[shard.index];
       checkShardRows(planned, job.settings, rows, `the ${job.label} executor`);
       await writeGrowFile(path(planned), rows);
       done.set(shard.index, rows);
+      if (counters !== undefined) diagnostics?.add(counters);
       progress.tick(planned.examples.length);
     });
   }

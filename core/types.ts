@@ -123,9 +123,19 @@ export interface RewardModel {
    */
   prepare?(ctx: RewardPrepareContext): Promise<void>;
   /**
+   * Optional, with `prepare`: rebuilds the prepared reward from the files `prepare` saved in
+   * `ctx.dir`, without training, sampling or scoring anything (a queue worker calls it on a
+   * copy of that folder, fetched by content hash). When a file it needs is missing it throws
+   * a user error naming the reward and the file. A reward with `prepare`
+   * but without `restore` cannot be used by queue workers (they refuse it by name).
+   */
+  restore?(ctx: RewardRestoreContext): Promise<void>;
+  /**
    * Optional: counters accumulated since the previous call (e.g. how many rows a guard
    * zeroed, per rule), then reset. ReST logs them after each Grow step as
-   * `grow/reward_<key>`, PPO after each rollout batch as `ppo/reward_<key>`.
+   * `grow/reward_<key>`, PPO after each rollout batch as `ppo/reward_<key>`. Counters are
+   * added up over a Grow step's shards when workers compute them, except keys ending in
+   * `_mean`, which are averaged weighted by the rows each shard scored.
    */
   diagnostics?(): Record<string, number>;
   /**
@@ -198,6 +208,12 @@ export interface RewardPrepareContext {
   /** Prints a line to the user. */
   log(message: string): void;
 }
+
+/** What {@link RewardModel.restore} gets: the folder `prepare` saved in, and the run's basics. */
+export type RewardRestoreContext = Pick<
+  RewardPrepareContext,
+  "dir" | "tokenizer" | "smoke" | "log"
+>;
 
 /** What a backend plugin reports after selecting and setting up the tfjs backend. */
 export interface BackendInfo {
@@ -729,6 +745,45 @@ export interface GrowShard {
   seed: number;
 }
 
+/**
+ * One shard of an evaluation's decoding: a slice of one evaluated part's sources, decoded
+ * greedily or sampled `n` times each, every output scored by the reward.
+ */
+export interface EvalShard {
+  /** Position in the evaluation's plan (0-based): results are put together in this order. */
+  index: number;
+  /** What is evaluated, e.g. `valid_greedy` or `bon` (part of the seed). */
+  part: string;
+  /** `greedy`: one greedy output per source; `sample`: `n` samples per source. */
+  decode: "greedy" | "sample";
+  /** Outputs per source (1 for greedy). */
+  n: number;
+  /** Sampling temperature (`sample`). */
+  temperature: number;
+  /** Sources per decoding batch. */
+  batchSize: number;
+  /** The shard's pairs. */
+  examples: Example[];
+  /** Seed of the shard's sampling: a pure function of (run seed, part, shard index). */
+  seed: number;
+}
+
+/** What every shard of an evaluation shares. */
+export interface EvalShardSettings {
+  /** Maximum output tokens. */
+  maxLen: number;
+}
+
+/** One output of an evaluation shard, scored. */
+export interface EvalRow {
+  /** The source it translates. */
+  source: string;
+  /** The decoded output. */
+  hypothesis: string;
+  /** Its reward, in [0, 1]. */
+  reward: number;
+}
+
 /** A plugin reference as a remote worker rebuilds it (a resolved manifest section). */
 export interface WorkerSection {
   /** The plugin kind. */
@@ -751,22 +806,64 @@ export interface WorkerRecipe {
   seed: number;
   /** True under `--smoke`. */
   smoke: boolean;
+  /**
+   * The folder the reward's `prepare` saved its files in (absent: the reward prepares
+   * nothing). Its files travel to the workers by content hash; they rebuild the reward with
+   * {@link RewardModel.restore}.
+   */
+  rewardDir?: string;
 }
 
-/** The shards of one Grow step, handed to an {@link Executor}. */
-export interface ShardJob {
+/**
+ * What an executor computes, by task: `grow` (Grow shards: N scored samples per source, or
+ * the scored original pairs) and `evaluate` (evaluation decoding: greedy outputs or samples
+ * per source, scored). A worker computes a shard of either with the same function as the
+ * experiment's own process.
+ */
+export interface ShardTasks {
+  /** A Grow step's shards. */
+  grow: { shard: GrowShard; settings: GrowSettings; row: GrowRow };
+  /** An evaluation's decoding shards. */
+  evaluate: { shard: EvalShard; settings: EvalShardSettings; row: EvalRow };
+}
+
+/** A task an executor computes shards of (see {@link ShardTasks}). */
+export type ShardTask = keyof ShardTasks;
+
+/** The shards of one Grow step or evaluation, handed to an {@link Executor}. */
+export interface ShardJob<T extends ShardTask = "grow"> {
+  /** What the shards are (default `grow`). */
+  task?: T;
   /** Content key of the step (its weights, settings and seed): names its shards everywhere. */
   key: string;
   /** Label for messages, e.g. `grow 1`. */
   label: string;
-  /** The Grow settings every shard uses. */
-  settings: GrowSettings;
+  /** The settings every shard uses. */
+  settings: ShardTasks[T]["settings"];
   /** The shards still to compute (finished ones are not handed out again). */
-  shards: GrowShard[];
+  shards: ShardTasks[T]["shard"][];
   /** Computes one shard in this process (what the `local` executor does with every shard). */
-  compute(shard: GrowShard): Promise<GrowRow[]>;
+  compute(shard: ShardTasks[T]["shard"]): Promise<ShardTasks[T]["row"][]>;
   /** What a remote worker rebuilds `compute` from (undefined: this job runs locally only). */
   artefacts?(): { recipe: WorkerRecipe; policy: PolicyState; tokenizer: unknown };
+  /**
+   * Checks a shard's rows computed elsewhere before they are handed on (`from` names the
+   * worker; `checksum` is the one it sent), throwing a `DataError` saying what is wrong.
+   */
+  check?(
+    shard: ShardTasks[T]["shard"],
+    rows: readonly ShardTasks[T]["row"][],
+    from: string,
+    checksum?: string,
+  ): void;
+}
+
+/** A reward's diagnostic counters over the rows one shard scored (see `diagnostics`). */
+export interface ShardDiagnostics {
+  /** The counters, as the worker's reward returned them after the shard. */
+  counters: Record<string, number>;
+  /** Rows the shard scored (the weight of `_mean` counters). */
+  rows: number;
 }
 
 /**
@@ -777,11 +874,17 @@ export interface ShardJob {
 export interface Executor {
   /**
    * Computes every shard of `job`, calling `finished` once per shard with its rows, in any
-   * order, as soon as they are in; resolves when every shard is finished.
+   * order, as soon as they are in; resolves when every shard is finished. A shard computed
+   * in another process comes with its reward's diagnostic counters, when the reward keeps
+   * any (in this process the caller reads its own reward's).
    */
-  run(
-    job: ShardJob,
-    finished: (shard: GrowShard, rows: GrowRow[]) => Promise<void>,
+  run<T extends ShardTask>(
+    job: ShardJob<T>,
+    finished: (
+      shard: ShardTasks[T]["shard"],
+      rows: ShardTasks[T]["row"][],
+      diagnostics?: ShardDiagnostics,
+    ) => Promise<void>,
   ): Promise<void>;
   /** Releases what the executor holds (connections); called once, after the experiment. */
   close(): Promise<void>;

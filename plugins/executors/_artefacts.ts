@@ -1,13 +1,14 @@
 /**
- * The artefacts a queue worker needs to compute a Grow shard (the policy's weights and the
- * tokenizer's state), as content-addressed blobs: each is stored under the SHA-256 of its
- * bytes, in Redis or in a folder shared by the coordinator and the workers, and every blob a
- * worker fetches is checked against its hash before it is used (and cached by it).
+ * The artefacts a queue worker needs to compute a shard (the policy's weights, the tokenizer's
+ * state and the files a prepared reward saved), as content-addressed blobs: each is stored
+ * under the SHA-256 of its bytes, in Redis or in a folder shared by the coordinator and the
+ * workers, and every blob a worker fetches is checked against its hash before it is used (and
+ * cached by it). A folder travels as a listing (relative path -> hash) and is rebuilt from it.
  *
  * @module
  */
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Buffer } from "node:buffer";
 import type { Redis } from "ioredis";
 import { sha256Hex } from "../../core/checkpoint.ts";
@@ -73,8 +74,85 @@ export async function putBlob(redis: Redis, place: BlobPlace, bytes: Uint8Array)
     }
     return sha;
   }
-  await redis.set(`${place.prefix}:blob:${sha}`, Buffer.from(bytes), "EX", BLOB_TTL_SECONDS);
+  const key = `${place.prefix}:blob:${sha}`;
+  // Already there (e.g. the reward's files, stored again every Grow step): only kept longer.
+  if (await redis.expire(key, BLOB_TTL_SECONDS) === 1) return sha;
+  await redis.set(key, Buffer.from(bytes), "EX", BLOB_TTL_SECONDS);
   return sha;
+}
+
+/**
+ * Stores every file under `dir` (recursively; temporary `*.tmp-*` files left by a writer are
+ * skipped) as a blob, and returns the folder's listing: relative path (with `/`) -> SHA-256.
+ */
+export async function putFolder(
+  redis: Redis,
+  place: BlobPlace,
+  dir: string,
+): Promise<Record<string, string>> {
+  const listing: Record<string, string> = {};
+  const walk = async (relative: string) => {
+    const entries = [];
+    for await (const entry of Deno.readDir(join(dir, relative))) entries.push(entry);
+    entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+    for (const entry of entries) {
+      const path = relative === "" ? entry.name : `${relative}/${entry.name}`;
+      if (entry.isDirectory) await walk(path);
+      else if (entry.isFile && !entry.name.includes(".tmp-")) {
+        listing[path] = await putBlob(redis, place, await Deno.readFile(join(dir, path)));
+      }
+    }
+  };
+  await walk("");
+  return listing;
+}
+
+/**
+ * A local copy of a folder stored by {@link putFolder}: `<cache>/folders/<hash of the
+ * listing>/`, built from the blobs (each checked against its hash) on first use, then reused.
+ *
+ * @throws {DataError} for a listing with an unsafe path, or a blob missing or damaged.
+ */
+export async function getFolder(
+  redis: Redis,
+  place: BlobPlace,
+  listing: Record<string, string>,
+  cache: string,
+): Promise<string> {
+  const paths = Object.keys(listing).sort();
+  for (const path of paths) {
+    if (
+      path === "" || path.startsWith("/") || path.split("/").some((p) => p === ".." || p === "")
+    ) {
+      throw new DataError(`artefact folder: unsafe path ${JSON.stringify(path)}`);
+    }
+  }
+  const id = await sha256Hex(
+    new TextEncoder().encode(JSON.stringify(paths.map((p) => [p, listing[p]]))),
+  );
+  const target = join(cache, "folders", id);
+  try {
+    await Deno.stat(target);
+    return target;
+  } catch { /* not built yet */ }
+  const temp = `${target}.tmp-${Deno.pid}`;
+  await Deno.remove(temp, { recursive: true }).catch(() => {});
+  for (const path of paths) {
+    const bytes = await getBlob(redis, place, listing[path], cache).catch((error) => {
+      throw new DataError(`${path}: ${(error as Error).message}`);
+    });
+    await Deno.mkdir(dirname(join(temp, path)), { recursive: true });
+    await Deno.writeFile(join(temp, path), bytes);
+  }
+  await Deno.mkdir(temp, { recursive: true });
+  try {
+    await Deno.rename(temp, target);
+  } catch (error) {
+    // Another worker sharing the cache built it first.
+    await Deno.remove(temp, { recursive: true }).catch(() => {});
+    if (!(await Deno.stat(target).then(() => true, () => false))) throw error;
+  }
+  return target;
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * `queue`: hands a Grow step's shards to workers (`deno task worker --queue URL`) through a
  * BullMQ job queue on Redis. The experiment's process is the coordinator: it stores the
- * policy's weights and the tokenizer's state by content hash (in Redis, or a folder shared
- * with the workers), queues one job per shard (job id `<step key>-<shard index>`, so a
+ * policy's weights, the tokenizer's state and the files a prepared reward saved by content
+ * hash (in Redis, or a folder shared with the workers), queues one job per shard (job id `<step key>-<shard index>`, so a
  * restarted coordinator finds the jobs it queued before), and collects each result, checked
  * (row count, sources, checksum) before it counts. A worker that dies mid-shard stops
  * renewing its lock and BullMQ hands the shard to another worker; a shard that fails
@@ -19,35 +19,51 @@ import type { Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
 import { DataError, UserError } from "../../core/errors.ts";
 import { definePlugin, int, num } from "../../core/plugin.ts";
-import { checkShardRows } from "../../core/shards.ts";
+import { rowsChecksum } from "../../core/shards.ts";
 import type {
   Executor,
-  GrowRow,
-  GrowSettings,
-  GrowShard,
+  ShardDiagnostics,
   ShardJob,
+  ShardTask,
+  ShardTasks,
   WorkerRecipe,
 } from "../../core/types.ts";
-import { type BlobPlace, encodePolicy, putBlob } from "./_artefacts.ts";
+import { type BlobPlace, encodePolicy, putBlob, putFolder } from "./_artefacts.ts";
+
+/** A shard of task T. */
+type Shard<T extends ShardTask> = ShardTasks[T]["shard"];
+/** A row of task T. */
+type Row<T extends ShardTask> = ShardTasks[T]["row"];
+/** What the executor hands each finished shard to. */
+type Finished<T extends ShardTask> = (
+  shard: Shard<T>,
+  rows: Row<T>[],
+  diagnostics?: ShardDiagnostics,
+) => Promise<void>;
 import { parseQueueUrl, type QueueAddress, redact } from "./_queue_url.ts";
 
 /** Version of {@link ShardMessage}: a worker refuses jobs of another version. */
-export const MESSAGE_VERSION = 1;
+export const MESSAGE_VERSION = 2;
 
 /** A queued job's data: one shard and what a worker rebuilds its computation from. */
-export interface ShardMessage {
+export interface ShardMessage<T extends ShardTask = ShardTask> {
   /** {@link MESSAGE_VERSION}. */
   version: number;
-  /** The Grow step's key (see `ShardJob.key`). */
+  /** What the shard is. */
+  task: T;
+  /** The job's key (see `ShardJob.key`). */
   key: string;
   /** The shard. */
-  shard: GrowShard;
-  /** The Grow settings. */
-  settings: GrowSettings;
-  /** The run's plugin sections. */
+  shard: ShardTasks[T]["shard"];
+  /** The settings every shard of the job uses. */
+  settings: ShardTasks[T]["settings"];
+  /** The run's plugin sections (`rewardDir` left out: the worker has its own copy). */
   recipe: WorkerRecipe;
-  /** SHA-256 of the policy and tokenizer artefacts. */
-  artefacts: { policy: string; tokenizer: string };
+  /**
+   * SHA-256 of the policy and tokenizer artefacts, and the listing of the prepared reward's
+   * folder (relative path -> SHA-256) when the reward prepares one.
+   */
+  artefacts: { policy: string; tokenizer: string; reward?: Record<string, string> };
   /** Where the artefacts are stored. */
   place: BlobPlace;
 }
@@ -55,11 +71,13 @@ export interface ShardMessage {
 /** A worker's result for one shard. */
 export interface ShardReply {
   /** The shard's rows, in order. */
-  rows: GrowRow[];
+  rows: unknown[];
   /** `rowsChecksum(rows)`, computed by the worker. */
   checksum: string;
   /** Which worker computed it (host and process id), for messages. */
   worker: string;
+  /** The reward's diagnostic counters over the shard, when it keeps any. */
+  diagnostics?: ShardDiagnostics;
 }
 
 /** The queue executor's config. */
@@ -95,9 +113,9 @@ class QueueExecutor implements Executor {
     this.#log = log;
   }
 
-  async run(
-    job: ShardJob,
-    finished: (shard: GrowShard, rows: GrowRow[]) => Promise<void>,
+  async run<T extends ShardTask>(
+    job: ShardJob<T>,
+    finished: Finished<T>,
   ): Promise<void> {
     if (job.artefacts === undefined) {
       throw new TypeError(`${job.label}: the queue executor needs the job's artefacts`);
@@ -107,21 +125,27 @@ class QueueExecutor implements Executor {
     const encoded = job.artefacts();
     const policy = encodePolicy(encoded.policy);
     const tokenizer = new TextEncoder().encode(JSON.stringify(encoded.tokenizer));
+    const { rewardDir, ...recipe } = encoded.recipe;
     const upload = async () => ({
       policy: await putBlob(redis, this.#place, policy),
       tokenizer: await putBlob(redis, this.#place, tokenizer),
+      ...(rewardDir === undefined
+        ? {}
+        : { reward: await putFolder(redis, this.#place, rewardDir) }),
     });
     const artefacts = await this.#within(where, upload);
-    const id = (shard: GrowShard) => `${job.key}-${shard.index}`;
-    const enqueue = (shards: GrowShard[]) =>
+    const task: ShardTask = job.task ?? "grow";
+    const id = (shard: Shard<T>) => `${job.key}-${shard.index}`;
+    const enqueue = (shards: Shard<T>[]) =>
       queue.addBulk(shards.map((shard) => ({
         name: job.label,
         data: {
           version: MESSAGE_VERSION,
+          task,
           key: job.key,
           shard,
           settings: job.settings,
-          recipe: encoded.recipe,
+          recipe,
           artefacts,
           place: this.#place,
         } satisfies ShardMessage,
@@ -152,7 +176,7 @@ class QueueExecutor implements Executor {
         });
         const lost = await this.#within(
           where,
-          () => this.#sweep(redis, queue, pending, job.settings, finished),
+          () => this.#sweep(redis, queue, pending, job, finished),
         );
         if (lost.length > 0) {
           this.#log(
@@ -175,20 +199,20 @@ class QueueExecutor implements Executor {
    * removed from the queue; a shard whose last attempt failed stops the run. Returns the
    * shards whose jobs are gone from Redis.
    */
-  async #sweep(
+  async #sweep<T extends ShardTask>(
     redis: Redis,
     queue: Queue,
-    pending: Map<string, GrowShard>,
-    settings: GrowSettings,
-    finished: (shard: GrowShard, rows: GrowRow[]) => Promise<void>,
-  ): Promise<GrowShard[]> {
+    pending: Map<string, Shard<T>>,
+    job: ShardJob<T>,
+    finished: Finished<T>,
+  ): Promise<Shard<T>[]> {
     const ids = [...pending.keys()];
     const pipeline = redis.pipeline();
     for (const jobId of ids) {
       pipeline.hmget(queue.toKey(jobId), "timestamp", "finishedOn", "failedReason", "attemptsMade");
     }
     const answers = await pipeline.exec() ?? [];
-    const lost: GrowShard[] = [];
+    const lost: Shard<T>[] = [];
     for (let k = 0; k < ids.length; k++) {
       const [error, fields] = answers[k] ?? [new Error("no answer"), null];
       if (error) throw error;
@@ -202,32 +226,48 @@ class QueueExecutor implements Executor {
       const reply = await redis.hget(queue.toKey(ids[k]), "returnvalue");
       if (reply === null || reply === "null") {
         throw new UserError(
-          `grow shard ${shard.index} failed on a worker after ${attemptsMade ?? "?"} attempts: ${
-            redact(failedReason ?? "no reason given", this.#address)
-          }`,
+          `${job.label}: shard ${shard.index} failed on a worker after ${
+            attemptsMade ?? "?"
+          } attempts: ${redact(failedReason ?? "no reason given", this.#address)}`,
         );
       }
-      await finished(shard, this.#checkReply(shard, settings, reply));
+      const checked = this.#checkReply(job, shard, reply);
+      await finished(shard, checked.rows, checked.diagnostics);
       pending.delete(ids[k]);
       await queue.remove(ids[k]).catch(() => {});
     }
     return lost;
   }
 
-  /** A worker's reply, parsed and checked against its checksum. */
-  #checkReply(shard: GrowShard, settings: GrowSettings, text: string): GrowRow[] {
+  /**
+   * A worker's reply, parsed and checked: against its checksum, and by the job's own check
+   * (row count, sources) when it has one.
+   */
+  #checkReply<T extends ShardTask>(
+    job: ShardJob<T>,
+    shard: Shard<T>,
+    text: string,
+  ): { rows: Row<T>[]; diagnostics?: ShardDiagnostics } {
+    const what = `${job.label}: shard ${shard.index}`;
     let reply: ShardReply;
     try {
       reply = JSON.parse(text);
     } catch {
-      throw new DataError(`grow shard ${shard.index}: the worker's reply is not JSON`);
+      throw new DataError(`${what}: the worker's reply is not JSON`);
     }
     const from = `worker ${String(reply?.worker ?? "?")}`;
     if (!Array.isArray(reply?.rows) || typeof reply.checksum !== "string") {
-      throw new DataError(`grow shard ${shard.index} from ${from}: no rows and checksum`);
+      throw new DataError(`${what} from ${from}: no rows and checksum`);
     }
-    checkShardRows(shard, settings, reply.rows, from, reply.checksum);
-    return reply.rows;
+    const rows = reply.rows as Row<T>[];
+    if (job.check !== undefined) job.check(shard, rows, from, reply.checksum);
+    else if (rowsChecksum(rows) !== reply.checksum) {
+      throw new DataError(`${what} from ${from}: the rows do not match their checksum`);
+    }
+    const d = reply.diagnostics;
+    const valid = d !== undefined && typeof d === "object" && d !== null &&
+      typeof d.rows === "number" && typeof d.counters === "object" && d.counters !== null;
+    return valid ? { rows, diagnostics: d } : { rows };
   }
 
   /**
@@ -330,7 +370,7 @@ export default definePlugin({
         type: "string",
         default: "",
         description: "A folder shared with every worker (same path on each machine) for the " +
-          'policy and tokenizer artefacts; "" stores them in Redis.',
+          'policy, tokenizer and prepared-reward artefacts; "" stores them in Redis.',
       },
     },
   },

@@ -73,9 +73,9 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
-import { trainOrLoadBc } from "../../core/bc.ts";
+import { buildPolicy, trainOrLoadBc } from "../../core/bc.ts";
 import { makeBatch } from "../../core/batch.ts";
-import { hasCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
+import { hasCheckpoint, loadPolicyCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { definePlugin, int, pluginRef } from "../../core/plugin.ts";
@@ -85,6 +85,7 @@ import { exists, writeFileAtomic } from "../../core/run.ts";
 import { describeRewardReport, reportOnTestSources } from "../../core/reward_report.ts";
 import { BC_SCHEMA, smokeBc } from "../../core/sections.ts";
 import { disposeBatch } from "../../core/train.ts";
+import { requirePrepared } from "./_prepared.ts";
 import type {
   BcSettings,
   Example,
@@ -93,6 +94,7 @@ import type {
   RewardInput,
   RewardModel,
   RewardPrepareContext,
+  RewardRestoreContext,
   RunSplits,
   Side,
   Tokenizer,
@@ -453,6 +455,38 @@ export class DualXentReward implements RewardModel {
     ctx.log(
       `ready in ${meta.seconds.toFixed(1)}s (process RSS ${meta.rssMb} MiB); saved ${metaPath}`,
     );
+  }
+
+  /**
+   * Loads what {@link DualXentReward.prepare} saved in `ctx.dir` (both translation models and
+   * the calibration), never training: a missing file is a user error naming it.
+   */
+  async restore(ctx: RewardRestoreContext): Promise<void> {
+    const fingerprint = await sha256Hex(
+      new TextEncoder().encode(JSON.stringify(ctx.tokenizer.save())),
+    );
+    const metaPath = join(ctx.dir, META_FILE);
+    await requirePrepared("dual_xent", metaPath);
+    const meta = await readMeta(metaPath, fingerprint);
+    const loaded: Partial<Record<"forward" | "backward", Policy>> = {};
+    try {
+      for (const direction of DIRECTIONS) {
+        const dir = join(ctx.dir, direction);
+        await requirePrepared("dual_xent", join(dir, "policy.json"));
+        const tokenizer = direction === "backward" ? swapSides(ctx.tokenizer) : ctx.tokenizer;
+        loaded[direction] = buildPolicy(this.#factory, tokenizer, meta.seeds[direction]);
+        await loadPolicyCheckpoint(loaded[direction]!, dir, "policy");
+      }
+    } catch (error) {
+      loaded.forward?.dispose();
+      loaded.backward?.dispose();
+      throw error;
+    }
+    this.#models = { forward: loaded.forward!, backward: loaded.backward! };
+    this.#tokenizer = ctx.tokenizer;
+    this.#calibration = meta.calibration;
+    this.#meta = meta;
+    ctx.log(`loaded ${metaPath} and both translation models`);
   }
 
   /** Writes the tokenizer's fingerprint before anything is trained; refuses a different one. */

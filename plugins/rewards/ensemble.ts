@@ -64,8 +64,15 @@ import { checkScores } from "../../core/evaluate.ts";
 import { definePlugin, int, num, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { Rng } from "../../core/random.ts";
 import { writeFileAtomic } from "../../core/run.ts";
-import { prepareWrapped } from "./_wrapped.ts";
-import type { Example, RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
+import { readPreparedJson } from "./_prepared.ts";
+import { prepareWrapped, restoreWrapped } from "./_wrapped.ts";
+import type {
+  Example,
+  RewardInput,
+  RewardModel,
+  RewardPrepareContext,
+  RewardRestoreContext,
+} from "../../core/types.ts";
 import { corrupt, CORRUPTION_KINDS } from "./_corrupt.ts";
 
 /** How member raw scores are mapped to [0, 1]. */
@@ -322,6 +329,26 @@ export class EnsembleReward implements RewardModel {
       `${c.members} ${name} members, mean - ${c.conservative} * std, ${c.calibrate}; ` +
         `members disagree on ${disagreements} of ${rows.length} calibration rows; wrote ${path}`,
     );
+  }
+
+  /**
+   * Restores each member that prepares something from `member_<i>/`, then reads the
+   * calibration {@link EnsembleReward.prepare} saved in `ensemble.json`.
+   */
+  async restore(ctx: RewardRestoreContext): Promise<void> {
+    const name = this.#config.reward.name;
+    for (let i = 0; i < this.#members.length; i++) {
+      await restoreWrapped(this.#members[i], ctx, `member_${i}`, `member_${i} (${name})`);
+    }
+    const record = await readPreparedJson("ensemble", join(ctx.dir, ENSEMBLE_FILE), FORMAT);
+    const calibration = record.calibration as { knots?: [number, number][] | null } | undefined;
+    const knots = calibration?.knots ?? undefined;
+    if (this.#config.calibrate === "quantile" && !Array.isArray(knots)) {
+      throw new UserError(
+        `ensemble reward: ${join(ctx.dir, ENSEMBLE_FILE)} holds no quantile calibration`,
+      );
+    }
+    this.#knots = knots;
   }
 
   /** mean - k * std over the members, calibrated into [0, 1]. */

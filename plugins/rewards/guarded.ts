@@ -68,7 +68,8 @@ import { UserError } from "../../core/errors.ts";
 import { checkScores } from "../../core/evaluate.ts";
 import { definePlugin, int, num, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { writeFileAtomic } from "../../core/run.ts";
-import { prepareWrapped } from "./_wrapped.ts";
+import { readPreparedJson } from "./_prepared.ts";
+import { prepareWrapped, restoreWrapped } from "./_wrapped.ts";
 import type {
   Example,
   LabelledRow,
@@ -77,6 +78,7 @@ import type {
   RewardInput,
   RewardModel,
   RewardPrepareContext,
+  RewardRestoreContext,
 } from "../../core/types.ts";
 
 /** The rules, in the order they are checked and reported. */
@@ -620,6 +622,13 @@ export class GuardedReward implements RewardModel {
     await writeFileAtomic(path, JSON.stringify(record, null, 2) + "\n");
     this.useRules(rules);
     ctx.log(`${describeGuards(rules)}; wrote ${path}`);
+  }
+
+  /** Restores the inner reward, then reads the rules {@link GuardedReward.prepare} saved. */
+  async restore(ctx: RewardRestoreContext): Promise<void> {
+    await restoreWrapped(this.#inner, ctx, "inner", this.#config.reward.name);
+    const record = await readPreparedJson("guarded", join(ctx.dir, RULES_FILE), FORMAT);
+    this.useRules(record.rules as GuardRules);
   }
 
   /** The inner reward's scores, 0 for rows that break an enabled rule. */

@@ -1,15 +1,21 @@
 /**
  * `weighted`: a weighted mean of other rewards, sum_i w_i r_i / sum_i w_i, so the
  * result stays in [0, 1]. Each component is any reward plugin with its own config; one that
- * needs preparing (a `learned` reward) is prepared in `component_<i>/` of this reward's folder.
+ * needs preparing (a `learned` reward) is prepared in `component_<i>/` of this reward's folder
+ * (and restored from there on a queue worker).
  *
  * @module
  */
 
 import { definePlugin, pluginRef, type ResolvedPluginRef } from "../../core/plugin.ts";
 import { checkScores } from "../../core/evaluate.ts";
-import type { RewardInput, RewardModel, RewardPrepareContext } from "../../core/types.ts";
-import { prepareWrapped } from "./_wrapped.ts";
+import type {
+  RewardInput,
+  RewardModel,
+  RewardPrepareContext,
+  RewardRestoreContext,
+} from "../../core/types.ts";
+import { prepareWrapped, restoreWrapped } from "./_wrapped.ts";
 
 /** Config of the `weighted` reward (after resolution: components hold resolved references). */
 export interface WeightedConfig {
@@ -77,6 +83,11 @@ export default definePlugin({
       model.prepare = async (ctx: RewardPrepareContext) => {
         for (let i = 0; i < parts.length; i++) {
           await prepareWrapped(parts[i].model, ctx, `component_${i}`, parts[i].name);
+        }
+      };
+      model.restore = async (ctx: RewardRestoreContext) => {
+        for (let i = 0; i < parts.length; i++) {
+          await restoreWrapped(parts[i].model, ctx, `component_${i}`, parts[i].name);
         }
       };
     }

@@ -16,6 +16,7 @@ import { skipWithoutRedis, startRedis, type TestRedis } from "../_redis.ts";
 import { workerPlan } from "../../cli/worker.ts";
 import { permissionFlags } from "../../cli/exp.ts";
 import { parseQueueUrl, redact } from "../../plugins/executors/_queue_url.ts";
+import { getFolder, putFolder } from "../../plugins/executors/_artefacts.ts";
 
 /** Text a process writes, collected as it comes, with a way to wait for a line. */
 class Output {
@@ -291,6 +292,85 @@ Deno.test("Redis restarted mid-run: lost shards are queued again; gone for good:
     );
     await assert.rejects(Deno.stat(join(dir, "runs", "gone", "rest", "grow_1.jsonl")));
   });
+});
+
+/** {@link manifest} with a tiny `learned` reward inside `guarded` (which keeps counters). */
+function learnedManifest(executor?: Record<string, unknown>): Record<string, unknown> {
+  const learned = {
+    name: "learned",
+    config: {
+      model: { dModel: 16, heads: 2, ffn: 32, layers: 1, dropout: 0 },
+      training: { steps: 8, batchSize: 32, warmupSteps: 2 },
+      dataset: { sources: 30, temperatures: [1], corruptionsPerSource: 2 },
+      heldOut: 0,
+      report: { sources: 0 },
+    },
+  };
+  return { ...manifest(executor), reward: { name: "guarded", config: { reward: learned } } };
+}
+
+/** The Grow file and the `grow/reward_*` counters of a finished run folder. */
+async function grown(runDir: string): Promise<{ file: Uint8Array; counters: string }> {
+  const records = (await Deno.readTextFile(join(runDir, "metrics.jsonl"))).trim().split("\n")
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  const counters = records.flatMap((r) =>
+    Object.entries(r).filter(([key]) => key.startsWith("grow/reward_"))
+  );
+  return {
+    file: await Deno.readFile(join(runDir, "grow_1.jsonl")),
+    counters: JSON.stringify(counters),
+  };
+}
+
+Deno.test("a learned reward is restored by workers from its prepared files: Grow file and counters equal local's", async () => {
+  await withQueue("learned reward", async (redis, dir, tasks) => {
+    const local = join(dir, "local");
+    await runTiny(learnedManifest(), local);
+    const expected = await grown(join(local, "tiny", "rest"));
+    assert.match(expected.counters, /grow\/reward_guard_scored/);
+
+    const file = await writeJson(join(dir, "m.json"), learnedManifest(queue(redis.url)));
+    tasks.push(await worker(redis.url, dir, "a"));
+    tasks.push(await worker(redis.url, dir, "b"));
+    const exp = await start("exp", [file, "--out", join(dir, "runs")]);
+    tasks.push(exp);
+    assert.equal(await ended(exp), 0, exp.err.text.slice(-3000));
+    const queued = await grown(join(dir, "runs", "tiny", "rest"));
+    assert.deepEqual(queued.file, expected.file);
+    assert.equal(queued.counters, expected.counters);
+    // The workers loaded the reward the experiment trained; they trained nothing.
+    const workers = tasks[0].err.text + tasks[1].err.text;
+    assert.match(workers, /reward: learned: reloaded .*qe_model\.json/);
+    assert.doesNotMatch(workers, /trained in/);
+  });
+});
+
+Deno.test("a folder travels by content hash; a missing file is named", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const source = join(dir, "prepared");
+    await Deno.mkdir(join(source, "inner"), { recursive: true });
+    await Deno.writeTextFile(join(source, "inner", "model.bin"), "weights");
+    await Deno.writeTextFile(join(source, "rules.json"), "{}");
+    await Deno.writeTextFile(join(source, "rules.json.tmp-1-2"), "half-written");
+    const place = { kind: "folder" as const, path: join(dir, "shared") };
+    const listing = await putFolder(null as never, place, source);
+    assert.deepEqual(Object.keys(listing), ["inner/model.bin", "rules.json"]);
+    const copy = await getFolder(null as never, place, listing, join(dir, "cache"));
+    assert.equal(await Deno.readTextFile(join(copy, "inner", "model.bin")), "weights");
+    assert.equal(await getFolder(null as never, place, listing, join(dir, "cache")), copy);
+    await Deno.remove(join(dir, "shared", listing["rules.json"]));
+    await assert.rejects(
+      () => getFolder(null as never, place, listing, join(dir, "other-cache")),
+      /^DataError: rules\.json: artefact [0-9a-f]{16} is not in /,
+    );
+    await assert.rejects(
+      () => getFolder(null as never, place, { "../x": listing["rules.json"] }, join(dir, "c")),
+      /unsafe path/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a worker may reach the network only at the queue's host and port", async () => {

@@ -831,7 +831,10 @@ Deno.test("a shard with missing, foreign or altered rows is refused before it is
     const settings = { ...GROW, shardSources: 2 };
     const tamper = (change: (rows: GrowRow[]) => GrowRow[]): Executor => ({
       async run(job, finished) {
-        for (const shard of job.shards) await finished(shard, change(await job.compute(shard)));
+        for (const shard of job.shards) {
+          const rows = change(await job.compute(shard) as GrowRow[]);
+          await finished(shard, rows as Awaited<ReturnType<typeof job.compute>>);
+        }
       },
       close: () => Promise.resolve(),
     });

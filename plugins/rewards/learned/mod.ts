@@ -74,6 +74,7 @@ import {
   sha256Hex,
 } from "../../../core/checkpoint.ts";
 import { UserError } from "../../../core/errors.ts";
+import { requirePrepared } from "../_prepared.ts";
 import { checkScores } from "../../../core/evaluate.ts";
 import { Adam, learningRate } from "../../../core/optim.ts";
 import { optimizerStep } from "../../../core/train.ts";
@@ -98,6 +99,7 @@ import type {
   RewardInput,
   RewardModel,
   RewardPrepareContext,
+  RewardRestoreContext,
   Tokenizer,
 } from "../../../core/types.ts";
 import { fineTuneQe } from "./finetune.ts";
@@ -489,22 +491,37 @@ class LearnedReward implements RewardModel {
   async prepare(ctx: RewardPrepareContext): Promise<void> {
     const config = ctx.smoke ? smokeLearned(this.#config) : this.#config;
     const fingerprint = await tokenizerFingerprint(ctx.tokenizer);
-    if (config.path !== "") {
+    if (await this.#reload(ctx, fingerprint)) return;
+    await Deno.mkdir(ctx.dir, { recursive: true });
+    await this.#train(ctx, config, fingerprint);
+  }
+
+  /**
+   * Loads the model {@link LearnedReward.prepare} saved in `ctx.dir` (or the one `path`
+   * names), never training one: a missing model is a user error naming the file.
+   */
+  async restore(ctx: RewardRestoreContext): Promise<void> {
+    const fingerprint = await tokenizerFingerprint(ctx.tokenizer);
+    if (await this.#reload(ctx, fingerprint)) return;
+    await requirePrepared("learned", join(ctx.dir, `${MODEL_NAME}.json`));
+    throw new UserError(`learned reward: ${ctx.dir} holds no complete saved model`);
+  }
+
+  /** Loads the model `path` names, or a complete one saved in `ctx.dir`; false when none. */
+  async #reload(ctx: RewardRestoreContext, fingerprint: string): Promise<boolean> {
+    if (this.#config.path !== "") {
       const { dir, name } = await this.#savedModel();
       this.#install(await this.#load(dir, name, fingerprint), ctx.tokenizer);
       const target = (this.#meta.target as { name?: string } | undefined)?.name ?? "?";
       ctx.log(
         `loaded ${join(dir, `${name}.json`)}, trained to predict ${target}${this.#describe()}`,
       );
-      return;
+      return true;
     }
-    await Deno.mkdir(ctx.dir, { recursive: true });
-    if (await hasCheckpoint(ctx.dir, MODEL_NAME)) {
-      this.#install(await this.#load(ctx.dir, MODEL_NAME, fingerprint), ctx.tokenizer);
-      ctx.log(`reloaded ${join(ctx.dir, `${MODEL_NAME}.json`)}${this.#describe()}`);
-      return;
-    }
-    await this.#train(ctx, config, fingerprint);
+    if (!(await hasCheckpoint(ctx.dir, MODEL_NAME))) return false;
+    this.#install(await this.#load(ctx.dir, MODEL_NAME, fingerprint), ctx.tokenizer);
+    ctx.log(`reloaded ${join(ctx.dir, `${MODEL_NAME}.json`)}${this.#describe()}`);
+    return true;
   }
 
   /**
