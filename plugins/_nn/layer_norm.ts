@@ -9,7 +9,7 @@
 
 import type * as tf from "@tensorflow/tfjs-core";
 import { takeBuffer } from "./buffer_pool.ts";
-import { customOp, values } from "./custom_op.ts";
+import { customOp, recordingGradients, values } from "./custom_op.ts";
 import { simdLayerNorm, simdLayerNormBackward } from "./simd.ts";
 
 /** What {@link layerNormForward} keeps for the backward pass. */
@@ -156,7 +156,9 @@ export function layerNormOp(
   const d = x.shape[1];
   return customOp([x, gamma, beta], (ins) => {
     const g = values(ins[1]);
-    const ln = layerNormForward(values(ins[0]), d, g, values(ins[2]), eps, true);
+    // What the backward pass reads is kept only where one can run.
+    const keep = recordingGradients();
+    const ln = layerNormForward(values(ins[0]), d, g, values(ins[2]), eps, keep);
     return {
       out: ln.y,
       shape: x.shape,

@@ -27,7 +27,7 @@ import { attention, type Masking, type Strided } from "./attention.ts";
 import { giveBuffer, giveBuffers, takeBuffer } from "./buffer_pool.ts";
 import { customOp, values } from "./custom_op.ts";
 import { residualMask, type RunOptions } from "./dropout.ts";
-import { addInto, gelu, geluBackwardInPlace, mulMask, residualAddInPlace } from "./elementwise.ts";
+import { gelu, geluBackwardInPlace, mulMask, residualAddInPlace } from "./elementwise.ts";
 import { matmul } from "./gemm.ts";
 import { DECODER_PARAMS, type Dims, ENCODER_PARAMS, ParamView } from "./layer_params.ts";
 import { layerNormBackward, layerNormForward } from "./layer_norm.ts";
@@ -171,10 +171,10 @@ function crossAttentionBlock(
   dims: Dims,
   srcMask: Uint8Array | null,
   run: RunOptions,
-  dEnc: Float32Array,
-): Block {
+): Block & { encoderGrad(): Float32Array } {
   const { d } = dims;
   const nt = b * tLen;
+  let dEnc: Float32Array | undefined;
   const ns = b * sLen;
   const ln = layerNormForward(x, d, p.a("lnc.g"), p.a("lnc.b"), dims.eps, true);
   const q = matmul(
@@ -265,7 +265,7 @@ function crossAttentionBlock(
         false,
         takeBuffer(ns * d),
       );
-      addInto(dEnc, de);
+      dEnc = de;
       const dc = matmul(
         { data: dq, shape: [nt, d] },
         p.t("q.w"),
@@ -280,13 +280,17 @@ function crossAttentionBlock(
       const dx = layerNormBackward(dc, d, p.a("lnc.g"), ln.saved!, dg, dbeta, dy);
       accumulate(grads, "lnc.g", dg);
       accumulate(grads, "lnc.b", dbeta);
-      giveBuffers(dc, dq, dkv, de, q, kv, ln.y, ln.saved!.xhat, du === dy ? undefined : du);
+      giveBuffers(dc, dq, dkv, q, kv, ln.y, ln.saved!.xhat, du === dy ? undefined : du);
       att.release();
       return dx;
     },
     release() {
       giveBuffers(q, kv, ln.y, ln.saved!.xhat);
       att.release();
+    },
+    encoderGrad() {
+      if (dEnc === undefined) throw new Error("cross-attention: no backward pass has run");
+      return dEnc;
     },
   };
 }
@@ -432,10 +436,10 @@ export function decoderLayerForward(
   backward: (
     dy: Float32Array,
   ) => { dx: Float32Array; dEnc: Float32Array; grads: Map<string, Float32Array> };
+  release(): void;
 } {
   const self = selfAttentionBlock(x, b, tLen, p, dims, { keyMask: tgtMask, causal: true }, run);
-  const dEnc = new Float32Array(enc.length);
-  const cross = crossAttentionBlock(self.y, enc, b, tLen, sLen, p, dims, srcMask, run, dEnc);
+  const cross = crossAttentionBlock(self.y, enc, b, tLen, sLen, p, dims, srcMask, run);
   giveBuffer(self.y); // read only by the forward passes of the next blocks
   const ff = feedForwardBlock(cross.y, b * tLen, p, dims, run);
   giveBuffer(cross.y);
@@ -448,7 +452,12 @@ export function decoderLayerForward(
       giveBuffer(d2);
       const dx = self.backward(d1, grads);
       giveBuffer(d1);
-      return { dx, dEnc, grads };
+      return { dx, dEnc: cross.encoderGrad(), grads };
+    },
+    release() {
+      ff.release();
+      cross.release();
+      self.release();
     },
   };
 }
@@ -477,6 +486,7 @@ export function encoderLayerOp(
         const { dx, grads } = layer.backward(dy);
         return [dx, ...ENCODER_PARAMS.map((name) => grads.get(name)!)];
       },
+      release: layer.release,
     };
   }) as tf.Tensor2D;
 }
@@ -515,6 +525,7 @@ export function decoderLayerOp(
         const { dx, dEnc, grads } = layer.backward(dy);
         return [dx, dEnc, ...DECODER_PARAMS.map((name) => grads.get(name)!)];
       },
+      release: layer.release,
     };
   }) as tf.Tensor2D;
 }

@@ -85,6 +85,7 @@ export function outputLogProbsOp(
     return {
       out,
       shape: [n],
+      release: () => giveSimdMatrix(matrix),
       backward(dy) {
         // The exponentials are turned into the logit gradients in place.
         if (used) throw new Error("outputLogProbsOp: backward pass run twice");

@@ -27,6 +27,7 @@ import {
   whiten,
 } from "../../plugins/algorithms/ppo/math.ts";
 import { tokenLogProbsAndEntropy } from "../../plugins/_nn/token_stats.ts";
+import { softmaxEntropies } from "../../plugins/_nn/logit_entropy.ts";
 import {
   runTiny,
   tinyEvalSettings,
@@ -222,6 +223,43 @@ Deno.test("tokenLogProbsAndEntropy: tempered log-probabilities and entropies, ma
   closeAll(Array.from(out.entropy.dataSync()), [entropy, 0], 1e-6);
   assert.throws(() => tokenLogProbsAndEntropy(logits, targets, mask, 0), RangeError);
   tf.dispose([logits, targets, mask, out.logProbs, out.entropy]);
+});
+
+Deno.test("softmaxEntropies: the host entropy equals tokenLogProbsAndEntropy's, masked rows 0", () => {
+  // Rows of spread, peaked and flat logits at a temperature other than 1; the middle row is
+  // padding.
+  const rng = new Rng(41);
+  const vocab = 37;
+  const rows = [
+    Array.from({ length: vocab }, () => 4 * rng.next() - 2),
+    Array.from({ length: vocab }, () => 0),
+    Array.from({ length: vocab }, (_, j) => (j === 5 ? 30 : -rng.next())),
+    Array.from({ length: vocab }, () => 0.25),
+  ];
+  const mask = [1, 0, 1, 1];
+  const temperature = 0.7;
+  const entropy = tf.tidy(() =>
+    tokenLogProbsAndEntropy(
+      tf.tensor3d([rows]),
+      tf.zeros([1, rows.length], "int32"),
+      tf.tensor2d([mask]),
+      temperature,
+    ).entropy
+  );
+  const expected = entropy.dataSync();
+  entropy.dispose();
+  const got = softmaxEntropies(
+    Float32Array.from(rows.flat()),
+    rows.length,
+    vocab,
+    temperature,
+    mask,
+  );
+  closeAll(Array.from(got), Array.from(expected), 1e-5);
+  close(got[3], Math.log(vocab), 1e-9, "uniform row");
+  assert.equal(got[1], 0);
+  assert.throws(() => softmaxEntropies(new Float32Array(5), 2, 3), /5 logits are not 2 rows of 3/);
+  assert.throws(() => softmaxEntropies(new Float32Array(6), 2, 3, 0), /temperature/);
 });
 
 Deno.test("PositionBaseline and rolloutPlan", () => {

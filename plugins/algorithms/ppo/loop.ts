@@ -52,7 +52,7 @@
 import { sampleInOrder } from "../../../core/random.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
-import { appendAll, mean } from "../../../core/append.ts";
+import { mean } from "../../../core/append.ts";
 import { makeBatch } from "../../../core/batch.ts";
 import { checkScores, DistinctSamples, limit, selectionReward } from "../../../core/evaluate.ts";
 import { UserError } from "../../../core/errors.ts";
@@ -93,6 +93,8 @@ import {
   rolloutAdvantages,
 } from "./math.ts";
 import { maskedMean, tokenLogProbsAndEntropy } from "../../_nn/token_stats.ts";
+import { softmaxEntropies } from "../../_nn/logit_entropy.ts";
+import { isDeviceBackend } from "../../_nn/device.ts";
 
 /** KL penalty settings of the `ppo` algorithm. */
 export interface PpoKlConfig {
@@ -747,9 +749,10 @@ async function loop(
  * {@link Policy.tokenLogProbs} at the run's temperature (the model's fused output layer:
  * no `[B, T, V]` tensor), the values from the critic's value head alone
  * ({@link Policy.values}; with `critic: "head"`, from the same pass as the policy's
- * log-probabilities, {@link Policy.tokenLogProbsAndValues}). The entropy needs the whole distribution, so it is measured
+ * log-probabilities, {@link Policy.tokenLogProbsAndValues}), in passes of similar lengths
+ * ({@link rolloutChunks}). The entropy needs the whole distribution, so it is measured
  * through the logits on the first minibatch's worth of items only (see
- * {@link rolloutEntropy}).
+ * {@link hostRolloutEntropy}).
  */
 export function scoreRollout(
   models: PpoModels,
@@ -757,17 +760,15 @@ export function scoreRollout(
   config: PpoConfig,
   baseline: PositionBaseline | undefined,
 ): { refLogProbs: number[][]; entropy: number } {
-  const refLogProbs: number[][] = [];
+  const refLogProbs = new Map<RolloutItem, number[]>();
   for (const chunk of rolloutChunks(items, config)) {
     const tensors = chunkScores(models, chunk, config);
     const arrays = tensors.map((t) => t.arraySync());
     tf.dispose(tensors);
-    appendAll(refLogProbs, fillChunk(chunk, arrays, baseline));
+    fillChunk(chunk, arrays, baseline, refLogProbs);
   }
-  const entropy = rolloutEntropy(models.policy, items.slice(0, chunkSize(config)), config);
-  const [sum, tokens] = entropy.map((t) => t.dataSync()[0]);
-  tf.dispose(entropy);
-  return { refLogProbs, entropy: tokens > 0 ? sum / tokens : NaN };
+  const entropy = hostRolloutEntropy(models.policy, items.slice(0, chunkSize(config)), config);
+  return { refLogProbs: items.map((item) => refLogProbs.get(item)!), entropy };
 }
 
 /**
@@ -780,14 +781,19 @@ export async function scoreRolloutAsync(
   config: PpoConfig,
   baseline: PositionBaseline | undefined,
 ): Promise<{ refLogProbs: number[][]; entropy: number }> {
-  const refLogProbs: number[][] = [];
+  const refByItem = new Map<RolloutItem, number[]>();
   for (const chunk of rolloutChunks(items, config)) {
     const tensors = chunkScores(models, chunk, config);
     const arrays = await Promise.all(tensors.map((t) => t.array()));
     tf.dispose(tensors);
-    appendAll(refLogProbs, fillChunk(chunk, arrays, baseline));
+    fillChunk(chunk, arrays, baseline, refByItem);
   }
-  const entropy = rolloutEntropy(models.policy, items.slice(0, chunkSize(config)), config);
+  const refLogProbs = items.map((item) => refByItem.get(item)!);
+  const entropyItems = items.slice(0, chunkSize(config));
+  if (!isDeviceBackend()) {
+    return { refLogProbs, entropy: hostRolloutEntropy(models.policy, entropyItems, config) };
+  }
+  const entropy = rolloutEntropy(models.policy, entropyItems, config);
   const [sum, tokens] = await Promise.all(entropy.map(async (t) => (await t.data())[0]));
   tf.dispose(entropy);
   return { refLogProbs, entropy: tokens > 0 ? sum / tokens : NaN };
@@ -798,11 +804,18 @@ function chunkSize(config: PpoConfig): number {
   return Math.max(1, config.minibatchSize);
 }
 
-/** The rollout's items in scoring passes of {@link chunkSize}. */
-function rolloutChunks(items: RolloutItem[], config: PpoConfig): RolloutItem[][] {
+/**
+ * The rollout's items in scoring passes of {@link chunkSize}, taken in order of length
+ * (target, then source), so that a pass pads its rows to about their own length rather than
+ * to the longest sample of the rollout batch, as the update's minibatches do (`lengthBuckets`).
+ */
+function rolloutChunks(items: readonly RolloutItem[], config: PpoConfig): RolloutItem[][] {
+  const byLength = [...items].sort((a, b) =>
+    a.target.length - b.target.length || a.source.length - b.source.length
+  );
   const chunks: RolloutItem[][] = [];
-  for (let start = 0; start < items.length; start += chunkSize(config)) {
-    chunks.push(items.slice(start, start + chunkSize(config)));
+  for (let start = 0; start < byLength.length; start += chunkSize(config)) {
+    chunks.push(byLength.slice(start, start + chunkSize(config)));
   }
   return chunks;
 }
@@ -831,13 +844,15 @@ function chunkScores(models: PpoModels, chunk: RolloutItem[], config: PpoConfig)
 /**
  * Sets the old log-probabilities and values of `chunk`'s items from the read arrays of
  * {@link chunkScores} (values from `baseline` when the critic is not a network) and
- * returns the reference log-probabilities, each cut to its item's length.
+ * records each item's reference log-probabilities in `refLogProbs`, each cut to its item's
+ * length.
  */
 function fillChunk(
   chunk: RolloutItem[],
   [own, ref, critic]: number[][][],
   baseline: PositionBaseline | undefined,
-): number[][] {
+  refLogProbs: Map<RolloutItem, number[]>,
+): void {
   const logProbs = perItem(own, chunk);
   const values = critic === undefined
     ? chunk.map((item) => baseline!.predict(item.length))
@@ -846,16 +861,47 @@ function fillChunk(
     item.oldLogProbs = logProbs[i];
     item.oldValues = values[i];
   });
-  return perItem(ref, chunk);
+  perItem(ref, chunk).forEach((lp, i) => refLogProbs.set(chunk[i], lp));
 }
 
 /**
- * The `ppo/entropy` diagnostic's parts: the summed per-token entropy of the sampling policy
- * softmax(logits / temperature) (no gradient, dropout off) over `items`, the first
- * `minibatchSize` items of the rollout batch, and their token count, as scalar tensors the
- * caller reads and disposes (none for no items). The entropy needs the full `[B, T, V]`
- * distribution, the one costly path left in scoring, so it is measured on that fixed
- * subset rather than on the whole rollout batch.
+ * The `ppo/entropy` diagnostic on a host backend: the mean per-token entropy of the sampling
+ * policy softmax(logits / temperature) (no gradient, dropout off) over `items`, the first
+ * `minibatchSize` items of the rollout batch (NaN for no items or no tokens). The entropy
+ * needs the full `[B, T, V]` distribution, so it is measured on that fixed subset rather than
+ * on the whole rollout batch, from the logits in one host pass per row
+ * ({@link softmaxEntropies}) instead of vocabulary-wide tfjs ops.
+ */
+function hostRolloutEntropy(
+  policy: Policy,
+  items: readonly RolloutItem[],
+  config: PpoConfig,
+): number {
+  if (items.length === 0) return NaN;
+  const batch = makeBatch(items, policy.specials);
+  try {
+    const logits = tf.tidy(() => policy.forward(batch, { training: false }).logits);
+    const [b, t, vocab] = logits.shape;
+    const data = logits.dataSync() as Float32Array;
+    const mask = batch.targetMask.dataSync();
+    const entropies = softmaxEntropies(data, b * t, vocab, config.temperature, mask);
+    logits.dispose();
+    let sum = 0;
+    let tokens = 0;
+    for (let r = 0; r < mask.length; r++) {
+      sum += entropies[r] * mask[r];
+      tokens += mask[r];
+    }
+    return tokens > 0 ? sum / tokens : NaN;
+  } finally {
+    disposeBatch(batch);
+  }
+}
+
+/**
+ * {@link hostRolloutEntropy}'s parts on a device backend, as tfjs ops: the summed per-token
+ * entropy over `items` and their token count, as scalar tensors the caller reads and
+ * disposes (zeros for no items).
  */
 function rolloutEntropy(
   policy: Policy,
