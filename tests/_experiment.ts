@@ -5,10 +5,17 @@
  */
 
 import { runExperiment } from "../core/experiment.ts";
-import { resolveManifest } from "../core/manifest/mod.ts";
+import assert from "node:assert/strict";
+import { ManifestError } from "../core/errors.ts";
+import { resolveManifest, resolvePluginRef } from "../core/manifest/mod.ts";
 import { createRegistries, type Registries } from "../core/registry.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
-import { pluginDefaults, type PluginDefinition, type PluginDeps } from "../core/plugin.ts";
+import {
+  pluginDefaults,
+  type PluginDefinition,
+  type PluginDeps,
+  type PluginKind,
+} from "../core/plugin.ts";
 import type { EvalSettings, Splits } from "../core/types.ts";
 
 /**
@@ -55,6 +62,24 @@ export async function loadStandalone(
     standaloneDeps(baseDir),
   );
   return await source.load();
+}
+
+/**
+ * Returns `bad(config, pattern)`, which asserts that the manifest resolver refuses the built-in
+ * `kind` plugin `name` with `config` by a ManifestError whose message matches `pattern`.
+ */
+export function configRejecter(
+  kind: PluginKind,
+  name: string,
+): (config: Record<string, unknown>, pattern: RegExp) => Promise<void> {
+  const registries = createRegistries(builtinPlugins);
+  return async (config, pattern) => {
+    await assert.rejects(
+      () => resolvePluginRef(registries, kind, { name, config }, "m.json"),
+      (e: unknown) => e instanceof ManifestError && pattern.test(e.message),
+      JSON.stringify(config),
+    );
+  };
 }
 
 /**

@@ -17,7 +17,7 @@ import dualXent, {
 } from "../../plugins/rewards/dual_xent.ts";
 import { dropWords } from "../../plugins/rewards/_corrupt.ts";
 import { Rng } from "../../core/random.ts";
-import { ManifestError, UserError } from "../../core/errors.ts";
+import { UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
@@ -26,6 +26,7 @@ import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import type { ModelFactory, RewardPrepareContext, Splits, Tokenizer } from "../../core/types.ts";
 import { tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
+import { configRejecter } from "../_experiment.ts";
 
 const registries = createRegistries(builtinPlugins);
 
@@ -373,13 +374,7 @@ Deno.test("dual_xent: a corrupt dual_xent.json is a user error naming the file",
 });
 
 Deno.test("dual_xent: config errors name the option", async () => {
-  const bad = async (config: Record<string, unknown>, pattern: RegExp) => {
-    await assert.rejects(
-      () => resolvePluginRef(registries, "reward", { name: "dual_xent", config }, "m.json"),
-      (e: unknown) => e instanceof ManifestError && pattern.test(e.message),
-      JSON.stringify(config),
-    );
-  };
+  const bad = configRejecter("reward", "dual_xent");
   await bad({ calibration: { method: "platt" } }, /\/calibration\/method/);
   await bad({ calibration: { temperature: 0 } }, /\/calibration\/temperature/);
   await bad({ training: { steps: 0 } }, /\/training\/steps: must be at least 1/);

@@ -19,7 +19,7 @@ import {
 } from "../../plugins/rewards/_corrupt.ts";
 import { QeModel } from "../../plugins/rewards/learned/model.ts";
 import { Rng } from "../../core/random.ts";
-import { ManifestError, UserError } from "../../core/errors.ts";
+import { UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
@@ -33,7 +33,7 @@ import type {
   Splits,
   Tokenizer,
 } from "../../core/types.ts";
-import { runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
+import { configRejecter, runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
 import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
@@ -422,12 +422,7 @@ Deno.test("learned: a missing path and a corrupt model file are user errors", as
 });
 
 Deno.test("learned: config checks and the smoke rule", async () => {
-  const bad = async (config: Record<string, unknown>, pattern: RegExp) => {
-    await assert.rejects(
-      () => resolvePluginRef(registries, "reward", { name: "learned", config }, "m.json"),
-      (e: unknown) => e instanceof ManifestError && pattern.test(e.message),
-    );
-  };
+  const bad = configRejecter("reward", "learned");
   await bad({ target: "learned" }, /\/config\/target: cannot be the learned reward itself/);
   await bad(
     { model: { dModel: 30, heads: 4 } },
