@@ -1,12 +1,13 @@
 /**
  * The body of `deno task worker`, run by the launcher in `cli/worker.ts` as a child Deno
  * process with the permissions of `deno task exp`'s sandbox plus network access to the
- * queue's host and port only. It takes shards from the queue (Grow shards), one at a time: for each it rebuilds the run's plugins from
+ * queue's host and port only. It takes shards from the queue (Grow shards, and the final
+ * evaluation's decoding shards), one at a time: for each it rebuilds the run's plugins from
  * the job's sections (kept while consecutive jobs share them), fetches the policy's weights,
  * the tokenizer's state and a prepared reward's files by content hash (cached in the
  * worker's folder, checked against the hash; the reward is rebuilt by its `restore()`, which
  * loads and never trains), computes the shard with the same function the experiment's own
- * process uses (core/grow_shard.ts) and returns the rows with their
+ * process uses (core/grow_shard.ts, core/eval_shard.ts) and returns the rows with their
  * checksum and the reward's counters. The queue URL arrives on standard input, so its
  * password is in no process list.
  *
@@ -19,6 +20,7 @@ import { hostname } from "node:os";
 import { buildPolicy } from "../core/bc.ts";
 import { UserError } from "../core/errors.ts";
 import { createPlugin } from "../core/experiment.ts";
+import { evalShard } from "../core/eval_shard.ts";
 import { growShard, type ShardTools } from "../core/grow_shard.ts";
 import { hashText } from "../core/hash.ts";
 import type { ResolvedPluginRef } from "../core/plugin.ts";
@@ -162,6 +164,10 @@ function computeShard(tools: ShardTools, message: ShardMessage): Promise<unknown
   if (message.task === "grow") {
     const m = message as ShardMessage<"grow">;
     return growShard(tools, m.shard, m.settings);
+  }
+  if (message.task === "evaluate") {
+    const m = message as ShardMessage<"evaluate">;
+    return evalShard(tools, m.shard, m.settings);
   }
   throw new UserError(`the shard's task ${JSON.stringify(message.task)} is unknown to this worker`);
 }

@@ -29,7 +29,7 @@ import type { WorkerOptions } from "./_worker_process.ts";
 
 const HELP = `deno task worker --queue URL [options]
 
-Takes Grow shards from the queue executor's Redis and computes them.
+Takes Grow and evaluation shards from the queue executor's Redis and computes them.
 
 Options:
   --queue URL           redis://[user:password@]host:port/db or rediss://... (TLS); default:

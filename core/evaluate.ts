@@ -14,7 +14,17 @@ import { hash53 } from "./hash.ts";
 import { corpusBleu } from "./metrics/bleu.ts";
 import { writeFileAtomic } from "./run.ts";
 import { corpusChrf } from "./metrics/chrf.ts";
+import { checkScores } from "./scores.ts";
+import {
+  type DecodedPart,
+  decodeParts,
+  DEFAULT_EVAL_SHARD_SOURCES,
+  type EvalPlace,
+} from "./eval_shard.ts";
 import type { EvalSettings, Example, Generation, Policy, RewardModel, Tokenizer } from "./types.ts";
+
+// Where the rewards' outputs are checked; long imported from here.
+export { checkScores, scoresProblem } from "./scores.ts";
 
 /**
  * Scores `hypotheses` (one per example) with `reward` and checks every score is a
@@ -40,47 +50,6 @@ export async function scoreOutputs(
   const scores = await reward.score(rows);
   checkScores(scores, rows.length);
   return scores;
-}
-
-/**
- * Checks that a reward returned `count` numbers in [0, 1].
- *
- * @throws {RangeError} naming the first bad row.
- */
-export function checkScores(scores: readonly number[], count: number): void {
-  const problem = scoresProblem(scores, count);
-  if (problem !== undefined) throw new RangeError(`reward ${problem.message}`);
-}
-
-/**
- * What is wrong with a reward's output for `count` rows, or undefined when it is an array
- * of `count` numbers in [0, 1]. `row` is the first bad row, when one is to blame.
- */
-export function scoresProblem(
-  scores: unknown,
-  count: number,
-): { message: string; row?: number } | undefined {
-  if (!Array.isArray(scores) || scores.length !== count) {
-    const got = Array.isArray(scores)
-      ? `${scores.length} scores`
-      : scores === null
-      ? "null"
-      : typeof scores;
-    return { message: `returned ${got} for ${count} rows; it must return one score per row` };
-  }
-  for (let i = 0; i < scores.length; i++) {
-    const s = scores[i];
-    if (typeof s !== "number" || Number.isNaN(s) || s < 0 || s > 1) {
-      const shown = typeof s === "number" || s === undefined
-        ? String(s)
-        : `${typeof s} ${String(JSON.stringify(s)).slice(0, 40)}`;
-      return {
-        message: `returned ${shown} for row ${i}; rewards must be numbers in [0, 1]`,
-        row: i,
-      };
-    }
-  }
-  return undefined;
 }
 
 /** Decoding used for evaluation. */
@@ -209,6 +178,8 @@ export interface FinalEvaluationOptions {
   bcPolicy: Policy;
   /** Where to write the test translations as TSV (none when absent). */
   outputs?: string;
+  /** Where the decoding shards are computed (absent: in this process). */
+  place?: EvalPlace;
 }
 
 /**
@@ -223,6 +194,11 @@ export interface FinalEvaluationOptions {
  * - `eval/test_reward`, `eval/test_chrf`, `eval/test_bleu`: greedy outputs on test, their
  *   reward and corpus chrF/BLEU against the references (written as TSV to `outputs`);
  * - `bon/...`: Best-of-N on the report split when the settings ask for it.
+ *
+ * The greedy outputs, the samples and Best-of-N's samples are decoded and scored in shards
+ * (core/eval_shard.ts) by `options.place`'s executor, each shard seeded by (`seed`, what it
+ * evaluates, shard index): the same numbers whichever executor computes them. The KL estimate
+ * is computed here.
  */
 export async function finalEvaluation(
   policy: Policy,
@@ -235,33 +211,48 @@ export async function finalEvaluation(
 ): Promise<Record<string, number>> {
   const valid = limit(splits.valid, settings.validSize);
   const test = limit(splits.test, settings.testSize);
-  const opts = { maxLen: settings.maxLen, batchSize: settings.batchSize };
-  const greedyValid = await evaluatePolicy(policy, tokenizer, valid, reward, {
-    ...opts,
-    decode: { mode: "greedy" },
+  const { maxLen, batchSize, temperature } = settings;
+  const bon = settings.bestOfN.length === 0 ? [] : limit(splits.valid, settings.bestOfNSize);
+  const most = settings.bestOfN.length === 0 ? 1 : maxOf(settings.bestOfN);
+  const part = (name: string, examples: readonly Example[], decode: "greedy" | "sample") => ({
+    part: name,
+    decode,
+    n: 1,
+    temperature,
+    batchSize,
+    examples,
   });
-  const sampledValid = await evaluatePolicy(policy, tokenizer, valid, reward, {
-    ...opts,
-    decode: { mode: "sample", temperature: settings.temperature, seed },
-  });
+  const decoded = await decodeParts(
+    { policy, tokenizer, reward },
+    [
+      part("valid_greedy", valid, "greedy"),
+      part("valid_sample", valid, "sample"),
+      part("test_greedy", test, "greedy"),
+      // Best-of-N decodes max(N) samples of fewer sources per batch.
+      {
+        ...part("bon", bon, "sample"),
+        n: most,
+        batchSize: Math.max(1, Math.floor(batchSize / most)),
+      },
+    ],
+    {
+      maxLen,
+      shardSources: settings.shardSources ?? DEFAULT_EVAL_SHARD_SOURCES,
+    },
+    seed,
+    options.place ?? {},
+  );
+  const greedyValid = summarize(valid, decoded.valid_greedy);
+  const sampledValid = summarize(valid, decoded.valid_sample);
   const kl = await sequenceKl(policy, options.bcPolicy, tokenizer, valid, {
-    ...opts,
+    maxLen,
+    batchSize,
     seed: seed + 4099,
   });
-  const greedyTest = await evaluatePolicy(policy, tokenizer, test, reward, {
-    ...opts,
-    decode: { mode: "greedy" },
-  });
+  const greedyTest = summarize(test, decoded.test_greedy);
   if (options.outputs !== undefined) {
     await writeOutputs(options.outputs, test, greedyTest.hypotheses);
   }
-  const bon = settings.bestOfN.length === 0 ? {} : await bestOfN(
-    policy,
-    tokenizer,
-    reward,
-    limit(splits.valid, settings.bestOfNSize),
-    { ...opts, ns: settings.bestOfN, temperature: settings.temperature, seed },
-  );
   return {
     "eval/valid_reward": greedyValid.reward,
     "eval/valid_reward_sample": sampledValid.reward,
@@ -269,7 +260,20 @@ export async function finalEvaluation(
     "eval/test_reward": greedyTest.reward,
     "eval/test_chrf": greedyTest.chrf,
     "eval/test_bleu": greedyTest.bleu,
-    ...bon,
+    ...bestOfN(bon, settings.bestOfN, decoded.bon),
+  };
+}
+
+/** Mean reward and corpus metrics of one output per example (NaN for no examples). */
+function summarize(examples: readonly Example[], decoded: DecodedPart): PolicyEvaluation {
+  const hypotheses = decoded.hypotheses.map((h) => h[0]);
+  if (examples.length === 0) return { reward: NaN, chrf: NaN, bleu: NaN, hypotheses };
+  const references = examples.map((e) => e.reference);
+  return {
+    reward: mean(decoded.scores),
+    chrf: corpusChrf(hypotheses, references),
+    bleu: corpusBleu(hypotheses, references),
+    hypotheses,
   };
 }
 
@@ -391,37 +395,23 @@ export function limit<T>(items: readonly T[], size: number): T[] {
 }
 
 /**
- * Best-of-N (ReST paper, Section 5, Figure 6): samples max(ns) outputs per source at
- * `temperature`, scores them all with `reward`, and for each N keeps the best-scored of
- * the first N samples. Returns `bon/valid_reward@N` (mean reward of the picks) and
- * `bon/valid_chrf@N` (corpus chrF of the picks against the references, so a reward model
- * that is being gamed shows up as a reward rising while chrF does not).
+ * Best-of-N (ReST paper, Section 5, Figure 6) from max(ns) scored samples per example
+ * (`decoded`): for each N keeps the best-scored of the first N samples. Returns
+ * `bon/valid_reward@N` (mean reward of the picks) and `bon/valid_chrf@N` (corpus chrF of the
+ * picks against the references, so a reward model that is being gamed shows up as a reward
+ * rising while chrF does not); nothing for no examples or no N.
  */
-export async function bestOfN(
-  policy: Policy,
-  tokenizer: Tokenizer,
-  reward: RewardModel,
+export function bestOfN(
   examples: readonly Example[],
-  options: {
-    ns: readonly number[];
-    temperature: number;
-    seed: number;
-    maxLen: number;
-    batchSize: number;
-  },
-): Promise<Record<string, number>> {
-  if (examples.length === 0 || options.ns.length === 0) return {};
-  const most = maxOf(options.ns);
-  const { hypotheses, scores } = await sampleAndScore(policy, tokenizer, reward, examples, {
-    n: most,
-    temperature: options.temperature,
-    seed: options.seed + 7919,
-    maxLen: options.maxLen,
-    batchSize: Math.max(1, Math.floor(options.batchSize / most)),
-  });
+  ns: readonly number[],
+  decoded: DecodedPart,
+): Record<string, number> {
+  if (examples.length === 0 || ns.length === 0) return {};
+  const most = maxOf(ns);
+  const { hypotheses, scores } = decoded;
   const references = examples.map((e) => e.reference);
   const out: Record<string, number> = {};
-  for (const n of [...options.ns].sort((a, b) => a - b)) {
+  for (const n of [...ns].sort((a, b) => a - b)) {
     const picks: string[] = [];
     let total = 0;
     for (let i = 0; i < examples.length; i++) {

@@ -12,9 +12,9 @@ import { profiler } from "./profile.ts";
 import type { Metrics, Policy, RunContext, RunSummary } from "./types.ts";
 
 /**
- * Evaluates `policy` (KL measured against `bcPolicy`), writes the test translations to
- * `<run>/test_outputs.tsv`, logs the evaluation and `training` (`train/...` counters) at
- * `step`, and returns them as the run's summary.
+ * Evaluates `policy` (KL measured against `bcPolicy`; the decoding on the run's executor),
+ * writes the test translations to `<run>/test_outputs.tsv`, logs the evaluation and
+ * `training` (`train/...` counters) at `step`, and returns them as the run's summary.
  */
 export async function finishRun(
   ctx: RunContext,
@@ -31,7 +31,14 @@ export async function finishRun(
       ctx.splits,
       ctx.evaluation,
       ctx.seed,
-      { bcPolicy, outputs: join(ctx.dir, "test_outputs.tsv") },
+      {
+        bcPolicy,
+        outputs: join(ctx.dir, "test_outputs.tsv"),
+        place: {
+          ...(ctx.executor === undefined ? {} : { executor: ctx.executor }),
+          ...(ctx.recipe === undefined ? {} : { recipe: ctx.recipe }),
+        },
+      },
     ));
   const metrics: Metrics = { ...evaluation, ...training };
   await ctx.metrics.log(metrics, step);

@@ -124,6 +124,14 @@ export const EVAL_SCHEMA: JsonSchema = {
         "`greedy`, the reward of the greedy output. BC always selects on greedy chrF.",
     },
     selectSamples: int(1, 1024, 4, "selectBy sample: outputs per selection source."),
+    shardSources: int(
+      1,
+      1_000_000,
+      256,
+      "Sources per shard of the final evaluation's decoding (greedy, sampled and Best-of-N " +
+        "outputs), the unit the executor hands out; each shard is seeded by (run seed, what " +
+        "is evaluated, shard index), so changing it changes the sampled outputs.",
+    ),
   },
 };
 

@@ -28,6 +28,8 @@ import type {
   Progress,
   ShardDiagnostics,
   ShardJob,
+  ShardTask,
+  ShardTasks,
 } from "./types.ts";
 
 /** Sources per shard when the settings do not say. */
@@ -164,6 +166,27 @@ export class DiagnosticsSum {
     }
     return out;
   }
+}
+
+/**
+ * Computes every shard of `job` with `executor` and returns their rows in plan order (a
+ * shard finished twice is kept once); nothing is saved, so an interrupted job starts over.
+ * Rows computed in another process are checked by the job's `check` before they come here.
+ */
+export async function collectShards<T extends ShardTask>(
+  executor: Executor,
+  job: ShardJob<T>,
+): Promise<ShardTasks[T]["row"][][]> {
+  const done = new Map<number, ShardTasks[T]["row"][]>();
+  await executor.run(job, (shard, rows) => {
+    if (!done.has(shard.index)) done.set(shard.index, rows);
+    return Promise.resolve();
+  });
+  const absent = job.shards.filter((s) => !done.has(s.index)).map((s) => s.index);
+  if (absent.length > 0) {
+    throw new Error(`${job.label}: the executor finished without shards ${absent.join(", ")}`);
+  }
+  return job.shards.map((s) => done.get(s.index)!);
 }
 
 /** Where a run keeps the finished shards of a Grow step, and their files. */

@@ -706,6 +706,11 @@ export interface EvalSettings {
   selectBy: "greedy" | "sample";
   /** selectBy `sample`: outputs per selection source. */
   selectSamples: number;
+  /**
+   * Sources per shard of the final evaluation's decoding (the unit an executor computes;
+   * part of each shard's seed; default 256).
+   */
+  shardSources?: number;
 }
 
 /** Settings of the Grow step. */

@@ -345,6 +345,58 @@ Deno.test("a learned reward is restored by workers from its prepared files: Grow
   });
 });
 
+/** The final evaluation's metrics (`eval/*`, `bon/*`) and test translations of a run folder. */
+async function evaluated(runDir: string): Promise<{ metrics: string; outputs: string }> {
+  const records = (await Deno.readTextFile(join(runDir, "metrics.jsonl"))).trim().split("\n")
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  const metrics = records.flatMap((r) =>
+    Object.entries(r).filter(([key]) => /^(eval|bon)\//.test(key))
+  );
+  return {
+    metrics: JSON.stringify(metrics),
+    outputs: await Deno.readTextFile(join(runDir, "test_outputs.tsv")),
+  };
+}
+
+Deno.test("evaluation decoding on the queue with 2 workers equals local's", async () => {
+  await withQueue("evaluation", async (redis, dir, tasks) => {
+    const evaluation = {
+      maxLen: 16,
+      validSize: 10,
+      testSize: 9,
+      bestOfN: [1, 2, 4],
+      bestOfNSize: 6,
+      shardSources: 3,
+    };
+    const bc = (executor?: Record<string, unknown>) =>
+      tinyManifest({
+        executor,
+        evaluation,
+        data: { name: "synthetic", config: { pairs: 200, validSize: 0.15 } },
+        runs: [{ name: "bc", algorithm: "bc" }],
+      });
+    const local = join(dir, "local");
+    await runTiny(bc(), local);
+    const expected = await evaluated(join(local, "tiny", "bc"));
+    assert.match(expected.metrics, /bon\/valid_reward@4/);
+
+    const file = await writeJson(join(dir, "m.json"), bc(queue(redis.url)));
+    tasks.push(await worker(redis.url, dir, "a"));
+    tasks.push(await worker(redis.url, dir, "b"));
+    const exp = await start("exp", [file, "--out", join(dir, "runs")]);
+    tasks.push(exp);
+    assert.equal(await ended(exp), 0, exp.err.text.slice(-3000));
+    // Validation (greedy, sampled) and test in shards of 3, Best-of-N's 6 sources in 2.
+    const [, queued] = exp.err.text.match(
+      /evaluation on redis:\/\/127\.0\.0\.1:\d+\/0: (\d+) shards/,
+    )!;
+    assert.ok(Number(queued) >= 8, `${queued} evaluation shards`);
+    assert.deepEqual(await evaluated(join(dir, "runs", "tiny", "bc")), expected);
+    const computed = (tasks[0].err.text + tasks[1].err.text).match(/: \d+ rows in /g) ?? [];
+    assert.ok(computed.length >= Number(queued), `${computed.length} shards computed by workers`);
+  });
+});
+
 Deno.test("a folder travels by content hash; a missing file is named", async () => {
   const dir = await Deno.makeTempDir();
   try {

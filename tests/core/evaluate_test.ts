@@ -3,10 +3,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { join } from "node:path";
 import { DistinctSamples, finalEvaluation, sequenceKl } from "../../core/evaluate.ts";
+import { evalShardSeed } from "../../core/eval_shard.ts";
 import { hash53 } from "../../core/hash.ts";
 import { Rng } from "../../core/random.ts";
 import type {
   Example,
+  Executor,
   Generation,
   Policy,
   RewardModel,
@@ -147,6 +149,40 @@ Deno.test("finalEvaluation: greedy and sampled reward, KL to the BC policy, test
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("finalEvaluation: the same numbers whichever executor computes the shards, in any order", async () => {
+  const policy = coinPolicy(0.7);
+  const splits = { valid: examples(40), test: examples(25) };
+  const settings = { ...SETTINGS, bestOfN: [1, 2, 4], bestOfNSize: 30, shardSources: 7 };
+  const here = await finalEvaluation(policy, tokenizer, reward, splits, settings, 7, {
+    bcPolicy: policy,
+  });
+  // Another "worker": last shard first, every result through JSON as over the wire.
+  const computed: number[] = [];
+  const elsewhere: Executor = {
+    async run(job, finished) {
+      for (const shard of [...job.shards].reverse()) {
+        computed.push(shard.index);
+        const rows = JSON.parse(JSON.stringify(await job.compute(shard)));
+        job.check?.(shard, rows, "the test executor");
+        await finished(shard, rows);
+      }
+    },
+    close: () => Promise.resolve(),
+  };
+  const there = await finalEvaluation(policy, tokenizer, reward, splits, settings, 7, {
+    bcPolicy: policy,
+    place: { executor: elsewhere },
+  });
+  // 6 + 6 validation shards (greedy, sampled), 4 test shards, 5 Best-of-N shards.
+  assert.equal(computed.length, 21);
+  assert.deepEqual(there, here);
+  assert.ok(here["bon/valid_reward@4"] >= here["bon/valid_reward@1"]);
+  // Each shard's seed depends on (run seed, part, shard index) alone.
+  assert.notEqual(evalShardSeed(7, "bon", 0), evalShardSeed(7, "bon", 1));
+  assert.notEqual(evalShardSeed(7, "bon", 0), evalShardSeed(7, "valid_sample", 0));
+  assert.equal(evalShardSeed(7, "bon", 3), evalShardSeed(7, "bon", 3));
 });
 
 Deno.test("DistinctSamples: distinct (source, output) pairs over a whole run; restorable", () => {
