@@ -228,12 +228,9 @@ export async function finalEvaluation(
       part("valid_greedy", valid, "greedy"),
       part("valid_sample", valid, "sample"),
       part("test_greedy", test, "greedy"),
-      // Best-of-N decodes max(N) samples of fewer sources per batch.
-      {
-        ...part("bon", bon, "sample"),
-        n: most,
-        batchSize: Math.max(1, Math.floor(batchSize / most)),
-      },
+      // Best-of-N: max(N) samples per source; the policy's sampler fits floor(batchSize / n)
+      // sources into each batch of `batchSize` rows itself.
+      { ...part("bon", bon, "sample"), n: most },
     ],
     {
       maxLen,

@@ -185,6 +185,25 @@ Deno.test("finalEvaluation: the same numbers whichever executor computes the sha
   assert.equal(evalShardSeed(7, "bon", 3), evalShardSeed(7, "bon", 3));
 });
 
+Deno.test("finalEvaluation: Best-of-N hands the policy the batch size in rows, not divided by N again", async () => {
+  // The policy's sampler already fits floor(batchSize / n) sources into a batch; dividing
+  // first (as the evaluation once did) decoded one source per batch at batchSize 64, N = 8.
+  const policy = coinPolicy(0.7);
+  const seen: { n: number; batchSize: number }[] = [];
+  const recording = Object.assign(Object.create(policy), {
+    sample(sources: readonly number[][], options: { n: number; seed: number; batchSize: number }) {
+      seen.push({ n: options.n, batchSize: options.batchSize });
+      return policy.sample(sources, options as Parameters<Policy["sample"]>[1]);
+    },
+  }) as Policy;
+  const splits = { valid: examples(20), test: examples(4) };
+  const settings = { ...SETTINGS, bestOfN: [1, 8], bestOfNSize: 20 };
+  await finalEvaluation(recording, tokenizer, reward, splits, settings, 7, { bcPolicy: policy });
+  const bon = seen.filter((s) => s.n === 8);
+  assert.ok(bon.length > 0, "Best-of-N sampled");
+  for (const s of bon) assert.equal(s.batchSize, settings.batchSize);
+});
+
 Deno.test("DistinctSamples: distinct (source, output) pairs over a whole run; restorable", () => {
   const counter = new DistinctSamples();
   assert.equal(counter.size, 0, "BC samples nothing: 0");
