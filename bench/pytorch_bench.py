@@ -39,6 +39,9 @@ _parser.add_argument("--shape", choices=("small", "large"), default="small",
                      "layers, training batch 64 (deno task bench --shape large)")
 _parser.add_argument("--device", default="cpu",
                      help="torch device, e.g. cuda (needs PyTorch >= 2.0 for set_default_device)")
+_parser.add_argument("--phases", action="store_true",
+                     help="time the phases of deno task bench --phases instead (BC step, Grow "
+                     "batch, PPO rollout + update at the LibreOffice model size)")
 ARGS = _parser.parse_args()
 if ARGS.threads > 0:
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -48,13 +51,23 @@ import torch  # noqa: E402  (after the thread variables)
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-if ARGS.shape == "large":
+DROPOUT = 0.0
+if ARGS.phases:
+    # bench/phases.ts: the LibreOffice experiment's model (experiments/ppo_vs_rest.json).
+    D, HEADS, FFN, LAYERS, VOCAB, DROPOUT = 128, 4, 512, 2, 4000, 0.1
+    BATCH, SRC_LEN, TGT_LEN = 64, 16, 16
+elif ARGS.shape == "large":
     D, HEADS, FFN, LAYERS, VOCAB = 512, 8, 2048, 6, 8000
     BATCH, SRC_LEN, TGT_LEN = 64, 24, 24
 else:
     D, HEADS, FFN, LAYERS, VOCAB = 256, 4, 1024, 3, 8000
     BATCH, SRC_LEN, TGT_LEN = 32, 24, 24
 DEC_BATCH, DEC_STEPS = 64, 24
+
+
+def dropout():
+    """Dropout on embeddings and sublayer outputs, as the transformer plugin (none at p 0)."""
+    return nn.Dropout(DROPOUT) if DROPOUT > 0 else nn.Identity()
 
 
 class Attention(nn.Module):
@@ -102,10 +115,11 @@ class EncoderLayer(nn.Module):
         self.n1, self.n2 = nn.LayerNorm(D), nn.LayerNorm(D)
         self.att = Attention(False)
         self.ff = nn.Sequential(nn.Linear(D, FFN), nn.ReLU(), nn.Linear(FFN, D))
+        self.drop = dropout()
 
     def forward(self, x, mask):
-        x = x + self.att(self.n1(x), mask=mask)
-        return x + self.ff(self.n2(x))
+        x = x + self.drop(self.att(self.n1(x), mask=mask))
+        return x + self.drop(self.ff(self.n2(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -115,17 +129,21 @@ class DecoderLayer(nn.Module):
         self.att = Attention(False)
         self.cross = Attention(True)
         self.ff = nn.Sequential(nn.Linear(D, FFN), nn.ReLU(), nn.Linear(FFN, D))
+        self.drop = dropout()
 
     def forward(self, x, memory, self_mask, cross_mask, cache=None):
-        x = x + self.att(self.n1(x), mask=self_mask, cache=None if cache is None else cache[0])
-        x = x + self.cross(self.n2(x), memory, mask=cross_mask, cache=None if cache is None else cache[1])
-        return x + self.ff(self.n3(x))
+        x = x + self.drop(self.att(self.n1(x), mask=self_mask, cache=None if cache is None else cache[0]))
+        x = x + self.drop(self.cross(self.n2(x), memory, mask=cross_mask,
+                                     cache=None if cache is None else cache[1]))
+        return x + self.drop(self.ff(self.n3(x)))
 
 
 class Model(nn.Module):
-    def __init__(self):
+    def __init__(self, value_head=False):
         super().__init__()
         self.emb = nn.Embedding(VOCAB, D)
+        self.drop = dropout()
+        self.value = nn.Linear(D, 1) if value_head else None
         self.enc = nn.ModuleList(EncoderLayer() for _ in range(LAYERS))
         self.dec = nn.ModuleList(DecoderLayer() for _ in range(LAYERS))
         self.enc_norm, self.dec_norm = nn.LayerNorm(D), nn.LayerNorm(D)
@@ -136,7 +154,7 @@ class Model(nn.Module):
         self.register_buffer("pe", pe)
 
     def embed(self, ids, offset=0):
-        return self.emb(ids) * math.sqrt(D) + self.pe[offset:offset + ids.shape[1]]
+        return self.drop(self.emb(ids) * math.sqrt(D) + self.pe[offset:offset + ids.shape[1]])
 
     def encode(self, src):
         pad = (src == 0).float()[:, None, None, :] * -1e9
@@ -145,14 +163,23 @@ class Model(nn.Module):
             x = layer(x, pad)
         return self.enc_norm(x), pad
 
-    def forward(self, src, tgt_in):
+    def states(self, src, tgt_in):
+        """The final decoder states of a teacher-forced pass."""
         memory, pad = self.encode(src)
         t = tgt_in.shape[1]
         causal = torch.triu(torch.full((t, t), -1e9), diagonal=1)
         x = self.embed(tgt_in)
         for layer in self.dec:
             x = layer(x, memory, causal, pad)
-        return self.dec_norm(x) @ self.emb.weight.t()
+        return self.dec_norm(x)
+
+    def forward(self, src, tgt_in):
+        return self.states(src, tgt_in) @ self.emb.weight.t()
+
+    def logits_and_values(self, src, tgt_in):
+        """Logits and the value head's estimates from one pass."""
+        h = self.states(src, tgt_in)
+        return h @ self.emb.weight.t(), self.value(h).squeeze(-1)
 
     @torch.no_grad()
     def greedy(self, src, steps):
@@ -168,6 +195,162 @@ class Model(nn.Module):
             token = logits.argmax(-1, keepdim=True)
             out.append(token)
         return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def sample(model, src, n, temperature, steps):
+    """`n` samples per source at `temperature` with the key/value cache, `steps` tokens each
+    (no EOS handling, as the fresh models of the benchmark never stop early); returns the
+    tokens and, per token, the log-probability under the model and under the distribution
+    it was drawn from (the framework's sampler returns both)."""
+    memory, pad = model.encode(src)
+    memory, pad = memory.repeat_interleave(n, 0), pad.repeat_interleave(n, 0)
+    caches = [({}, {}) for _ in model.dec]
+    token = torch.ones(memory.shape[0], 1, dtype=torch.long)
+    out, log_probs, behaviour = [], [], []
+    for step in range(steps):
+        x = model.embed(token, step)
+        for layer, cache in zip(model.dec, caches):
+            x = layer(x, memory, None, pad, cache)
+        logits = model.dec_norm(x[:, -1]) @ model.emb.weight.t()
+        tempered = F.log_softmax(logits / temperature, -1)
+        token = torch.multinomial(tempered.exp(), 1)
+        out.append(token)
+        log_probs.append(F.log_softmax(logits, -1).gather(1, token))
+        behaviour.append(tempered.gather(1, token))
+    return torch.cat(out, 1), torch.cat(log_probs, 1), torch.cat(behaviour, 1)
+
+
+def timed(fn, units, seconds):
+    """Per-call and per-second figures of `fn` (one warm-up call, then >= 2 calls for
+    `seconds`), as bench/phases.ts reports them."""
+    fn()
+    sync()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync()
+    ms = 1000 * (time.perf_counter() - start) / calls
+    cpu_ms = 1000 * (time.process_time() - cpu) / calls
+    return {"ms": round(ms, 1), "cpu_ms": round(cpu_ms, 1), "per_s": round(1000 * units / ms, 1),
+            "per_cpu_s": round(1000 * units / cpu_ms, 1), "calls": calls, "units": units}
+
+
+def ids(rows, length):
+    """Random sources as the framework's batcher makes them: `length` - 1 ids, then EOS (2)."""
+    return torch.cat([torch.randint(4, VOCAB, (rows, length - 1)),
+                      torch.full((rows, 1), 2, dtype=torch.long)], 1)
+
+
+def adam(params):
+    """The framework's Adam settings (core/optim.ts)."""
+    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+
+
+def bench_bc_step(seconds):
+    """bench/phases.ts's BC step: batch 64, lengths 16, label smoothing 0.1, dropout, clip 1."""
+    model = Model()
+    model.train()
+    opt = adam(model.parameters())
+    src = ids(BATCH, SRC_LEN)
+    tgt = torch.cat([torch.ones(BATCH, 1, dtype=torch.long), ids(BATCH, TGT_LEN)], 1)
+
+    def step():
+        opt.zero_grad()
+        logits = model(src, tgt[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt[:, 1:].reshape(-1),
+                               label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return timed(step, BATCH * TGT_LEN, seconds)
+
+
+def bench_grow_batch(seconds):
+    """bench/phases.ts's Grow batch: 16 sources x 4 samples at T 0.8, 24 steps (64 rows)."""
+    model = Model()
+    model.eval()
+    src = ids(16, SRC_LEN)
+    return timed(lambda: sample(model, src, 4, 0.8, DEC_STEPS), 64, seconds)
+
+
+def gae(rewards, values, gamma=1.0, lam=0.95):
+    """Advantages and returns over [B, T] (no bootstrap after the last token)."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        nxt = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(rewards.shape[0])
+        running = rewards[:, t] + gamma * nxt - values[:, t] + gamma * lam * running
+        adv[:, t] = running
+    return adv, adv + values
+
+
+def picked(logits, tokens):
+    """log softmax(logits)[token] per position."""
+    return F.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def bench_ppo_rollout(seconds, rollout=128, minibatch=64, epochs=4, beta=0.2, eps=0.2):
+    """bench/phases.ts's PPO rollout batch: 128 samples at T 1 (in decoding batches of 64),
+    scored in chunks of 64 (policy log-probs and values, reference log-probs, the entropy
+    of the first chunk), KL-penalised GAE, whitened advantages, then 4 epochs of shuffled
+    minibatches of 64 on the clipped policy loss + 0.1 x clipped value loss (clip 1, Adam).
+    Random scores stand in for the reward; dropout off, as the framework's PPO."""
+    policy, reference = Model(value_head=True), Model()
+    policy.eval()
+    reference.eval()
+    opt = adam(policy.parameters())
+    src = ids(rollout, SRC_LEN)
+
+    def step():
+        tokens = torch.cat([sample(policy, src[i:i + minibatch], 1, 1.0, DEC_STEPS)[0]
+                            for i in range(0, rollout, minibatch)])
+        tgt_in = torch.cat([torch.ones(rollout, 1, dtype=torch.long), tokens[:, :-1]], 1)
+        with torch.no_grad():
+            old_lp, old_v, ref_lp = [], [], []
+            for i in range(0, rollout, minibatch):
+                logits, values = policy.logits_and_values(src[i:i + minibatch], tgt_in[i:i + minibatch])
+                old_lp.append(picked(logits, tokens[i:i + minibatch]))
+                old_v.append(values)
+                ref_lp.append(picked(reference(src[i:i + minibatch], tgt_in[i:i + minibatch]),
+                                     tokens[i:i + minibatch]))
+                if i == 0:
+                    logp = F.log_softmax(logits, -1)
+                    _entropy = -(logp.exp() * logp).sum(-1).mean()
+            old_lp, old_v, ref_lp = torch.cat(old_lp), torch.cat(old_v), torch.cat(ref_lp)
+            rewards = -beta * (old_lp - ref_lp)
+            rewards[:, -1] += torch.rand(rollout)
+            adv, returns = gae(rewards, old_v)
+            adv = (adv - adv.mean()) / torch.sqrt(adv.var(unbiased=False) + 1e-8)
+        for _ in range(epochs):
+            for idx in torch.randperm(rollout).split(minibatch):
+                opt.zero_grad()
+                logits, values = policy.logits_and_values(src[idx], tgt_in[idx])
+                ratio = torch.exp(picked(logits, tokens[idx]) - old_lp[idx])
+                pg = -torch.min(ratio * adv[idx], ratio.clamp(1 - eps, 1 + eps) * adv[idx]).mean()
+                clipped = old_v[idx] + (values - old_v[idx]).clamp(-eps, eps)
+                vf = 0.5 * torch.max((values - returns[idx]) ** 2, (clipped - returns[idx]) ** 2).mean()
+                (pg + 0.1 * vf).backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+
+    return timed(step, rollout, seconds)
+
+
+def main_phases():
+    """The three phases of bench/phases.ts; prints one JSON line."""
+    torch.manual_seed(0)
+    print(json.dumps({
+        "framework": f"pytorch {torch.__version__}",
+        "device": ARGS.device,
+        "threads": torch.get_num_threads(),
+        "blas_threads": blas_threads(),
+        "bc_step": bench_bc_step(ARGS.seconds),
+        "grow_batch": bench_grow_batch(ARGS.seconds),
+        "ppo_rollout": bench_ppo_rollout(ARGS.seconds),
+    }))
 
 
 def blas_threads():
@@ -197,6 +380,9 @@ def main():
     if ARGS.device != "cpu":
         # Every tensor below (parameters, batches, masks, caches) is created on the device.
         torch.set_default_device(ARGS.device)
+    if ARGS.phases:
+        main_phases()
+        return
     torch.manual_seed(0)
     model = Model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -15,11 +15,12 @@ import { createPlugin } from "../core/experiment.ts";
 import { builtinPlugins } from "../plugins/mod.ts";
 import { benchBackend } from "../bench/matmul.ts";
 import { BENCH_SHAPES, benchModel } from "../bench/model.ts";
+import { benchPhases } from "../bench/phases.ts";
 import { runMain } from "./_main.ts";
 import { UserError } from "../core/errors.ts";
 
 const HELP = `Usage: deno task bench [--json] [--backend NAME] [--threads N] [--shape small|large]
-                       [--seconds S] [--model-only]
+                       [--seconds S] [--model-only] [--phases]
 
 Times, on this machine, with the chosen backend (default auto; webgpu included):
 - the "bench-small" transformer (d_model 256, 4 heads, FFN 1024, 3+3 layers,
@@ -30,6 +31,12 @@ Times, on this machine, with the chosen backend (default auto; webgpu included):
   --seconds: time per phase (default 5);
 - a 512x512x512 matrix multiply (GFLOP/s);
 - sentence chrF/BLEU scoring and BPE tokenizer training (not with --model-only).
+--phases times instead what experiments spend their time in, at the LibreOffice
+experiment's model size (d_model 128, 4 heads, FFN 512, 2+2 layers, vocabulary
+4000): one BC step (batch 64), one Grow batch (16 sources x 4 samples at T=0.8)
+and one PPO rollout batch with its updates (128 samples, 4 epochs of minibatches
+of 64), per call and per second, wall clock and CPU (bench/pytorch_bench.py
+--phases times the same phases in PyTorch).
 --threads sets the backend's BLAS threads (default 1, as bench/pytorch_bench.py;
 0 = every core). Prints a table, or one JSON line with --json.
 See bench/README.md for the comparison with PyTorch.`;
@@ -56,6 +63,7 @@ async function main(): Promise<number> {
       shape: { type: "string", default: "small" },
       seconds: { type: "string", default: "5" },
       "model-only": { type: "boolean", default: false },
+      phases: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -89,6 +97,14 @@ async function main(): Promise<number> {
     // The backend did not start: timing the model would measure whatever backend is active.
     throw new UserError(`--backend ${backendRef.name}: ${matmul.error}`);
   }
+  const backendName = backendRef.name === "auto" ? `auto (${tf.getBackend()})` : backendRef.name;
+  if (values.phases) {
+    const phases = await benchPhases(seconds);
+    return report(
+      { backend: backendName, threads: matmul.threads ?? null, ...phases },
+      values.json!,
+    );
+  }
   const model = await benchModel({ seconds, shape });
   const modelResult = {
     train_tokens_per_s: model.train_tokens_per_s,
@@ -99,7 +115,7 @@ async function main(): Promise<number> {
     train_steps: model.train_steps,
     decode_runs: model.decode_runs,
     shape: values.shape!,
-    backend: backendRef.name === "auto" ? `auto (${tf.getBackend()})` : backendRef.name,
+    backend: backendName,
     threads: matmul.threads ?? null,
     matmul_gflops: matmul.gflops,
     ...(matmul.error ? { matmul_error: matmul.error } : {}),
@@ -151,7 +167,10 @@ function report(result: Record<string, unknown>, json: boolean): number {
   if (json) {
     console.log(JSON.stringify(result));
   } else {
-    for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(24)} ${value}`);
+    for (const [key, value] of Object.entries(result)) {
+      const shown = typeof value === "object" && value !== null ? JSON.stringify(value) : value;
+      console.log(`${key.padEnd(24)} ${shown}`);
+    }
   }
   return 0;
 }

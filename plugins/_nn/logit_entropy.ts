@@ -1,7 +1,7 @@
 /**
  * Entropies of the softmax distributions given by rows of logits, computed on the host in
  * one pass per row: no `[rows, vocabulary]` log-softmax, exponential or product tensors are
- * built (the element-wise tfjs route builds five of them).
+ * built (the element-wise tfjs route builds several).
  *
  * @module
  */

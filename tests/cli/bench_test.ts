@@ -26,3 +26,44 @@ Deno.test("bench --backend webgpu without an adapter: exit 2, not a cpu measurem
   assert.equal(r.stdout.trim(), "", "nothing measured");
   assert.ok(!hasStackTrace(r.stderr), r.stderr);
 });
+
+Deno.test("bench --phases: BC step, Grow batch and PPO rollout are timed through the framework", async () => {
+  // bench/phases.ts at a tiny shape: each phase runs (a warm-up and two timed calls) and
+  // reports positive, finite figures, and the PPO rollout frees every tensor it makes.
+  await (await (await import("../../plugins/backends/cpu.ts")).default.create(
+    { fastSegmentSum: true },
+    {} as never,
+  )).init();
+  const tf = await import("@tensorflow/tfjs-core");
+  const { benchPhases, PHASE_SHAPE } = await import("../../bench/phases.ts");
+  const tiny = {
+    ...PHASE_SHAPE,
+    dModel: 8,
+    heads: 2,
+    ffn: 16,
+    layers: 1,
+    vocab: 30,
+    bcBatch: 4,
+    sourceLength: 5,
+    targetLength: 5,
+    growSources: 2,
+    maxLen: 6,
+    rolloutSize: 8,
+    minibatchSize: 4,
+    epochs: 2,
+  };
+  const before = tf.memory().numTensors;
+  const result = await benchPhases(0.001, tiny);
+  assert.equal(tf.memory().numTensors, before, "no tensor leaks");
+  for (const [phase, timing] of Object.entries(result)) {
+    assert.equal(timing.calls, 2, phase);
+    for (const key of ["ms", "cpu_ms", "per_s", "per_cpu_s"] as const) {
+      assert.ok(Number.isFinite(timing[key]) && timing[key] > 0, `${phase}.${key}: ${timing[key]}`);
+    }
+  }
+  // Units: target tokens per BC step, samples per Grow batch and per rollout batch.
+  assert.deepEqual(
+    [result.bc_step.units, result.grow_batch.units, result.ppo_rollout.units],
+    [4 * 5, 2 * 4, 8],
+  );
+});

@@ -1013,8 +1013,13 @@ export function ppoLoss(
   return loss;
 }
 
-/** One Adam step on a minibatch; returns its diagnostics. */
-async function updateStep(
+/**
+ * One Adam step of PPO on a minibatch of scored items (their old log-probabilities, values,
+ * advantages and returns filled in), at learning rate `lr`; returns its diagnostics.
+ *
+ * @throws {UserError} when the loss or the gradient norm is not finite (names `step`).
+ */
+export async function updateStep(
   models: PpoModels,
   items: readonly RolloutItem[],
   config: PpoConfig,
