@@ -20,6 +20,7 @@ import {
   clippedValueLoss,
   explainedVariance,
   FixedKl,
+  fusedPpoLoss,
   gae,
   klPenaltyRewards,
   PositionBaseline,
@@ -206,6 +207,82 @@ Deno.test("clippedValueLoss: the larger of plain and clipped squared errors; cli
   closeAll(Array.from(grad.dataSync()), [0, 0.6 / 3, -1 / 3, 0], 1e-6);
   tf.dispose([values, old, returns, mask, out.loss, out.clipFraction, plain.loss, grad]);
   tf.dispose(plain.clipFraction);
+});
+
+Deno.test("fusedPpoLoss: the tfjs losses' value, gradients and diagnostics in one host op", () => {
+  // [3, 4] tokens, the last row half padding; ratios inside and outside both clip bounds
+  // with positive and negative advantages, values moved inside and beyond the value clip.
+  const rng = new Rng(31);
+  const shape: [number, number] = [3, 4];
+  const random = (scale: number, shift = 0) =>
+    tf.tensor2d(Float32Array.from({ length: 12 }, () => scale * (rng.next() - 0.5) + shift), shape);
+  const mask = tf.tensor2d([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]);
+  const logProbs = random(2, -1.5);
+  const values = random(1, 0.2);
+  const targets = {
+    oldLogProbs: tf.tidy(() => tf.add(logProbs, random(1.2))) as tf.Tensor2D,
+    oldValues: tf.tidy(() => tf.add(values, random(0.8))) as tf.Tensor2D,
+    advantages: random(3),
+    returns: random(1, 0.3),
+  };
+  for (const valueClipRange of [0, 0.2]) {
+    for (const withValues of [true, false]) {
+      const options = { clipRange: 0.2, valueClipRange, valueCoef: 0.1 };
+      const what = `valueClipRange ${valueClipRange}, values ${withValues}`;
+      let diagnostics: Record<string, number> = {};
+      const fused = tf.grads((lp, v) => {
+        const out = fusedPpoLoss(
+          lp as tf.Tensor2D,
+          withValues ? v as tf.Tensor2D : undefined,
+          targets,
+          mask,
+          options,
+        );
+        diagnostics = out.diagnostics;
+        // Without values the loss does not depend on them: a zero term keeps tf.grads happy.
+        return withValues ? out.loss : tf.add(out.loss, tf.mul(tf.sum(v), 0)) as tf.Scalar;
+      })([logProbs, values]);
+      const expected: Record<string, number> = {};
+      const reference = tf.grads((lp, v) => {
+        const pl = clippedPolicyLoss(
+          lp as tf.Tensor2D,
+          targets.oldLogProbs,
+          targets.advantages,
+          mask,
+          0.2,
+        );
+        expected.policyLoss = pl.loss.dataSync()[0];
+        expected.clipFraction = pl.clipFraction.dataSync()[0];
+        expected.approxKl = pl.approxKl.dataSync()[0];
+        if (!withValues) return tf.add(pl.loss, tf.mul(tf.sum(v), 0)) as tf.Scalar;
+        const vl = clippedValueLoss(
+          v as tf.Tensor2D,
+          targets.oldValues,
+          targets.returns,
+          mask,
+          valueClipRange,
+        );
+        expected.valueLoss = vl.loss.dataSync()[0];
+        expected.valueClipFraction = vl.clipFraction.dataSync()[0];
+        return tf.add(pl.loss, tf.mul(vl.loss, 0.1)) as tf.Scalar;
+      })([logProbs, values]);
+      closeAll(Array.from(fused[0].dataSync()), Array.from(reference[0].dataSync()), 1e-6);
+      if (withValues) {
+        closeAll(Array.from(fused[1].dataSync()), Array.from(reference[1].dataSync()), 1e-6);
+      } else assert.ok(fused[1].dataSync().every((g) => g === 0), `${what}: no value gradient`);
+      assert.deepEqual(Object.keys(diagnostics).sort(), Object.keys(expected).sort(), what);
+      for (const [key, value] of Object.entries(expected)) {
+        close(diagnostics[key], value, 1e-6, `${what}: ${key}`);
+      }
+      assert.ok(
+        diagnostics.clipFraction > 0 && diagnostics.clipFraction < 1,
+        `${what}: some clipped`,
+      );
+      if (withValues && valueClipRange > 0) assert.ok(diagnostics.valueClipFraction > 0, what);
+      tf.dispose([...fused, ...reference]);
+    }
+  }
+  tf.dispose([logProbs, values, mask, ...Object.values(targets)]);
 });
 
 Deno.test("tokenLogProbsAndEntropy: tempered log-probabilities and entropies, masked", () => {

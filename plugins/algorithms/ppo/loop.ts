@@ -88,8 +88,10 @@ import {
   clippedValueLoss,
   explainedVariance,
   FixedKl,
+  fusedPpoLoss,
   type KlController,
   PositionBaseline,
+  type PpoLossTargets,
   rolloutAdvantages,
 } from "./math.ts";
 import { maskedMean, tokenLogProbsAndEntropy } from "../../_nn/token_stats.ts";
@@ -922,17 +924,11 @@ function rolloutEntropy(
   });
 }
 
-/** `[B, T]` per-token inputs of a minibatch's PPO loss (zero-padded; no gradient). */
-export interface MinibatchTargets {
-  /** log pi_old of the sampled tokens (from {@link scoreRollout}). */
-  oldLogProbs: tf.Tensor2D;
-  /** V_old (from {@link scoreRollout}). */
-  oldValues: tf.Tensor2D;
-  /** Advantages. */
-  advantages: tf.Tensor2D;
-  /** Value targets. */
-  returns: tf.Tensor2D;
-}
+/**
+ * `[B, T]` per-token inputs of a minibatch's PPO loss (zero-padded; no gradient): the old
+ * log-probabilities and values from {@link scoreRollout}, the advantages and value targets.
+ */
+export type MinibatchTargets = PpoLossTargets;
 
 /**
  * The PPO loss of one minibatch, to be called inside the gradient tape: clipped policy loss
@@ -983,6 +979,33 @@ export function ppoLoss(
     } else logProbs = models.policy.tokenLogProbs(batch, options);
   }
   if (config.critic === "network") values = valuesOf(models.valueNet!, batch, training);
+  let loss = clippedLosses(logProbs, values, targets, mask, config, record);
+  if (entropy !== undefined) {
+    loss = tf.sub(loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
+    recordScalar(record, "entropy", entropy);
+  }
+  return loss;
+}
+
+/**
+ * The clipped policy loss plus `valueCoef` x the clipped value loss (when there are values),
+ * their diagnostics given to `record`: one fused host op ({@link fusedPpoLoss}) on host
+ * backends, {@link clippedPolicyLoss} and {@link clippedValueLoss} as tfjs ops on device
+ * backends. The same function and gradient either way.
+ */
+function clippedLosses(
+  logProbs: tf.Tensor2D,
+  values: tf.Tensor2D | undefined,
+  targets: MinibatchTargets,
+  mask: tf.Tensor2D,
+  config: PpoConfig,
+  record: LossRecorder,
+): tf.Scalar {
+  if (!isDeviceBackend()) {
+    const fused = fusedPpoLoss(logProbs, values, targets, mask, config);
+    for (const [name, value] of Object.entries(fused.diagnostics)) record(name, value);
+    return fused.loss;
+  }
   const pl = clippedPolicyLoss(
     logProbs,
     targets.oldLogProbs,
@@ -991,10 +1014,6 @@ export function ppoLoss(
     config.clipRange,
   );
   let loss = pl.loss;
-  if (entropy !== undefined) {
-    loss = tf.sub(loss, tf.mul(entropy, config.entropyCoef)) as tf.Scalar;
-    recordScalar(record, "entropy", entropy);
-  }
   if (values !== undefined) {
     const vl = clippedValueLoss(
       values,

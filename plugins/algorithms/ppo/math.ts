@@ -15,7 +15,8 @@
  * - {@link AdaptiveKl}: the adaptive KL coefficient of Ziegler et al. 2019 (Section 2.2);
  *   {@link FixedKl} the constant one;
  * - {@link clippedPolicyLoss}, {@link clippedValueLoss}: the PPO-clip objectives on
- *   `[B, T]` tensors, masked to real tokens;
+ *   `[B, T]` tensors, masked to real tokens; {@link fusedPpoLoss}: both, weighted, as one
+ *   differentiable host op with its diagnostics (host backends);
  * - {@link PositionBaseline}: a critic-free baseline for policies without a value head.
  *
  * Per-token log-probabilities, entropies and masked means are in `../../_nn/token_stats.ts`.
@@ -26,6 +27,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { appendAll } from "../../../core/append.ts";
 import { maskedMean } from "../../_nn/token_stats.ts";
+import { customOp, values as bufferOf } from "../../_nn/custom_op.ts";
 
 /** Per-token rewards of one sampled sequence and its KL estimate to the reference. */
 export interface PenalisedRewards {
@@ -373,6 +375,170 @@ export function clippedValueLoss(
       clipFraction: maskedMean(active, mask),
     };
   });
+}
+
+/** The per-token inputs of {@link fusedPpoLoss} besides the differentiated ones (`[B, T]`). */
+export interface PpoLossTargets {
+  /** log pi_old of the sampled tokens. */
+  oldLogProbs: tf.Tensor2D;
+  /** V_old. */
+  oldValues: tf.Tensor2D;
+  /** Advantages. */
+  advantages: tf.Tensor2D;
+  /** Value targets. */
+  returns: tf.Tensor2D;
+}
+
+/** Settings of {@link fusedPpoLoss}. */
+export interface PpoLossOptions {
+  /** Clip range epsilon of the ratio. */
+  clipRange: number;
+  /** Clip range of the value update (<= 0: the plain squared error). */
+  valueClipRange: number;
+  /** Weight of the value loss. */
+  valueCoef: number;
+}
+
+/** {@link fusedPpoLoss}'s loss and diagnostics (those of the two clipped losses). */
+export interface FusedPpoLoss {
+  /** The policy loss plus `valueCoef` times the value loss (a scalar on the tape). */
+  loss: tf.Scalar;
+  /** {@link PolicyLoss}'s diagnostics as numbers, and with values `valueLoss`, `valueClipFraction`. */
+  diagnostics: Record<string, number>;
+}
+
+/**
+ * {@link clippedPolicyLoss} + `valueCoef` x {@link clippedValueLoss} (without `values`, the
+ * policy loss alone) as ONE differentiable op over the `[B, T]` log-probabilities and values,
+ * computed on the host in double precision in one pass over the tokens: the same function
+ * and gradient (tfjs's conventions at ties: the unclipped term where the two are equal,
+ * clipping passing gradient at its bounds) without the forty-odd small tfjs ops of the
+ * two losses and their gradients. Host backends only (it reads the tensors' buffers).
+ */
+export function fusedPpoLoss(
+  logProbs: tf.Tensor2D,
+  values: tf.Tensor2D | undefined,
+  targets: PpoLossTargets,
+  mask: tf.Tensor2D,
+  options: PpoLossOptions,
+): FusedPpoLoss {
+  const m = bufferOf(mask);
+  const old = bufferOf(targets.oldLogProbs);
+  const adv = bufferOf(targets.advantages);
+  let tokens = 0;
+  for (let i = 0; i < m.length; i++) tokens += m[i];
+  const scale = 1 / Math.max(tokens, 1);
+  const diagnostics: Record<string, number> = {};
+  const inputs = values === undefined ? [logProbs] : [logProbs, values];
+  const loss = customOp(inputs, (ins) => {
+    const lp = bufferOf(ins[0]);
+    const policy = policyTerms(lp, old, adv, m, options.clipRange, scale);
+    diagnostics.policyLoss = policy.loss;
+    diagnostics.clipFraction = policy.clipFraction;
+    diagnostics.approxKl = policy.approxKl;
+    let total = policy.loss;
+    let value: ReturnType<typeof valueTerms> | undefined;
+    if (ins.length > 1) {
+      value = valueTerms(
+        bufferOf(ins[1]),
+        bufferOf(targets.oldValues),
+        bufferOf(targets.returns),
+        m,
+        options.valueClipRange,
+        scale,
+      );
+      diagnostics.valueLoss = value.loss;
+      diagnostics.valueClipFraction = value.clipFraction;
+      total += options.valueCoef * value.loss;
+    }
+    return {
+      out: Float32Array.of(total),
+      shape: [],
+      backward(dy) {
+        const g = dy[0];
+        const dlp = policy.grad.map((x) => g * x);
+        if (value === undefined) return [dlp];
+        return [dlp, value.grad.map((x) => g * options.valueCoef * x)];
+      },
+    };
+  }) as tf.Scalar;
+  return { loss, diagnostics };
+}
+
+/**
+ * {@link clippedPolicyLoss}'s value, diagnostics and gradient per log-probability, on
+ * buffers; `scale` is 1 / max(tokens, 1).
+ */
+function policyTerms(
+  lp: Float32Array,
+  old: Float32Array,
+  adv: Float32Array,
+  mask: Float32Array,
+  eps: number,
+  scale: number,
+): { loss: number; clipFraction: number; approxKl: number; grad: Float32Array } {
+  const grad = new Float32Array(lp.length);
+  let sum = 0;
+  let clipped = 0;
+  let squares = 0;
+  for (let i = 0; i < lp.length; i++) {
+    const w = mask[i];
+    const logRatio = (lp[i] - old[i]) * w;
+    const ratio = Math.exp(logRatio);
+    const bounded = Math.min(Math.max(ratio, 1 - eps), 1 + eps);
+    const plain = ratio * adv[i];
+    const capped = bounded * adv[i];
+    // d ratio / d lp = ratio * mask; the clipped term passes it only inside the bounds.
+    const passes = plain <= capped || (ratio >= 1 - eps && ratio <= 1 + eps);
+    sum += Math.min(plain, capped) * w;
+    if (passes) grad[i] = -scale * w * adv[i] * ratio * w;
+    if (Math.abs(ratio - 1) > eps) clipped += w;
+    squares += logRatio * logRatio * w;
+  }
+  return {
+    loss: -sum * scale,
+    clipFraction: clipped * scale,
+    approxKl: 0.5 * squares * scale,
+    grad,
+  };
+}
+
+/**
+ * {@link clippedValueLoss}'s value, clip fraction and gradient per value, on buffers;
+ * `scale` is 1 / max(tokens, 1).
+ */
+function valueTerms(
+  v: Float32Array,
+  oldV: Float32Array,
+  ret: Float32Array,
+  mask: Float32Array,
+  clip: number,
+  scale: number,
+): { loss: number; clipFraction: number; grad: Float32Array } {
+  const grad = new Float32Array(v.length);
+  let sum = 0;
+  let active = 0;
+  for (let i = 0; i < v.length; i++) {
+    const w = mask[i];
+    const plain = (v[i] - ret[i]) ** 2;
+    if (!(clip > 0)) {
+      sum += plain * w;
+      grad[i] = scale * w * (v[i] - ret[i]);
+      continue;
+    }
+    const delta = v[i] - oldV[i];
+    const bounded = oldV[i] + Math.min(Math.max(delta, -clip), clip);
+    const capped = (bounded - ret[i]) ** 2;
+    if (plain >= capped) {
+      sum += plain * w;
+      grad[i] = scale * w * (v[i] - ret[i]);
+    } else {
+      sum += capped * w;
+      active += w;
+      if (delta >= -clip && delta <= clip) grad[i] = scale * w * (bounded - ret[i]);
+    }
+  }
+  return { loss: 0.5 * sum * scale, clipFraction: active * scale, grad };
 }
 
 /**
