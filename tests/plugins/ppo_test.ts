@@ -38,6 +38,7 @@ import {
 } from "../_experiment.ts";
 import ppo from "../../plugins/algorithms/ppo/mod.ts";
 import {
+  emptyStepStats,
   type MinibatchTargets,
   type PpoConfig,
   ppoLoss,
@@ -45,7 +46,6 @@ import {
   rolloutPlan,
   runPpo,
   scoreRollout,
-  type StepStats,
 } from "../../plugins/algorithms/ppo/loop.ts";
 import { makeBatch } from "../../core/batch.ts";
 import { disposeBatch } from "../../core/train.ts";
@@ -799,16 +799,7 @@ Deno.test("ppo ppoLoss: the fused path's loss and gradient equal the logits path
     advantages: random(2),
     returns: random(1, 0.3),
   };
-  const stats = (): StepStats => ({
-    loss: NaN,
-    policyLoss: NaN,
-    valueLoss: NaN,
-    valueClipFraction: NaN,
-    clipFraction: NaN,
-    approxKl: NaN,
-    entropy: NaN,
-    gradNorm: NaN,
-  });
+  const stats = emptyStepStats;
   for (const entropyCoef of [0, 0.01]) {
     const settings = config({ temperature: 0.7, valueClipRange: 0.05, entropyCoef });
     const fusedStats = stats();

@@ -207,6 +207,20 @@ export interface StepStats {
   gradNorm: number;
 }
 
+/** Fresh {@link StepStats}, every field NaN until the step computes it. */
+export function emptyStepStats(): StepStats {
+  return {
+    loss: NaN,
+    policyLoss: NaN,
+    valueLoss: NaN,
+    valueClipFraction: NaN,
+    clipFraction: NaN,
+    approxKl: NaN,
+    entropy: NaN,
+    gradNorm: NaN,
+  };
+}
+
 /** The models of a PPO run. */
 export interface PpoModels {
   /** The policy being trained (with a value head for `critic: "head"`). */
@@ -1055,16 +1069,7 @@ export async function updateStep(
     advantages: padded(items.map((i) => i.advantages), t),
     returns: padded(items.map((i) => i.returns), t),
   };
-  const stats: StepStats = {
-    loss: NaN,
-    policyLoss: NaN,
-    valueLoss: NaN,
-    valueClipFraction: NaN,
-    clipFraction: NaN,
-    approxKl: NaN,
-    entropy: NaN,
-    gradNorm: NaN,
-  };
+  const stats = emptyStepStats();
   try {
     const update = await optimizerStep(
       variables,
