@@ -31,8 +31,9 @@
  * ## Training
  *
  * `prepare` trains both models with the framework's own BC code (`core/bc.ts`,
- * `trainOrLoadBc`: `core/train.ts`'s loop, label-smoothed NLL, early stopping on greedy corpus
- * chrF of the selection split, best weights kept, training state saved every
+ * `trainOrLoadBc`, through `_translation.ts`, which `learned`'s `init` shares: `core/train.ts`'s
+ * loop, label-smoothed NLL, early stopping on greedy corpus chrF of the selection split, best
+ * weights kept, training state saved every
  * `training.checkpointSeconds` for resume), on the experiment's training pairs, with the
  * model plugin and size of `model` and the budget of `training`. Seeds are derived from the
  * experiment's seed and the direction (`forward`, `backward`), so they differ from the policy's
@@ -73,19 +74,24 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { join } from "node:path";
-import { buildPolicy, trainOrLoadBc } from "../../core/bc.ts";
+import { buildPolicy } from "../../core/bc.ts";
 import { makeBatch } from "../../core/batch.ts";
 import { hasCheckpoint, loadPolicyCheckpoint, sha256Hex } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
-import { sentenceChrf } from "../../core/metrics/chrf.ts";
 import { definePlugin, int, pluginRef } from "../../core/plugin.ts";
-import type { JsonSchema, ResolvedPluginRef } from "../../core/plugin.ts";
-import { Rng } from "../../core/random.ts";
+import type { ResolvedPluginRef } from "../../core/plugin.ts";
 import { exists, writeFileAtomic } from "../../core/run.ts";
 import { describeRewardReport, reportOnTestSources } from "../../core/reward_report.ts";
-import { BC_SCHEMA, smokeBc } from "../../core/sections.ts";
+import { smokeBc } from "../../core/sections.ts";
 import { disposeBatch } from "../../core/train.ts";
 import { requirePrepared } from "./_prepared.ts";
+import {
+  directionSeed,
+  guardTokenizer,
+  swapSides,
+  trainOrLoadDirection,
+  translationTrainingSchema,
+} from "./_translation.ts";
 import type {
   BcSettings,
   Example,
@@ -95,8 +101,6 @@ import type {
   RewardModel,
   RewardPrepareContext,
   RewardRestoreContext,
-  RunSplits,
-  Side,
   Tokenizer,
 } from "../../core/types.ts";
 import {
@@ -165,7 +169,6 @@ export type CalibrationParams =
 
 const FORMAT = "rest-dual-xent-reward";
 const META_FILE = "dual_xent.json";
-const TOKENIZER_FILE = "tokenizer.sha256";
 const DIRECTIONS = ["forward", "backward"] as const;
 
 /** The dual conditional cross-entropy D = |H_f - H_b| + (H_f + H_b) / 2 (>= 0). */
@@ -229,51 +232,6 @@ export function fitSigmoid(
   return { a: intercept, b: slope };
 }
 
-function flip(side: Side): Side {
-  return side === "source" ? "target" : "source";
-}
-
-/**
- * A view of `tokenizer` with its sides swapped, for a model that translates target -> source:
- * `encode(text, "source")` encodes with the tokenizer's target side, and so on. Training or
- * loading through the view changes the underlying tokenizer; the view itself never trains.
- */
-export function swapSides(tokenizer: Tokenizer): Tokenizer {
-  return {
-    specials: tokenizer.specials,
-    get trained() {
-      return tokenizer.trained;
-    },
-    train() {
-      throw new TypeError("swapSides: the swapped view of a tokenizer cannot be trained");
-    },
-    vocabSize: (side) => tokenizer.vocabSize(flip(side)),
-    encode: (text, side) => tokenizer.encode(text, flip(side)),
-    decode: (ids, side) => tokenizer.decode(ids, flip(side)),
-    save: () => tokenizer.save(),
-    load: (state) => tokenizer.load(state),
-  };
-}
-
-function swapExamples(examples: readonly Example[]): Example[] {
-  return examples.map((e) => ({ source: e.reference, reference: e.source }));
-}
-
-function swapSplits(splits: RunSplits): RunSplits {
-  return {
-    train: swapExamples(splits.train),
-    valid: swapExamples(splits.valid),
-    test: swapExamples(splits.test),
-    select: swapExamples(splits.select),
-  };
-}
-
-/** The seed of one direction's model: derived from the experiment's seed, never equal to it. */
-export function directionSeed(seed: number, direction: "forward" | "backward"): number {
-  const derived = new Rng(seed).fork(`dual_xent/${direction}`).nextUint32() % 2_147_483_647;
-  return derived === seed ? derived + 1 : derived;
-}
-
 /**
  * Per-token cross-entropy -log p(target | source) / |target| of each pair under `policy`
  * (teacher-forced, no dropout), |target| counting EOS. Pairs are batched by length.
@@ -320,14 +278,6 @@ interface DualMeta {
   seconds: number;
   /** Resident memory of the process at the end of prepare, MiB. */
   rssMb: number;
-}
-
-function chrfReward(): RewardModel {
-  return {
-    needsReference: true,
-    score: (rows) =>
-      Promise.resolve(rows.map((r) => sentenceChrf(r.hypothesis, r.reference ?? "") / 100)),
-  };
 }
 
 /** Scales a config down for `--smoke` (idempotent). */
@@ -489,25 +439,12 @@ export class DualXentReward implements RewardModel {
     ctx.log(`loaded ${metaPath} and both translation models`);
   }
 
-  /** Writes the tokenizer's fingerprint before anything is trained; refuses a different one. */
+  /** Records the tokenizer's fingerprint before anything is trained; refuses a different one. */
   async #checkTokenizer(ctx: RewardPrepareContext): Promise<string> {
     const fingerprint = await sha256Hex(
       new TextEncoder().encode(JSON.stringify(ctx.tokenizer.save())),
     );
-    const path = join(ctx.dir, TOKENIZER_FILE);
-    if (await exists(path)) {
-      const stored = (await Deno.readTextFile(path)).trim();
-      if (stored !== fingerprint) {
-        throw new UserError(
-          `dual_xent reward: ${ctx.dir} holds models trained with a different tokenizer ` +
-            `(${path}: ${stored.slice(0, 16)}..., this experiment's: ${
-              fingerprint.slice(0, 16)
-            }...); remove the folder to retrain`,
-        );
-      }
-    } else {
-      await writeFileAtomic(path, fingerprint + "\n");
-    }
+    await guardTokenizer("dual_xent", ctx.dir, fingerprint);
     return fingerprint;
   }
 
@@ -519,20 +456,12 @@ export class DualXentReward implements RewardModel {
     const trained: Partial<Record<"forward" | "backward", Policy>> = {};
     try {
       for (const direction of DIRECTIONS) {
-        const backward = direction === "backward";
-        trained[direction] = await trainOrLoadBc({
-          experimentDir: ctx.dir,
+        trained[direction] = await trainOrLoadDirection(ctx, {
+          direction,
           dir: join(ctx.dir, direction),
           factory: this.#factory,
-          tokenizer: backward ? swapSides(ctx.tokenizer) : ctx.tokenizer,
-          splits: backward ? swapSplits(ctx.splits) : ctx.splits,
-          reward: chrfReward(),
-          settings: config.training,
-          evaluation: ctx.evaluation,
+          training: config.training,
           seed: seeds[direction],
-          checkpointSeconds: config.training.checkpointSeconds,
-          log: (message) => ctx.log(`${direction}: ${message}`),
-          progress: (label, total, unit) => ctx.progress(`${direction} ${label}`, total, unit),
         });
       }
     } catch (error) {
@@ -692,26 +621,6 @@ async function readMeta(path: string, fingerprint: string): Promise<DualMeta> {
   return meta;
 }
 
-/** The `training` schema: the `bc` section's fields with this reward's defaults. */
-function trainingSchema(): JsonSchema {
-  const schema = structuredClone(BC_SCHEMA);
-  schema.description =
-    "Training of each direction, with BC's fields and code: label-smoothed NLL, greedy corpus " +
-    "chrF on the selection split every evalEvery steps, stop after patience evaluations " +
-    "without a higher one (or at steps), best weights kept.";
-  const defaults: Record<string, unknown> = {
-    steps: 3000,
-    batchSize: 64,
-    learningRate: 0.002,
-    warmupSteps: 400,
-    evalEvery: 500,
-    patience: 3,
-    evalSize: 200,
-  };
-  for (const [key, value] of Object.entries(defaults)) schema.properties[key].default = value;
-  return schema;
-}
-
 export default definePlugin({
   kind: "reward",
   name: "dual_xent",
@@ -736,7 +645,11 @@ export default definePlugin({
         },
         "Model plugin (name or {name, config}) of both translation models; the default is the LibreOffice policy's size.",
       ),
-      training: trainingSchema(),
+      training: translationTrainingSchema(
+        "Training of each direction, with BC's fields and code: label-smoothed NLL, greedy corpus " +
+          "chrF on the selection split every evalEvery steps, stop after patience evaluations " +
+          "without a higher one (or at steps), best weights kept.",
+      ),
       batchSize: int(1, 65536, 64, "Rows per scoring batch."),
       maxTokens: int(
         1,

@@ -9,12 +9,11 @@ import * as tf from "@tensorflow/tfjs-core";
 import dualXent, {
   calibrate,
   crossEntropies,
-  directionSeed,
   dualScore,
   type DualXentReward,
   fitSigmoid,
-  swapSides,
 } from "../../plugins/rewards/dual_xent.ts";
+import { directionSeed, swapSides } from "../../plugins/rewards/_translation.ts";
 import { dropWords } from "../../plugins/rewards/_corrupt.ts";
 import { Rng } from "../../core/random.ts";
 import { UserError } from "../../core/errors.ts";

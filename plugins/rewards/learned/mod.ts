@@ -62,6 +62,15 @@
  * The network is in `model.ts` (a small transformer encoder over
  * `source EOS hypothesis EOS` with per-segment mean pooling and a sigmoid head).
  *
+ * ## Starting from a translation model
+ *
+ * With `init.from: "backward"`, prepare first trains (or, when complete, loads) a target ->
+ * source translation model of size `init.model` with BC's code in `<dir>/backward/`
+ * (`../_translation.ts`, shared with `dual_xent`; seed derived from the experiment's, distinct
+ * from the policy's), then starts the QE network's encoder and embeddings from it (`init.ts`,
+ * CometKiwi-style) and trains as above. The saved QE checkpoint holds every weight, so
+ * `restore()` and `path` never need the translation model.
+ *
  * @module
  */
 
@@ -94,6 +103,7 @@ import type {
   Example,
   LabelledRow,
   Policy,
+  PolicyState,
   RewardAdaptation,
   RewardAdaptContext,
   RewardInput,
@@ -103,6 +113,15 @@ import type {
   Tokenizer,
 } from "../../../core/types.ts";
 import { fineTuneQe } from "./finetune.ts";
+import { initFromBackward, initMismatches, type LearnedInit } from "./init.ts";
+import { savePolicy } from "../../../core/host_read.ts";
+import { smokeBc } from "../../../core/sections.ts";
+import {
+  directionSeed,
+  guardTokenizer,
+  trainOrLoadDirection,
+  translationTrainingSchema,
+} from "../_translation.ts";
 import { ALL_CORRUPTION_KINDS, corrupt, type CorruptionKind } from "../_corrupt.ts";
 import {
   type QeArchitecture,
@@ -183,6 +202,8 @@ export interface LearnedConfig {
   dataset: LearnedDataset;
   /** Held-out rows as a fraction of the training sources' count, from validation sources. */
   heldOut: number;
+  /** Where the QE encoder starts: from scratch, or from a backward translation model. */
+  init: LearnedInit;
 }
 
 /** Name of the checkpoint in the reward folder. */
@@ -239,18 +260,41 @@ export interface QeRow {
   kind: string;
 }
 
-/** Scales a config down for `--smoke` (idempotent): a one-layer d = 32 network, 20 steps. */
+/**
+ * Scales a config down for `--smoke` (idempotent): a one-layer d = 32 network, 20 steps; a
+ * `transformer` backward model of `init` gets the same encoder size and BC's smoke budget.
+ */
 export function smokeLearned(config: LearnedConfig): LearnedConfig {
+  const model = {
+    ...config.model,
+    dModel: Math.min(config.model.dModel, 32),
+    heads: 32 % config.model.heads === 0 ? Math.min(config.model.heads, 2) : 1,
+    ffn: Math.min(config.model.ffn, 64),
+    layers: 1,
+    hidden: Math.min(config.model.hidden, 32),
+    maxTokens: Math.min(config.model.maxTokens, 32),
+  };
+  const backward = config.init.model;
+  const transformer = backward.name === "transformer" && backward.module === undefined;
   return {
     ...config,
-    model: {
-      ...config.model,
-      dModel: Math.min(config.model.dModel, 32),
-      heads: 32 % config.model.heads === 0 ? Math.min(config.model.heads, 2) : 1,
-      ffn: Math.min(config.model.ffn, 64),
-      layers: 1,
-      hidden: Math.min(config.model.hidden, 32),
-      maxTokens: Math.min(config.model.maxTokens, 32),
+    model,
+    init: {
+      ...config.init,
+      model: transformer
+        ? {
+          ...backward,
+          config: {
+            ...backward.config,
+            dModel: model.dModel,
+            heads: model.heads,
+            ffn: model.ffn,
+            encoderLayers: model.layers,
+            decoderLayers: Math.min(Number(backward.config.decoderLayers), 1),
+          },
+        }
+        : backward,
+      training: smokeBc(config.init.training),
     },
     training: {
       ...config.training,
@@ -753,7 +797,7 @@ class LearnedReward implements RewardModel {
       pad: ctx.tokenizer.specials.pad,
       eos: ctx.tokenizer.specials.eos,
     };
-    const model = new QeModel(config.model, vocab, ctx.seed);
+    const { model, init } = await this.#network(ctx, config, vocab, fingerprint);
     try {
       const trainItems = trainRows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis));
       const heldItems = heldRows.map((r) => qeItem(ctx.tokenizer, r.source, r.hypothesis));
@@ -814,6 +858,7 @@ class LearnedReward implements RewardModel {
         config: { ...config, target: undefined },
         trainRows: trainRows.length,
         trainSources: trainExamples.length,
+        init,
         steps: trainedSteps,
         seconds,
         heldOut: {
@@ -872,6 +917,56 @@ class LearnedReward implements RewardModel {
       name: "learned",
       step: config.training.steps,
     });
+  }
+
+  /**
+   * The QE network before training: freshly initialised from the experiment's seed, or with
+   * `init.from` backward, its encoder and embeddings from the backward translation model, which
+   * is trained in (or, when complete, loaded from) `<dir>/backward/` first (`init.ts`). Returns
+   * what to record of the start with the model (null from scratch).
+   */
+  async #network(
+    ctx: RewardPrepareContext,
+    config: LearnedConfig,
+    vocab: QeVocab,
+    fingerprint: string,
+  ): Promise<{ model: QeModel; init: Record<string, unknown> | null }> {
+    const fresh = new QeModel(config.model, vocab, ctx.seed);
+    if (config.init.from === "none") return { model: fresh, init: null };
+    const started = performance.now();
+    let state: PolicyState;
+    try {
+      // Built here from the config in use (under --smoke, the scaled one).
+      const factory = await this.#deps.create("model", config.init.model);
+      await guardTokenizer("learned", ctx.dir, fingerprint);
+      const seed = directionSeed(ctx.seed, "backward");
+      const backward = await trainOrLoadDirection(ctx, {
+        direction: "backward",
+        dir: join(ctx.dir, "backward"),
+        factory,
+        training: config.init.training,
+        seed,
+      });
+      try {
+        state = initFromBackward(fresh.save(), await savePolicy(backward));
+      } catch (error) {
+        if (!(error instanceof RangeError)) throw error;
+        throw new UserError(`learned reward: init.model: ${error.message}`);
+      } finally {
+        backward.dispose();
+      }
+      const seconds = (performance.now() - started) / 1000;
+      ctx.log(
+        `QE encoder and embeddings start from the backward model in ${
+          join(ctx.dir, "backward")
+        } (ready in ${seconds.toFixed(1)}s)`,
+      );
+      await ctx.metrics.log({ "learned/init_seconds": seconds });
+      const model = new QeModel(config.model, vocab, ctx.seed, state);
+      return { model, init: { from: "backward", seed, dir: "backward", seconds } };
+    } finally {
+      fresh.dispose();
+    }
   }
 
   /** The training loop; returns the number of steps taken. */
@@ -1148,6 +1243,39 @@ export default definePlugin({
         0.1,
         "Held-out sources as a fraction of the training sources used, taken from the validation split (never trained on); their rows give the reported correlations. 0: none.",
       ),
+      init: {
+        type: "object",
+        additionalProperties: false,
+        default: {},
+        description:
+          "Where the QE encoder starts. CometKiwi (Rei et al. 2022) fine-tunes a pretrained encoder for quality estimation; none can be downloaded here, so with from \"backward\" prepare trains a target -> source translation model (BC's code, in <reward folder>/backward/, resumable, seed derived from the experiment's) and copies its encoder layers and final norm, its encoder embedding (target language) into the hypothesis block and its decoder embedding (source language) into the source block of the QE embedding table; segment embeddings and the head start fresh. model.dModel, heads, ffn and layers must then equal the backward model's dModel, heads, ffn and encoderLayers.",
+        properties: {
+          from: {
+            enum: ["none", "backward"],
+            default: "none",
+            description:
+              "none: the QE network starts from scratch; backward: from a backward translation model trained in prepare (see README, learned reward, for the measured effect).",
+          },
+          model: pluginRef(
+            "model",
+            {
+              name: "transformer",
+              config: {
+                dModel: 64,
+                heads: 4,
+                ffn: 256,
+                encoderLayers: 2,
+                decoderLayers: 2,
+                dropout: 0.1,
+              },
+            },
+            "With from backward: the model plugin (name or {name, config}) of the backward translation model; the default matches the default QE network's size.",
+          ),
+          training: translationTrainingSchema(
+            "With from backward: training of the backward model, with BC's fields and code (label-smoothed NLL, greedy corpus chrF on the selection split every evalEvery steps, stop after patience evaluations without a higher one, best weights kept).",
+          ),
+        },
+      },
     },
   },
   check(config: LearnedConfig) {
@@ -1174,6 +1302,9 @@ export default definePlugin({
         message: `must not exceed report.samples (${config.report.samples})`,
       });
     }
+    if (config.init.from === "backward") {
+      problems.push(...initMismatches(config.model, config.init.model));
+    }
     const weights = Object.entries(d.corruptions).filter(([k]) => k !== "wrong_language");
     if (d.corruptionsPerSource > 0 && !weights.some(([, w]) => (w ?? 0) > 0)) {
       problems.push({
@@ -1191,6 +1322,15 @@ export default definePlugin({
         `learned reward: target "${config.target.name}" must be a ready reward (e.g. chrf), ` +
           `not one that needs training itself`,
       );
+    }
+    if (config.init.from === "backward") {
+      // The manifest's check saw init.model as written; here it has every default filled in.
+      const problems = initMismatches(config.model, config.init.model);
+      if (problems.length > 0) {
+        throw new UserError(
+          `learned reward: ${problems.map((p) => `${p.path}: ${p.message}`).join("; ")}`,
+        );
+      }
     }
     return new LearnedReward(config, target, deps);
   },
