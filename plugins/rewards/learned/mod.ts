@@ -50,7 +50,9 @@
  * `core/checkpoint.ts`: weights with a SHA-256, and as metadata the configs, the tokenizer's
  * fingerprint, the held-out correlations and the data sizes), `metrics.jsonl` and
  * `heldout.jsonl` (each held-out row with its kind, target and prediction). The checkpoint
- * is written atomically, its .json last, so a model whose .json exists is complete.
+ * is written atomically, its .json last, so a model whose .json exists is complete. With
+ * `init.from` backward also `backward/` (the translation model's BC folder, reused when a
+ * killed prepare is resumed) and `tokenizer.sha256` (the tokenizer it was trained with).
  *
  * ## Fine-tuning between Grow steps
  *
