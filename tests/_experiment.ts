@@ -4,7 +4,7 @@
  * start from, and a run of a manifest with the built-in plugins that collects the log.
  */
 
-import { runExperiment } from "../core/experiment.ts";
+import { createPlugin, runExperiment } from "../core/experiment.ts";
 import assert from "node:assert/strict";
 import { ManifestError } from "../core/errors.ts";
 import { resolveManifest, resolvePluginRef } from "../core/manifest/mod.ts";
@@ -16,7 +16,7 @@ import {
   type PluginDeps,
   type PluginKind,
 } from "../core/plugin.ts";
-import type { EvalSettings, Splits } from "../core/types.ts";
+import type { EvalSettings, RewardModel, Splits } from "../core/types.ts";
 
 /**
  * Calls `fn` with a fresh temporary folder (its name starting with `prefix`, if given) and
@@ -62,6 +62,25 @@ export async function loadStandalone(
     standaloneDeps(baseDir),
   );
   return await source.load();
+}
+
+/**
+ * Creates the built-in reward `name` with `config` as a manifest's reward section would (resolved
+ * and checked), outside an experiment: seed 1, paths relative to `baseDir`, no log.
+ */
+export async function createReward(
+  name: string,
+  config: Record<string, unknown>,
+  baseDir = "/",
+): Promise<RewardModel> {
+  const registries = createRegistries(builtinPlugins);
+  const ref = await resolvePluginRef(registries, "reward", { name, config }, "test");
+  return await createPlugin(registries, "reward", ref, {
+    seed: 1,
+    baseDir,
+    smoke: false,
+    log: () => {},
+  });
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 
 import bpe from "../../plugins/tokenizers/bpe.ts";
+import synthetic from "../../plugins/data/synthetic.ts";
 import transformer from "../../plugins/models/transformer/mod.ts";
 import type { TransformerPolicy } from "../../plugins/models/transformer/policy.ts";
 import { join } from "node:path";
@@ -39,6 +40,15 @@ export function tinyTransformerFactory(): ModelFactory {
     decoderLayers: 1,
     maxPositions: 32,
   }, {} as never) as ModelFactory;
+}
+
+/** The synthetic task with `pairs` pairs, `validSize` of them for validation, else its defaults. */
+export async function tinySyntheticSplits(pairs: number, validSize: number): Promise<Splits> {
+  const data = await synthetic.create(
+    { ...pluginDefaults(synthetic), pairs, validSize } as never,
+    {} as never,
+  );
+  return await data.load();
 }
 
 /** Sizes of {@link tinyTranslator}. */

@@ -8,24 +8,22 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import cpu from "../../plugins/backends/cpu.ts";
-import synthetic from "../../plugins/data/synthetic.ts";
 import transformer from "../../plugins/models/transformer/mod.ts";
 import { initFromBackward } from "../../plugins/rewards/learned/init.ts";
 import { type QeArchitecture, QeModel, type QeVocab } from "../../plugins/rewards/learned/model.ts";
 import { loadCheckpoint } from "../../core/checkpoint.ts";
 import { UserError } from "../../core/errors.ts";
-import { resolvePluginRef } from "../../core/manifest/mod.ts";
-import { createRegistries } from "../../core/registry.ts";
-import { createPlugin } from "../../core/experiment.ts";
 import { Rng } from "../../core/random.ts";
-import { builtinPlugins } from "../../plugins/mod.ts";
 import type { ModelFactory, PolicyState, RewardModel } from "../../core/types.ts";
-import { configRejecter, withTempDir } from "../_experiment.ts";
-import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
+import { configRejecter, createReward, withTempDir } from "../_experiment.ts";
+import {
+  pluginDefaults,
+  tinyPrepareContext,
+  tinySyntheticSplits,
+  tinyTranslator,
+} from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
-
-const registries = createRegistries(builtinPlugins);
 
 const ARCH: QeArchitecture = {
   dModel: 16,
@@ -176,22 +174,12 @@ Deno.test("init: config errors name the options; from none ignores the backward 
   );
 });
 
-async function makeReward(config: Record<string, unknown>, baseDir = "/"): Promise<RewardModel> {
-  const ref = await resolvePluginRef(registries, "reward", { name: "learned", config }, "test");
-  return await createPlugin(registries, "reward", ref, {
-    seed: 1,
-    baseDir,
-    smoke: false,
-    log: () => {},
-  });
+function makeReward(config: Record<string, unknown>, baseDir = "/"): Promise<RewardModel> {
+  return createReward("learned", config, baseDir);
 }
 
 async function tinySetup() {
-  const data = await synthetic.create(
-    { ...pluginDefaults(synthetic), pairs: 300, validSize: 40 } as never,
-    {} as never,
-  );
-  const splits = await data.load();
+  const splits = await tinySyntheticSplits(300, 40);
   const { tokenizer, factory } = await tinyTranslator(splits, {
     vocabSize: 300,
     dModel: 16,

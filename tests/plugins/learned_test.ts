@@ -6,7 +6,6 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import synthetic from "../../plugins/data/synthetic.ts";
 import learned, { buildRows, sharesIds, smokeLearned } from "../../plugins/rewards/learned/mod.ts";
 import { kendallTauB, pearson } from "../../core/metrics/correlation.ts";
 import {
@@ -22,7 +21,6 @@ import { Rng } from "../../core/random.ts";
 import { UserError } from "../../core/errors.ts";
 import { resolvePluginRef } from "../../core/manifest/mod.ts";
 import { createRegistries } from "../../core/registry.ts";
-import { createPlugin } from "../../core/experiment.ts";
 import { readMetrics } from "../../core/run.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import { sentenceChrf } from "../../core/metrics/chrf.ts";
@@ -33,14 +31,18 @@ import type {
   Splits,
   Tokenizer,
 } from "../../core/types.ts";
-import { configRejecter, runTiny, tinyManifest, withTempDir } from "../_experiment.ts";
-import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
+import {
+  configRejecter,
+  createReward,
+  runTiny,
+  tinyManifest,
+  withTempDir,
+} from "../_experiment.ts";
+import { tinyPrepareContext, tinySyntheticSplits, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
 const registries = createRegistries(builtinPlugins);
-
-const defaults = pluginDefaults;
 
 // --- corruptions ---------------------------------------------------------------------------
 
@@ -210,11 +212,7 @@ interface Setup {
 }
 
 async function tinySetup(vocabSize = 320): Promise<Setup> {
-  const data = await synthetic.create(
-    { ...defaults(synthetic), pairs: 400, validSize: 60 } as never,
-    {} as never,
-  );
-  const splits = await data.load();
+  const splits = await tinySyntheticSplits(400, 60);
   const { tokenizer, factory } = await tinyTranslator(splits, { vocabSize, dModel: 16, ffn: 32 });
   return { splits, tokenizer, factory };
 }
@@ -227,29 +225,12 @@ const TINY_CONFIG = {
   report: { sources: 12, samples: 8 },
 };
 
-async function makeReward(config: Record<string, unknown>, baseDir = "/"): Promise<RewardModel> {
-  const ref = await resolvePluginRef(registries, "reward", { name: "learned", config }, "test");
-  return await createPlugin(registries, "reward", ref, {
-    seed: 1,
-    baseDir,
-    smoke: false,
-    log: () => {},
-  });
+function makeReward(config: Record<string, unknown>, baseDir = "/"): Promise<RewardModel> {
+  return createReward("learned", config, baseDir);
 }
 
-async function makeWeighted(components: unknown[]): Promise<RewardModel> {
-  const ref = await resolvePluginRef(
-    registries,
-    "reward",
-    { name: "weighted", config: { components } },
-    "test",
-  );
-  return await createPlugin(registries, "reward", ref, {
-    seed: 1,
-    baseDir: "/",
-    smoke: false,
-    log: () => {},
-  });
+function makeWeighted(components: unknown[]): Promise<RewardModel> {
+  return createReward("weighted", { components });
 }
 
 function context(setup: Setup, dir: string, logs: string[]): RewardPrepareContext {

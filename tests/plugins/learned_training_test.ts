@@ -8,7 +8,6 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import cpu from "../../plugins/backends/cpu.ts";
-import synthetic from "../../plugins/data/synthetic.ts";
 import { buildRows, drawKind, sourceBatches } from "../../plugins/rewards/learned/mod.ts";
 import { addWords, corrupt, CORRUPTION_KINDS, dropClause } from "../../plugins/rewards/_corrupt.ts";
 import { type QeItem, QeModel, rankingLoss } from "../../plugins/rewards/learned/model.ts";
@@ -18,13 +17,12 @@ import { createRegistries } from "../../core/registry.ts";
 import { createPlugin } from "../../core/experiment.ts";
 import { builtinPlugins } from "../../plugins/mod.ts";
 import type { RewardModel, RewardPrepareContext, Splits } from "../../core/types.ts";
-import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
+import { tinyPrepareContext, tinySyntheticSplits, tinyTranslator } from "./_tiny_translator.ts";
+import { createReward } from "../_experiment.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
 
 const registries = createRegistries(builtinPlugins);
-
-const defaults = pluginDefaults;
 
 // --- the new corruption kinds --------------------------------------------------------------
 
@@ -209,11 +207,7 @@ function foreignOf(source: string): string {
 }
 
 async function setup(): Promise<{ splits: Splits; ctx: (dir: string) => RewardPrepareContext }> {
-  const data = await synthetic.create(
-    { ...defaults(synthetic), pairs: 500, validSize: 80 } as never,
-    {} as never,
-  );
-  const splits = await data.load();
+  const splits = await tinySyntheticSplits(500, 80);
   const { tokenizer, factory } = await tinyTranslator(splits, {
     vocabSize: 320,
     dModel: 16,
@@ -228,14 +222,8 @@ async function setup(): Promise<{ splits: Splits; ctx: (dir: string) => RewardPr
   return { splits, ctx };
 }
 
-async function makeReward(config: Record<string, unknown>, baseDir: string): Promise<RewardModel> {
-  const ref = await resolvePluginRef(registries, "reward", { name: "learned", config }, "test");
-  return await createPlugin(registries, "reward", ref, {
-    seed: 1,
-    baseDir,
-    smoke: false,
-    log: () => {},
-  });
+function makeReward(config: Record<string, unknown>, baseDir: string): Promise<RewardModel> {
+  return createReward("learned", config, baseDir);
 }
 
 /**

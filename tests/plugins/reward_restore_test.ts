@@ -9,20 +9,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import cpu from "../../plugins/backends/cpu.ts";
-import synthetic from "../../plugins/data/synthetic.ts";
 import { UserError } from "../../core/errors.ts";
-import { resolvePluginRef } from "../../core/manifest/mod.ts";
-import { createRegistries } from "../../core/registry.ts";
-import { createPlugin } from "../../core/experiment.ts";
-import { builtinPlugins } from "../../plugins/mod.ts";
 import { restoreWrapped } from "../../plugins/rewards/_wrapped.ts";
 import type { RewardModel, RewardRestoreContext } from "../../core/types.ts";
-import { withTempDir } from "../_experiment.ts";
-import { pluginDefaults, tinyPrepareContext, tinyTranslator } from "./_tiny_translator.ts";
+import { createReward, withTempDir } from "../_experiment.ts";
+import { tinyPrepareContext, tinySyntheticSplits, tinyTranslator } from "./_tiny_translator.ts";
 
 await (await cpu.create({ fastSegmentSum: true }, {} as never)).init();
-
-const registries = createRegistries(builtinPlugins);
 
 /** A learned reward small enough to train in a second or two. */
 const TINY_LEARNED = {
@@ -34,11 +27,7 @@ const TINY_LEARNED = {
 };
 
 async function setup() {
-  const data = await synthetic.create(
-    { ...pluginDefaults(synthetic), pairs: 200, validSize: 40 } as never,
-    {} as never,
-  );
-  const splits = await data.load();
+  const splits = await tinySyntheticSplits(200, 40);
   const { tokenizer, factory } = await tinyTranslator(splits, {
     vocabSize: 300,
     dModel: 16,
@@ -47,15 +36,7 @@ async function setup() {
   return { splits: { ...splits, select: splits.valid }, tokenizer, factory };
 }
 
-async function reward(name: string, config: Record<string, unknown>): Promise<RewardModel> {
-  const ref = await resolvePluginRef(registries, "reward", { name, config }, "test");
-  return await createPlugin(registries, "reward", ref, {
-    seed: 1,
-    baseDir: "/",
-    smoke: false,
-    log: () => {},
-  });
-}
+const reward = createReward;
 
 /** Prepares `name` in a folder, restores a fresh instance from it, and compares scores. */
 async function preparedThenRestored(name: string, config: Record<string, unknown>) {
