@@ -39,7 +39,7 @@ import { Adam } from "../core/optim.ts";
 import { optimizerStep } from "../core/train.ts";
 import { makeBatch, nllLoss } from "../core/batch.ts";
 import { Rng } from "../core/random.ts";
-import type { ModelFactory } from "../core/types.ts";
+import type { ModelFactory, Policy } from "../core/types.ts";
 
 /** The bench-small shape. */
 export const BENCH_SMALL = {
@@ -116,6 +116,36 @@ export interface BenchOptions {
   shape: BenchShape;
 }
 
+/** Special token ids of the bench models. */
+export const BENCH_SPECIALS = { pad: 0, bos: 1, eos: 2, unk: 3 };
+
+/**
+ * A bench transformer of `shape`'s size (one vocabulary, every embedding tied, `layers` encoder and
+ * decoder layers), seeded with 1, with or without a value head.
+ */
+export function benchTransformer(
+  shape: { dModel: number; heads: number; ffn: number; layers: number; vocab: number },
+  dropout: number,
+  valueHead: boolean,
+): Policy {
+  const factory = transformer.create({
+    dModel: shape.dModel,
+    heads: shape.heads,
+    ffn: shape.ffn,
+    encoderLayers: shape.layers,
+    decoderLayers: shape.layers,
+    dropout,
+    shareEmbeddings: "all",
+  }, {} as never) as ModelFactory;
+  return factory.build({
+    sourceVocab: shape.vocab,
+    targetVocab: shape.vocab,
+    specials: BENCH_SPECIALS,
+    valueHead,
+    seed: 1,
+  });
+}
+
 /** Times training and decoding on the active backend (one warm-up call each first). */
 export async function benchModel(
   options: Partial<BenchOptions> | number = {},
@@ -126,30 +156,16 @@ export async function benchModel(
     ...(typeof options === "number" ? { seconds: options } : options),
   };
   const s = opts.shape;
-  const factory = transformer.create({
-    dModel: s.dModel,
-    heads: s.heads,
-    ffn: s.ffn,
-    encoderLayers: s.layers,
-    decoderLayers: s.layers,
-    dropout: 0,
-    shareEmbeddings: "all",
-  }, {} as never) as ModelFactory;
-  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const build = () =>
-    factory.build({
-      sourceVocab: s.vocab,
-      targetVocab: s.vocab,
-      specials,
-      valueHead: false,
-      seed: 1,
-    });
+  const build = () => benchTransformer(s, 0, false);
   const policy = build();
   const rng = new Rng(1);
   // makeBatch appends EOS: length - 1 ids give sequences of exactly `length`.
   const sources = randomIds(rng, s.batch, s.length - 1, s.vocab);
   const targets = randomIds(rng, s.batch, s.length - 1, s.vocab);
-  const batch = makeBatch(sources.map((source, i) => ({ source, target: targets[i] })), specials);
+  const batch = makeBatch(
+    sources.map((source, i) => ({ source, target: targets[i] })),
+    BENCH_SPECIALS,
+  );
   const optimizer = new Adam(policy.variables);
   const step = () =>
     optimizerStep(

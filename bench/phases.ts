@@ -28,7 +28,6 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import process from "node:process";
-import transformer from "../plugins/models/transformer/mod.ts";
 import ppo from "../plugins/algorithms/ppo/mod.ts";
 import {
   type PpoConfig,
@@ -44,7 +43,8 @@ import { makeBatch, nllLoss } from "../core/batch.ts";
 import { type JsonSchema, pluginDefaults, type PluginDefinition } from "../core/plugin.ts";
 import { rowTarget } from "../core/rest.ts";
 import { Rng } from "../core/random.ts";
-import type { ModelFactory, Policy } from "../core/types.ts";
+import { benchTransformer } from "./model.ts";
+import type { Policy } from "../core/types.ts";
 
 /** Model and phase sizes of {@link benchPhases}. */
 export interface PhaseShape {
@@ -185,24 +185,7 @@ export async function benchPhases(
   shape: Readonly<PhaseShape> = PHASE_SHAPE,
 ): Promise<PhaseBench> {
   const s = shape;
-  const factory = transformer.create({
-    dModel: s.dModel,
-    heads: s.heads,
-    ffn: s.ffn,
-    encoderLayers: s.layers,
-    decoderLayers: s.layers,
-    dropout: s.dropout,
-    shareEmbeddings: "all",
-  }, {} as never) as ModelFactory;
-  const specials = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const build = (valueHead: boolean) =>
-    factory.build({
-      sourceVocab: s.vocab,
-      targetVocab: s.vocab,
-      specials,
-      valueHead,
-      seed: 1,
-    });
+  const build = (valueHead: boolean) => benchTransformer(s, s.dropout, valueHead);
   const rng = new Rng(1);
 
   const bcPolicy = build(false);
